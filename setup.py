@@ -1,0 +1,34 @@
+"""wgqa_jax: T5 with grouped / weighted-grouped KV attention in JAX/Flax."""
+from setuptools import find_packages, setup
+
+setup(
+    name="wgqa_jax",
+    version="0.1.0",
+    description="Uptrain MHA T5 checkpoints into GQA / MQA / WGQA models with JAX and Flax",
+    long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["wgqa_jax", "wgqa_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.4.30",
+        "flax>=0.10",
+        "optax>=0.2",
+        "orbax-checkpoint>=0.6",
+        "ml-collections>=0.1.1",
+        "numpy>=1.26",
+        "sentencepiece>=0.2",
+        "tensorflow-datasets>=4.9",
+        "rouge-score>=0.1.2",
+        "sacrebleu>=2.4",
+        "tqdm>=4.66",
+        "safetensors>=0.4",
+    ],
+    extras_require={
+        # Conversion from PyTorch .bin files and the HF equivalence tests. torch is pinned: an
+        # unpinned torch pulls a multi-GB CUDA build.
+        "torch": ["torch==2.13.0", "transformers>=4.40", "safetensors>=0.4"],
+        "tf": ["tensorflow-cpu"],
+        "test": ["pytest>=8", "torch==2.13.0", "transformers>=4.40"],
+        "gpu": ["jax[cuda12]"],
+    },
+)

@@ -1,0 +1,228 @@
+"""T5 architecture + grouped-KV attention hyperparameters (one frozen dataclass).
+
+The same object describes an MHA checkpoint, its GQA/MQA conversion and a WGQA model
+under uptraining; `num_kv_heads` and `wgqa` are the only fields that differ.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+ACTIVATIONS = ("relu", "gelu", "gelu_new", "silu")
+WGQA_MODES = ("none", "row", "col")
+WGQA_INITS = ("constant", "normal")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+  vocab_size: int = 32128
+  d_model: int = 512
+  d_kv: int = 64
+  d_ff: int = 2048
+  num_heads: int = 8
+  num_encoder_layers: int = 6
+  num_decoder_layers: int = 6
+  relative_attention_num_buckets: int = 32
+  relative_attention_max_distance: int = 128
+  dropout_rate: float = 0.1
+  layer_norm_epsilon: float = 1e-6
+  # "relu" (T5 v1.0), "gated-gelu" (v1.1 / flan: gelu_new), "gated-silu", "gelu", ...
+  feed_forward_proj: str = "relu"
+  # v1.0: the output projection is the input embedding ...
+  tie_word_embeddings: bool = True
+  # ... and the decoder output is scaled by d_model**-0.5 first. None = same as tie_word_embeddings.
+  scale_decoder_outputs: bool | None = None
+  pad_token_id: int = 0
+  eos_token_id: int = 1
+  decoder_start_token_id: int = 0
+
+  # ---- grouped key/value attention ----
+  # KV heads of every grouped attention module (decoder self- and cross-attention, plus the
+  # encoder if group_encoder). None = num_heads (plain MHA). 1 = MQA.
+  num_kv_heads: int | None = None
+  group_encoder: bool = False
+  # WGQA keeps all H original K/V kernels and learns one weight per head ("row") or per head and
+  # output dim ("col"); the G grouped kernels are weighted sums over each group's heads.
+  wgqa: str = "none"
+  wgqa_init: str = "constant"  # "constant" (wgqa_init_value) | "normal" (RandWGQA: N(0, 1))
+  wgqa_init_value: float = 0.5
+
+  # ---- numerics ----
+  dtype: str = "float32"  # compute dtype (activations); "bfloat16" on accelerators
+  param_dtype: str = "float32"
+
+  def __post_init__(self):
+    def bad(msg):
+      raise ValueError(f"T5Config: {msg}")
+
+    for name in ("vocab_size", "d_model", "d_kv", "d_ff", "num_heads", "num_encoder_layers",
+                 "num_decoder_layers", "relative_attention_num_buckets",
+                 "relative_attention_max_distance"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or value <= 0:
+        bad(f"{name} must be a positive int, got {value!r}")
+    if not 0.0 <= self.dropout_rate < 1.0:
+      bad(f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
+    self.ffn_activation  # validates feed_forward_proj
+    kv = self.kv_heads
+    if not isinstance(kv, int) or kv <= 0:
+      bad(f"num_kv_heads must be a positive int or None, got {self.num_kv_heads!r}")
+    if self.num_heads % kv:
+      bad(f"num_heads={self.num_heads} is not divisible by num_kv_heads={kv}; "
+          f"valid choices: {[g for g in range(1, self.num_heads + 1) if self.num_heads % g == 0]}")
+    if self.wgqa not in WGQA_MODES:
+      bad(f"wgqa must be one of {WGQA_MODES}, got {self.wgqa!r}")
+    if self.wgqa_init not in WGQA_INITS:
+      bad(f"wgqa_init must be one of {WGQA_INITS}, got {self.wgqa_init!r}")
+    for name in ("dtype", "param_dtype"):
+      if getattr(self, name) not in DTYPES:
+        bad(f"{name} must be one of {DTYPES}, got {getattr(self, name)!r}")
+
+  # ---- derived ----
+  @property
+  def kv_heads(self) -> int:
+    return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
+
+  @property
+  def is_gated(self) -> bool:
+    return self.feed_forward_proj.startswith("gated-")
+
+  @property
+  def ffn_activation(self) -> str:
+    parts = self.feed_forward_proj.split("-")
+    if len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated"):
+      raise ValueError(f"T5Config: feed_forward_proj must be 'ACT' or 'gated-ACT', "
+                       f"got {self.feed_forward_proj!r}")
+    act = parts[-1]
+    if self.feed_forward_proj == "gated-gelu":  # HF: v1.1 checkpoints use the tanh approximation
+      act = "gelu_new"
+    if act not in ACTIVATIONS:
+      raise ValueError(f"T5Config: unsupported activation {act!r} in feed_forward_proj; "
+                       f"supported: {ACTIVATIONS}")
+    return act
+
+  @property
+  def scales_decoder_outputs(self) -> bool:
+    if self.scale_decoder_outputs is None:
+      return self.tie_word_embeddings
+    return self.scale_decoder_outputs
+
+  def module_kv_heads(self, stack: str) -> int:
+    """KV heads of the attention modules of `stack` ("encoder" or "decoder")."""
+    if stack == "encoder" and not self.group_encoder:
+      return self.num_heads
+    return self.kv_heads
+
+  def module_wgqa(self, stack: str) -> str:
+    if stack == "encoder" and not self.group_encoder:
+      return "none"
+    return self.wgqa
+
+  def replace(self, **changes) -> "T5Config":
+    return dataclasses.replace(self, **changes)
+
+  # ---- (de)serialisation ----
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> "T5Config":
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+      raise ValueError(f"T5Config: unknown keys {unknown}; known keys: {sorted(known)}")
+    return cls(**d)
+
+  def save(self, path: str) -> None:
+    with open(path, "w") as f:
+      json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+
+  @classmethod
+  def load(cls, path: str) -> "T5Config":
+    with open(path) as f:
+      return cls.from_dict(json.load(f))
+
+  @classmethod
+  def from_hf(cls, hf: dict[str, Any], **overrides) -> "T5Config":
+    """From a Hugging Face T5 config.json dict (any transformers version)."""
+    if hf.get("model_type", "t5") not in ("t5", "mt5"):
+      raise ValueError(f"not a T5 config: model_type={hf.get('model_type')!r}")
+    tie = hf.get("tie_word_embeddings", True)
+    # transformers >= 5 always writes tie_word_embeddings=True and records the v1.0 scaling
+    # separately; older configs use tie_word_embeddings=False to mean "v1.1: untied, no scaling".
+    scale = hf.get("scale_decoder_outputs", tie)
+    kwargs = dict(
+        vocab_size=hf["vocab_size"],
+        d_model=hf["d_model"],
+        d_kv=hf["d_kv"],
+        d_ff=hf["d_ff"],
+        num_heads=hf["num_heads"],
+        num_encoder_layers=hf["num_layers"],
+        num_decoder_layers=hf.get("num_decoder_layers") or hf["num_layers"],
+        relative_attention_num_buckets=hf.get("relative_attention_num_buckets", 32),
+        relative_attention_max_distance=hf.get("relative_attention_max_distance", 128),
+        dropout_rate=hf.get("dropout_rate", 0.1),
+        layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-6),
+        feed_forward_proj=hf.get("feed_forward_proj", "relu"),
+        tie_word_embeddings=bool(tie),
+        scale_decoder_outputs=bool(scale),
+        pad_token_id=hf.get("pad_token_id", 0) or 0,
+        eos_token_id=_first(hf.get("eos_token_id", 1)),
+        decoder_start_token_id=hf.get("decoder_start_token_id", 0) or 0,
+    )
+    kwargs.update(overrides)
+    return cls(**kwargs)
+
+  def to_hf(self) -> dict[str, Any]:
+    """A config.json that transformers (4.x and 5.x) loads as this model with MHA heads."""
+    return {
+        "architectures": ["T5ForConditionalGeneration"],
+        "model_type": "t5",
+        "vocab_size": self.vocab_size,
+        "d_model": self.d_model,
+        "d_kv": self.d_kv,
+        "d_ff": self.d_ff,
+        "num_heads": self.num_heads,
+        "num_layers": self.num_encoder_layers,
+        "num_decoder_layers": self.num_decoder_layers,
+        "relative_attention_num_buckets": self.relative_attention_num_buckets,
+        "relative_attention_max_distance": self.relative_attention_max_distance,
+        "dropout_rate": self.dropout_rate,
+        "layer_norm_epsilon": self.layer_norm_epsilon,
+        "feed_forward_proj": self.feed_forward_proj,
+        "tie_word_embeddings": self.tie_word_embeddings,
+        "scale_decoder_outputs": self.scales_decoder_outputs,
+        "is_encoder_decoder": True,
+        "pad_token_id": self.pad_token_id,
+        "eos_token_id": self.eos_token_id,
+        "decoder_start_token_id": self.decoder_start_token_id,
+    }
+
+
+def _first(x):
+  return x[0] if isinstance(x, (list, tuple)) else x
+
+
+# Named architectures. "tiny" is the offline default; the others match the public checkpoints.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(vocab_size=512, d_model=64, d_kv=16, d_ff=128, num_heads=4,
+                 num_encoder_layers=2, num_decoder_layers=2, dropout_rate=0.0),
+    "t5-small": dict(d_model=512, d_kv=64, d_ff=2048, num_heads=8,
+                     num_encoder_layers=6, num_decoder_layers=6),
+    "t5-base": dict(d_model=768, d_kv=64, d_ff=3072, num_heads=12,
+                    num_encoder_layers=12, num_decoder_layers=12),
+    "t5-v1_1-small": dict(d_model=512, d_kv=64, d_ff=1024, num_heads=6, num_encoder_layers=8,
+                          num_decoder_layers=8, feed_forward_proj="gated-gelu",
+                          tie_word_embeddings=False),
+    "t5-v1_1-base": dict(d_model=768, d_kv=64, d_ff=2048, num_heads=12, num_encoder_layers=12,
+                         num_decoder_layers=12, feed_forward_proj="gated-gelu",
+                         tie_word_embeddings=False),
+}
+
+
+def preset(name: str, **overrides) -> T5Config:
+  if name not in PRESETS:
+    raise ValueError(f"unknown architecture preset {name!r}; known: {sorted(PRESETS)}")
+  return T5Config(**{**PRESETS[name], **overrides})

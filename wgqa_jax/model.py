@@ -1,0 +1,242 @@
+"""Flax T5 encoder-decoder (v1.0 relu/tied and v1.1/flan gated-gelu/untied) with grouped KV heads.
+
+Numerically equal to Hugging Face PyTorch T5 on converted weights (tests/test_hf_equivalence.py).
+Params are float32 (config.param_dtype), activations config.dtype; layer norms and softmax run in
+float32. Every param carries logical axis names (embed, heads, kv_heads, kv, mlp, vocab,
+relpos_buckets) that sharding.py maps onto a device mesh.
+
+Param tree (what convert.py reads and writes):
+  shared/embedding                               (vocab, d_model)
+  {encoder,decoder}/relpos_bias/rel_embedding    (buckets, H)
+  encoder/layers_i/{attention_norm, attention, mlp_norm, mlp}
+  decoder/layers_i/{self_attention_norm, self_attention, cross_attention_norm, cross_attention,
+                    mlp_norm, mlp}
+  {encoder,decoder}/final_norm/scale             (d_model,)
+  lm_head                                        (d_model, vocab), only when untied
+  attention: q (d, H, dk), k/v (d, G, dk) [WGQA: (d, H, dk) + wk/wv], o (H, dk, d)
+  mlp: wi (d, ff) | wi_0, wi_1 (d, ff); wo (ff, d)
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from wgqa_jax.attention import NEG_INF, Attention, RelativePositionBias
+from wgqa_jax.config import T5Config
+
+
+def _normal(stddev):
+  return nn.initializers.normal(stddev=stddev)
+
+
+class RMSNorm(nn.Module):
+  """T5 layer norm: no mean subtraction, no bias, computed in float32."""
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.config
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+                       (cfg.d_model,), jnp.dtype(cfg.param_dtype))
+    x = x.astype(jnp.float32)
+    x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + cfg.layer_norm_epsilon)
+    return (jnp.asarray(scale, jnp.float32) * x).astype(jnp.dtype(cfg.dtype))
+
+
+_ACT = {
+    "relu": jax.nn.relu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "silu": jax.nn.silu,
+}
+
+
+class MLP(nn.Module):
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool):
+    cfg = self.config
+    dtype, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+    part = nn.with_logical_partitioning
+    act = _ACT[cfg.ffn_activation]
+    win = lambda name: self.param(name, part(_normal(cfg.d_model ** -0.5), ("embed", "mlp")),
+                                  (cfg.d_model, cfg.d_ff), pdt).astype(dtype)
+    x = x.astype(dtype)
+    if cfg.is_gated:
+      h = act(x @ win("wi_0")) * (x @ win("wi_1"))
+    else:
+      h = act(x @ win("wi"))
+    h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
+    h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+    wo = self.param("wo", part(_normal(cfg.d_ff ** -0.5), ("mlp", "embed")),
+                    (cfg.d_ff, cfg.d_model), pdt)
+    return h @ wo.astype(dtype)
+
+
+def _residual(cfg, x, y, deterministic):
+  return x + nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
+
+
+class EncoderLayer(nn.Module):
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, x, bias, deterministic: bool):
+    cfg = self.config
+    h = RMSNorm(cfg, name="attention_norm")(x)
+    h = Attention(cfg, cfg.module_kv_heads("encoder"), cfg.module_wgqa("encoder"),
+                  name="attention")(h, h, bias, deterministic)
+    x = _residual(cfg, x, h, deterministic)
+    h = MLP(cfg, name="mlp")(RMSNorm(cfg, name="mlp_norm")(x), deterministic)
+    return _residual(cfg, x, h, deterministic)
+
+
+class DecoderLayer(nn.Module):
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, y, encoded, self_bias, cross_bias, deterministic: bool):
+    cfg = self.config
+    g, w = cfg.module_kv_heads("decoder"), cfg.module_wgqa("decoder")
+    h = RMSNorm(cfg, name="self_attention_norm")(y)
+    h = Attention(cfg, g, w, name="self_attention")(h, h, self_bias, deterministic)
+    y = _residual(cfg, y, h, deterministic)
+    h = RMSNorm(cfg, name="cross_attention_norm")(y)
+    h = Attention(cfg, g, w, name="cross_attention")(h, encoded, cross_bias, deterministic)
+    y = _residual(cfg, y, h, deterministic)
+    h = MLP(cfg, name="mlp")(RMSNorm(cfg, name="mlp_norm")(y), deterministic)
+    return _residual(cfg, y, h, deterministic)
+
+
+def padding_bias(mask):
+  """(b, s) 1/0 mask -> additive (b, 1, 1, s) float32 bias."""
+  return jnp.where(mask[:, None, None, :] > 0, 0.0, NEG_INF).astype(jnp.float32)
+
+
+def causal_bias(length: int):
+  i = jnp.arange(length)
+  return jnp.where(i[None, :] <= i[:, None], 0.0, NEG_INF)[None, None].astype(jnp.float32)
+
+
+class Encoder(nn.Module):
+  config: T5Config
+  embed: nn.Module
+
+  @nn.compact
+  def __call__(self, input_ids, attention_mask, deterministic: bool):
+    cfg = self.config
+    x = self.embed(input_ids)
+    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    pos = jnp.arange(input_ids.shape[1])
+    bias = RelativePositionBias(cfg, bidirectional=True, name="relpos_bias")(pos, pos)
+    bias = bias + padding_bias(attention_mask)
+    for i in range(cfg.num_encoder_layers):
+      x = EncoderLayer(cfg, name=f"layers_{i}")(x, bias, deterministic)
+      x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    x = RMSNorm(cfg, name="final_norm")(x)
+    return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+
+
+class Decoder(nn.Module):
+  config: T5Config
+  embed: nn.Module
+
+  @nn.compact
+  def __call__(self, decoder_input_ids, encoded, encoder_mask, decoder_mask,
+               deterministic: bool):
+    cfg = self.config
+    y = self.embed(decoder_input_ids)
+    y = nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
+    t = decoder_input_ids.shape[1]
+    pos = jnp.arange(t)
+    self_bias = RelativePositionBias(cfg, bidirectional=False, name="relpos_bias")(pos, pos)
+    self_bias = self_bias + causal_bias(t)
+    if decoder_mask is not None:
+      self_bias = self_bias + padding_bias(decoder_mask)
+    cross_bias = padding_bias(encoder_mask)
+    for i in range(cfg.num_decoder_layers):
+      y = DecoderLayer(cfg, name=f"layers_{i}")(y, encoded, self_bias, cross_bias, deterministic)
+      y = nn.with_logical_constraint(y, ("batch", "length", "embed"))
+    y = RMSNorm(cfg, name="final_norm")(y)
+    return nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
+
+
+class T5(nn.Module):
+  config: T5Config
+
+  def setup(self):
+    cfg = self.config
+    self.shared = nn.Embed(
+        cfg.vocab_size, cfg.d_model,
+        embedding_init=nn.with_logical_partitioning(_normal(1.0), ("vocab", "embed")),
+        dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
+    self.encoder = Encoder(cfg, self.shared)
+    self.decoder = Decoder(cfg, self.shared)
+    if not cfg.tie_word_embeddings:
+      self.lm_head = self.param(
+          "lm_head", nn.with_logical_partitioning(_normal(1.0), ("embed", "vocab")),
+          (cfg.d_model, cfg.vocab_size), jnp.dtype(cfg.param_dtype))
+
+  def encode(self, input_ids, attention_mask=None, deterministic: bool = True):
+    if attention_mask is None:
+      attention_mask = jnp.ones_like(input_ids)
+    return self.encoder(input_ids, attention_mask, deterministic)
+
+  def logits(self, y):
+    cfg = self.config
+    if cfg.scales_decoder_outputs:
+      y = y * cfg.d_model ** -0.5
+    if cfg.tie_word_embeddings:
+      out = self.shared.attend(y)
+    else:
+      out = y @ self.lm_head.astype(jnp.dtype(cfg.dtype))
+    out = nn.with_logical_constraint(out, ("batch", "length", "vocab"))
+    return out.astype(jnp.float32)
+
+  def decode(self, decoder_input_ids, encoded, encoder_mask=None, decoder_mask=None,
+             deterministic: bool = True):
+    if encoder_mask is None:
+      encoder_mask = jnp.ones(encoded.shape[:2], jnp.int32)
+    y = self.decoder(decoder_input_ids, encoded, encoder_mask, decoder_mask, deterministic)
+    return self.logits(y)
+
+  def __call__(self, input_ids, decoder_input_ids, attention_mask=None,
+               decoder_attention_mask=None, deterministic: bool = True):
+    """Teacher-forced logits (b, t, vocab), float32."""
+    if attention_mask is None:
+      attention_mask = jnp.ones_like(input_ids)
+    encoded = self.encode(input_ids, attention_mask, deterministic)
+    return self.decode(decoder_input_ids, encoded, attention_mask, decoder_attention_mask,
+                       deterministic)
+
+
+def shift_right(labels, decoder_start_token_id: int = 0, pad_token_id: int = 0):
+  """Teacher-forcing decoder inputs from labels (HF `_shift_right`; -100 becomes pad)."""
+  shifted = jnp.concatenate(
+      [jnp.full_like(labels[:, :1], decoder_start_token_id), labels[:, :-1]], axis=1)
+  return jnp.where(shifted == -100, pad_token_id, shifted)
+
+
+def init_params(config: T5Config, rng, batch: int = 1, length: int = 8):
+  """Random params (unboxed, plain arrays) for `config`."""
+  ids = jnp.ones((batch, length), jnp.int32)
+  variables = T5(config).init(rng, ids, ids)
+  return nn.unbox(variables["params"])
+
+
+def _abstract_variables(config: T5Config):
+  ids = jnp.ones((1, 8), jnp.int32)
+  return jax.eval_shape(lambda: T5(config).init(jax.random.PRNGKey(0), ids, ids))
+
+
+def param_shapes(config: T5Config):
+  """ShapeDtypeStructs of every param, without allocating anything."""
+  return nn.unbox(_abstract_variables(config)["params"])
+
+
+def param_axes(config: T5Config):
+  """The logical axis names of every param, as a pytree of PartitionSpecs."""
+  return nn.get_partition_spec(_abstract_variables(config))["params"]
