@@ -2,8 +2,8 @@
 
     python -m wgqa_jax.train --config=configs/tiny.py --workdir=/tmp/wgqa_tiny
 
-No download: byte tokenizer, generated data. ~2-3 min on 2 CPU cores; ROUGE-Lsum rises from
-~0 to well above 50 as the model learns to copy the lead sentence.
+No download: generated data, a sentencepiece vocabulary trained on it in ~1 s. About 2 minutes on
+2 CPU cores; ROUGE rises from ~0 as the model learns to extract the lead sentence.
 """
 from wgqa_jax.train_config import base_config
 
@@ -14,15 +14,16 @@ def get_config():
   c.arch = "tiny"
   c.variant = "wgqa"
   c.kv_heads = 2
-  c.max_input_length = 192
-  c.max_target_length = 48
+  c.tokenizer = "sentencepiece"
+  c.max_input_length = 64
+  c.max_target_length = 16
   c.batch_size = 32
   c.num_epochs = 0
-  c.num_train_steps = 600
+  c.num_train_steps = 1500
   c.learning_rate = 3e-3
   c.warmup_steps = 50
   c.log_every = 25
-  c.eval_every = 200
+  c.eval_every = 500
   c.eval_examples = 64
-  c.checkpoint_every = 200
+  c.checkpoint_every = 500
   return c

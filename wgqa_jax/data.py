@@ -11,6 +11,8 @@ Batches are a pure function of (seed, step): the permutation of epoch e is drawn
 from __future__ import annotations
 
 import dataclasses
+import io
+import os
 from typing import Iterable
 
 import numpy as np
@@ -63,9 +65,51 @@ class HFTokenizer:
     return self.tok.decode(ids, skip_special_tokens=True)
 
 
-def get_tokenizer(name: str):
+class SentencePieceTokenizer:
+  """A sentencepiece model trained on the fly on the training texts (offline, ~1 s), saved in
+  the workdir so a resumed run uses the very same vocabulary. ids: 0 pad, 1 eos, 2 unk."""
+  pad_id, eos_id = PAD, EOS
+
+  def __init__(self, model_file: str):
+    import sentencepiece as spm
+    self.sp = spm.SentencePieceProcessor(model_file=model_file)
+    self.vocab_size = self.sp.get_piece_size()
+
+  @classmethod
+  def train_or_load(cls, model_file: str, texts: Iterable[str], vocab_size: int):
+    if not os.path.exists(model_file):
+      import sentencepiece as spm
+      os.makedirs(os.path.dirname(model_file) or ".", exist_ok=True)
+      proto = io.BytesIO()
+      spm.SentencePieceTrainer.train(
+          sentence_iterator=iter(list(texts)), model_writer=proto, vocab_size=vocab_size,
+          model_type="unigram", pad_id=PAD, eos_id=EOS, unk_id=UNK, bos_id=-1,
+          hard_vocab_limit=False, num_threads=1, minloglevel=2)
+      tmp = model_file + ".tmp"
+      with open(tmp, "wb") as f:
+        f.write(proto.getvalue())
+      os.replace(tmp, model_file)
+    return cls(model_file)
+
+  def encode(self, text: str) -> list[int]:
+    return self.sp.encode(text)
+
+  def decode(self, ids: Iterable[int]) -> str:
+    ids = [int(i) for i in ids]
+    if self.eos_id in ids:
+      ids = ids[:ids.index(self.eos_id)]
+    return self.sp.decode([i for i in ids if 2 < i < self.vocab_size])
+
+
+def get_tokenizer(name: str, workdir: str | None = None, train_texts=None, vocab_size=512):
+  """"bytes" | "sentencepiece" (trained on train_texts, cached in workdir) | HF dir or id."""
   if name == "bytes":
     return ByteTokenizer()
+  if name == "sentencepiece":
+    if workdir is None or train_texts is None:
+      raise ValueError("tokenizer='sentencepiece' needs a workdir and the training texts")
+    return SentencePieceTokenizer.train_or_load(os.path.join(workdir, "spm.model"), train_texts,
+                                                vocab_size)
   return HFTokenizer(name)
 
 

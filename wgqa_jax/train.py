@@ -178,10 +178,11 @@ def train(c: ml_collections.ConfigDict, workdir: str, stop_after: int | None = N
       f.write(c.to_json_best_effort(indent=2))
 
   # ---- data ----
-  tokenizer = data.get_tokenizer(c.tokenizer)
   n_train = None if c.train_examples < 0 else c.train_examples
-  train_split = data.tokenize(data.load_examples(c.dataset, "train", n_train, c.seed, c.data_dir or None),
-                              tokenizer, c.max_input_length, c.max_target_length)
+  train_pairs = data.load_examples(c.dataset, "train", n_train, c.seed, c.data_dir or None)
+  tokenizer = data.get_tokenizer(c.tokenizer, workdir, (t for pair in train_pairs for t in pair),
+                                 vocab_size=preset(c.arch).vocab_size)
+  train_split = data.tokenize(train_pairs, tokenizer, c.max_input_length, c.max_target_length)
   eval_split = data.tokenize(
       data.load_examples(c.dataset, "validation", c.eval_examples, c.seed, c.data_dir or None),
       tokenizer, c.max_input_length, c.max_target_length)

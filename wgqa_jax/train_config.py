@@ -23,7 +23,7 @@ def base_config() -> ml_collections.ConfigDict:
   # ---- data ----
   c.dataset = "synthetic_summarize"
   c.data_dir = ""               # TFDS data_dir ("" = TFDS default)
-  c.tokenizer = "bytes"         # "bytes" | HF tokenizer dir or id (t5-small)
+  c.tokenizer = "bytes"         # "bytes" | "sentencepiece" (trained on the fly) | HF dir or id
   c.max_input_length = 512
   c.max_target_length = 256
   c.train_examples = -1         # -1 = the whole split
