@@ -99,3 +99,32 @@ def test_cli_rejects_unknown_config_key(tmp_path):
                      capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
   assert r.returncode != 0
   assert "learning_rat" in r.stderr
+
+
+def test_sigterm_saves_a_checkpoint_and_the_rerun_finishes(tmp_path):
+  """A real preemption: SIGTERM mid-run -> checkpoint at the current step -> resume completes."""
+  import signal
+  import time
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  cmd = [sys.executable, "-m", "wgqa_jax.train", "--config=configs/tiny.py",
+         f"--workdir={tmp_path}", "--config.num_train_steps=400", "--config.checkpoint_every=1000",
+         "--config.eval_every=0", "--config.eval_examples=8", "--config.log_every=5",
+         "--config.batch_size=8", "--config.mesh_data=1"]
+  env = {**os.environ, "XLA_FLAGS": ""}
+  proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  metrics = tmp_path / "metrics.jsonl"
+  deadline = time.time() + 120
+  while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGTERM)
+  out = proc.communicate(timeout=120)[0].decode()
+  assert proc.returncode == 0, out
+  assert "saved step" in out, out
+  saved = sorted(int(p) for p in os.listdir(tmp_path / "checkpoints") if p.isdigit())
+  assert saved and 10 <= saved[-1] < 400
+  assert not (tmp_path / "final").exists()
+  r = subprocess.run(cmd + ["--config.num_train_steps=400"], cwd=repo, env=env,
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert f"resumed from step {saved[-1]}" in r.stdout + r.stderr
+  assert (tmp_path / "final" / convert.PARAMS_FILE).exists()

@@ -106,10 +106,12 @@ def get_tokenizer(name: str, workdir: str | None = None, train_texts=None, vocab
   if name == "bytes":
     return ByteTokenizer()
   if name == "sentencepiece":
-    if workdir is None or train_texts is None:
-      raise ValueError("tokenizer='sentencepiece' needs a workdir and the training texts")
-    return SentencePieceTokenizer.train_or_load(os.path.join(workdir, "spm.model"), train_texts,
-                                                vocab_size)
+    if workdir is None:
+      raise ValueError("tokenizer='sentencepiece' needs a workdir to keep its model in")
+    model_file = os.path.join(workdir, "spm.model")
+    if train_texts is None and not os.path.exists(model_file):
+      raise ValueError(f"no {model_file} yet: pass the training texts to train it")
+    return SentencePieceTokenizer.train_or_load(model_file, train_texts or (), vocab_size)
   return HFTokenizer(name)
 
 

@@ -1,0 +1,64 @@
+"""Tokenizers, the synthetic task and the resumable batcher."""
+import numpy as np
+import pytest
+
+from wgqa_jax import data, metrics
+
+
+def test_byte_tokenizer_round_trip():
+  tok = data.ByteTokenizer()
+  text = "summarize: Grüße, 東京!"
+  ids = tok.encode(text)
+  assert min(ids) >= 3 and tok.decode(ids + [data.EOS, 50]) == text
+
+
+def test_sentencepiece_trained_on_the_fly_is_cached(tmp_path):
+  pairs = data.synthetic_summarize(500, seed=0)
+  texts = [t for p in pairs for t in p]
+  tok = data.get_tokenizer("sentencepiece", str(tmp_path), texts, vocab_size=256)
+  assert (tmp_path / "spm.model").exists()
+  ids = tok.encode(pairs[3][1])
+  assert tok.decode(ids + [data.EOS, 7]) == pairs[3][1]
+  again = data.get_tokenizer("sentencepiece", str(tmp_path), None, vocab_size=256)
+  assert again.encode(pairs[3][0]) == tok.encode(pairs[3][0])
+
+
+def test_synthetic_task_is_deterministic_and_splits_differ():
+  a, b = data.synthetic_summarize(50, 0), data.synthetic_summarize(50, 0)
+  assert a == b and a != data.synthetic_summarize(50, 1)
+  doc, summary = a[0]
+  assert doc.startswith("summarize: ") and doc[len("summarize: "):].startswith(summary)
+
+
+def test_batches_are_a_function_of_the_step_and_cover_each_epoch():
+  pairs = data.synthetic_summarize(40, 0)
+  split = data.tokenize(pairs, data.ByteTokenizer(), 32, 16)
+  assert split.inputs.shape == (40, 32) and (split.inputs[:, -1] != 0).sum() > 0
+  assert all(data.EOS in row for row in split.targets)
+  epoch = np.concatenate([data.train_batch(split, 8, s, seed=1)["inputs"] for s in range(5)])
+  assert len({r.tobytes() for r in epoch}) == 40  # every example once per epoch
+  np.testing.assert_array_equal(data.train_batch(split, 8, 7, 1)["inputs"],
+                                data.train_batch(split, 8, 7, 1)["inputs"])
+  assert not np.array_equal(data.train_batch(split, 8, 0, 1)["inputs"],
+                            data.train_batch(split, 8, 5, 1)["inputs"])  # reshuffled epoch 2
+  with pytest.raises(ValueError, match="fewer than one batch"):
+    data.train_batch(split, 64, 0, 1)
+
+
+def test_eval_batches_pad_the_last_batch():
+  split = data.tokenize(data.synthetic_summarize(10, 0), data.ByteTokenizer(), 16, 8)
+  batches = list(data.eval_batches(split, 4))
+  assert len(batches) == 3 and batches[-1]["valid"].tolist() == [True, True, False, False]
+
+
+def test_rouge_uses_our_sentence_splitting():
+  r = metrics.rouge(["the cat sat. the dog ran."], ["the cat sat. the dog ran."])
+  assert r["rouge1"] == pytest.approx(100.0) and r["rougeLsum"] == pytest.approx(100.0)
+  assert metrics.split_sentences("A b. C d! E") == "A b.\nC d!\nE"
+  r = metrics.rouge(["completely different words"], ["the cat sat"])
+  assert r["rouge1"] == 0.0
+
+
+def test_unknown_dataset_is_a_clear_error():
+  with pytest.raises(ValueError, match="unknown dataset"):
+    data.load_examples("imagenet", "train", 10)
