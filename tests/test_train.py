@@ -128,3 +128,35 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_finishes(tmp_path):
   assert r.returncode == 0, r.stderr[-2000:]
   assert f"resumed from step {saved[-1]}" in r.stdout + r.stderr
   assert (tmp_path / "final" / convert.PARAMS_FILE).exists()
+
+
+def test_init_from_hf_checkpoint_converts_on_the_fly(tmp_path):
+  from conftest import make_hf_model, V10
+  hf = make_hf_model({**V10, "vocab_size": 260})  # bytes need 259 ids
+  hf.save_pretrained(str(tmp_path / "hf"))
+  train.train(tiny(init_from=str(tmp_path / "hf"), variant="gqa", kv_heads=2,
+                   num_train_steps=5, checkpoint_every=5), str(tmp_path / "run"))
+  params, cfg = convert.load(str(tmp_path / "run" / "final"))
+  assert cfg.kv_heads == 2 and cfg.wgqa == "none" and cfg.num_decoder_layers == 3
+  assert params["decoder"]["layers_0"]["cross_attention"]["k"].shape == (32, 2, 12)
+  assert params["encoder"]["layers_0"]["attention"]["k"].shape == (32, 4, 12)
+  with pytest.raises(ValueError, match="only 97 embeddings"):
+    hf_small = make_hf_model(V10)
+    hf_small.save_pretrained(str(tmp_path / "hf97"))
+    train.train(tiny(init_from=str(tmp_path / "hf97")), str(tmp_path / "run97"))
+
+
+def test_every_config_file_loads_and_validates():
+  import glob
+  import importlib.util
+  from wgqa_jax.train_config import validate
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  files = sorted(glob.glob(os.path.join(repo, "configs", "*.py")))
+  assert len(files) >= 11
+  for f in files:
+    spec = importlib.util.spec_from_file_location("cfg", f)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    c = mod.get_config()
+    validate(c)
+    assert "python -m wgqa_jax.train --config=configs/" in mod.__doc__, f
