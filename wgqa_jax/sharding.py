@@ -27,6 +27,9 @@ def make_mesh(data: int = -1, model: int = 1, devices=None) -> Mesh:
   """A (data, model) mesh with Auto axes; data=-1 takes every device left over, an explicit
   data * model smaller than the device count uses the first data * model devices."""
   devices = jax.devices() if devices is None else devices
+  if data > 0 and model > 0 and data * model > len(devices):
+    raise ValueError(f"mesh data={data} x model={model} needs {data * model} devices, "
+                     f"but only {len(devices)} are available")
   if data > 0 and model > 0 and data * model < len(devices):
     devices = devices[:data * model]
   n = len(devices)
