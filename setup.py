@@ -22,6 +22,7 @@ setup(
         "sacrebleu>=2.4",
         "tqdm>=4.66",
         "safetensors>=0.4",
+        "tensorboardX>=2.6",
     ],
     extras_require={
         # Conversion from PyTorch .bin files and the HF equivalence tests. torch is pinned: an

@@ -62,3 +62,31 @@ def test_rouge_uses_our_sentence_splitting():
 def test_unknown_dataset_is_a_clear_error():
   with pytest.raises(ValueError, match="unknown dataset"):
     data.load_examples("imagenet", "train", 10)
+
+
+@pytest.mark.parametrize("dataset,example,want", [
+    ("cnn_dailymail", {"article": b"Some news.", "highlights": b"News."},
+     ("summarize: Some news.", "News.")),
+    ("multi_news", {"document": "Doc one.", "summary": "Sum."}, ("summarize: Doc one.", "Sum.")),
+    ("wmt14_de_en", {"de": b"Hallo Welt", "en": b"Hello world"},
+     ("translate German to English: Hallo Welt", "Hello world")),
+])
+def test_tfds_examples_get_fields_and_prefixes(monkeypatch, dataset, example, want):
+  import tensorflow_datasets as tfds
+  calls = []
+  def fake_source(name, split, data_dir=None):
+    calls.append((name, split))
+    return [example] * 5
+  monkeypatch.setattr(tfds, "data_source", fake_source)
+  pairs = data.load_examples(dataset, "validation", 3)
+  assert pairs == [want] * 3
+  assert calls == [(data.TASKS[dataset][0], "validation")]
+
+
+def test_missing_tfds_data_is_a_clear_error(monkeypatch):
+  import tensorflow_datasets as tfds
+  def fail(*a, **k):
+    raise FileNotFoundError("no builder")
+  monkeypatch.setattr(tfds, "data_source", fail)
+  with pytest.raises(RuntimeError, match="could not open TFDS 'cnn_dailymail'.*synthetic_summarize"):
+    data.load_examples("cnn_dailymail", "train", 3)

@@ -41,6 +41,7 @@ def test_loss_decreases_and_outputs_are_written(tmp_path):
   # WGQA weights moved away from their 0.5 init during uptraining.
   assert np.abs(params["decoder"]["layers_0"]["self_attention"]["wk"] - 0.5).max() > 1e-4
   assert os.path.exists(tmp_path / "best" / convert.PARAMS_FILE)
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tb"))
 
 
 def test_sharded_data_and_model_axes_match_one_device(tmp_path):

@@ -7,7 +7,7 @@ Re-running the same command with the same workdir resumes from the latest checkp
 order and dropout keys are functions of the step, so the resumed run repeats the uninterrupted
 one. SIGTERM/SIGINT (preemption) saves a checkpoint before exiting.
 
-Workdir: checkpoints/ (orbax: step, params, opt_state), metrics.jsonl, config.json,
+Workdir: checkpoints/ (orbax: step, params, opt_state), metrics.jsonl, tb/ (TensorBoard), config.json,
 best/ and final/ (wgqa_jax params dirs: python -m wgqa_jax.convert --params=... --fold ...).
 """
 from __future__ import annotations
@@ -235,10 +235,19 @@ def train(c: ml_collections.ConfigDict, workdir: str, stop_after: int | None = N
   old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
 
   metrics_path = os.path.join(workdir, "metrics.jsonl")
+  tb = None
+  if jax.process_index() == 0:
+    from tensorboardX import SummaryWriter
+    tb = SummaryWriter(os.path.join(workdir, "tb"))
+
   def write(record):
     if jax.process_index() == 0:
       with open(metrics_path, "a") as f:
         f.write(json.dumps(record) + "\n")
+      for k, v in record.items():
+        if k != "step":
+          tb.add_scalar(k, v, record["step"])
+      tb.flush()
 
   best = -float("inf")
   best_path = os.path.join(workdir, "best_metric.json")
@@ -300,6 +309,8 @@ def train(c: ml_collections.ConfigDict, workdir: str, stop_after: int | None = N
   mngr.close()
   for s, h in old_handlers.items():
     signal.signal(s, h)
+  if tb is not None:
+    tb.close()
   if not stop["signal"] and jax.process_index() == 0:
     convert.save(jax.device_get(state["params"]), cfg, os.path.join(workdir, "final"))
     say(f"done: {workdir}/final (fold WGQA: python -m wgqa_jax.convert "
