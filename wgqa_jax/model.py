@@ -96,18 +96,49 @@ class EncoderLayer(nn.Module):
 class DecoderLayer(nn.Module):
   config: T5Config
 
-  @nn.compact
-  def __call__(self, y, encoded, self_bias, cross_bias, deterministic: bool):
+  def setup(self):
     cfg = self.config
     g, w = cfg.module_kv_heads("decoder"), cfg.module_wgqa("decoder")
-    h = RMSNorm(cfg, name="self_attention_norm")(y)
-    h = Attention(cfg, g, w, name="self_attention")(h, h, self_bias, deterministic)
-    y = _residual(cfg, y, h, deterministic)
-    h = RMSNorm(cfg, name="cross_attention_norm")(y)
-    h = Attention(cfg, g, w, name="cross_attention")(h, encoded, cross_bias, deterministic)
-    y = _residual(cfg, y, h, deterministic)
-    h = MLP(cfg, name="mlp")(RMSNorm(cfg, name="mlp_norm")(y), deterministic)
-    return _residual(cfg, y, h, deterministic)
+    self.self_attention_norm = RMSNorm(cfg)
+    self.self_attention = Attention(cfg, g, w)
+    self.cross_attention_norm = RMSNorm(cfg)
+    self.cross_attention = Attention(cfg, g, w)
+    self.mlp_norm = RMSNorm(cfg)
+    self.mlp = MLP(cfg)
+    self.dropout = nn.Dropout(cfg.dropout_rate)
+
+  def _residual(self, x, y, deterministic):
+    return x + self.dropout(y, deterministic=deterministic)
+
+  def _cross_and_mlp(self, y, cross_k, cross_v, cross_bias, deterministic):
+    h = self.cross_attention.attend(self.cross_attention_norm(y), cross_k, cross_v, cross_bias,
+                                    deterministic)
+    y = self._residual(y, h, deterministic)
+    return self._residual(y, self.mlp(self.mlp_norm(y), deterministic), deterministic)
+
+  def __call__(self, y, encoded, self_bias, cross_bias, deterministic: bool):
+    h = self.self_attention_norm(y)
+    y = self._residual(y, self.self_attention(h, h, self_bias, deterministic), deterministic)
+    cross_k, cross_v = self.cross_attention.project_kv(encoded)
+    return self._cross_and_mlp(y, cross_k, cross_v, cross_bias, deterministic)
+
+  def cross_kv(self, encoded):
+    """Cross-attention K/V of the encoder output, (b, s, G, d_kv) each: computed once per input."""
+    return self.cross_attention.project_kv(encoded)
+
+  def step(self, y, index, cache, self_bias, cross_bias):
+    """One cached decoding step. y (b, 1, d); cache holds self K/V (b, max_len, G, d_kv) and the
+    cross K/V; writes position `index` of the self cache and returns (y, cache)."""
+    h = self.self_attention_norm(y)
+    k, v = self.self_attention.project_kv(h)
+    self_k = jax.lax.dynamic_update_slice_in_dim(cache["self_k"], k.astype(cache["self_k"].dtype),
+                                                 index, axis=1)
+    self_v = jax.lax.dynamic_update_slice_in_dim(cache["self_v"], v.astype(cache["self_v"].dtype),
+                                                 index, axis=1)
+    h = self.self_attention.attend(h, self_k, self_v, self_bias, True)
+    y = self._residual(y, h, True)
+    y = self._cross_and_mlp(y, cache["cross_k"], cache["cross_v"], cross_bias, True)
+    return y, {**cache, "self_k": self_k, "self_v": self_v}
 
 
 def padding_bias(mask):
@@ -144,24 +175,52 @@ class Decoder(nn.Module):
   config: T5Config
   embed: nn.Module
 
-  @nn.compact
+  def setup(self):
+    cfg = self.config
+    self.relpos_bias = RelativePositionBias(cfg, bidirectional=False)
+    self.layers = [DecoderLayer(cfg) for _ in range(cfg.num_decoder_layers)]
+    self.final_norm = RMSNorm(cfg)
+    self.dropout = nn.Dropout(cfg.dropout_rate)
+
   def __call__(self, decoder_input_ids, encoded, encoder_mask, decoder_mask,
                deterministic: bool):
-    cfg = self.config
-    y = self.embed(decoder_input_ids)
-    y = nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
+    y = self.dropout(self.embed(decoder_input_ids), deterministic=deterministic)
     t = decoder_input_ids.shape[1]
     pos = jnp.arange(t)
-    self_bias = RelativePositionBias(cfg, bidirectional=False, name="relpos_bias")(pos, pos)
-    self_bias = self_bias + causal_bias(t)
+    self_bias = self.relpos_bias(pos, pos) + causal_bias(t)
     if decoder_mask is not None:
       self_bias = self_bias + padding_bias(decoder_mask)
     cross_bias = padding_bias(encoder_mask)
-    for i in range(cfg.num_decoder_layers):
-      y = DecoderLayer(cfg, name=f"layers_{i}")(y, encoded, self_bias, cross_bias, deterministic)
+    for layer in self.layers:
+      y = layer(y, encoded, self_bias, cross_bias, deterministic)
       y = nn.with_logical_constraint(y, ("batch", "length", "embed"))
-    y = RMSNorm(cfg, name="final_norm")(y)
-    return nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
+    return self.dropout(self.final_norm(y), deterministic=deterministic)
+
+  def init_cache(self, encoded, max_len: int):
+    """Per layer: cross K/V of `encoded` and an empty self-attention cache, all with G heads."""
+    b = encoded.shape[0]
+    g, dk = self.config.module_kv_heads("decoder"), self.config.d_kv
+    dtype = jnp.dtype(self.config.dtype)
+    cache = []
+    for layer in self.layers:
+      ck, cv = layer.cross_kv(encoded)
+      zeros = jnp.zeros((b, max_len, g, dk), dtype)
+      cache.append({"self_k": zeros, "self_v": zeros, "cross_k": ck, "cross_v": cv})
+    return cache
+
+  def step(self, token_ids, index, cache, encoder_mask):
+    """token_ids (b, 1) at position `index` -> (final hidden state (b, 1, d), new cache)."""
+    max_len = cache[0]["self_k"].shape[1]
+    y = self.embed(token_ids)
+    keys = jnp.arange(max_len)
+    self_bias = self.relpos_bias(jnp.reshape(index, (1,)), keys)
+    self_bias = self_bias + jnp.where(keys <= index, 0.0, NEG_INF)[None, None, None, :]
+    cross_bias = padding_bias(encoder_mask)
+    new_cache = []
+    for layer, c in zip(self.layers, cache):
+      y, c = layer.step(y, index, c, self_bias, cross_bias)
+      new_cache.append(c)
+    return self.final_norm(y), new_cache
 
 
 class T5(nn.Module):
@@ -202,6 +261,14 @@ class T5(nn.Module):
       encoder_mask = jnp.ones(encoded.shape[:2], jnp.int32)
     y = self.decoder(decoder_input_ids, encoded, encoder_mask, decoder_mask, deterministic)
     return self.logits(y)
+
+  def init_cache(self, encoded, max_len: int):
+    return self.decoder.init_cache(encoded, max_len)
+
+  def decode_step(self, token_ids, index, cache, encoder_mask):
+    """Cached decoding: token_ids (b, 1) at position `index` -> (logits (b, vocab), cache)."""
+    y, cache = self.decoder.step(token_ids, index, cache, encoder_mask)
+    return self.logits(y)[:, 0], cache
 
   def __call__(self, input_ids, decoder_input_ids, attention_mask=None,
                decoder_attention_mask=None, deterministic: bool = True):

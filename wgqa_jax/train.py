@@ -147,7 +147,7 @@ def evaluate(state, cfg, c, split, tokenizer, mesh, eval_loss_fn, max_decode: in
     b["targets"] = np.where(valid[:, None], b["targets"], 0)  # padded rows weigh nothing
     l, k = eval_loss_fn(state["params"], sharding.put_batch(b, mesh))
     lsum, n = lsum + float(l), n + float(k)
-    out = decode.greedy_uncached(state["params"], sharding.put_batch(
+    out = decode.greedy(state["params"], sharding.put_batch(
         {"x": b["inputs"]}, mesh)["x"], cfg, max_decode)
     preds += [tokenizer.decode(row) for row, v in zip(np.asarray(out), valid) if v]
   refs = [t for _, t in split.texts]

@@ -1,0 +1,105 @@
+"""KV-cached decoding: equals uncached decoding, equals HF generate, caches only G heads."""
+import jax
+import numpy as np
+import pytest
+
+from conftest import V10, V11, batch, make_hf_model
+from wgqa_jax import convert, decode, model
+
+
+def converted(spec, eos_boost=3.0):
+  """A tiny HF model whose EOS logit is boosted so sequences really end, and our params of it."""
+  import torch
+  hf = make_hf_model(spec)
+  with torch.no_grad():
+    head = hf.lm_head.weight if not spec["tie_word_embeddings"] else None
+    if head is not None:
+      head[1] *= eos_boost
+  sd = {k: v.numpy() for k, v in hf.state_dict().items()}
+  cfg = convert.config_from_hf(hf.config.to_dict(), sd)
+  return hf, convert.hf_to_params(sd, cfg), cfg
+
+
+def hf_generate(hf, ids, mask, max_len, **kw):
+  import torch
+  # use_cache=False: transformers sizes its cache by the encoder depth, and these tiny models
+  # have unequal encoder/decoder depths on purpose.
+  out = hf.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                    max_new_tokens=max_len, do_sample=False, min_length=0,
+                    decoder_start_token_id=0, use_cache=False, **kw)
+  return decode.strip(out.numpy()[:, 1:])
+
+
+@pytest.fixture(scope="module", params=["v1.0", "v1.1"])
+def tiny(request):
+  return converted(V10 if request.param == "v1.0" else V11)
+
+
+def test_greedy_equals_hf_generate(tiny):
+  hf, params, cfg = tiny
+  ids, mask, _ = batch(cfg.vocab_size, b=4, s=13)
+  ours = decode.strip(decode.greedy(params, ids, cfg, 12))
+  assert ours == hf_generate(hf, ids, mask, 12, num_beams=1)
+
+
+@pytest.mark.parametrize("beams,alpha", [(2, 1.0), (4, 1.0), (3, 0.6)])
+def test_beam_search_equals_hf_generate(tiny, beams, alpha):
+  hf, params, cfg = tiny
+  ids, mask, _ = batch(cfg.vocab_size, b=4, s=13, seed=1)
+  ours = decode.strip(decode.beam_search(params, ids, cfg, 10, num_beams=beams,
+                                         length_penalty=alpha))
+  assert ours == hf_generate(hf, ids, mask, 10, num_beams=beams, length_penalty=alpha,
+                             early_stopping=False)
+
+
+def test_some_sequences_end_early_so_eos_handling_is_exercised():
+  _, params, cfg = converted(V11)
+  ids, _, _ = batch(cfg.vocab_size, b=4, s=13)
+  rows = decode.strip(decode.greedy(params, ids, cfg, 12))
+  assert any(r[-1] == cfg.eos_token_id and len(r) < 12 for r in rows), rows
+
+
+@pytest.mark.parametrize("variant,g,enc", [("mha", None, False), ("gqa", 2, False),
+                                           ("mqa", None, True), ("colrandwgqa", 3, False)])
+def test_cached_equals_uncached(variant, g, enc):
+  _, params, cfg = converted(V11)
+  params, cfg = convert.group(params, cfg, variant, g, group_encoder=enc, seed=1)
+  ids, _, _ = batch(cfg.vocab_size, b=3, s=11, seed=2)
+  np.testing.assert_array_equal(decode.greedy(params, ids, cfg, 10),
+                                decode.greedy_uncached(params, ids, cfg, 10))
+
+
+def test_cache_holds_only_the_kv_heads():
+  _, params, cfg = converted(V11)
+  h = cfg.num_heads
+  sizes = {}
+  for g in (h, 3, 1):
+    p, c = convert.group(params, cfg, "gqa", g)
+    encoded = jax.numpy.zeros((2, 11, cfg.d_model))
+    cache = model.T5(c).apply({"params": p}, encoded, 7, method=model.T5.init_cache)
+    assert len(cache) == cfg.num_decoder_layers
+    assert cache[0]["self_k"].shape == (2, 7, g, cfg.d_kv)
+    assert cache[0]["cross_v"].shape == (2, 11, g, cfg.d_kv)
+    actual = sum(x.nbytes for x in jax.tree.leaves(cache))
+    assert actual == decode.cache_bytes(c, 2, 11, 7)
+    sizes[g] = actual
+  assert sizes[3] * h == sizes[h] * 3 and sizes[1] * h == sizes[h]
+
+
+def test_sampling_top_k_1_is_greedy_and_seeded():
+  _, params, cfg = converted(V11)
+  ids, _, _ = batch(cfg.vocab_size, b=3, s=11)
+  key = jax.random.PRNGKey(5)
+  np.testing.assert_array_equal(
+      decode.sample(params, ids, cfg, 10, key, temperature=1.0, top_k=1),
+      decode.greedy(params, ids, cfg, 10))
+  a = decode.sample(params, ids, cfg, 10, key, temperature=1.5)
+  np.testing.assert_array_equal(a, decode.sample(params, ids, cfg, 10, key, temperature=1.5))
+  assert not np.array_equal(a, decode.greedy(params, ids, cfg, 10))
+
+
+def test_one_beam_is_greedy():
+  _, params, cfg = converted(V10)
+  ids, _, _ = batch(cfg.vocab_size, b=3, s=11)
+  assert (decode.strip(decode.beam_search(params, ids, cfg, 9, num_beams=1))
+          == decode.strip(decode.greedy(params, ids, cfg, 9)))
