@@ -326,6 +326,13 @@ def main(argv):
   workdir = _WORKDIR.value or os.path.join("workdirs", os.path.splitext(
       os.path.basename(flags.FLAGS["config"].config_filename))[0])
   logging.set_verbosity(logging.WARNING)  # orbax is chatty at INFO; our progress is printed
+  if os.environ.get("JAX_COORDINATOR_ADDRESS"):  # multi-host: launch/multihost.sh sets these
+    jax.distributed.initialize(
+        coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+        num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+        process_id=int(os.environ["JAX_PROCESS_ID"]))
+  elif os.environ.get("SLURM_JOB_ID") and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+    jax.distributed.initialize()  # auto-detects the SLURM cluster
   train(_CONFIG.value, workdir)
 
 
