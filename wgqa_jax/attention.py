@@ -1,8 +1,8 @@
 """T5 attention with H query heads and G key/value heads (MHA: G = H, MQA: G = 1).
 
-Query heads are grouped contiguously, (H,) -> (G, H/G), and contracted against the G KV heads
-directly (MaxText's `btkgd,bskd->bkgts`), so K/V are never repeated in memory: activations
-and decode caches hold G heads.
+Query heads are grouped contiguously, (H,) -> (G, H/G), and the H/G query heads of a group are
+stacked as extra query rows against their one KV head, so K/V are never repeated in memory:
+activations and decode caches hold G heads.
 
 In WGQA mode the module keeps all H original K/V kernels plus learnable weights `wk`, `wv` and
 forms the G grouped kernels as weighted sums on the fly (grouping.weighted_sum); `convert.fold`
@@ -130,8 +130,13 @@ class Attention(nn.Module):
     b, t, _ = inputs_q.shape
     q = jnp.einsum("btd,dhk->bthk", inputs_q.astype(dtype), self.q.astype(dtype))
     q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
-    q = q.reshape(b, t, g, h // g, dk)
-    logits = jnp.einsum("btgrk,bsgk->bgrts", q, k).astype(jnp.float32)  # no 1/sqrt(dk) in T5
+    r = h // g
+    # (b, t, H, dk) -> (b, G, R*t, dk): each KV head's R query heads become extra query rows, so
+    # both contractions are plain batched matmuls over (b, G); K/V are never repeated.
+    q = q.reshape(b, t, g, r, dk).transpose(0, 2, 3, 1, 4).reshape(b, g, r * t, dk)
+    s = k.shape[1]
+    logits = jnp.einsum("bgqk,bsgk->bgqs", q, k)  # no 1/sqrt(dk) in T5
+    logits = logits.reshape(b, g, r, t, s).astype(jnp.float32)
     if bias is not None:
       bias = jnp.asarray(bias, jnp.float32)
       if bias.shape[1] == 1:  # a mask, the same for every head
@@ -141,7 +146,8 @@ class Attention(nn.Module):
       logits = logits + bias
     weights = jax.nn.softmax(logits, axis=-1)
     weights = self.dropout(weights, deterministic=deterministic)
-    out = jnp.einsum("bgrts,bsgk->btgrk", weights.astype(dtype), v).reshape(b, t, h, dk)
+    out = jnp.einsum("bgqs,bsgk->bgqk", weights.astype(dtype).reshape(b, g, r * t, s), v)
+    out = out.reshape(b, g, r, t, dk).transpose(0, 3, 1, 2, 4).reshape(b, t, h, dk)
     out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
     return jnp.einsum("bthk,hkd->btd", out, self.o.astype(dtype))
 

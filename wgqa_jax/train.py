@@ -86,31 +86,38 @@ def loss_sums(params, batch, rng, cfg, label_smoothing: float, z_loss: float, tr
 def make_train_step(cfg, c, tx):
   accum = c.grad_accum_steps
 
-  def step_fn(state, batch, rng):
-    def micro(carry, mb):
-      g_acc, l_acc, n_acc, nll_acc = carry
-      (l, (n, nll)), g = jax.value_and_grad(
-          lambda p: (lambda s: (s[0], (s[1], s[2])))(
-              loss_sums(p, mb, jax.random.fold_in(rng, mb["i"]), cfg, c.label_smoothing,
-                        c.z_loss, True)), has_aux=True)(state["params"])
-      g_acc = jax.tree.map(jnp.add, g_acc, g)
-      return (g_acc, l_acc + l, n_acc + n, nll_acc + nll), None
+  def grads_and_sums(params, mb, rng):
+    def loss(p):
+      lsum, n, nll = loss_sums(p, mb, rng, cfg, c.label_smoothing, c.z_loss, True)
+      return lsum, (n, nll)
+    (lsum, (n, nll)), grads = jax.value_and_grad(loss, has_aux=True)(params)
+    return grads, jnp.stack([lsum, n, nll])
 
-    mbs = jax.tree.map(lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), batch)
-    mbs["i"] = jnp.arange(accum)
-    zeros = jax.tree.map(jnp.zeros_like, state["params"])
-    (grads, lsum, n, nllsum), _ = jax.lax.scan(micro, (zeros, 0.0, 0.0, 0.0), mbs)
-    n = jnp.maximum(n, 1.0)
+  def step_fn(state, batch, rng):
+    params = state["params"]
+    if accum == 1:
+      grads, sums = grads_and_sums(params, batch, rng)
+    else:  # sum token-weighted grads over micro-batches: identical to the full batch
+      def micro(carry, mb):
+        g, sums = grads_and_sums(params, mb, jax.random.fold_in(rng, mb["i"]))
+        return jax.tree.map(jnp.add, carry, (g, sums)), None
+      mbs = jax.tree.map(lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), batch)
+      mbs["i"] = jnp.arange(accum)
+      zeros = (jax.tree.map(jnp.zeros_like, params), jnp.zeros(3))
+      (grads, sums), _ = jax.lax.scan(micro, zeros, mbs)
+    lsum, n, nllsum = sums[0], jnp.maximum(sums[1], 1.0), sums[2]
     grads = jax.tree.map(lambda g: g / n, grads)
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    loss = lsum / n
-    ok = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
+    grad_norm = optax.global_norm(grads)
+    ok = jnp.isfinite(lsum) & jnp.isfinite(grad_norm)
+
+    def apply(_):
+      updates, opt_state = tx.update(grads, state["opt_state"], params)
+      return optax.apply_updates(params, updates), opt_state
+
     # NaN guard: a non-finite step leaves params and optimizer state untouched.
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
-    new_state = {"step": state["step"] + 1, "params": keep(params, state["params"]),
-                 "opt_state": keep(opt_state, state["opt_state"])}
-    out = {"loss": loss, "nll": nllsum / n, "tokens": n, "grad_norm": optax.global_norm(grads),
+    new_params, opt_state = jax.lax.cond(ok, apply, lambda _: (params, state["opt_state"]), None)
+    new_state = {"step": state["step"] + 1, "params": new_params, "opt_state": opt_state}
+    out = {"loss": lsum / n, "nll": nllsum / n, "tokens": n, "grad_norm": grad_norm,
            "skipped": 1.0 - ok.astype(jnp.float32)}
     return new_state, out
 
