@@ -76,11 +76,12 @@ class Attention(nn.Module):
   config: T5Config
   num_kv_heads: int
   wgqa: str = "none"  # "none" | "row" | "col"
+  grouped: bool = False  # the grouping options (unequal groups, allocation, PGQA noise) apply
 
   def setup(self):
     cfg = self.config
     h, g, dk, d = cfg.num_heads, self.num_kv_heads, cfg.d_kv, cfg.d_model
-    if h % g:
+    if h % g and not self.unequal_groups:
       raise ValueError(f"num_heads={h} is not divisible by num_kv_heads={g}")
     pdt = jnp.dtype(cfg.param_dtype)
     self.dropout = nn.Dropout(cfg.dropout_rate)
@@ -106,6 +107,23 @@ class Attention(nn.Module):
       self.wk = self.param("wk", part(init, axes), shape, pdt)
       self.wv = self.param("wv", part(init, axes), shape, pdt)
 
+  @property
+  def unequal_groups(self) -> bool:
+    cfg = self.config
+    return self.grouped and (cfg.kv_group_sizes is not None or cfg.kv_allocation != "static")
+
+  def kv_index(self, k):
+    """(H,) or (b, H) KV head of each query head, for unequal / dynamic groups."""
+    cfg = self.config
+    if cfg.kv_allocation == "static":
+      return jnp.asarray(grouping.kv_index_from_sizes(cfg.kv_group_sizes))
+    if cfg.kv_allocation == "key_norm":  # KDGQA: this forward pass's keys, per example
+      norms = jnp.sqrt(jnp.sum(jnp.square(k.astype(jnp.float32)), axis=(1, 3)))  # (b, G)
+    else:  # DGQA: the K kernels, which move as uptraining goes on
+      norms = jnp.sqrt(jnp.sum(jnp.square(self.grouped_kv_kernels()[0]), axis=(0, 2)))  # (G,)
+    counts = grouping.allocate_queries(jax.lax.stop_gradient(norms), cfg.num_heads)
+    return grouping.kv_index_from_counts(counts, cfg.num_heads)
+
   def grouped_kv_kernels(self):
     """The (d_model, G, d_kv) K and V kernels the attention actually uses."""
     if self.wgqa == "none":
@@ -130,6 +148,8 @@ class Attention(nn.Module):
     b, t, _ = inputs_q.shape
     q = jnp.einsum("btd,dhk->bthk", inputs_q.astype(dtype), self.q.astype(dtype))
     q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
+    if self.unequal_groups:
+      return self._attend_gathered(q, k, v, bias, deterministic)
     r = h // g
     # (b, t, H, dk) -> (b, G, R*t, dk): each KV head's R query heads become extra query rows, so
     # both contractions are plain batched matmuls over (b, G); K/V are never repeated.
@@ -144,12 +164,37 @@ class Attention(nn.Module):
       else:
         bias = bias.reshape(bias.shape[0], g, h // g, *bias.shape[-2:])
       logits = logits + bias
-    weights = jax.nn.softmax(logits, axis=-1)
-    weights = self.dropout(weights, deterministic=deterministic)
+    weights = self._softmax(logits, deterministic)
     out = jnp.einsum("bgqs,bsgk->bgqk", weights.astype(dtype).reshape(b, g, r * t, s), v)
     out = out.reshape(b, g, r, t, dk).transpose(0, 3, 1, 2, 4).reshape(b, t, h, dk)
+    return self._out(out)
+
+  def _softmax(self, logits, deterministic):
+    noise = self.config.attention_noise
+    if self.grouped and noise > 0 and not deterministic:
+      # PGQA: perturb the attention maps of the (static) groups while uptraining.
+      logits = logits - noise * jax.random.normal(self.make_rng("dropout"), logits.shape)
+    weights = jax.nn.softmax(logits, axis=-1)
+    return self.dropout(weights, deterministic=deterministic)
+
+  def _out(self, out):
     out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
-    return jnp.einsum("bthk,hkd->btd", out, self.o.astype(dtype))
+    return jnp.einsum("bthk,hkd->btd", out, self.o.astype(jnp.dtype(self.config.dtype)))
+
+  def _attend_gathered(self, q, k, v, bias, deterministic):
+    """Unequal groups: gather each query head's KV head (activations only; caches keep G)."""
+    idx = self.kv_index(k)
+    if idx.ndim == 1:
+      kq, vq = jnp.take(k, idx, axis=2), jnp.take(v, idx, axis=2)
+    else:
+      kq = jnp.take_along_axis(k, idx[:, None, :, None], axis=2)
+      vq = jnp.take_along_axis(v, idx[:, None, :, None], axis=2)
+    logits = jnp.einsum("bthk,bshk->bhts", q, kq).astype(jnp.float32)
+    if bias is not None:
+      logits = logits + jnp.asarray(bias, jnp.float32)
+    weights = self._softmax(logits, deterministic)
+    out = jnp.einsum("bhts,bshk->bthk", weights.astype(q.dtype), vq)
+    return self._out(out)
 
   def __call__(self, inputs_q, inputs_kv, bias, deterministic: bool = True):
     k, v = self.project_kv(inputs_kv)

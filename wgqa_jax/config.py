@@ -12,6 +12,7 @@ from typing import Any
 ACTIVATIONS = ("relu", "gelu", "gelu_new", "silu")
 WGQA_MODES = ("none", "row", "col")
 WGQA_INITS = ("constant", "normal")
+KV_ALLOCATIONS = ("static", "key_norm", "kernel_norm")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -48,6 +49,14 @@ class T5Config:
   wgqa: str = "none"
   wgqa_init: str = "constant"  # "constant" (wgqa_init_value) | "normal" (RandWGQA: N(0, 1))
   wgqa_init_value: float = 0.5
+  # Unequal groups (AsymGQA-style): contiguous group sizes, one per KV head, summing to num_heads.
+  kv_group_sizes: tuple[int, ...] | None = None
+  # How query heads are allocated to KV heads: "static" (contiguous, equal or kv_group_sizes),
+  # "key_norm" (KDGQA: in proportion to the norms of the keys of each forward pass) or
+  # "kernel_norm" (DGQA: in proportion to the K kernels' norms, which evolve over training).
+  kv_allocation: str = "static"
+  # PGQA: std of Gaussian noise subtracted from the attention logits of grouped modules in training.
+  attention_noise: float = 0.0
 
   # ---- numerics ----
   dtype: str = "float32"  # compute dtype (activations); "bfloat16" on accelerators
@@ -69,13 +78,27 @@ class T5Config:
     kv = self.kv_heads
     if not isinstance(kv, int) or kv <= 0:
       bad(f"num_kv_heads must be a positive int or None, got {self.num_kv_heads!r}")
-    if self.num_heads % kv:
+    if self.num_heads % kv and self.kv_group_sizes is None and self.kv_allocation == "static":
       bad(f"num_heads={self.num_heads} is not divisible by num_kv_heads={kv}; "
           f"valid choices: {[g for g in range(1, self.num_heads + 1) if self.num_heads % g == 0]}")
     if self.wgqa not in WGQA_MODES:
       bad(f"wgqa must be one of {WGQA_MODES}, got {self.wgqa!r}")
     if self.wgqa_init not in WGQA_INITS:
       bad(f"wgqa_init must be one of {WGQA_INITS}, got {self.wgqa_init!r}")
+    if self.kv_group_sizes is not None:
+      sizes = tuple(int(x) for x in self.kv_group_sizes)
+      object.__setattr__(self, "kv_group_sizes", sizes)  # lists from JSON become tuples
+      if len(sizes) != kv or sum(sizes) != self.num_heads or min(sizes) < 1:
+        bad(f"kv_group_sizes={list(sizes)} must be {kv} positive sizes summing to "
+            f"num_heads={self.num_heads}")
+    if self.kv_allocation not in KV_ALLOCATIONS:
+      bad(f"kv_allocation must be one of {KV_ALLOCATIONS}, got {self.kv_allocation!r}")
+    if self.kv_allocation != "static" and self.kv_group_sizes is not None:
+      bad("kv_group_sizes is for static allocation; key-norm allocation sizes groups itself")
+    if self.kv_allocation != "static" and self.wgqa != "none":
+      bad("WGQA weights assume static contiguous groups; use kv_allocation='static'")
+    if self.attention_noise < 0:
+      bad(f"attention_noise must be >= 0, got {self.attention_noise}")
     for name in ("dtype", "param_dtype"):
       if getattr(self, name) not in DTYPES:
         bad(f"{name} must be one of {DTYPES}, got {getattr(self, name)!r}")
@@ -114,6 +137,9 @@ class T5Config:
     if stack == "encoder" and not self.group_encoder:
       return self.num_heads
     return self.kv_heads
+
+  def module_grouped(self, stack: str) -> bool:
+    return stack == "decoder" or self.group_encoder
 
   def module_wgqa(self, stack: str) -> str:
     if stack == "encoder" and not self.group_encoder:

@@ -44,6 +44,10 @@ class Variant:
   wgqa: str = "none"         # "none" | "row" | "col"
   wgqa_init: str = "constant"
   kv_heads: int | None = None  # fixed head count (MHA: None = H, MQA: 1), else from --kv_heads
+  similarity: bool = False   # SimGQA: regroup heads by query similarity before pooling
+  allocation: str = "static"  # "key_norm" (KDGQA) | "kernel_norm" (DGQA)
+  noise: float = 0.0         # PGQA attention-logit noise std while training
+  asymmetric: bool = False   # AsymGQA: needs group_sizes
 
 
 VARIANTS = {
@@ -54,6 +58,11 @@ VARIANTS = {
     "randwgqa": Variant(wgqa="row", wgqa_init="normal"),
     "colwgqa": Variant(wgqa="col"),
     "colrandwgqa": Variant(wgqa="col", wgqa_init="normal"),
+    "simgqa": Variant(similarity=True),
+    "kdgqa": Variant(allocation="key_norm"),
+    "dgqa": Variant(allocation="kernel_norm"),
+    "pgqa": Variant(noise=0.1),
+    "asymgqa": Variant(asymmetric=True),
 }
 
 
@@ -101,23 +110,42 @@ def _np(x):
 # MHA <-> variants
 # ----------------------------------------------------------------------------------------------
 def group(params, cfg: T5Config, variant: str, kv_heads: int | None = None, *,
-          group_encoder: bool | None = None, seed: int = 0):
-  """Convert MHA params into `variant` with G = kv_heads groups. Returns (params, cfg)."""
+          group_encoder: bool | None = None, seed: int = 0, group_sizes=None,
+          attention_noise: float | None = None):
+  """Convert MHA params into `variant` with G = kv_heads groups. Returns (params, cfg).
+
+  group_sizes: AsymGQA's contiguous group sizes (G of them, summing to H).
+  attention_noise: PGQA's noise std (default 0.1).
+  """
   if cfg.kv_heads != cfg.num_heads or cfg.wgqa != "none":
     raise ValueError(f"group() needs MHA params; these have num_kv_heads={cfg.kv_heads}, "
                      f"wgqa={cfg.wgqa!r} (fold/expand them first)")
+  v = VARIANTS.get(variant)
+  if v is not None and v.asymmetric:
+    if not group_sizes:
+      raise ValueError("asymgqa needs group_sizes, e.g. [3, 1, 2, 2]")
+    kv_heads = len(group_sizes)
+  elif group_sizes:
+    raise ValueError(f"group_sizes only apply to asymgqa, not {variant!r}")
   g = variant_kv_heads(variant, cfg.num_heads, kv_heads)
-  v = VARIANTS[variant]
   new_cfg = cfg.replace(
-      num_kv_heads=g, wgqa=v.wgqa, wgqa_init=v.wgqa_init,
+      num_kv_heads=g, wgqa=v.wgqa, wgqa_init=v.wgqa_init, kv_allocation=v.allocation,
+      kv_group_sizes=tuple(group_sizes) if v.asymmetric else None,
+      attention_noise=v.noise if attention_noise is None else attention_noise,
       group_encoder=cfg.group_encoder if group_encoder is None else group_encoder)
   out = _copy_tree(params)
   rng = np.random.default_rng(seed)
   for stack, layer, module in grouped_modules(new_cfg):
     p = out[stack][layer][module]
+    if v.similarity:
+      # Reorder the heads so that similar ones are neighbours, then pool neighbours. Exact for
+      # cross-attention; in self-attention the shared relative-position table stays in place
+      # (as in the seed repository), so permuted heads read other bias rows.
+      order = [h for grp in grouping.similarity_groups(p["q"], g) for h in grp]
+      p = out[stack][layer][module] = grouping.permute_heads(p, order)
     if v.wgqa == "none":
-      p["k"] = grouping.mean_pool(_np(p["k"]), g)
-      p["v"] = grouping.mean_pool(_np(p["v"]), g)
+      p["k"] = grouping.mean_pool(_np(p["k"]), g, new_cfg.kv_group_sizes)
+      p["v"] = grouping.mean_pool(_np(p["v"]), g, new_cfg.kv_group_sizes)
     else:
       for name in ("wk", "wv"):
         p[name] = grouping.wgqa_init_weights(v.wgqa, cfg.num_heads, cfg.d_kv, v.wgqa_init,
@@ -142,12 +170,17 @@ def expand_to_mha(params, cfg: T5Config):
   params, cfg = fold(params, cfg)
   if cfg.kv_heads == cfg.num_heads:
     return params, cfg
+  if cfg.kv_allocation != "static":
+    raise ValueError(f"kv_allocation={cfg.kv_allocation!r} decides the grouping at run time; "
+                     f"it has no fixed MHA equivalent to export")
   out = _copy_tree(params)
+  index = (grouping.kv_index_from_sizes(cfg.kv_group_sizes) if cfg.kv_group_sizes
+           else np.arange(cfg.num_heads) // (cfg.num_heads // cfg.kv_heads))
   for stack, layer, module in grouped_modules(cfg):
     p = out[stack][layer][module]
-    p["k"] = grouping.expand(_np(p["k"]), cfg.num_heads)
-    p["v"] = grouping.expand(_np(p["v"]), cfg.num_heads)
-  return out, cfg.replace(num_kv_heads=None)
+    p["k"] = _np(p["k"])[:, index]
+    p["v"] = _np(p["v"])[:, index]
+  return out, cfg.replace(num_kv_heads=None, kv_group_sizes=None, attention_noise=0.0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -358,10 +391,11 @@ def save_hf(params, cfg: T5Config, out_dir: str) -> None:
   """Write a transformers-loadable T5 directory (model.safetensors + config.json)."""
   from safetensors.numpy import save_file
   os.makedirs(out_dir, exist_ok=True)
-  sd = params_to_hf(params, cfg)
-  save_file(sd, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+  params, cfg = expand_to_mha(params, cfg)
+  save_file(params_to_hf(params, cfg), os.path.join(out_dir, "model.safetensors"),
+            metadata={"format": "pt"})
   with open(os.path.join(out_dir, "config.json"), "w") as f:
-    json.dump(cfg.replace(num_kv_heads=None, wgqa="none").to_hf(), f, indent=2)
+    json.dump(cfg.to_hf(), f, indent=2)
 
 
 def flatten(tree, prefix: str = "") -> dict[str, np.ndarray]:

@@ -87,7 +87,7 @@ class EncoderLayer(nn.Module):
     cfg = self.config
     h = RMSNorm(cfg, name="attention_norm")(x)
     h = Attention(cfg, cfg.module_kv_heads("encoder"), cfg.module_wgqa("encoder"),
-                  name="attention")(h, h, bias, deterministic)
+                  cfg.module_grouped("encoder"), name="attention")(h, h, bias, deterministic)
     x = _residual(cfg, x, h, deterministic)
     h = MLP(cfg, name="mlp")(RMSNorm(cfg, name="mlp_norm")(x), deterministic)
     return _residual(cfg, x, h, deterministic)
@@ -100,9 +100,9 @@ class DecoderLayer(nn.Module):
     cfg = self.config
     g, w = cfg.module_kv_heads("decoder"), cfg.module_wgqa("decoder")
     self.self_attention_norm = RMSNorm(cfg)
-    self.self_attention = Attention(cfg, g, w)
+    self.self_attention = Attention(cfg, g, w, grouped=True)
     self.cross_attention_norm = RMSNorm(cfg)
-    self.cross_attention = Attention(cfg, g, w)
+    self.cross_attention = Attention(cfg, g, w, grouped=True)
     self.mlp_norm = RMSNorm(cfg)
     self.mlp = MLP(cfg)
     self.dropout = nn.Dropout(cfg.dropout_rate)
