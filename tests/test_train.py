@@ -161,3 +161,37 @@ def test_every_config_file_loads_and_validates():
     c = mod.get_config()
     validate(c)
     assert "python -m wgqa_jax.train --config=configs/" in mod.__doc__, f
+
+
+@pytest.mark.parametrize("variant,extra", [("simgqa", {"regroup_every": 5}),
+                                           ("asymgqa", {"group_sizes": "1,3", "kv_heads": 2}),
+                                           ("kdgqa", {}), ("dgqa", {}), ("pgqa", {})])
+def test_every_variant_trains(tmp_path, variant, extra):
+  last = train.train(tiny(variant=variant, num_train_steps=10, **extra), str(tmp_path))
+  assert np.isfinite(last["eval/loss"])
+  _, cfg = convert.load(str(tmp_path / "final"))
+  assert cfg.kv_heads == 2
+
+
+def test_regroup_moves_query_heads_with_their_optimizer_moments():
+  from wgqa_jax.config import preset
+  from wgqa_jax import model as model_lib
+  cfg = preset("tiny", num_decoder_layers=1, num_encoder_layers=1)
+  params = jax.tree.map(np.array, model_lib.init_params(cfg, jax.random.PRNGKey(0)))
+  params, cfg = convert.group(params, cfg, "gqa", 2)
+  q = params["decoder"]["layers_0"]["cross_attention"]["q"]
+  q[:, 3] = q[:, 0] + 1e-4  # head 3 is a twin of head 0 but sits in the other group
+  state = {"params": params, "opt_state": ({"mu": params, "nu": params},)}
+  new = train.regroup_query_heads(state, cfg)
+  nq = new["params"]["decoder"]["layers_0"]["cross_attention"]["q"]
+  twins = [h for h in range(4) if np.allclose(nq[:, h], q[:, 0], atol=1e-3)]
+  assert len(twins) == 2 and twins[0] // 2 == twins[1] // 2  # now in the same group
+  o = params["decoder"]["layers_0"]["cross_attention"]["o"]
+  no = new["params"]["decoder"]["layers_0"]["cross_attention"]["o"]
+  perm = [int(np.argmin(np.abs(o - no[h]).sum((1, 2)))) for h in range(4)]
+  assert sorted(perm) == [0, 1, 2, 3] and perm != [0, 1, 2, 3]
+  np.testing.assert_array_equal(nq, q[:, perm])  # q and o moved together
+  mu = new["opt_state"][0]["mu"]["decoder"]["layers_0"]["cross_attention"]["q"]
+  np.testing.assert_array_equal(mu, nq)
+  np.testing.assert_array_equal(new["params"]["decoder"]["layers_0"]["cross_attention"]["k"],
+                                params["decoder"]["layers_0"]["cross_attention"]["k"])

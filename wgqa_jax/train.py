@@ -28,7 +28,7 @@ import optax
 import orbax.checkpoint as ocp
 from tqdm import tqdm
 
-from wgqa_jax import convert, data, decode, metrics, model, sharding
+from wgqa_jax import convert, data, decode, grouping, metrics, model, sharding
 from wgqa_jax.config import preset
 from wgqa_jax.train_config import validate
 
@@ -40,7 +40,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints and metrics g
 # Model: from a random tiny T5, a HF checkpoint, or our params dir -> (params on host, cfg)
 # ----------------------------------------------------------------------------------------------
 def build_model(c: ml_collections.ConfigDict, vocab_size: int):
-  group_kw = dict(group_encoder=c.group_encoder, seed=c.seed)
+  group_kw = dict(group_encoder=c.group_encoder, seed=c.seed,
+                  group_sizes=[int(x) for x in c.group_sizes.split(",")] if c.group_sizes else None,
+                  attention_noise=c.attention_noise if c.variant == "pgqa" else None)
   if c.init_from == "tiny-random":
     cfg = preset(c.arch, vocab_size=max(vocab_size, preset(c.arch).vocab_size))
     params = jax.device_get(model.init_params(cfg, jax.random.PRNGKey(c.seed)))
@@ -132,6 +134,33 @@ def make_optimizer(c, total_steps: int):
   parts = [optax.clip_by_global_norm(c.max_grad_norm)] if c.max_grad_norm > 0 else []
   parts.append(optax.adamw(schedule, weight_decay=c.weight_decay))
   return optax.chain(*parts), schedule
+
+
+def regroup_query_heads(state, cfg):
+  """SimGQA at intervals: move query heads between the (already pooled) KV groups so that each
+  group holds mutually similar queries. q and o (and their optimizer moments) are permuted;
+  each similarity group goes to the KV head most of its members already use."""
+  host = jax.device_get(state)
+  size = cfg.num_heads // cfg.kv_heads
+  perms = {}
+  for stack, layer, module in convert.grouped_modules(cfg):
+    groups = grouping.similarity_groups(host["params"][stack][layer][module]["q"], cfg.kv_heads)
+    slots, order = list(range(cfg.kv_heads)), [None] * cfg.kv_heads
+    for grp in sorted(groups, key=lambda g_: -max(np.bincount(np.array(g_) // size))):
+      votes = np.bincount(np.array(grp) // size, minlength=cfg.kv_heads)
+      slot = max(slots, key=lambda j: (votes[j], -j))
+      slots.remove(slot)
+      order[slot] = grp
+    perms[(stack, layer, module)] = np.array([h for grp in order for h in grp])
+
+  def visit(path, leaf):
+    keys = [getattr(k, "key", getattr(k, "name", None)) for k in path]
+    perm = perms.get(tuple(keys[-4:-1])) if len(keys) >= 4 else None
+    if perm is None or keys[-1] not in ("q", "o") or np.ndim(leaf) != 3:
+      return leaf
+    return np.take(leaf, perm, axis=1 if keys[-1] == "q" else 0)
+
+  return jax.tree_util.tree_map_with_path(visit, host)
 
 
 def wgqa_weight_stats(params, cfg) -> dict[str, float]:
@@ -300,6 +329,8 @@ def train(c: ml_collections.ConfigDict, workdir: str, stop_after: int | None = N
         bar.set_postfix(loss=f"{last['train/loss']:.3f}",
                         tok_s=f"{last['train/target_tokens_per_s']:.0f}")
         t0, t0_step = time.time(), done
+      if c.regroup_every > 0 and done % c.regroup_every == 0 and done != total_steps:
+        state = jax.device_put(regroup_query_heads(state, cfg), state_shard)
       if c.eval_every > 0 and done % c.eval_every == 0 and done != total_steps:
         run_eval(done)
       if stop_after is not None and done >= stop_after:

@@ -15,9 +15,14 @@ def base_config() -> ml_collections.ConfigDict:
   # ---- model ----
   c.init_from = "tiny-random"   # "tiny-random" | HF dir or hub id (t5-small) | wgqa params dir
   c.arch = "tiny"               # architecture preset for init_from=tiny-random
-  c.variant = "wgqa"            # mha | mqa | gqa | wgqa | randwgqa | colwgqa | colrandwgqa
+  # mha | mqa | gqa | wgqa | randwgqa | colwgqa | colrandwgqa | simgqa | asymgqa | kdgqa | dgqa
+  # | pgqa (see README: attention variants)
+  c.variant = "wgqa"
   c.kv_heads = 2                # G (ignored by mha / mqa)
   c.group_encoder = False       # paper: decoder self- and cross-attention only
+  c.group_sizes = ""            # asymgqa: contiguous group sizes, e.g. "3,1,2,2"
+  c.attention_noise = 0.1       # pgqa: std of the noise subtracted from attention logits
+  c.regroup_every = 0           # SimGQA every N steps: regroup query heads by similarity (0: off)
   c.dtype = "float32"           # compute dtype: bfloat16 on GPUs
   c.dropout_rate = -1.0         # -1 keeps the checkpoint's value
   # ---- data ----
@@ -74,6 +79,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
     bad("learning_rate", "must be positive")
   if c.num_train_steps <= 0 and c.num_epochs <= 0:
     bad("num_epochs", "set num_epochs > 0 or num_train_steps > 0")
+  if c.group_sizes and c.variant != "asymgqa":
+    bad("group_sizes", "only applies to variant=asymgqa")
+  if c.regroup_every < 0:
+    bad("regroup_every", "must be >= 0")
   if c.dtype not in ("float32", "bfloat16"):
     bad("dtype", "float32 or bfloat16")
 
