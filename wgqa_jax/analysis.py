@@ -1,0 +1,146 @@
+"""Make the papers' claims checkable from a run's workdir.
+
+    python -m wgqa_jax.analysis --workdir=workdirs/wgqa --workdir=workdirs/gqa --out=analysis/
+
+- WGQA weights: distribution of the learned K/V head weights at every kept checkpoint (PNG, like
+  Fig. 3 of the WGQA paper) and a two-sided one-sample t-test of their mean against 0.5 (the mean
+  heuristic of GQA with two heads per group) at each step.
+- Curves: an eval metric (default ROUGE-Lsum) against step for several runs on one plot.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+
+def _wgqa_leaves(tree, path=()):
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      yield from _wgqa_leaves(v, path + (k,))
+    elif k in ("wk", "wv"):
+      yield path + (k,), np.asarray(v)
+
+
+def wgqa_weights(params) -> np.ndarray:
+  """All WGQA weights of a params tree, flattened (empty if the model has none)."""
+  leaves = [v.ravel() for _, v in sorted(_wgqa_leaves(params), key=lambda x: x[0])]
+  return np.concatenate(leaves) if leaves else np.zeros(0, np.float32)
+
+
+def weights_by_step(workdir: str) -> dict[int, np.ndarray]:
+  """{step: flat WGQA weights} for every checkpoint kept in workdir/checkpoints."""
+  import orbax.checkpoint as ocp
+  path = os.path.join(os.path.abspath(workdir), "checkpoints")
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"{workdir} has no checkpoints/ directory")
+  mngr = ocp.CheckpointManager(path)
+  out = {}
+  for step in mngr.all_steps():
+    state = mngr.restore(step, args=ocp.args.StandardRestore())
+    out[int(step)] = wgqa_weights(state["params"])
+  mngr.close()
+  return out
+
+
+def ttest(weights: np.ndarray, popmean: float = 0.5) -> dict[str, float]:
+  """Two-sided one-sample t-test of the weights' mean against popmean."""
+  from scipy import stats
+  t, p = stats.ttest_1samp(np.asarray(weights, np.float64), popmean)
+  return {"n": int(len(weights)), "mean": float(np.mean(weights)), "std": float(np.std(weights)),
+          "t": float(t), "p_value": float(p), "popmean": popmean}
+
+
+def plot_weight_distributions(by_step: dict[int, np.ndarray], out_png: str, title: str = "") -> str:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  steps = sorted(by_step)
+  fig, ax = plt.subplots(figsize=(7, 4))
+  lo = min(float(by_step[s].min()) for s in steps)
+  hi = max(float(by_step[s].max()) for s in steps)
+  n = min(len(v) for v in by_step.values())
+  bins = np.linspace(lo, hi, int(np.clip(n // 3, 8, 40)))
+  cmap = plt.get_cmap("viridis")
+  for i, s in enumerate(steps):
+    ax.hist(by_step[s], bins=bins, histtype="step", lw=2, density=True,
+            color=cmap(i / max(len(steps) - 1, 1)), label=f"step {s}")
+  ax.axvline(0.5, color="k", ls="--", lw=1, label="0.5 (GQA mean)")
+  ax.set_xlabel("learned WGQA weight (K and V heads)")
+  ax.set_ylabel("density")
+  ax.set_title(title or "WGQA weight distribution over uptraining")
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(out_png, dpi=120)
+  plt.close(fig)
+  return out_png
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{workdir} has no metrics.jsonl")
+  return [json.loads(line) for line in open(path) if line.strip()]
+
+
+def plot_curves(runs: dict[str, str], metric: str, out_png: str) -> str:
+  """One line per run: `metric` (e.g. eval/rougeLsum, train/loss) against step."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(7, 4))
+  for name, workdir in runs.items():
+    pts = sorted((r["step"], r[metric]) for r in read_metrics(workdir) if metric in r)
+    if pts:
+      ax.plot(*zip(*pts), marker="o", ms=3, label=name)
+  ax.set_xlabel("step")
+  ax.set_ylabel(metric)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(out_png, dpi=120)
+  plt.close(fig)
+  return out_png
+
+
+def analyse(workdirs: list[str], out_dir: str, metric: str = "eval/rougeLsum") -> dict:
+  os.makedirs(out_dir, exist_ok=True)
+  names = {os.path.basename(os.path.normpath(w)): w for w in workdirs}
+  report: dict = {"curves": plot_curves(names, metric, os.path.join(out_dir, "curves.png")),
+                  "wgqa": {}}
+  for name, w in names.items():
+    if not os.path.isdir(os.path.join(w, "checkpoints")):
+      continue
+    by_step = weights_by_step(w)
+    if not by_step or not len(next(iter(by_step.values()))):
+      continue
+    png = plot_weight_distributions(by_step, os.path.join(out_dir, f"wgqa_weights_{name}.png"),
+                                    f"{name}: learned K/V head weights")
+    report["wgqa"][name] = {"plot": png, "ttest_vs_0.5": {s: ttest(v) for s, v in by_step.items()}}
+  with open(os.path.join(out_dir, "analysis.json"), "w") as f:
+    json.dump(report, f, indent=1)
+  return report
+
+
+def main(argv: list[str] | None = None) -> int:
+  ap = argparse.ArgumentParser(prog="python -m wgqa_jax.analysis", description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--workdir", action="append", required=True, help="a training workdir (repeat)")
+  ap.add_argument("--out", required=True)
+  ap.add_argument("--metric", default="eval/rougeLsum")
+  args = ap.parse_args(argv)
+  report = analyse(args.workdir, args.out, args.metric)
+  print(f"curves: {report['curves']}")
+  for name, r in report["wgqa"].items():
+    print(f"{name}: {r['plot']}")
+    for step, t in r["ttest_vs_0.5"].items():
+      print(f"  step {step}: mean {t['mean']:.4f} (std {t['std']:.4f}, n={t['n']}), "
+            f"t={t['t']:.2f}, p={t['p_value']:.3g} vs 0.5")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
