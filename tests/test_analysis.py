@@ -42,6 +42,7 @@ def test_sweep_runs_variants_from_one_mha_checkpoint(tmp_path):
   assert set(r["results"]) == {"gqa", "wgqa"} and r["init_from"].endswith("pretrain_mha/final")
   table = (out / "results.md").read_text()
   assert "| gqa |" in table and "| wgqa |" in table and "Ordering by eval/rouge1" in table
+  assert "Right after conversion (step 0)" in table and "nan" not in table
   assert (out / "analysis" / "wgqa_weights_wgqa.png").exists()
   # same vocabulary everywhere
   assert (out / "wgqa" / "spm.model").read_bytes() == (out / "pretrain_mha" / "spm.model").read_bytes()

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
   ap.add_argument("--out", required=True)
   ap.add_argument("--pretrain_steps", type=int, default=1000,
                   help="train a random MHA this long first (0: use config.init_from)")
-  ap.add_argument("--steps", type=int, default=300, help="uptraining steps per variant")
+  ap.add_argument("--steps", type=int, default=120, help="uptraining steps per variant")
   ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                   help="config override for every run (repeatable)")
   args = ap.parse_args(argv)
@@ -85,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     c = base.copy_and_resolve_references()
     checkpoints = max(args.steps // 3, 1)  # three "epochs" of weights for the plots
     c.update(dict(init_from=init_from, variant=v, num_train_steps=args.steps, num_epochs=0,
-                  eval_every=checkpoints, checkpoint_every=checkpoints, keep_checkpoints=10))
+                  eval_every=checkpoints, checkpoint_every=checkpoints, keep_checkpoints=10,
+                  eval_at_start=True,
+                  warmup_steps=min(c.warmup_steps, args.steps // 10)))
     if pre and c.tokenizer == "sentencepiece":  # same vocabulary as the MHA checkpoint
       os.makedirs(w, exist_ok=True)
       if not os.path.exists(os.path.join(w, "spm.model")):
@@ -113,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
   main_metric = metric_names[0] if metric_names else "eval/loss"
   order = sorted(variants, key=lambda v: -results[v][main_metric])
   by_loss = sorted(variants, key=lambda v: results[v]["eval/loss"])
+  start = {v: next((r[main_metric] for r in analysis.read_metrics(runs[v])
+                    if r.get("step") == 0 and main_metric in r), float("nan")) for v in variants}
+  lines += ["", f"Right after conversion (step 0), {main_metric}: " + ", ".join(
+      f"{v} {start[v]:.1f}" for v in variants)]
   lines += ["", f"Ordering by {main_metric}: " + " > ".join(order),
             "Ordering by eval loss (lower is better; finer-grained when ROUGE saturates): "
             + " < ".join(by_loss)]

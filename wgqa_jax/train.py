@@ -312,6 +312,8 @@ def train(c: ml_collections.ConfigDict, workdir: str, stop_after: int | None = N
   bar = tqdm(range(start, total_steps), initial=start, total=total_steps, desc="train",
              disable=jax.process_index() != 0, dynamic_ncols=True)
   with jax.set_mesh(mesh):
+    if c.eval_at_start and start == 0:
+      run_eval(0)
     for step in bar:
       batch = data.train_batch(train_split, c.batch_size, step, c.seed)
       state, out = train_step(state, sharding.put_batch(batch, mesh),

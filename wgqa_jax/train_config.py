@@ -50,6 +50,7 @@ def base_config() -> ml_collections.ConfigDict:
   # ---- logging / eval / checkpoints ----
   c.log_every = 50
   c.eval_every = 500            # 0: only at the end
+  c.eval_at_start = False       # also evaluate the converted model before any update
   c.eval_examples = 256
   c.eval_batch_size = 64
   c.eval_max_decode_length = -1  # -1 = max_target_length
