@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# All GPUs of one host, data parallel (add --config.mesh_model=2 for 2-way tensor parallel).
+#   CONFIG=configs/wgqa_base.py WORKDIR=/tmp/wgqa_base launch/multi_gpu.sh --config.batch_size=64
+source "$(dirname "$0")/common.sh"
+require_config
+require_gpu
+n=$(python -c "import jax; print(jax.device_count())")
+echo "one host, $n GPUs: $CONFIG -> $WORKDIR (global batch is split over the data axis)"
+run python -m wgqa_jax.train --config="$CONFIG" --workdir="$WORKDIR" "$@"
