@@ -23,13 +23,16 @@ setup(
         "tqdm>=4.66",
         "safetensors>=0.4",
         "tensorboardX>=2.6",
+        "matplotlib>=3.7",
+        "scipy>=1.10",
     ],
     extras_require={
         # Conversion from PyTorch .bin files and the HF equivalence tests. torch is pinned: an
         # unpinned torch pulls a multi-GB CUDA build.
         "torch": ["torch==2.13.0", "transformers>=4.40", "safetensors>=0.4"],
         "tf": ["tensorflow-cpu"],
-        "test": ["pytest>=8", "torch==2.13.0", "transformers>=4.40"],
+        "test": ["pytest>=8", "torch==2.13.0", "transformers>=4.40", "nbclient>=0.9",
+                 "nbformat>=5.9", "ipykernel>=6.25"],
         "gpu": ["jax[cuda12]"],
     },
 )

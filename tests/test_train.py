@@ -195,3 +195,14 @@ def test_regroup_moves_query_heads_with_their_optimizer_moments():
   np.testing.assert_array_equal(mu, nq)
   np.testing.assert_array_equal(new["params"]["decoder"]["layers_0"]["cross_attention"]["k"],
                                 params["decoder"]["layers_0"]["cross_attention"]["k"])
+
+
+def test_config_docs_are_generated_and_complete():
+  from wgqa_jax.train_config import base_config, config_docs
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  docs = config_docs()
+  assert open(os.path.join(repo, "docs", "CONFIG.md")).read() == docs, \
+      "docs/CONFIG.md is stale: python -m wgqa_jax.train_config > docs/CONFIG.md"
+  for key in base_config():
+    row = [l for l in docs.splitlines() if l.startswith(f"| `{key}` |")]
+    assert row and not row[0].endswith("|  |"), f"config key {key} has no documentation"
