@@ -116,7 +116,7 @@ class Attention(nn.Module):
     """(H,) or (b, H) KV head of each query head, for unequal / dynamic groups."""
     cfg = self.config
     if cfg.kv_allocation == "static":
-      return jnp.asarray(grouping.kv_index_from_sizes(cfg.kv_group_sizes))
+      return jnp.asarray(grouping.kv_index(cfg.num_heads, self.num_kv_heads, cfg.kv_group_sizes))
     if cfg.kv_allocation == "key_norm":  # KDGQA: this forward pass's keys, per example
       norms = jnp.sqrt(jnp.sum(jnp.square(k.astype(jnp.float32)), axis=(1, 3)))  # (b, G)
     else:  # DGQA: the K kernels, which move as uptraining goes on

@@ -174,12 +174,10 @@ def expand_to_mha(params, cfg: T5Config):
     raise ValueError(f"kv_allocation={cfg.kv_allocation!r} decides the grouping at run time; "
                      f"it has no fixed MHA equivalent to export")
   out = _copy_tree(params)
-  index = (grouping.kv_index_from_sizes(cfg.kv_group_sizes) if cfg.kv_group_sizes
-           else np.arange(cfg.num_heads) // (cfg.num_heads // cfg.kv_heads))
   for stack, layer, module in grouped_modules(cfg):
     p = out[stack][layer][module]
-    p["k"] = _np(p["k"])[:, index]
-    p["v"] = _np(p["v"])[:, index]
+    p["k"] = grouping.expand(_np(p["k"]), cfg.num_heads, cfg.kv_group_sizes)
+    p["v"] = grouping.expand(_np(p["v"]), cfg.num_heads, cfg.kv_group_sizes)
   return out, cfg.replace(num_kv_heads=None, kv_group_sizes=None, attention_noise=0.0)
 
 

@@ -7,8 +7,8 @@ Grouping is contiguous: original head h belongs to group h // (H / G), and so do
 - weighted_sum:     WGQA (Chinnakonduru & Mohapatra 2024): each group's kernel is sum_i w_i K_i over
                     its heads; w has one scalar per head ("row", shape (H,)) or one per head and
                     output dim ("col", shape (H, d_kv)). With w = 1/group_size it *is* mean_pool.
-- expand:           the inverse direction for export: repeat each group's kernel for its H/G query
-                    heads, giving MHA kernels with identical outputs.
+- expand:           the inverse direction for export: copy each group's kernel to its query heads
+                    (kv_index), giving MHA kernels with identical outputs.
 """
 from __future__ import annotations
 
@@ -29,8 +29,7 @@ def mean_pool(kernel, num_groups: int, sizes=None):
   d, h, dk = kernel.shape
   xp = np if isinstance(kernel, np.ndarray) else jnp
   if sizes is not None:
-    if len(sizes) != num_groups or sum(sizes) != h:
-      raise ValueError(f"group sizes {list(sizes)} must be {num_groups} sizes summing to {h}")
+    kv_index(h, num_groups, sizes)  # validates
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     return xp.stack([kernel[:, a:a + n].mean(axis=1) for a, n in zip(starts, sizes)], axis=1)
   size = _check(h, num_groups)
@@ -48,12 +47,20 @@ def weighted_sum(kernel, weights, num_groups: int):
   return weighted.reshape(d, num_groups, size, dk).sum(axis=2)
 
 
-def expand(kernel, num_heads: int):
+def expand(kernel, num_heads: int, sizes=None):
   """(d, G, dk) -> (d, H, dk): every query head gets a copy of its group's kernel."""
-  d, g, dk = kernel.shape
-  size = _check(num_heads, g)
-  xp = np if isinstance(kernel, np.ndarray) else jnp
-  return xp.repeat(kernel, size, axis=1)
+  index = kv_index(num_heads, kernel.shape[1], sizes)
+  return kernel[:, index]
+
+
+def kv_index(num_heads: int, num_groups: int, sizes=None) -> np.ndarray:
+  """(H,) KV head of each query head: contiguous equal groups, or contiguous `sizes`."""
+  if sizes is not None:
+    if len(sizes) != num_groups or sum(sizes) != num_heads:
+      raise ValueError(f"group sizes {list(sizes)} must be {num_groups} sizes summing to "
+                       f"{num_heads}")
+    return np.repeat(np.arange(num_groups), sizes)
+  return np.arange(num_heads) // _check(num_heads, num_groups)
 
 
 def wgqa_weight_shape(mode: str, num_heads: int, d_kv: int) -> tuple[int, ...]:
@@ -136,11 +143,6 @@ def permute_query_heads(attn: dict, perm) -> dict:
 # ----------------------------------------------------------------------------------------------
 # Unequal groups: AsymGQA-style static sizes, KDGQA / DGQA key-norm allocation
 # ----------------------------------------------------------------------------------------------
-def kv_index_from_sizes(sizes) -> np.ndarray:
-  """Contiguous group sizes (s_0, ..., s_{G-1}) -> (H,) KV head of each query head."""
-  return np.repeat(np.arange(len(sizes)), sizes)
-
-
 def allocate_queries(norms, num_heads: int):
   """Split num_heads query heads over KV heads in proportion to their norms (KDGQA): every KV
   head gets at least one query, the rest by largest remainder. norms (..., G) -> (..., G) ints."""
