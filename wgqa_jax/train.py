@@ -28,7 +28,7 @@ import optax
 import orbax.checkpoint as ocp
 from tqdm import tqdm
 
-from wgqa_jax import convert, data, decode, grouping, metrics, model, sharding
+from wgqa_jax import analysis, convert, data, decode, grouping, metrics, model, sharding
 from wgqa_jax.config import preset
 from wgqa_jax.train_config import validate
 
@@ -163,11 +163,10 @@ def regroup_query_heads(state, cfg):
   return jax.tree_util.tree_map_with_path(visit, host)
 
 
-def wgqa_weight_stats(params, cfg) -> dict[str, float]:
-  if cfg.wgqa == "none":
+def wgqa_weight_stats(params) -> dict[str, float]:
+  ws = analysis.wgqa_weights(params)
+  if not len(ws):
     return {}
-  ws = np.concatenate([np.asarray(params[s][l][m][n]).ravel()
-                       for s, l, m in convert.grouped_modules(cfg) for n in ("wk", "wv")])
   return {"wgqa/mean": float(ws.mean()), "wgqa/std": float(ws.std()),
           "wgqa/min": float(ws.min()), "wgqa/max": float(ws.max())}
 
@@ -181,10 +180,10 @@ def evaluate(state, cfg, c, split, tokenizer, mesh, eval_loss_fn, max_decode: in
   for b in data.eval_batches(split, c.eval_batch_size):
     valid = b.pop("valid")
     b["targets"] = np.where(valid[:, None], b["targets"], 0)  # padded rows weigh nothing
-    l, k = eval_loss_fn(state["params"], sharding.put_batch(b, mesh))
+    batch = sharding.put_batch(b, mesh)
+    l, k = eval_loss_fn(state["params"], batch)
     lsum, n = lsum + float(l), n + float(k)
-    out = decode.greedy(state["params"], sharding.put_batch(
-        {"x": b["inputs"]}, mesh)["x"], cfg, max_decode)
+    out = decode.greedy(state["params"], batch["inputs"], cfg, max_decode)
     preds += [tokenizer.decode(row) for row, v in zip(np.asarray(out), valid) if v]
   refs = [t for _, t in split.texts]
   result = {"eval/loss": lsum / max(n, 1.0)}
@@ -293,7 +292,7 @@ def train(c: ml_collections.ConfigDict, workdir: str, stop_after: int | None = N
   def run_eval(step):
     nonlocal best
     result, preds = evaluate(state, cfg, c, eval_split, tokenizer, mesh, eval_loss_fn, max_decode)
-    result.update(wgqa_weight_stats(jax.device_get(state["params"]), cfg))
+    result.update(wgqa_weight_stats(jax.device_get(state["params"])))
     result["step"] = step
     write(result)
     say(f"eval @ {step}: " + " ".join(f"{k}={v:.4g}" for k, v in result.items() if k != "step")
