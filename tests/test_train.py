@@ -206,3 +206,55 @@ def test_config_docs_are_generated_and_complete():
   for key in base_config():
     row = [l for l in docs.splitlines() if l.startswith(f"| `{key}` |")]
     assert row and not row[0].endswith("|  |"), f"config key {key} has no documentation"
+
+
+def _tiny_model_and_batch():
+  from wgqa_jax import model as model_lib
+  from wgqa_jax.config import preset
+  cfg = preset("tiny", vocab_size=64, num_encoder_layers=1, num_decoder_layers=1)
+  params = model_lib.init_params(cfg, jax.random.PRNGKey(0))
+  rng = np.random.default_rng(0)
+  batch = {"inputs": rng.integers(2, 64, (2, 7)).astype(np.int32),
+           "targets": np.concatenate([rng.integers(2, 64, (2, 4)), np.zeros((2, 2))], 1)
+           .astype(np.int32)}
+  return cfg, params, batch
+
+
+def test_loss_with_label_smoothing_and_z_loss_matches_numpy():
+  from wgqa_jax import model as model_lib
+  cfg, params, batch = _tiny_model_and_batch()
+  dec_in = model_lib.shift_right(batch["targets"])
+  logits = np.asarray(model_lib.T5(cfg).apply({"params": params}, batch["inputs"], dec_in),
+                      np.float64)
+  logz = np.log(np.exp(logits).sum(-1))
+  logp = logits - logz[..., None]
+  nll = -np.take_along_axis(logp, batch["targets"][..., None], -1)[..., 0]
+  ls, z = 0.1, 1e-3
+  want = ((1 - ls) * nll - ls * logp.mean(-1) + z * logz ** 2)
+  w = batch["targets"] != 0
+  lsum, n, nllsum = train.loss_sums(params, batch, None, cfg, ls, z, False)
+  assert float(n) == w.sum() == 8
+  np.testing.assert_allclose(float(lsum), want[w].sum(), rtol=1e-5)
+  np.testing.assert_allclose(float(nllsum), nll[w].sum(), rtol=1e-5)
+
+
+def test_nan_guard_skips_the_update():
+  import optax
+  cfg, params, batch = _tiny_model_and_batch()
+  tx = optax.adamw(1e-2)
+  step = jax.jit(train.make_train_step(cfg, tiny(), tx))
+  state = {"step": jax.numpy.zeros((), jax.numpy.int32), "params": params,
+           "opt_state": tx.init(params)}
+  good, out = step(state, batch, jax.random.PRNGKey(0))
+  assert float(out["skipped"]) == 0 and int(good["step"]) == 1
+  assert not np.allclose(good["params"]["decoder"]["layers_0"]["mlp"]["wo"],
+                         params["decoder"]["layers_0"]["mlp"]["wo"])
+  bad_params = jax.tree.map(lambda x: x, params)
+  bad_params["encoder"]["final_norm"]["scale"] = params["encoder"]["final_norm"]["scale"] * np.nan
+  bad = {**state, "params": bad_params}
+  new, out = step(bad, batch, jax.random.PRNGKey(0))
+  assert float(out["skipped"]) == 1 and int(new["step"]) == 1
+  for a, b in zip(jax.tree.leaves(new["params"]), jax.tree.leaves(bad_params)):
+    np.testing.assert_array_equal(a, b)  # untouched (NaN stays NaN, nothing else moved)
+  for a, b in zip(jax.tree.leaves(new["opt_state"]), jax.tree.leaves(state["opt_state"])):
+    np.testing.assert_array_equal(a, b)
