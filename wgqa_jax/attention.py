@@ -162,7 +162,7 @@ class Attention(nn.Module):
       if bias.shape[1] == 1:  # a mask, the same for every head
         bias = bias[:, :, None]
       else:
-        bias = bias.reshape(bias.shape[0], g, h // g, *bias.shape[-2:])
+        bias = bias.reshape(bias.shape[0], g, r, *bias.shape[-2:])
       logits = logits + bias
     weights = self._softmax(logits, deterministic)
     out = jnp.einsum("bgqs,bsgk->bgqk", weights.astype(dtype).reshape(b, g, r * t, s), v)
@@ -183,12 +183,8 @@ class Attention(nn.Module):
 
   def _attend_gathered(self, q, k, v, bias, deterministic):
     """Unequal groups: gather each query head's KV head (activations only; caches keep G)."""
-    idx = self.kv_index(k)
-    if idx.ndim == 1:
-      kq, vq = jnp.take(k, idx, axis=2), jnp.take(v, idx, axis=2)
-    else:
-      kq = jnp.take_along_axis(k, idx[:, None, :, None], axis=2)
-      vq = jnp.take_along_axis(v, idx[:, None, :, None], axis=2)
+    idx = jnp.broadcast_to(self.kv_index(k), (q.shape[0], q.shape[2]))[:, None, :, None]
+    kq, vq = jnp.take_along_axis(k, idx, axis=2), jnp.take_along_axis(v, idx, axis=2)
     logits = jnp.einsum("bthk,bshk->bhts", q, kq).astype(jnp.float32)
     if bias is not None:
       logits = logits + jnp.asarray(bias, jnp.float32)

@@ -24,7 +24,22 @@ TASKS = {
     "wmt14_de_en": ("wmt14_translate/de-en", "de", "en", "translate German to English: "),
 }
 SYNTHETIC = ("synthetic_summarize",)
+
+
+def is_translation(dataset: str) -> bool:
+  """Translation tasks are scored with BLEU, the rest with ROUGE."""
+  return dataset.startswith("wmt")
 PAD, EOS, UNK = 0, 1, 2
+
+
+def until_eos(ids: Iterable[int], eos_id: int) -> list[int]:
+  """The ids before the first EOS, as Python ints."""
+  out = []
+  for i in ids:
+    if int(i) == eos_id:
+      break
+    out.append(int(i))
+  return out
 
 
 class ByteTokenizer:
@@ -36,13 +51,8 @@ class ByteTokenizer:
     return [b + 3 for b in text.encode("utf-8")]
 
   def decode(self, ids: Iterable[int]) -> str:
-    out = bytearray()
-    for i in ids:
-      i = int(i)
-      if i == EOS:
-        break
-      if 3 <= i < 259:  # ids past the byte range (a bigger embedding) decode to nothing
-        out.append(i - 3)
+    # ids past the byte range (a bigger embedding) decode to nothing
+    out = bytearray(i - 3 for i in until_eos(ids, EOS) if 3 <= i < 259)
     return out.decode("utf-8", errors="ignore")
 
 
@@ -59,10 +69,7 @@ class HFTokenizer:
     return self.tok(text, add_special_tokens=False)["input_ids"]
 
   def decode(self, ids: Iterable[int]) -> str:
-    ids = [int(i) for i in ids]
-    if self.eos_id in ids:
-      ids = ids[:ids.index(self.eos_id)]
-    return self.tok.decode(ids, skip_special_tokens=True)
+    return self.tok.decode(until_eos(ids, self.eos_id), skip_special_tokens=True)
 
 
 class SentencePieceTokenizer:
@@ -95,10 +102,7 @@ class SentencePieceTokenizer:
     return self.sp.encode(text)
 
   def decode(self, ids: Iterable[int]) -> str:
-    ids = [int(i) for i in ids]
-    if self.eos_id in ids:
-      ids = ids[:ids.index(self.eos_id)]
-    return self.sp.decode([i for i in ids if 2 < i < self.vocab_size])
+    return self.sp.decode([i for i in until_eos(ids, self.eos_id) if 2 < i < self.vocab_size])
 
 
 def get_tokenizer(name: str, workdir: str | None = None, train_texts=None, vocab_size=512):
@@ -154,7 +158,7 @@ def load_examples(dataset: str, split: str, n: int | None, seed: int = 0,
   pairs = []
   for i in range(count):
     ex = source[i]
-    if dataset.startswith("wmt"):
+    if is_translation(dataset):
       ex = ex.get("translation", ex) if isinstance(ex, dict) else ex
     text = lambda x: x.decode("utf-8") if isinstance(x, bytes) else str(x)
     pairs.append((prefix + text(ex[src]), text(ex[tgt])))

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     preds += [tokenizer.decode(r) for r, v in zip(np.asarray(out), b["valid"]) if v]
   seconds = time.time() - t0
   refs = [t for _, t in pairs]
-  task = "translation" if dataset.startswith("wmt") else "summarization"
+  task = "translation" if data.is_translation(dataset) else "summarization"
   scores = metrics.score(preds, refs, task, args.bootstrap)
   result = {"checkpoint": os.path.abspath(path), "dataset": dataset, "split": args.split,
             "num_examples": len(preds), "num_beams": args.num_beams, "decode_seconds": seconds,

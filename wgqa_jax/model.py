@@ -119,8 +119,7 @@ class DecoderLayer(nn.Module):
   def __call__(self, y, encoded, self_bias, cross_bias, deterministic: bool):
     h = self.self_attention_norm(y)
     y = self._residual(y, self.self_attention(h, h, self_bias, deterministic), deterministic)
-    cross_k, cross_v = self.cross_attention.project_kv(encoded)
-    return self._cross_and_mlp(y, cross_k, cross_v, cross_bias, deterministic)
+    return self._cross_and_mlp(y, *self.cross_kv(encoded), cross_bias, deterministic)
 
   def cross_kv(self, encoded):
     """Cross-attention K/V of the encoder output, (b, s, G, d_kv) each: computed once per input."""

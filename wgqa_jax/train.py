@@ -187,7 +187,8 @@ def evaluate(state, cfg, c, split, tokenizer, mesh, eval_loss_fn, max_decode: in
     preds += [tokenizer.decode(row) for row, v in zip(np.asarray(out), valid) if v]
   refs = [t for _, t in split.texts]
   result = {"eval/loss": lsum / max(n, 1.0)}
-  scores = metrics.bleu(preds, refs) if c.dataset.startswith("wmt") else metrics.rouge(preds, refs)
+  score = metrics.bleu if data.is_translation(c.dataset) else metrics.rouge
+  scores = score(preds, refs)
   result.update({f"eval/{k}": v for k, v in scores.items()})
   return result, preds
 
