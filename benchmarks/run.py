@@ -1,9 +1,11 @@
 """Side-by-side benchmarks in one run; prints tables and writes benchmarks/RESULTS.md.
 
-    python benchmarks/run.py                      # CPU-sized defaults (~10 min on 2 cores)
-    python benchmarks/run.py --preset=gpu         # full grid on an accelerator
+    python benchmarks/run.py                  # CPU-sized defaults (~12 min on 2 cores) -> RESULTS.md
+    python benchmarks/run.py --preset=gpu     # full grid on an accelerator -> RESULTS_gpu.md
+    python benchmarks/run.py --preset=smoke   # seconds, tiny model: checks the script still runs
 
-1. train step: our jitted step vs HF PyTorch T5 (same t5-small architecture, batch, AdamW).
+1. training: our jitted loss, loss+gradients and full step (AdamW) vs HF PyTorch T5 (same
+   t5-small architecture and batch); on CPU also the dense-layer matmul layouts, XLA vs torch.
 2. cached decoding: tokens/s and KV-cache bytes, MHA vs GQA-4 vs GQA-2 vs MQA, over source
    lengths and batch sizes (cache bytes are exact; GQA's must be G/H of MHA's).
 3. our cached greedy decoding vs HF PyTorch generate() on the same converted weights.
@@ -29,10 +31,14 @@ from wgqa_jax import convert, decode, model, train  # noqa: E402
 from wgqa_jax.config import preset  # noqa: E402
 
 PRESETS = {
-    "cpu": dict(train_batch=8, train_src=256, train_tgt=64, train_steps=5,
+    # a seconds-long run of every section on the tiny architecture: tests/ runs it (no timings)
+    "smoke": dict(arch="tiny", train_batch=2, train_src=16, train_tgt=8, train_steps=1,
+                  src_lens=[16], batches=[1], decode_tokens=4, hf_batch=2, hf_src=16,
+                  hf_tokens=4, dtype="float32"),
+    "cpu": dict(arch="t5-small", train_batch=8, train_src=256, train_tgt=64, train_steps=5,
                 src_lens=[512, 2048], batches=[1, 8], decode_tokens=32,
                 hf_batch=4, hf_src=512, hf_tokens=32, dtype="float32"),
-    "gpu": dict(train_batch=32, train_src=512, train_tgt=256, train_steps=20,
+    "gpu": dict(arch="t5-small", train_batch=32, train_src=512, train_tgt=256, train_steps=20,
                 src_lens=[512, 1024, 2048, 4096], batches=[1, 8, 32, 64], decode_tokens=128,
                 hf_batch=16, hf_src=512, hf_tokens=128, dtype="bfloat16"),
 }
@@ -40,19 +46,50 @@ PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16
 
 
 def timeit(fn, repeats: int) -> float:
+  """Median seconds per call after one warm-up call (medians shrug off a noisy shared host)."""
   fn()  # compile / warm up
-  t = time.perf_counter()
+  times = []
   for _ in range(repeats):
+    t = time.perf_counter()
     fn()
-  return (time.perf_counter() - t) / repeats
+    times.append(time.perf_counter() - t)
+  return float(np.median(times))
+
+
+def torch_device(log):
+  """Where HF PyTorch runs: beside our accelerator, or None when the comparison would be unfair."""
+  import torch
+  if torch.cuda.is_available():
+    return "cuda"
+  if jax.default_backend() == "cpu":
+    return "cpu"
+  log(f"\n(HF PyTorch rows skipped: JAX runs on {jax.default_backend()} but this torch "
+      f"({torch.__version__}) has no CUDA; install a CUDA build of torch to compare.)")
+  return None
 
 
 def sync(x):
   return jax.block_until_ready(x)
 
 
-def t5_small(**kw):
-  return preset("t5-small", dropout_rate=0.0, **kw)
+def human_bytes(n: float) -> str:
+  for unit in ("B", "KiB", "MiB"):
+    if n < 1024:
+      return f"{n:.1f} {unit}"
+    n /= 1024
+  return f"{n:.1f} GiB"
+
+
+def arch(p, **kw):
+  return preset(p["arch"], dropout_rate=0.0, **kw)
+
+
+def hf_model(cfg, dev):
+  """A randomly initialised HF PyTorch T5 with our architecture."""
+  import torch
+  from transformers import T5Config as HFConfig, T5ForConditionalGeneration
+  torch.manual_seed(0)
+  return T5ForConditionalGeneration(HFConfig(**cfg.to_hf())).to(dev)
 
 
 def train_flops(cfg, b, s, t) -> float:
@@ -69,60 +106,104 @@ def train_flops(cfg, b, s, t) -> float:
 # ------------------------------------------------------------------------------ 1. train ----
 def bench_train(p, log):
   import torch
-  from transformers import T5Config as HFConfig, T5ForConditionalGeneration
-  cfg = t5_small(dtype=p["dtype"])
+  from wgqa_jax.train_config import base_config
+  cfg = arch(p, dtype=p["dtype"])
   b, s, t = p["train_batch"], p["train_src"], p["train_tgt"]
   rng = np.random.default_rng(0)
   inputs = rng.integers(2, cfg.vocab_size, (b, s)).astype(np.int32)
   targets = rng.integers(2, cfg.vocab_size, (b, t)).astype(np.int32)
+  n = p["train_steps"]
 
+  # ours: the loss alone, loss + gradients, and the whole jitted train step (AdamW, donated state)
+  c = base_config()
   params = model.init_params(cfg, jax.random.PRNGKey(0))
   tx = optax.adamw(1e-3)
   state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
-  from wgqa_jax.train_config import base_config
-  c = base_config()
-  step = jax.jit(train.make_train_step(cfg, c, tx), donate_argnums=(0,))
   batch = {"inputs": jnp.asarray(inputs), "targets": jnp.asarray(targets)}
   key = jax.random.PRNGKey(0)
+  loss = lambda prm, bt: train.loss_sums(prm, bt, key, cfg, 0.0, 0.0, True)[0]
+  fwd, grad = jax.jit(loss), jax.jit(jax.grad(loss))
+  step = jax.jit(train.make_train_step(cfg, c, tx), donate_argnums=(0,))
   holder = {"state": state}
 
-  def ours():
+  def ours_step():
     holder["state"], out = step(holder["state"], batch, key)
     sync(out["loss"])
-  t_ours = timeit(ours, p["train_steps"])
+  ours = {"forward (loss)": timeit(lambda: sync(fwd(params, batch)), n),
+          "forward + backward": timeit(lambda: sync(grad(params, batch)), n),
+          "train step (+ AdamW)": timeit(ours_step, n)}
+  del params, holder
 
-  torch.manual_seed(0)
-  hf = T5ForConditionalGeneration(HFConfig(
-      vocab_size=cfg.vocab_size, d_model=cfg.d_model, d_kv=cfg.d_kv, d_ff=cfg.d_ff,
-      num_layers=cfg.num_encoder_layers, num_heads=cfg.num_heads, dropout_rate=0.0,
-      decoder_start_token_id=0))
-  dev = "cuda" if torch.cuda.is_available() else "cpu"
-  hf = hf.to(dev).train()
-  opt = torch.optim.AdamW(hf.parameters(), lr=1e-3)
-  ti, tt = torch.tensor(inputs, dtype=torch.long, device=dev), torch.tensor(
-      targets, dtype=torch.long, device=dev)
-  amp = p["dtype"] == "bfloat16"
+  theirs = {}
+  dev = torch_device(log)
+  if dev is not None:
+    hf = hf_model(cfg, dev).train()
+    opt = torch.optim.AdamW(hf.parameters(), lr=1e-3)
+    ti, tt = (torch.tensor(x, dtype=torch.long, device=dev) for x in (inputs, targets))
+    amp = p["dtype"] == "bfloat16"
 
-  def theirs():
-    with torch.autocast(dev, dtype=torch.bfloat16, enabled=amp):
-      loss = hf(input_ids=ti, labels=tt).loss
-    loss.backward()
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    if dev == "cuda":
-      torch.cuda.synchronize()
-  t_hf = timeit(theirs, p["train_steps"])
+    def hf_loss():
+      with torch.autocast(dev, dtype=torch.bfloat16, enabled=amp):
+        return hf(input_ids=ti, labels=tt).loss
+
+    def run(what):
+      def go():
+        if what == "forward (loss)":
+          with torch.no_grad():
+            hf_loss()
+        else:
+          hf_loss().backward()
+          if what == "train step (+ AdamW)":
+            opt.step()
+          opt.zero_grad(set_to_none=True)
+        if dev == "cuda":
+          torch.cuda.synchronize()
+      return go
+    theirs = {what: timeit(run(what), n) for what in ours}
 
   tokens = b * (s + t)
-  rows = [("ours (jax.jit)", t_ours), ("HF PyTorch T5", t_hf)]
-  log(f"\n### 1. Train step, t5-small architecture, batch {b}, inputs {s}, targets {t}, "
-      f"{p['dtype']}\n")
   peak = peak_tflops()
-  log("| implementation | s/step | tokens/s | speed-up vs HF |" + (" MFU |" if peak else ""))
-  log("|---|---|---|---|" + ("---|" if peak else ""))
-  for name, sec in rows:
-    mfu = f" {100 * train_flops(cfg, b, s, t) / sec / (peak * 1e12):.1f}% |" if peak else ""
-    log(f"| {name} | {sec:.3f} | {tokens / sec:,.0f} | {t_hf / sec:.2f}x |{mfu}")
+  log(f"\n### 1. Training, {p['arch']} architecture, batch {b}, inputs {s}, targets {t}, "
+      f"{p['dtype']}\n")
+  log(f"Median of {n} calls each. tokens = batch x (inputs + targets).\n")
+  log("| what | ours s | ours tokens/s | HF PyTorch s | HF tokens/s | ours vs HF |"
+      + (" MFU ours | MFU HF |" if peak else ""))
+  log("|---|---|---|---|---|---|" + ("---|---|" if peak else ""))
+  for what, sec in ours.items():
+    hs = theirs.get(what)
+    row = (f"| {what} | {sec:.3f} | {tokens / sec:,.0f} | "
+           + (f"{hs:.3f} | {tokens / hs:,.0f} | {hs / sec:.2f}x |" if hs else "- | - | - |"))
+    if peak and what != "forward (loss)":
+      flops = train_flops(cfg, b, s, t) / (peak * 1e12)
+      row += f" {100 * flops / sec:.1f}% | " + (f"{100 * flops / hs:.1f}% |" if hs else "- |")
+    elif peak:
+      row += " | |"
+    log(row)
+  if jax.default_backend() == "cpu":
+    bench_gemm(cfg, b * s, log)
+
+
+def bench_gemm(cfg, m, log):
+  """The matmul layouts a dense layer needs, XLA:CPU vs torch, at the train step's shapes:
+  forward y = x W (NN), input gradient dx = dy W^T (NT), weight gradient dW = x^T dy (TN)."""
+  import torch
+  rng = np.random.default_rng(0)
+  d, f = cfg.d_model, cfg.d_ff
+  x, w, dy = (rng.standard_normal(sh).astype(np.float32) for sh in ((m, d), (d, f), (m, f)))
+  cases = [("forward  x W", "NN", lambda a, b_: a @ b_, (x, w)),
+           ("grad x   dy W^T", "NT", lambda a, b_: a @ b_.T, (dy, w)),
+           ("grad W   x^T dy", "TN", lambda a, b_: a.T @ b_, (x, dy))]
+  log(f"\nWhere the time goes on CPU: one dense layer's matmuls ({m} tokens, d_model {d}, "
+      f"d_ff {f}, float32), median of 10.\n")
+  log("| matmul | layout | XLA GFLOP/s | torch GFLOP/s | XLA vs torch |")
+  log("|---|---|---|---|---|")
+  flops = 2.0 * m * d * f
+  for name, lay, fn, args in cases:
+    jf, ja = jax.jit(fn), [jnp.asarray(a) for a in args]
+    ta = [torch.from_numpy(a) for a in args]
+    tj = timeit(lambda: sync(jf(*ja)), 10)
+    tt = timeit(lambda: fn(*ta), 10)
+    log(f"| {name} | {lay} | {flops / tj / 1e9:.0f} | {flops / tt / 1e9:.0f} | {tt / tj:.2f}x |")
 
 
 def peak_tflops():
@@ -152,11 +233,13 @@ def decode_only(params, encoded, mask, cfg, n_tok: int):
 
 
 def bench_decode(p, log):
-  base = t5_small(dtype=p["dtype"])
+  base = arch(p, dtype=p["dtype"])
   mha_params = jax.tree.map(np.asarray, model.init_params(base, jax.random.PRNGKey(0)))
-  variants = [("MHA", base.num_heads), ("GQA-4", 4), ("GQA-2", 2), ("MQA", 1)]
+  h = base.num_heads
+  groups = sorted({h, h // 2, h // 4, 1} - {0}, reverse=True)
+  variants = [("MHA" if g == h else "MQA" if g == 1 else f"GQA-{g}", g) for g in groups]
   n_tok = p["decode_tokens"]
-  log(f"\n### 2. Cached greedy decoding, t5-small architecture, {n_tok} new tokens, "
+  log(f"\n### 2. Cached greedy decoding, {p['arch']} architecture, {n_tok} new tokens, "
       f"{p['dtype']}\n")
   log("Decode time only (the encoder's output is given; the cross K/V projection is included); "
       "median of 3.\n")
@@ -188,24 +271,20 @@ def bench_decode(p, log):
         nbytes = decode.cache_bytes(cfg, b, s, n_tok)
         if name == "MHA":
           mha_rate, mha_bytes = rate, nbytes
-        log(f"| {s} | {b} | {name} | {nbytes / 2**20:.1f} MiB | {nbytes / mha_bytes:.3f} | "
+        log(f"| {s} | {b} | {name} | {human_bytes(nbytes)} | {nbytes / mha_bytes:.3f} | "
             f"{rate:,.0f} | {rate / mha_rate:.2f}x |")
 
 
 # ------------------------------------------------------------------------- 3. vs HF generate ----
 def bench_generate(p, log):
   import torch
-  from transformers import T5Config as HFConfig, T5ForConditionalGeneration
-  torch.manual_seed(0)
-  cfg = t5_small()
-  hf = T5ForConditionalGeneration(HFConfig(
-      vocab_size=cfg.vocab_size, d_model=cfg.d_model, d_kv=cfg.d_kv, d_ff=cfg.d_ff,
-      num_layers=cfg.num_encoder_layers, num_heads=cfg.num_heads, dropout_rate=0.0,
-      decoder_start_token_id=0)).eval()
+  dev = torch_device(log)
+  if dev is None:
+    return
+  hf = hf_model(arch(p), "cpu").eval()
   sd = {k: v.numpy() for k, v in hf.state_dict().items()}
   cfg = convert.config_from_hf(hf.config.to_dict(), sd)
   params = jax.tree.map(jnp.asarray, convert.hf_to_params(sd, cfg))
-  dev = "cuda" if torch.cuda.is_available() else "cpu"
   hf = hf.to(dev)
   b, s, n = p["hf_batch"], p["hf_src"], p["hf_tokens"]
   ids = np.random.default_rng(1).integers(2, cfg.vocab_size, (b, s))
@@ -223,7 +302,7 @@ def bench_generate(p, log):
   same = decode.strip(decode.greedy(params, jnp.asarray(ids[:2], jnp.int32), cfg, 16)) == \
       decode.strip(hf.generate(input_ids=ti[:2], max_new_tokens=16, do_sample=False,
                                decoder_start_token_id=0).cpu().numpy()[:, 1:])
-  log(f"\n### 3. Greedy generation vs HF generate(), t5-small (MHA), batch {b}, source {s}, "
+  log(f"\n### 3. Greedy generation vs HF generate(), {p['arch']} (MHA), batch {b}, source {s}, "
       f"{n} tokens, float32\n")
   log("| implementation | seconds | tokens/s | speed-up vs HF |")
   log("|---|---|---|---|")
@@ -237,8 +316,12 @@ def main():
   ap.add_argument("--preset", default="gpu" if jax.default_backend() == "gpu" else "cpu",
                   choices=sorted(PRESETS))
   ap.add_argument("--only", default="train,decode,generate")
-  ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "RESULTS.md"))
+  ap.add_argument("--out", default=None,
+                  help="default: benchmarks/RESULTS.md (cpu preset), RESULTS_gpu.md (gpu preset)")
   args = ap.parse_args()
+  here = os.path.dirname(os.path.abspath(__file__))
+  args.out = args.out or os.path.join(
+      here, "RESULTS.md" if args.preset == "cpu" else f"RESULTS_{args.preset}.md")
   p = PRESETS[args.preset]
   lines: list[str] = []
 

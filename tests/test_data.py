@@ -30,6 +30,23 @@ def test_synthetic_task_is_deterministic_and_splits_differ():
   assert doc.startswith("summarize: ") and doc[len("summarize: "):].startswith(summary)
 
 
+def test_synthetic_translation_follows_its_dictionary_and_reordering():
+  pairs = data.synthetic_translate(300, 0)
+  assert pairs == data.synthetic_translate(300, 0) and pairs != data.synthetic_translate(300, 1)
+  prefix = "translate German to English: "
+  lexicon = {}
+  for src, tgt in pairs:
+    assert src.startswith(prefix) and src.endswith(".") and tgt.endswith(".")
+    s, t = src[len(prefix):-1].split(), tgt[:-1].split()
+    assert 3 <= len(s) == len(t) <= 8
+    t = [t[0]] + t[2:] + [t[1]]  # undo: the source's last word went to second place
+    for a, b in zip(s, t):
+      assert lexicon.setdefault(a, b) == b  # one fixed translation per word
+  assert len(set(lexicon.values())) == len(lexicon) > 280  # one-to-one, 300 words
+  valid = data.load_examples("synthetic_translate", "validation", 20)
+  assert valid == data.synthetic_translate(20, 1) and data.is_translation("synthetic_translate")
+
+
 def test_batches_are_a_function_of_the_step_and_cover_each_epoch():
   pairs = data.synthetic_summarize(40, 0)
   split = data.tokenize(pairs, data.ByteTokenizer(), 32, 16)

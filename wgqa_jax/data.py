@@ -23,12 +23,13 @@ TASKS = {
     "multi_news": ("multi_news", "document", "summary", "summarize: "),
     "wmt14_de_en": ("wmt14_translate/de-en", "de", "en", "translate German to English: "),
 }
-SYNTHETIC = ("synthetic_summarize",)
 
 
 def is_translation(dataset: str) -> bool:
   """Translation tasks are scored with BLEU, the rest with ROUGE."""
-  return dataset.startswith("wmt")
+  return dataset.startswith("wmt") or dataset == "synthetic_translate"
+
+
 PAD, EOS, UNK = 0, 1, 2
 
 
@@ -137,12 +138,47 @@ def synthetic_summarize(n: int, seed: int) -> list[tuple[str, str]]:
   return out
 
 
+def _pseudo_words(rng, syllables, n: int) -> list[str]:
+  """n distinct words of 1-3 syllables."""
+  words: set[str] = set()
+  while len(words) < n:
+    words.add("".join(rng.choice(syllables, rng.integers(1, 4))))
+  return sorted(words)
+
+
+def synthetic_translate(n: int, seed: int) -> list[tuple[str, str]]:
+  """(pseudo-German, pseudo-English) sentence pairs: a fixed word-for-word dictionary, and the
+  source's last word (its "verb") moves to second place in the target. Harder than the
+  lead-sentence task (the model must learn the dictionary and the reordering) and scored
+  with BLEU, so the translation path runs offline too."""
+  vocab_rng = np.random.default_rng(4321)  # the dictionary is the same for every split
+  src_words = _pseudo_words(vocab_rng, ["sch", "ei", "un", "ber", "ach", "ge", "lich", "au",
+                                        "ke", "zu", "ind", "ol"], 300)
+  tgt_words = _pseudo_words(vocab_rng, ["th", "ow", "er", "ing", "ly", "sp", "ea", "ro", "mb",
+                                        "ck", "ai", "us"], 300)
+  tgt_words = [str(w) for w in vocab_rng.permutation(tgt_words)]
+  lexicon = dict(zip(src_words, tgt_words))
+  rng = np.random.default_rng(seed)
+  out = []
+  for _ in range(n):
+    src = list(rng.choice(src_words, rng.integers(3, 9)))
+    tgt = [lexicon[w] for w in src]
+    tgt.insert(1, tgt.pop())
+    out.append(("translate German to English: " + " ".join(src) + ".", " ".join(tgt) + "."))
+  return out
+
+
+SYNTHETIC_TASKS = {"synthetic_summarize": synthetic_summarize,
+                   "synthetic_translate": synthetic_translate}
+SYNTHETIC = tuple(SYNTHETIC_TASKS)  # offline datasets the code generates
+
+
 def load_examples(dataset: str, split: str, n: int | None, seed: int = 0,
                   data_dir: str | None = None) -> list[tuple[str, str]]:
   """Up to n (input text with prefix, target text) pairs."""
-  if dataset == "synthetic_summarize":
+  if dataset in SYNTHETIC_TASKS:
     size = {"train": 4096, "validation": 256, "test": 256}[split] if n is None else n
-    return synthetic_summarize(size, seed={"train": 0, "validation": 1, "test": 2}[split])
+    return SYNTHETIC_TASKS[dataset](size, seed={"train": 0, "validation": 1, "test": 2}[split])
   if dataset not in TASKS:
     raise ValueError(f"unknown dataset {dataset!r}; choose from {sorted(TASKS) + list(SYNTHETIC)}")
   name, src, tgt, prefix = TASKS[dataset]

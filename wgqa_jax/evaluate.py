@@ -41,6 +41,35 @@ def resolve(checkpoint: str) -> tuple[str, dict]:
                           f"wgqa_jax params dir nor a HF T5 directory")
 
 
+def predict(params, cfg, split, tokenizer, batch_size: int, max_len: int, num_beams: int = 1,
+            length_penalty: float = 1.0, put=None, on_batch=None, desc: str | None = None
+            ) -> list[str]:
+  """Decode every example of a tokenized split (greedy, or beam search when num_beams > 1) and
+  detokenize, in order. The last batch is padded to batch_size; its padding rows get all-pad
+  targets (so they weigh nothing in a loss) and are dropped from the predictions.
+
+  put: places a host batch on devices (train passes its mesh's sharding); on_batch(batch) sees
+  each placed batch first (train accumulates its eval loss there); desc: show a progress bar.
+  """
+  batches = data.eval_batches(split, batch_size)
+  if desc:
+    batches = tqdm(batches, desc=desc, total=-(-len(split) // batch_size), leave=False)
+  preds: list[str] = []
+  for b in batches:
+    valid = b.pop("valid")
+    b["targets"] = np.where(valid[:, None], b["targets"], 0)
+    if put is not None:
+      b = put(b)
+    if on_batch is not None:
+      on_batch(b)
+    if num_beams > 1:
+      out = decode.beam_search(params, b["inputs"], cfg, max_len, num_beams, length_penalty)
+    else:
+      out = decode.greedy(params, b["inputs"], cfg, max_len)
+    preds += [tokenizer.decode(r) for r, v in zip(np.asarray(out), valid) if v]
+  return preds
+
+
 def main(argv: list[str] | None = None) -> int:
   ap = argparse.ArgumentParser(prog="python -m wgqa_jax.evaluate", description=__doc__,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -78,16 +107,9 @@ def main(argv: list[str] | None = None) -> int:
   print(f"{path}: {cfg.num_heads} heads / {cfg.kv_heads} KV heads, wgqa={cfg.wgqa} | {dataset} "
         f"{args.split}: {len(split)} examples | beams={args.num_beams}")
 
-  preds: list[str] = []
   t0 = time.time()
-  for b in tqdm(data.eval_batches(split, args.batch_size), desc="decode",
-                total=-(-len(split) // args.batch_size)):
-    if args.num_beams > 1:
-      out = decode.beam_search(params, b["inputs"], cfg, max_dec, args.num_beams,
-                               args.length_penalty)
-    else:
-      out = decode.greedy(params, b["inputs"], cfg, max_dec)
-    preds += [tokenizer.decode(r) for r, v in zip(np.asarray(out), b["valid"]) if v]
+  preds = predict(params, cfg, split, tokenizer, args.batch_size, max_dec, args.num_beams,
+                  args.length_penalty, desc="decode")
   seconds = time.time() - t0
   refs = [t for _, t in pairs]
   task = "translation" if data.is_translation(dataset) else "summarization"

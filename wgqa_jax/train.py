@@ -28,7 +28,8 @@ import optax
 import orbax.checkpoint as ocp
 from tqdm import tqdm
 
-from wgqa_jax import analysis, convert, data, decode, grouping, metrics, model, sharding
+from wgqa_jax import analysis, convert, data, grouping, metrics, model, sharding
+from wgqa_jax import evaluate as evaluate_lib
 from wgqa_jax.config import preset
 from wgqa_jax.train_config import validate
 
@@ -175,16 +176,15 @@ def wgqa_weight_stats(params) -> dict[str, float]:
 # Evaluation
 # ----------------------------------------------------------------------------------------------
 def evaluate(state, cfg, c, split, tokenizer, mesh, eval_loss_fn, max_decode: int):
-  lsum = n = 0.0
-  preds: list[str] = []
-  for b in data.eval_batches(split, c.eval_batch_size):
-    valid = b.pop("valid")
-    b["targets"] = np.where(valid[:, None], b["targets"], 0)  # padded rows weigh nothing
-    batch = sharding.put_batch(b, mesh)
+  sums = [0.0, 0.0]
+
+  def add_loss(batch):
     l, k = eval_loss_fn(state["params"], batch)
-    lsum, n = lsum + float(l), n + float(k)
-    out = decode.greedy(state["params"], batch["inputs"], cfg, max_decode)
-    preds += [tokenizer.decode(row) for row, v in zip(np.asarray(out), valid) if v]
+    sums[0], sums[1] = sums[0] + float(l), sums[1] + float(k)
+  preds = evaluate_lib.predict(state["params"], cfg, split, tokenizer, c.eval_batch_size,
+                               max_decode, put=lambda b: sharding.put_batch(b, mesh),
+                               on_batch=add_loss)
+  lsum, n = sums
   refs = [t for _, t in split.texts]
   result = {"eval/loss": lsum / max(n, 1.0)}
   score = metrics.bleu if data.is_translation(c.dataset) else metrics.rouge

@@ -26,7 +26,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.dtype = "float32"           # compute dtype: bfloat16 on GPUs
   c.dropout_rate = -1.0         # -1 keeps the checkpoint's value
   # ---- data ----
-  c.dataset = "synthetic_summarize"  # | cnn_dailymail | multi_news | wmt14_de_en (TFDS)
+  c.dataset = "synthetic_summarize"  # | synthetic_translate (offline) | cnn_dailymail | multi_news | wmt14_de_en (TFDS)
   c.data_dir = ""               # TFDS data_dir ("" = TFDS default)
   c.tokenizer = "bytes"         # "bytes" | "sentencepiece" (trained on the fly) | HF dir or id
   c.max_input_length = 512     # tokens, truncated (EOS kept) and padded
@@ -98,6 +98,30 @@ def paper_config(checkpoint: str, variant: str, kv_heads: int) -> ml_collections
   c.kv_heads = kv_heads
   c.dataset = "cnn_dailymail"
   c.dtype = "bfloat16"
+  return c
+
+
+def tiny_config(dataset: str = "synthetic_summarize") -> ml_collections.ConfigDict:
+  """The offline setup (configs/tiny*.py): a tiny random T5 uptrained into WGQA (G=2) on a
+  generated task, with a sentencepiece vocabulary trained on the fly. Minutes on 2 CPU cores."""
+  c = base_config()
+  c.init_from = "tiny-random"
+  c.arch = "tiny"
+  c.variant = "wgqa"
+  c.kv_heads = 2
+  c.dataset = dataset
+  c.tokenizer = "sentencepiece"
+  c.max_input_length = 64
+  c.max_target_length = 16
+  c.batch_size = 32
+  c.num_epochs = 0
+  c.num_train_steps = 1500
+  c.learning_rate = 3e-3
+  c.warmup_steps = 50
+  c.log_every = 25
+  c.eval_every = 500
+  c.eval_examples = 64
+  c.checkpoint_every = 500
   return c
 
 

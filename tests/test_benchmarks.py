@@ -1,0 +1,31 @@
+"""benchmarks/run.py still runs end to end (smoke preset, tiny model). Its timings are not checked
+here; what is checked is what does not depend on the machine: every section is written, the KV
+cache of G KV heads is exactly G/H of MHA's, and our greedy tokens equal HF generate()'s."""
+import os
+import re
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_benchmark_script_smoke(tmp_path):
+  out = tmp_path / "results.md"
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device, as users run it
+  r = subprocess.run([sys.executable, "benchmarks/run.py", "--preset=smoke", f"--out={out}"],
+                     cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  text = out.read_text()
+  assert "Command: `python benchmarks/run.py --preset=smoke`" in text
+  for section in ("### 1. Training", "### 2. Cached greedy decoding", "### 3. Greedy generation"):
+    assert section in text
+  for what in ("forward (loss)", "forward + backward", "train step (+ AdamW)"):
+    row = next(line for line in text.splitlines() if line.startswith(f"| {what} |"))
+    assert re.search(r"\| \d+\.\d+x \|$", row), row  # an HF timing and a ratio, not "-"
+  ratios = {}
+  for line in text.splitlines():  # | source | batch | variant | cache | cache / MHA | ...
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    if len(cells) == 7 and cells[2] in ("MHA", "GQA-2", "MQA"):
+      ratios[cells[2]] = float(cells[4])
+  assert ratios == {"MHA": 1.0, "GQA-2": 0.5, "MQA": 0.25}  # tiny: 4 heads
+  assert "Same greedy tokens as HF on 2 sequences x 16 tokens: True" in text
