@@ -3,7 +3,7 @@ German->English task (a fixed pseudo-word dictionary plus one reordering), score
 
     python -m wgqa_jax.train --config=configs/tiny_translate.py --workdir=/tmp/wgqa_tiny_translate
 
-No download. Harder than configs/tiny.py: the model must learn a 300-word dictionary and move
+No download. Harder than configs/tiny.py: the model must learn a 150-word dictionary and move
 the last word to second place.
 """
 from wgqa_jax.train_config import tiny_config

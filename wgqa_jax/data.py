@@ -149,13 +149,13 @@ def _pseudo_words(rng, syllables, n: int) -> list[str]:
 def synthetic_translate(n: int, seed: int) -> list[tuple[str, str]]:
   """(pseudo-German, pseudo-English) sentence pairs: a fixed word-for-word dictionary, and the
   source's last word (its "verb") moves to second place in the target. Harder than the
-  lead-sentence task (the model must learn the dictionary and the reordering) and scored
+  lead-sentence task (the model must learn a 150-word dictionary and the reordering) and scored
   with BLEU, so the translation path runs offline too."""
   vocab_rng = np.random.default_rng(4321)  # the dictionary is the same for every split
   src_words = _pseudo_words(vocab_rng, ["sch", "ei", "un", "ber", "ach", "ge", "lich", "au",
-                                        "ke", "zu", "ind", "ol"], 300)
+                                        "ke", "zu", "ind", "ol"], 150)
   tgt_words = _pseudo_words(vocab_rng, ["th", "ow", "er", "ing", "ly", "sp", "ea", "ro", "mb",
-                                        "ck", "ai", "us"], 300)
+                                        "ck", "ai", "us"], 150)
   tgt_words = [str(w) for w in vocab_rng.permutation(tgt_words)]
   lexicon = dict(zip(src_words, tgt_words))
   rng = np.random.default_rng(seed)
@@ -168,17 +168,19 @@ def synthetic_translate(n: int, seed: int) -> list[tuple[str, str]]:
   return out
 
 
-SYNTHETIC_TASKS = {"synthetic_summarize": synthetic_summarize,
-                   "synthetic_translate": synthetic_translate}
-SYNTHETIC = tuple(SYNTHETIC_TASKS)  # offline datasets the code generates
+# offline datasets the code generates: name -> (generator, train split size)
+SYNTHETIC_TASKS = {"synthetic_summarize": (synthetic_summarize, 4096),
+                   "synthetic_translate": (synthetic_translate, 16384)}
+SYNTHETIC = tuple(SYNTHETIC_TASKS)
 
 
 def load_examples(dataset: str, split: str, n: int | None, seed: int = 0,
                   data_dir: str | None = None) -> list[tuple[str, str]]:
   """Up to n (input text with prefix, target text) pairs."""
   if dataset in SYNTHETIC_TASKS:
-    size = {"train": 4096, "validation": 256, "test": 256}[split] if n is None else n
-    return SYNTHETIC_TASKS[dataset](size, seed={"train": 0, "validation": 1, "test": 2}[split])
+    generate, train_size = SYNTHETIC_TASKS[dataset]
+    size = {"train": train_size, "validation": 256, "test": 256}[split] if n is None else n
+    return generate(size, seed={"train": 0, "validation": 1, "test": 2}[split])
   if dataset not in TASKS:
     raise ValueError(f"unknown dataset {dataset!r}; choose from {sorted(TASKS) + list(SYNTHETIC)}")
   name, src, tgt, prefix = TASKS[dataset]
