@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
   lines += ["", f"Right after conversion (step 0), {main_metric}: " + ", ".join(
       f"{v} {start[v]:.1f}" for v in variants)]
   lines += ["", f"Ordering by {main_metric}: " + " > ".join(order),
-            "Ordering by eval loss (lower is better; finer-grained when ROUGE saturates): "
+            "Ordering by eval loss (lower is better; finer-grained when the metric saturates): "
             + " < ".join(by_loss)]
   report = analysis.analyse(list(runs.values()), os.path.join(args.out, "analysis"), main_metric)
   for name, r in report["wgqa"].items():
