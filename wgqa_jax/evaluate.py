@@ -19,7 +19,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from wgqa_jax import convert, data, decode, metrics
+from wgqa_jax import convert, data, decode, metrics, sharding
 
 
 def resolve(checkpoint: str) -> tuple[str, dict]:
@@ -66,7 +66,7 @@ def predict(params, cfg, split, tokenizer, batch_size: int, max_len: int, num_be
       out = decode.beam_search(params, b["inputs"], cfg, max_len, num_beams, length_penalty)
     else:
       out = decode.greedy(params, b["inputs"], cfg, max_len)
-    preds += [tokenizer.decode(r) for r, v in zip(np.asarray(out), valid) if v]
+    preds += [tokenizer.decode(r) for r, v in zip(sharding.to_host(out), valid) if v]
   return preds
 
 

@@ -70,6 +70,20 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+def to_host(tree):
+  """Global arrays -> numpy, on every process. Arrays that span other hosts' devices are
+  all-gathered, so every process must call this (it is a collective when process_count > 1)."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  from jax.experimental import multihost_utils
+
+  def fetch(x):
+    if not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated:
+      return np.asarray(jax.device_get(x))
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return jax.tree.map(fetch, tree)
+
+
 def put_batch(batch: dict, mesh: Mesh) -> dict:
   """Host numpy batch -> global arrays sharded over the data axis (single and multi-host)."""
   sharding = batch_sharding(mesh)

@@ -141,7 +141,7 @@ def regroup_query_heads(state, cfg):
   """SimGQA at intervals: move query heads between the (already pooled) KV groups so that each
   group holds mutually similar queries. q and o (and their optimizer moments) are permuted;
   each similarity group goes to the KV head most of its members already use."""
-  host = jax.device_get(state)
+  host = sharding.to_host(state)
   size = cfg.num_heads // cfg.kv_heads
   perms = {}
   for stack, layer, module in convert.grouped_modules(cfg):
@@ -196,6 +196,16 @@ def evaluate(state, cfg, c, split, tokenizer, mesh, eval_loss_fn, max_decode: in
 # ----------------------------------------------------------------------------------------------
 # main
 # ----------------------------------------------------------------------------------------------
+def first_on_process_0(fn):
+  """fn() on process 0, then on the others (which find what process 0 wrote to the workdir)."""
+  if jax.process_count() == 1:
+    return fn()
+  from jax.experimental import multihost_utils
+  out = fn() if jax.process_index() == 0 else None
+  multihost_utils.sync_global_devices("wgqa_jax: process 0 done")
+  return out if jax.process_index() == 0 else fn()
+
+
 def say(msg: str) -> None:
   if jax.process_index() == 0:
     tqdm.write(msg)
@@ -216,8 +226,9 @@ def train(c: ml_collections.ConfigDict, workdir: str, stop_after: int | None = N
   # ---- data ----
   n_train = None if c.train_examples < 0 else c.train_examples
   train_pairs = data.load_examples(c.dataset, "train", n_train, c.seed, c.data_dir or None)
-  tokenizer = data.get_tokenizer(c.tokenizer, workdir, (t for pair in train_pairs for t in pair),
-                                 vocab_size=preset(c.arch).vocab_size)
+  tokenizer = first_on_process_0(lambda: data.get_tokenizer(
+      c.tokenizer, workdir, (t for pair in train_pairs for t in pair),
+      vocab_size=preset(c.arch).vocab_size))  # trained once, into the shared workdir
   train_split = data.tokenize(train_pairs, tokenizer, c.max_input_length, c.max_target_length)
   eval_split = data.tokenize(
       data.load_examples(c.dataset, "validation", c.eval_examples, c.seed, c.data_dir or None),
@@ -293,7 +304,8 @@ def train(c: ml_collections.ConfigDict, workdir: str, stop_after: int | None = N
   def run_eval(step):
     nonlocal best
     result, preds = evaluate(state, cfg, c, eval_split, tokenizer, mesh, eval_loss_fn, max_decode)
-    result.update(wgqa_weight_stats(jax.device_get(state["params"])))
+    host_params = sharding.to_host(state["params"])  # every process: a collective on multi-host
+    result.update(wgqa_weight_stats(host_params))
     result["step"] = step
     write(result)
     say(f"eval @ {step}: " + " ".join(f"{k}={v:.4g}" for k, v in result.items() if k != "step")
@@ -301,7 +313,7 @@ def train(c: ml_collections.ConfigDict, workdir: str, stop_after: int | None = N
     value = result.get(f"eval/{c.best_metric}")
     if value is not None and value > best and jax.process_index() == 0:
       best = value
-      convert.save(jax.device_get(state["params"]), cfg, os.path.join(workdir, "best"))
+      convert.save(host_params, cfg, os.path.join(workdir, "best"))
       json.dump({"step": step, "metric": c.best_metric, "value": value}, open(best_path, "w"))
     return result
 
@@ -320,7 +332,7 @@ def train(c: ml_collections.ConfigDict, workdir: str, stop_after: int | None = N
                               jax.random.fold_in(rng, step))
       done = step + 1
       if done % c.log_every == 0 or done == total_steps:
-        out = jax.device_get(out)
+        out = sharding.to_host(out)
         tokens = float(out["tokens"]) * (done - t0_step)  # target tokens since the last log
         dt = time.time() - t0
         last = {"step": done, "train/loss": float(out["loss"]), "train/nll": float(out["nll"]),
@@ -351,8 +363,9 @@ def train(c: ml_collections.ConfigDict, workdir: str, stop_after: int | None = N
     signal.signal(s, h)
   if tb is not None:
     tb.close()
-  if not stop["signal"] and jax.process_index() == 0:
-    convert.save(jax.device_get(state["params"]), cfg, os.path.join(workdir, "final"))
+  final_params = None if stop["signal"] else sharding.to_host(state["params"])
+  if final_params is not None and jax.process_index() == 0:
+    convert.save(final_params, cfg, os.path.join(workdir, "final"))
     say(f"done: {workdir}/final (fold WGQA: python -m wgqa_jax.convert "
         f"--params={workdir}/final --fold --out={workdir}/folded)")
   return last

@@ -1,0 +1,30 @@
+"""One process of a multi-process CPU run (tests/test_multihost.py starts several).
+
+    python tests/multihost_worker.py PROCESS_ID NUM_PROCESSES PORT WORKDIR DEVICES_PER_PROCESS
+
+NUM_PROCESSES=1 runs without jax.distributed. Prints "RESULT <json>" with the last metrics.
+"""
+import json
+import os
+import sys
+
+pid, n, port, workdir, local_devices = sys.argv[1:6]
+os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={local_devices}"
+import jax  # noqa: E402
+
+if int(n) > 1:
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  # what launch/multihost.sh sets; train.main() reads the same variables
+  jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=int(n),
+                             process_id=int(pid))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from wgqa_jax import train  # noqa: E402
+from wgqa_jax.train_config import tiny_config  # noqa: E402
+
+c = tiny_config()
+c.train_examples, c.batch_size, c.num_train_steps = 256, 8, 20
+c.eval_examples, c.eval_batch_size, c.eval_every = 12, 8, 10  # the last eval batch is padded
+c.checkpoint_every, c.log_every = 10, 10
+out = train.train(c, workdir)
+print("RESULT " + json.dumps({"process": jax.process_index(), "count": jax.process_count(),
+                              "devices": jax.device_count(), **out}), flush=True)
