@@ -1,6 +1,6 @@
 """One process of a multi-process CPU run (tests/test_multihost.py starts several).
 
-    python tests/multihost_worker.py PROCESS_ID NUM_PROCESSES PORT WORKDIR DEVICES_PER_PROCESS
+    python tests/multihost_worker.py PROCESS_ID NUM_PROCESSES PORT WORKDIR DEVICES_PER_PROCESS [STEPS]
 
 NUM_PROCESSES=1 runs without jax.distributed. Prints "RESULT <json>" with the last metrics.
 """
@@ -9,6 +9,7 @@ import os
 import sys
 
 pid, n, port, workdir, local_devices = sys.argv[1:6]
+steps = int(sys.argv[6]) if len(sys.argv) > 6 else 20
 os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={local_devices}"
 import jax  # noqa: E402
 
@@ -22,7 +23,7 @@ from wgqa_jax import train  # noqa: E402
 from wgqa_jax.train_config import tiny_config  # noqa: E402
 
 c = tiny_config()
-c.train_examples, c.batch_size, c.num_train_steps = 256, 8, 20
+c.train_examples, c.batch_size, c.num_train_steps = 256, 8, steps
 c.eval_examples, c.eval_batch_size, c.eval_every = 12, 8, 10  # the last eval batch is padded
 c.checkpoint_every, c.log_every = 10, 10
 out = train.train(c, workdir)

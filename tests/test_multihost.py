@@ -1,7 +1,8 @@
 """Multi-host training, for real: two processes joined by jax.distributed (gloo collectives on
 CPU), two devices each, against one process with four devices. Same global batches, same mesh
 shape, so the losses must agree; and the eval (greedy decoding whose output spans both hosts),
-the best/ and final/ saves and the shared tokenizer must work from every process."""
+the best/ and final/ saves and the shared tokenizer must work from every process; and the
+checkpoint the two processes wrote must resume in a single process on a different mesh."""
 import json
 import os
 import socket
@@ -20,20 +21,21 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def start(pid, n, port, workdir, devices):
+def start(pid, n, port, workdir, devices, steps=20):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   return subprocess.Popen([sys.executable, WORKER, str(pid), str(n), str(port), str(workdir),
-                           str(devices)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                           str(devices), str(steps)], cwd=REPO, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
 
 
-def result(proc) -> dict:
+def result(proc, expect_in_output: str = "") -> dict:
   try:
     out, _ = proc.communicate(timeout=600)
   except subprocess.TimeoutExpired:
     proc.kill()
     pytest.fail("a worker hung")
   assert proc.returncode == 0, out[-4000:]
+  assert expect_in_output in out, out[-4000:]
   return json.loads(next(l for l in out.splitlines() if l.startswith("RESULT "))[len("RESULT "):])
 
 
@@ -53,3 +55,8 @@ def test_two_processes_train_like_one(tmp_path):
     assert (tmp_path / "multi" / sub / "params.safetensors").exists()
   assert (tmp_path / "multi" / "spm.model").exists()
   assert sorted(os.listdir(tmp_path / "multi" / "checkpoints")) == ["10", "20"]
+
+  # the two-host checkpoint resumes in one process on a smaller mesh (data axis 4 -> 2)
+  resumed = result(start(0, 1, 0, tmp_path / "multi", 2, steps=30), "resumed from step 20")
+  assert resumed["step"] == 30 and resumed["devices"] == 2
+  assert sorted(os.listdir(tmp_path / "multi" / "checkpoints"), key=int) == ["10", "20", "30"]
