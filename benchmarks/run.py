@@ -27,7 +27,7 @@ import numpy as np
 import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from wgqa_jax import convert, decode, model, train  # noqa: E402
+from wgqa_jax import convert, decode, model, ops, train  # noqa: E402
 from wgqa_jax.config import preset  # noqa: E402
 
 PRESETS = {
@@ -130,8 +130,13 @@ def bench_train(p, log):
     holder["state"], out = step(holder["state"], batch, key)
     sync(out["loss"])
   ours = {"forward (loss)": timeit(lambda: sync(fwd(params, batch)), n),
-          "forward + backward": timeit(lambda: sync(grad(params, batch)), n),
-          "train step (+ AdamW)": timeit(ours_step, n)}
+          "forward + backward": timeit(lambda: sync(grad(params, batch)), n)}
+  if jax.default_backend() == "cpu":  # what wgqa_jax.ops' transposed weight gradient buys
+    ops.TRANSPOSE_WEIGHT_GRAD_ON_CPU = False
+    plain = jax.jit(jax.grad(loss))
+    ours["forward + backward, plain x^T dy"] = timeit(lambda: sync(plain(params, batch)), n)
+    ops.TRANSPOSE_WEIGHT_GRAD_ON_CPU = True
+  ours["train step (+ AdamW)"] = timeit(ours_step, n)  # last: it donates the params
   del params, holder
 
   theirs = {}
@@ -159,7 +164,7 @@ def bench_train(p, log):
         if dev == "cuda":
           torch.cuda.synchronize()
       return go
-    theirs = {what: timeit(run(what), n) for what in ours}
+    theirs = {what: timeit(run(what), n) for what in ours if "plain" not in what}
 
   tokens = b * (s + t)
   peak = peak_tflops()

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from wgqa_jax import grouping
+from wgqa_jax.ops import dense
 from wgqa_jax.config import T5Config
 
 NEG_INF = float(np.finfo(np.float32).min)
@@ -136,8 +137,8 @@ class Attention(nn.Module):
     dtype = jnp.dtype(self.config.dtype)
     k_kernel, v_kernel = self.grouped_kv_kernels()
     x = inputs_kv.astype(dtype)
-    k = jnp.einsum("bsd,dgk->bsgk", x, k_kernel.astype(dtype))
-    v = jnp.einsum("bsd,dgk->bsgk", x, v_kernel.astype(dtype))
+    k = dense(x, k_kernel.astype(dtype))  # (b, s, G, d_kv)
+    v = dense(x, v_kernel.astype(dtype))
     return k, v
 
   def attend(self, inputs_q, k, v, bias, deterministic: bool):
@@ -146,7 +147,7 @@ class Attention(nn.Module):
     dtype = jnp.dtype(cfg.dtype)
     h, g, dk = cfg.num_heads, self.num_kv_heads, cfg.d_kv
     b, t, _ = inputs_q.shape
-    q = jnp.einsum("btd,dhk->bthk", inputs_q.astype(dtype), self.q.astype(dtype))
+    q = dense(inputs_q.astype(dtype), self.q.astype(dtype))  # (b, t, H, d_kv)
     q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
     if self.unequal_groups:
       return self._attend_gathered(q, k, v, bias, deterministic)
@@ -179,7 +180,7 @@ class Attention(nn.Module):
 
   def _out(self, out):
     out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
-    return jnp.einsum("bthk,hkd->btd", out, self.o.astype(jnp.dtype(self.config.dtype)))
+    return dense(out, self.o.astype(jnp.dtype(self.config.dtype)), n_in=2)
 
   def _attend_gathered(self, q, k, v, bias, deterministic):
     """Unequal groups: gather each query head's KV head (activations only; caches keep G)."""

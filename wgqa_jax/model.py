@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from wgqa_jax.attention import NEG_INF, Attention, RelativePositionBias
+from wgqa_jax.ops import dense
 from wgqa_jax.config import T5Config
 
 
@@ -65,14 +66,14 @@ class MLP(nn.Module):
                                   (cfg.d_model, cfg.d_ff), pdt).astype(dtype)
     x = x.astype(dtype)
     if cfg.is_gated:
-      h = act(x @ win("wi_0")) * (x @ win("wi_1"))
+      h = act(dense(x, win("wi_0"))) * dense(x, win("wi_1"))
     else:
-      h = act(x @ win("wi"))
+      h = act(dense(x, win("wi")))
     h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
     h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
     wo = self.param("wo", part(_normal(cfg.d_ff ** -0.5), ("mlp", "embed")),
                     (cfg.d_ff, cfg.d_model), pdt)
-    return h @ wo.astype(dtype)
+    return dense(h, wo.astype(dtype))
 
 
 def _residual(cfg, x, y, deterministic):
@@ -250,7 +251,7 @@ class T5(nn.Module):
     if cfg.tie_word_embeddings:
       out = self.shared.attend(y)
     else:
-      out = y @ self.lm_head.astype(jnp.dtype(cfg.dtype))
+      out = dense(y, self.lm_head.astype(jnp.dtype(cfg.dtype)))
     out = nn.with_logical_constraint(out, ("batch", "length", "vocab"))
     return out.astype(jnp.float32)
 
