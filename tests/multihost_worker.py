@@ -11,16 +11,17 @@ import sys
 pid, n, port, workdir, local_devices = sys.argv[1:6]
 steps = int(sys.argv[6]) if len(sys.argv) > 6 else 20
 os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={local_devices}"
+if int(n) > 1:  # the variables launch/multihost.sh sets
+  os.environ.update(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES=n,
+                    JAX_PROCESS_ID=pid)
 import jax  # noqa: E402
 
-if int(n) > 1:
-  jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  # what launch/multihost.sh sets; train.main() reads the same variables
-  jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=int(n),
-                             process_id=int(pid))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from wgqa_jax import train  # noqa: E402
 from wgqa_jax.train_config import tiny_config  # noqa: E402
+
+jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives across hosts
+train.initialize_distributed()  # what `python -m wgqa_jax.train` does first
 
 c = tiny_config()
 c.train_examples, c.batch_size, c.num_train_steps = 256, 8, steps

@@ -371,6 +371,18 @@ def train(c: ml_collections.ConfigDict, workdir: str, stop_after: int | None = N
   return last
 
 
+def initialize_distributed() -> None:
+  """Join a multi-host run when the environment describes one (launch/multihost.sh sets the
+  JAX_* variables; SLURM is auto-detected); a single-host run does nothing."""
+  if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    jax.distributed.initialize(
+        coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+        num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+        process_id=int(os.environ["JAX_PROCESS_ID"]))
+  elif os.environ.get("SLURM_JOB_ID") and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+    jax.distributed.initialize()
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -379,13 +391,7 @@ def main(argv):
   workdir = _WORKDIR.value or os.path.join("workdirs", os.path.splitext(
       os.path.basename(flags.FLAGS["config"].config_filename))[0])
   logging.set_verbosity(logging.WARNING)  # orbax is chatty at INFO; our progress is printed
-  if os.environ.get("JAX_COORDINATOR_ADDRESS"):  # multi-host: launch/multihost.sh sets these
-    jax.distributed.initialize(
-        coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
-        num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
-        process_id=int(os.environ["JAX_PROCESS_ID"]))
-  elif os.environ.get("SLURM_JOB_ID") and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-    jax.distributed.initialize()  # auto-detects the SLURM cluster
+  initialize_distributed()
   train(_CONFIG.value, workdir)
 
 
