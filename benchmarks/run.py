@@ -27,8 +27,10 @@ import numpy as np
 import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from wgqa_jax import convert, decode, model, ops, train  # noqa: E402
-from wgqa_jax.config import preset  # noqa: E402
+from wgqa_jax import decode, train, variants  # noqa: E402
+from wgqa_jax import hf as hf_io  # noqa: E402
+from wgqa_jax.models import t5  # noqa: E402
+from wgqa_jax.models.t5_config import preset  # noqa: E402
 
 PRESETS = {
     # a seconds-long run of every section on the tiny architecture: tests/ runs it (no timings)
@@ -129,14 +131,14 @@ def bench_train(p, log):
 
   # ours: the loss alone, loss + gradients, and the whole jitted train step (AdamW, donated state)
   c = base_config()
-  params = model.init_params(cfg, jax.random.PRNGKey(0))
+  params = t5.init_params(cfg, jax.random.PRNGKey(0))
   tx = optax.adamw(1e-3)
   state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
   batch = {"inputs": jnp.asarray(inputs), "targets": jnp.asarray(targets)}
   key = jax.random.PRNGKey(0)
   loss = lambda prm, bt: train.loss_sums(prm, bt, key, cfg, 0.0, 0.0, True)[0]
   fwd, grad = jax.jit(loss), jax.jit(jax.grad(loss))
-  step = jax.jit(train.make_train_step(cfg, c, tx), donate_argnums=(0,))
+  step = jax.jit(train.make_train_step(cfg, c.optim, tx), donate_argnums=(0,))
   holder = {"state": state}
 
   def ours_step():
@@ -144,10 +146,9 @@ def bench_train(p, log):
     sync(out["loss"])
   ours = {"forward (loss)": timeit(lambda: sync(fwd(params, batch)), n)}
   if jax.default_backend() == "cpu":  # what wgqa_jax.ops' transposed weight gradient buys
-    ops.TRANSPOSE_WEIGHT_GRAD_ON_CPU = False
-    plain = jax.jit(jax.grad(loss))
-    sync(plain(params, batch))  # traced without it
-    ops.TRANSPOSE_WEIGHT_GRAD_ON_CPU = True
+    plain_cfg = cfg.replace(transpose_weight_grad_on_cpu=False)
+    plain = jax.jit(jax.grad(lambda prm, bt: train.loss_sums(prm, bt, key, plain_cfg, 0.0, 0.0,
+                                                             True)[0]))
     ours.update(timeit_interleaved({  # alternated, so a noisy host cannot favour either
         "forward + backward": lambda: sync(grad(params, batch)),
         "forward + backward, plain x^T dy": lambda: sync(plain(params, batch))}, 2 * n))
@@ -242,13 +243,13 @@ def peak_tflops():
 def decode_only(params, encoded, mask, cfg, n_tok: int):
   """What decoding costs once the encoder has run: cross K/V projection into the cache, then
   n_tok cached greedy steps (no early stop, so every variant does the same work)."""
-  m = model.T5(cfg)
-  cache = m.apply({"params": params}, encoded, n_tok, method=model.T5.init_cache)
+  m = t5.T5(cfg)
+  cache = m.apply({"params": params}, encoded, n_tok, method=t5.T5.init_cache)
 
   def step(i, carry):
     tok, cache = carry
     logits, cache = m.apply({"params": params}, tok[:, None], i, cache, mask,
-                            method=model.T5.decode_step)
+                            method=t5.T5.decode_step)
     return jnp.argmax(logits, -1).astype(jnp.int32), cache
 
   tok = jnp.zeros((encoded.shape[0],), jnp.int32)
@@ -257,10 +258,10 @@ def decode_only(params, encoded, mask, cfg, n_tok: int):
 
 def bench_decode(p, log):
   base = arch(p, dtype=p["dtype"])
-  mha_params = jax.tree.map(np.asarray, model.init_params(base, jax.random.PRNGKey(0)))
+  mha_params = jax.tree.map(np.asarray, t5.init_params(base, jax.random.PRNGKey(0)))
   h = base.num_heads
   groups = sorted({h, h // 2, h // 4, 1} - {0}, reverse=True)
-  variants = [("MHA" if g == h else "MQA" if g == 1 else f"GQA-{g}", g) for g in groups]
+  rows = [("MHA" if g == h else "MQA" if g == 1 else f"GQA-{g}", g) for g in groups]
   n_tok = p["decode_tokens"]
   log(f"\n### 2. Cached greedy decoding, {p['arch']} architecture, {n_tok} new tokens, "
       f"{p['dtype']}\n")
@@ -269,11 +270,11 @@ def bench_decode(p, log):
   log("| source len | batch | variant | KV cache | cache / MHA | decode tokens/s | speed-up vs MHA |")
   log("|---|---|---|---|---|---|---|")
   models = {}
-  for name, g in variants:
+  for name, g in rows:
     if g == base.num_heads:
       models[name] = (jax.tree.map(jnp.asarray, mha_params), base)
     else:
-      pr, c = convert.group(mha_params, base, "gqa", g)
+      pr, c = variants.from_mha(mha_params, base, "gqa", g)
       models[name] = (jax.tree.map(jnp.asarray, pr), c)
   rng = np.random.default_rng(0)
   for s in p["src_lens"]:
@@ -281,7 +282,7 @@ def bench_decode(p, log):
       encoded = jnp.asarray(rng.standard_normal((b, s, base.d_model)), jnp.dtype(base.dtype))
       mask = jnp.ones((b, s), jnp.int32)
       mha_rate = mha_bytes = None
-      for name, _ in variants:
+      for name, _ in rows:
         params, cfg = models[name]
         run = lambda: sync(decode_only(params, encoded, mask, cfg, n_tok))
         run()
@@ -306,8 +307,8 @@ def bench_generate(p, log):
     return
   hf = hf_model(arch(p), "cpu").eval()
   sd = {k: v.numpy() for k, v in hf.state_dict().items()}
-  cfg = convert.config_from_hf(hf.config.to_dict(), sd)
-  params = jax.tree.map(jnp.asarray, convert.hf_to_params(sd, cfg))
+  cfg = hf_io.config_from_hf(hf.config.to_dict(), sd)
+  params = jax.tree.map(jnp.asarray, hf_io.hf_to_params(sd, cfg))
   hf = hf.to(dev)
   b, s, n = p["hf_batch"], p["hf_src"], p["hf_tokens"]
   ids = np.random.default_rng(1).integers(2, cfg.vocab_size, (b, s))

@@ -34,7 +34,8 @@ notebook("01_convert_hf_to_gqa.ipynb", [
     "Offline (CPU): a tiny random HF T5 built with transformers. GPU runtime: real `t5-small`.",
     '''import numpy as np, torch, tempfile
 from transformers import T5Config, T5ForConditionalGeneration
-from wgqa_jax import convert, model
+from wgqa_jax import hf as hf_io, variants
+from wgqa_jax.models import t5
 if USE_REAL:
     hf_dir = "t5-small"
     hf = T5ForConditionalGeneration.from_pretrained(hf_dir).eval()
@@ -44,32 +45,32 @@ else:
                                              num_heads=4, dropout_rate=0.0, decoder_start_token_id=0)).eval()
     hf_dir = tempfile.mkdtemp()
     hf.save_pretrained(hf_dir)
-params, cfg = convert.from_hf(hf_dir)
+params, cfg = hf_io.from_hf(hf_dir)
 print(cfg.num_heads, "heads,", cfg.num_encoder_layers, "+", cfg.num_decoder_layers, "layers")''',
     "## MHA: our Flax model equals HF PyTorch",
     '''rng = np.random.default_rng(0)
 ids = rng.integers(2, cfg.vocab_size, (2, 12)); dec = rng.integers(2, cfg.vocab_size, (2, 7))
 with torch.no_grad():
     ref = hf(input_ids=torch.tensor(ids), decoder_input_ids=torch.tensor(dec)).logits.numpy()
-ours = np.asarray(model.T5(cfg).apply({"params": params}, ids, dec))
+ours = np.asarray(t5.T5(cfg).apply({"params": params}, ids, dec))
 print("max |ours - HF| =", np.abs(ours - ref).max())
 assert np.allclose(ours, ref, atol=1e-4)''',
     "## MHA -> GQA / MQA / WGQA, and folding WGQA back into GQA",
     '''G = 2
 for variant in ("gqa", "mqa", "wgqa"):
-    p, c = convert.group(params, cfg, variant, G)
-    out = np.asarray(model.T5(c).apply({"params": p}, ids, dec))
+    p, c = variants.from_mha(params, cfg, variant, G)
+    out = np.asarray(t5.T5(c).apply({"params": p}, ids, dec))
     print(f"{variant:5s}: {c.kv_heads} KV heads, decoder K kernel {p['decoder']['layers_0']['self_attention']['k'].shape}, "
           f"logit change vs MHA {np.abs(out - ours).mean():.3f}")
-wp, wc = convert.group(params, cfg, "wgqa", G)
-fp, fc = convert.fold(wp, wc)
-a = model.T5(wc).apply({"params": wp}, ids, dec); b = model.T5(fc).apply({"params": fp}, ids, dec)
+wp, wc = variants.from_mha(params, cfg, "wgqa", G)
+fp, fc = variants.fold(wp, wc)
+a = t5.T5(wc).apply({"params": wp}, ids, dec); b = t5.T5(fc).apply({"params": fp}, ids, dec)
 print("folded WGQA == WGQA:", np.allclose(a, b, atol=1e-5))''',
 ])
 
 notebook("02_uptrain_and_evaluate.ipynb", [
     "# 2. Uptrain into WGQA and evaluate ROUGE\n\n"
-    "Offline: the tiny random T5 on the built-in synthetic task. GPU runtime: `configs/wgqa_small.py` "
+    "Offline: the tiny random T5 on the built-in synthetic task. GPU runtime: `configs/paper.py:wgqa,small` "
     "(t5-small, CNN/DailyMail from TFDS).",
     '''import json, os, tempfile
 from wgqa_jax import train, evaluate
@@ -79,12 +80,12 @@ c = base_config()
 if USE_REAL:
     from wgqa_jax.train_config import paper_config
     c = paper_config("t5-small", "wgqa", kv_heads=4)
-    c.batch_size, c.max_input_length, c.max_target_length = 16, 512, 128
+    c.optim.batch_size, c.data.max_input_length, c.data.max_target_length = 16, 512, 128
 else:
-    c.tokenizer, c.max_input_length, c.max_target_length = "sentencepiece", 64, 16
-    c.learning_rate, c.warmup_steps = 3e-3, 50
-c.num_epochs, c.num_train_steps = 0, STEPS
-c.eval_every, c.eval_examples, c.log_every, c.checkpoint_every = max(STEPS // 2, 1), 64, 25, max(STEPS // 2, 1)
+    c.data.tokenizer, c.data.max_input_length, c.data.max_target_length = "sentencepiece", 64, 16
+    c.optim.learning_rate, c.optim.warmup_steps = 3e-3, 50
+c.optim.num_epochs, c.optim.num_train_steps = 0, STEPS
+c.eval.every, c.eval.examples, c.log_every, c.checkpoint.every = max(STEPS // 2, 1), 64, 25, max(STEPS // 2, 1)
 last = train.train(c, workdir)
 print({k: round(v, 3) for k, v in last.items()})''',
     "## Evaluate the best checkpoint on the test split (ROUGE with bootstrap CIs)",
@@ -100,13 +101,14 @@ notebook("03_weights_and_kv_cache.ipynb", [
     '''import tempfile
 import matplotlib.pyplot as plt
 from wgqa_jax import analysis, decode, train
-from wgqa_jax.config import preset
+from wgqa_jax.models.t5_config import preset
 from wgqa_jax.train_config import base_config
+from wgqa_jax.variants import Grouping
 workdir = tempfile.mkdtemp()
 c = base_config()
-c.tokenizer, c.max_input_length, c.max_target_length = "sentencepiece", 64, 16
-c.num_epochs, c.num_train_steps, c.learning_rate, c.warmup_steps = 0, STEPS, 3e-3, 50
-c.eval_every, c.eval_examples, c.checkpoint_every, c.keep_checkpoints = 0, 32, max(STEPS // 3, 1), 10
+c.data.tokenizer, c.data.max_input_length, c.data.max_target_length = "sentencepiece", 64, 16
+c.optim.num_epochs, c.optim.num_train_steps, c.optim.learning_rate, c.optim.warmup_steps = 0, STEPS, 3e-3, 50
+c.eval.every, c.eval.examples, c.checkpoint.every, c.checkpoint.keep = 0, 32, max(STEPS // 3, 1), 10
 train.train(c, workdir)''',
     "## WGQA weights per checkpoint and a t-test against 0.5 (the GQA mean)",
     '''by_step = analysis.weights_by_step(workdir)
@@ -121,7 +123,7 @@ display(Image(png))''',
 lengths = [512, 1024, 2048, 4096]
 fig, ax = plt.subplots(figsize=(6, 3.5))
 for name, g in (("MHA", 8), ("GQA-4", 4), ("GQA-2", 2), ("MQA", 1)):
-    c = cfg.replace(num_kv_heads=g)
+    c = cfg.replace(grouping=Grouping(kv_heads=g))
     ax.plot(lengths, [decode.cache_bytes(c, 8, s, 256) / 2**20 for s in lengths], marker="o", label=name)
 ax.set_xlabel("source length"); ax.set_ylabel("cache MiB (batch 8, 256 new tokens)"); ax.legend()
 plt.show()''',

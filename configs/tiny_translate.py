@@ -11,7 +11,7 @@ from wgqa_jax.train_config import tiny_config
 
 def get_config():
   c = tiny_config("synthetic_translate")
-  c.max_input_length = 48
-  c.max_target_length = 32
-  c.num_train_steps = 2000
+  c.data.max_input_length = 48
+  c.data.max_target_length = 32
+  c.optim.num_train_steps = 2000
   return c

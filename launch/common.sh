@@ -6,7 +6,7 @@ die() { echo "error: $*" >&2; exit 2; }
 
 require_config() {
   [[ -n "${CONFIG:-}" ]] || die "set CONFIG, e.g. CONFIG=configs/wgqa_small.py"
-  [[ -f "$CONFIG" ]] || die "config file not found: $CONFIG"
+  [[ -f "${CONFIG%%:*}" ]] || die "config file not found: ${CONFIG%%:*}"  # CONFIG=FILE[:ARG]
   [[ -n "${WORKDIR:-}" ]] || die "set WORKDIR (checkpoints and metrics go there; reusing it resumes)"
 }
 

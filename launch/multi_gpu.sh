@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# All GPUs of one host, data parallel (add --config.mesh_model=2 for 2-way tensor parallel).
-#   CONFIG=configs/wgqa_base.py WORKDIR=/tmp/wgqa_base launch/multi_gpu.sh --config.batch_size=64
+# All GPUs of one host, data parallel (add --config.mesh.model=2 for 2-way tensor parallel).
+#   CONFIG=configs/paper.py:wgqa,base WORKDIR=/tmp/wgqa_base launch/multi_gpu.sh --config.optim.batch_size=64
 source "$(dirname "$0")/common.sh"
 require_config
 require_gpu

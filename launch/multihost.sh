@@ -2,7 +2,7 @@
 # Several GPU VMs: run this on every host with the same CONFIG/WORKDIR (a shared filesystem or
 # bucket path for WORKDIR) and its own JAX_PROCESS_ID. Host 0's address is the coordinator.
 #   JAX_COORDINATOR_ADDRESS=10.0.0.2:1234 JAX_NUM_PROCESSES=2 JAX_PROCESS_ID=0 \
-#   CONFIG=configs/wgqa_base.py WORKDIR=/mnt/shared/wgqa_base launch/multihost.sh
+#   CONFIG=configs/paper.py:wgqa,base WORKDIR=/mnt/shared/wgqa_base launch/multihost.sh
 # train.py calls jax.distributed.initialize() from these variables.
 source "$(dirname "$0")/common.sh"
 require_config

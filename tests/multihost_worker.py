@@ -24,9 +24,9 @@ jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectiv
 train.initialize_distributed()  # what `python -m wgqa_jax.train` does first
 
 c = tiny_config()
-c.train_examples, c.batch_size, c.num_train_steps = 256, 8, steps
-c.eval_examples, c.eval_batch_size, c.eval_every = 12, 8, 10  # the last eval batch is padded
-c.checkpoint_every, c.log_every = 10, 10
+c.data.train_examples, c.optim.batch_size, c.optim.num_train_steps = 256, 8, steps
+c.eval.examples, c.eval.batch_size, c.eval.every = 12, 8, 10  # the last eval batch is padded
+c.checkpoint.every, c.log_every = 10, 10
 out = train.train(c, workdir)
 print("RESULT " + json.dumps({"process": jax.process_index(), "count": jax.process_count(),
                               "devices": jax.device_count(), **out}), flush=True)

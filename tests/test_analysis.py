@@ -19,7 +19,7 @@ def test_ttest_matches_the_formula():
 
 def test_weights_plots_and_curves_from_a_wgqa_run(tmp_path):
   w = tmp_path / "wgqa"
-  train.train(tiny(num_train_steps=20, checkpoint_every=10, eval_every=10), str(w))
+  train.train(tiny(num_train_steps=20, **{"checkpoint.every": 10, "eval.every": 10}), str(w))
   by_step = analysis.weights_by_step(str(w))
   assert sorted(by_step) == [10, 20]
   # tiny: 2 decoder layers x (self, cross) x (wk, wv) x 4 heads
@@ -33,9 +33,9 @@ def test_weights_plots_and_curves_from_a_wgqa_run(tmp_path):
 
 def test_sweep_runs_variants_from_one_mha_checkpoint(tmp_path):
   out = tmp_path / "sweep"
-  sets = ["--set=max_input_length=64", "--set=max_target_length=16", "--set=batch_size=8",
-          "--set=eval_examples=8", "--set=eval_batch_size=8", "--set=log_every=5",
-          "--set=train_examples=256"]
+  sets = ["--config.data.max_input_length=64", "--config.data.max_target_length=16",
+          "--config.optim.batch_size=8", "--config.eval.examples=8", "--config.eval.batch_size=8",
+          "--config.log_every=5", "--config.data.train_examples=256"]
   assert sweep.main(["--config=configs/tiny.py", f"--out={out}", "--variants=gqa,wgqa",
                      "--pretrain_steps=10", "--steps=6", *sets]) == 0
   r = json.load(open(out / "results.json"))

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from conftest import V10, V11, batch, make_hf_model
-from wgqa_jax import convert, decode, model
+from wgqa_jax import decode, variants
+from wgqa_jax import hf as hf_io
+from wgqa_jax.models import t5
 
 
 def converted(spec, eos_boost=3.0):
@@ -16,8 +18,8 @@ def converted(spec, eos_boost=3.0):
     if head is not None:
       head[1] *= eos_boost
   sd = {k: v.numpy() for k, v in hf.state_dict().items()}
-  cfg = convert.config_from_hf(hf.config.to_dict(), sd)
-  return hf, convert.hf_to_params(sd, cfg), cfg
+  cfg = hf_io.config_from_hf(hf.config.to_dict(), sd)
+  return hf, hf_io.hf_to_params(sd, cfg), cfg
 
 
 def hf_generate(hf, ids, mask, max_len, **kw):
@@ -63,7 +65,7 @@ def test_some_sequences_end_early_so_eos_handling_is_exercised():
                                            ("mqa", None, True), ("colrandwgqa", 3, False)])
 def test_cached_equals_uncached(variant, g, enc):
   _, params, cfg = converted(V11)
-  params, cfg = convert.group(params, cfg, variant, g, group_encoder=enc, seed=1)
+  params, cfg = variants.from_mha(params, cfg, variant, g, group_encoder=enc, seed=1)
   ids, _, _ = batch(cfg.vocab_size, b=3, s=11, seed=2)
   np.testing.assert_array_equal(decode.greedy(params, ids, cfg, 10),
                                 decode.greedy_uncached(params, ids, cfg, 10))
@@ -74,9 +76,9 @@ def test_cache_holds_only_the_kv_heads():
   h = cfg.num_heads
   sizes = {}
   for g in (h, 3, 1):
-    p, c = convert.group(params, cfg, "gqa", g)
+    p, c = variants.from_mha(params, cfg, "gqa", g)
     encoded = jax.numpy.zeros((2, 11, cfg.d_model))
-    cache = model.T5(c).apply({"params": p}, encoded, 7, method=model.T5.init_cache)
+    cache = t5.T5(c).apply({"params": p}, encoded, 7, method=t5.T5.init_cache)
     assert len(cache) == cfg.num_decoder_layers
     assert cache[0]["self_k"].shape == (2, 7, g, cfg.d_kv)
     assert cache[0]["cross_v"].shape == (2, 11, g, cfg.d_kv)

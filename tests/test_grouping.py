@@ -5,10 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import V10, V11, batch, hf_logits, make_hf_model
-from wgqa_jax import convert, grouping, model
-from wgqa_jax.attention import Attention
-from wgqa_jax.config import T5Config
+from conftest import V10, batch, hf_logits, make_hf_model
+from wgqa_jax import grouping, params_io, variants
+from wgqa_jax import hf as hf_io
+from wgqa_jax.models import t5
+from wgqa_jax.models.t5_config import T5Config
+from wgqa_jax.variants import Grouping
 
 
 # ---------------------------------------------------------------- numpy references (loops) ----
@@ -65,18 +67,18 @@ def test_weighted_sum_matches_reference(shape):
 def test_grouping_rejects_indivisible_heads():
   with pytest.raises(ValueError, match="not divisible"):
     grouping.mean_pool(np.zeros((4, 6, 2)), 4)
-  with pytest.raises(ValueError, match="not divisible by num_kv_heads=4"):
-    T5Config(num_heads=6, num_kv_heads=4)
+  with pytest.raises(ValueError, match="not divisible by kv_heads=4"):
+    T5Config(num_heads=6, grouping=Grouping(kv_heads=4))
 
 
 @pytest.mark.parametrize("g,wgqa", [(6, "none"), (2, "none"), (1, "none"), (3, "row"), (2, "col")])
 def test_attention_module_matches_numpy_reference(g, wgqa):
-  cfg = T5Config(d_model=16, d_kv=4, num_heads=6, num_kv_heads=g, wgqa=wgqa, dropout_rate=0.0,
-                 wgqa_init="normal")
+  cfg = T5Config(d_model=16, d_kv=4, num_heads=6, dropout_rate=0.0,
+                 grouping=Grouping(kv_heads=g, weights=wgqa, weights_init="normal"))
   rng = np.random.RandomState(2)
   xq, xkv = rng.randn(2, 5, 16).astype(np.float32), rng.randn(2, 7, 16).astype(np.float32)
   bias = rng.randn(1, 6, 5, 7).astype(np.float32)
-  attn = Attention(cfg, g, wgqa)
+  attn = t5.attention(cfg, "decoder")
   params = nn.unbox(attn.init(jax.random.PRNGKey(0), xq, xkv, bias)["params"])
   params = jax.tree.map(np.asarray, params)
   got = np.asarray(attn.apply({"params": params}, xq, xkv, bias))
@@ -95,19 +97,19 @@ def test_attention_module_matches_numpy_reference(g, wgqa):
 @pytest.fixture(scope="module")
 def v10():
   hf = make_hf_model(V10)
-  cfg = convert.config_from_hf(hf.config.to_dict(), {})
+  cfg = hf_io.config_from_hf(hf.config.to_dict(), {})
   sd = {k: v.numpy() for k, v in hf.state_dict().items()}
-  return hf, convert.hf_to_params(sd, cfg), cfg
+  return hf, hf_io.hf_to_params(sd, cfg), cfg
 
 
 def _logits(params, cfg, seed=0):
   ids, mask, dec = batch(cfg.vocab_size, seed=seed)
-  return np.asarray(model.T5(cfg).apply({"params": params}, ids, dec, mask))
+  return np.asarray(t5.T5(cfg).apply({"params": params}, ids, dec, mask))
 
 
 def test_kv_heads_equal_heads_is_exactly_mha(v10):
   _, params, cfg = v10
-  gparams, gcfg = convert.group(params, cfg, "gqa", cfg.num_heads)
+  gparams, gcfg = variants.from_mha(params, cfg, "gqa", cfg.num_heads)
   np.testing.assert_array_equal(_logits(gparams, gcfg), _logits(params, cfg))
 
 
@@ -116,7 +118,7 @@ def test_gqa_mqa_conversion_equals_hf_with_numpy_pooled_heads(v10, variant, g):
   """Our G-head model == HF T5 whose decoder K/V heads were mean-pooled by numpy and repeated."""
   import torch
   hf, params, cfg = v10
-  gparams, gcfg = convert.group(params, cfg, variant, g)
+  gparams, gcfg = variants.from_mha(params, cfg, variant, g)
   g = gcfg.kv_heads
   h, dk, d = cfg.num_heads, cfg.d_kv, cfg.d_model
   ref = make_hf_model(V10)
@@ -129,7 +131,7 @@ def test_gqa_mqa_conversion_equals_hf_with_numpy_pooled_heads(v10, variant, g):
         rep = np.stack([pooled[:, head // (h // g)] for head in range(h)], axis=1)
         p.copy_(torch.tensor(rep.reshape(d, h * dk).T.astype(np.float32)))
   ids, mask, dec = batch(cfg.vocab_size)
-  got = np.asarray(model.T5(gcfg).apply({"params": gparams}, ids, dec, mask))
+  got = np.asarray(t5.T5(gcfg).apply({"params": gparams}, ids, dec, mask))
   np.testing.assert_allclose(got, hf_logits(ref, ids, dec, mask), rtol=1e-5, atol=1e-5)
   # The grouped model really holds G heads: K/V kernels are (d, G, dk).
   assert gparams["decoder"]["layers_0"]["self_attention"]["k"].shape == (d, g, dk)
@@ -139,47 +141,47 @@ def test_gqa_mqa_conversion_equals_hf_with_numpy_pooled_heads(v10, variant, g):
 @pytest.mark.parametrize("g", [1, 2])
 def test_wgqa_with_weights_one_over_group_size_equals_gqa(v10, g):
   _, params, cfg = v10
-  wparams, wcfg = convert.group(params, cfg, "wgqa", g)
-  for stack, layer, module in convert.grouped_modules(wcfg):
+  wparams, wcfg = variants.from_mha(params, cfg, "wgqa", g)
+  for stack, layer, module in variants.grouped_paths(wcfg):
     for name in ("wk", "wv"):
       wparams[stack][layer][module][name] = np.full((cfg.num_heads,), g / cfg.num_heads,
                                                     np.float32)
-  gparams, gcfg = convert.group(params, cfg, "gqa", g)
+  gparams, gcfg = variants.from_mha(params, cfg, "gqa", g)
   np.testing.assert_allclose(_logits(wparams, wcfg), _logits(gparams, gcfg), rtol=1e-5, atol=1e-5)
 
 
 def test_wgqa_init_half_with_two_heads_per_group_starts_at_gqa(v10):
   _, params, cfg = v10  # 4 heads, G = 2: 0.5 * (K_a + K_b) is the mean
-  wparams, wcfg = convert.group(params, cfg, "wgqa", 2)
-  gparams, gcfg = convert.group(params, cfg, "gqa", 2)
+  wparams, wcfg = variants.from_mha(params, cfg, "wgqa", 2)
+  gparams, gcfg = variants.from_mha(params, cfg, "gqa", 2)
   np.testing.assert_allclose(_logits(wparams, wcfg), _logits(gparams, gcfg), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("variant", ["wgqa", "randwgqa", "colwgqa", "colrandwgqa"])
 def test_folded_wgqa_equals_unfolded(v10, variant):
   _, params, cfg = v10
-  wparams, wcfg = convert.group(params, cfg, variant, 2, group_encoder=True, seed=3)
+  wparams, wcfg = variants.from_mha(params, cfg, variant, 2, group_encoder=True, seed=3)
   rng = np.random.RandomState(0)
-  for stack, layer, module in convert.grouped_modules(wcfg):  # as if uptrained: uneven weights
+  for stack, layer, module in variants.grouped_paths(wcfg):  # as if uptrained: uneven weights
     p = wparams[stack][layer][module]
     p["wk"] = p["wk"] + rng.randn(*p["wk"].shape).astype(np.float32) * 0.3
-  fparams, fcfg = convert.fold(wparams, wcfg)
-  assert fcfg.wgqa == "none" and fcfg.kv_heads == 2
+  fparams, fcfg = variants.fold(wparams, wcfg)
+  assert fcfg.grouping.weights == "none" and fcfg.kv_heads == 2
   assert "wk" not in fparams["decoder"]["layers_0"]["cross_attention"]
   assert fparams["encoder"]["layers_0"]["attention"]["k"].shape == (cfg.d_model, 2, cfg.d_kv)
-  convert.check_params(fparams, fcfg)
+  params_io.check_params(fparams, fcfg)
   np.testing.assert_allclose(_logits(fparams, fcfg), _logits(wparams, wcfg), rtol=1e-5,
                              atol=1e-5)
 
 
 def test_randwgqa_init_is_standard_normal_and_row_col_shapes(v10):
   _, params, cfg = v10
-  wparams, _ = convert.group(params, cfg, "randwgqa", 2)
-  ws = np.concatenate([wparams[s][l][m][n] for s, l, m in convert.grouped_modules(
-      cfg.replace(num_kv_heads=2)) for n in ("wk", "wv")])
+  wparams, wcfg = variants.from_mha(params, cfg, "randwgqa", 2)
+  ws = np.concatenate([wparams[s][l][m][n] for s, l, m in variants.grouped_paths(wcfg)
+                       for n in ("wk", "wv")])
   assert ws.shape == (2 * 2 * cfg.num_decoder_layers * cfg.num_heads,)
   assert abs(ws.mean()) < 0.6 and 0.5 < ws.std() < 1.6  # 48 draws from N(0, 1)
-  cparams, _ = convert.group(params, cfg, "colwgqa", 2)
+  cparams, _ = variants.from_mha(params, cfg, "colwgqa", 2)
   w = cparams["decoder"]["layers_1"]["self_attention"]["wv"]
   assert w.shape == (cfg.num_heads, cfg.d_kv) and np.all(w == 0.5)
 
@@ -187,23 +189,24 @@ def test_randwgqa_init_is_standard_normal_and_row_col_shapes(v10):
 def test_flax_init_creates_the_same_tree_as_conversion(v10):
   _, params, cfg = v10
   for variant in ("gqa", "wgqa", "colrandwgqa"):
-    gparams, gcfg = convert.group(params, cfg, variant, 2)
-    fresh = model.init_params(gcfg, jax.random.PRNGKey(0))
+    gparams, gcfg = variants.from_mha(params, cfg, variant, 2)
+    fresh = t5.init_params(gcfg, jax.random.PRNGKey(0))
     assert jax.tree.map(np.shape, fresh) == jax.tree.map(np.shape, gparams)
-    if gcfg.wgqa != "none" and gcfg.wgqa_init == "constant":
+    if gcfg.grouping.weights != "none" and gcfg.grouping.weights_init == "constant":
       assert np.all(np.asarray(fresh["decoder"]["layers_0"]["self_attention"]["wk"]) == 0.5)
 
 
 def test_param_axes_name_kv_heads():
   cfg = T5Config(**{**dict(vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_heads=4,
-                           num_encoder_layers=1, num_decoder_layers=1)}, num_kv_heads=2)
-  axes = model.param_axes(cfg)
+                           num_encoder_layers=1, num_decoder_layers=1)},
+                 grouping=Grouping(kv_heads=2))
+  axes = t5.param_axes(cfg)
   assert tuple(axes["decoder"]["layers_0"]["self_attention"]["k"]) == ("embed", "kv_heads", "kv")
   assert tuple(axes["encoder"]["layers_0"]["attention"]["k"]) == ("embed", "kv_heads", "kv")
   assert tuple(axes["shared"]["embedding"]) == ("vocab", "embed")
   assert tuple(axes["decoder"]["layers_0"]["mlp"]["wi"]) == ("embed", "mlp")
-  wcfg = cfg.replace(wgqa="row")
-  axes = model.param_axes(wcfg)
+  wcfg = cfg.replace(grouping=cfg.grouping.replace(weights="row"))
+  axes = t5.param_axes(wcfg)
   assert tuple(axes["decoder"]["layers_0"]["cross_attention"]["k"]) == ("embed", "heads", "kv")
   assert tuple(axes["decoder"]["layers_0"]["cross_attention"]["wk"]) == ("heads",)
 

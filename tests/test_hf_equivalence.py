@@ -3,17 +3,18 @@ import numpy as np
 import pytest
 
 from conftest import batch, hf_logits
-from wgqa_jax import convert, model
-from wgqa_jax.attention import relative_position_bucket
+from wgqa_jax import hf as hf_io
+from wgqa_jax.models import t5
+from wgqa_jax.models.t5 import relative_position_bucket
 
 
 def ours(params, cfg, ids, dec, mask=None, dec_mask=None):
-  return np.asarray(model.T5(cfg).apply({"params": params}, ids, dec, mask, dec_mask))
+  return np.asarray(t5.T5(cfg).apply({"params": params}, ids, dec, mask, dec_mask))
 
 
 def test_logits_equal_hf(hf_checkpoint):
   hf, path = hf_checkpoint
-  params, cfg = convert.from_hf(path)
+  params, cfg = hf_io.from_hf(path)
   assert cfg.tie_word_embeddings == hf.config.scale_decoder_outputs
   ids, mask, dec = batch(cfg.vocab_size)
   np.testing.assert_allclose(ours(params, cfg, ids, dec, mask), hf_logits(hf, ids, dec, mask),
@@ -22,7 +23,7 @@ def test_logits_equal_hf(hf_checkpoint):
 
 def test_logits_equal_hf_with_decoder_padding(hf_checkpoint):
   hf, path = hf_checkpoint
-  params, cfg = convert.from_hf(path)
+  params, cfg = hf_io.from_hf(path)
   ids, mask, dec = batch(cfg.vocab_size, seed=3)
   dec_mask = np.ones_like(dec)
   dec_mask[0, -3:] = 0
@@ -34,7 +35,7 @@ def test_logits_equal_hf_with_decoder_padding(hf_checkpoint):
 
 def test_untied_v11_uses_lm_head_without_scaling(hf_checkpoint):
   hf, path = hf_checkpoint
-  params, cfg = convert.from_hf(path)
+  params, cfg = hf_io.from_hf(path)
   if cfg.tie_word_embeddings:
     assert "lm_head" not in params and cfg.scales_decoder_outputs
   else:
@@ -56,10 +57,10 @@ def test_relative_position_buckets_equal_hf(bidirectional):
 def test_dropout_is_active_only_when_not_deterministic(hf_checkpoint):
   import jax
   _, path = hf_checkpoint
-  params, cfg = convert.from_hf(path)
+  params, cfg = hf_io.from_hf(path)
   cfg = cfg.replace(dropout_rate=0.3)
   ids, mask, dec = batch(cfg.vocab_size)
-  m = model.T5(cfg)
+  m = t5.T5(cfg)
   a = m.apply({"params": params}, ids, dec, mask, deterministic=True)
   b = m.apply({"params": params}, ids, dec, mask, deterministic=True)
   c = m.apply({"params": params}, ids, dec, mask, deterministic=False,
@@ -70,7 +71,7 @@ def test_dropout_is_active_only_when_not_deterministic(hf_checkpoint):
 
 def test_bfloat16_compute_stays_close(hf_checkpoint):
   hf, path = hf_checkpoint
-  params, cfg = convert.from_hf(path)
+  params, cfg = hf_io.from_hf(path)
   ids, mask, dec = batch(cfg.vocab_size)
   got = ours(params, cfg.replace(dtype="bfloat16"), ids, dec, mask)
   want = hf_logits(hf, ids, dec, mask)

@@ -7,9 +7,13 @@ import pytest
 
 from conftest import V10, batch, hf_logits
 from test_grouping import v10  # noqa: F401  (module fixture: tiny HF v1.0 + our MHA params)
-from wgqa_jax import convert, grouping, model
-from wgqa_jax.attention import Attention
-from wgqa_jax.config import T5Config
+import copy
+
+from wgqa_jax import grouping, variants
+from wgqa_jax import hf as hf_io
+from wgqa_jax.models import t5
+from wgqa_jax.models.t5_config import T5Config
+from wgqa_jax.variants import Grouping
 
 
 def ref_allocate(norms, h):
@@ -33,8 +37,8 @@ def ref_gathered_attention(xq, xkv, q, k, v, o, bias, index):
   return out
 
 
-def module(cfg, g):
-  attn = Attention(cfg, g, "none", grouped=True)
+def module(cfg):
+  attn = t5.attention(cfg, "decoder")
   rng = np.random.RandomState(0)
   xq, xkv = rng.randn(2, 5, 16).astype(np.float32), rng.randn(2, 7, 16).astype(np.float32)
   bias = rng.randn(1, cfg.num_heads, 5, 7).astype(np.float32)
@@ -55,9 +59,9 @@ def test_allocation_matches_reference():
 
 
 def test_asymmetric_groups_attention_matches_reference():
-  cfg = T5Config(d_model=16, d_kv=4, num_heads=6, num_kv_heads=3, kv_group_sizes=[3, 1, 2],
-                 dropout_rate=0.0)
-  attn, p, xq, xkv, bias = module(cfg, 3)
+  cfg = T5Config(d_model=16, d_kv=4, num_heads=6, dropout_rate=0.0,
+                 grouping=Grouping(kv_heads=3, group_sizes=[3, 1, 2]))
+  attn, p, xq, xkv, bias = module(cfg)
   assert p["k"].shape == (16, 3, 4)
   got = np.asarray(attn.apply({"params": p}, xq, xkv, bias))
   for b in range(2):
@@ -68,9 +72,9 @@ def test_asymmetric_groups_attention_matches_reference():
 
 @pytest.mark.parametrize("allocation", ["key_norm", "kernel_norm"])
 def test_key_norm_allocation_attention_matches_reference(allocation):
-  cfg = T5Config(d_model=16, d_kv=4, num_heads=6, num_kv_heads=2, kv_allocation=allocation,
-                 dropout_rate=0.0)
-  attn, p, xq, xkv, bias = module(cfg, 2)
+  cfg = T5Config(d_model=16, d_kv=4, num_heads=6, dropout_rate=0.0,
+                 grouping=Grouping(kv_heads=2, allocation=allocation))
+  attn, p, xq, xkv, bias = module(cfg)
   p["k"][:, 1] *= 3.0  # make KV head 1 clearly the larger one
   got = np.asarray(attn.apply({"params": p}, xq, xkv, bias))
   for b in range(2):
@@ -87,20 +91,20 @@ def test_key_norm_allocation_attention_matches_reference(allocation):
 
 
 def test_equal_norms_allocate_like_gqa():
-  cfg = T5Config(d_model=16, d_kv=4, num_heads=6, num_kv_heads=3, kv_allocation="kernel_norm",
-                 dropout_rate=0.0)
-  attn, p, xq, xkv, bias = module(cfg, 3)
+  cfg = T5Config(d_model=16, d_kv=4, num_heads=6, dropout_rate=0.0,
+                 grouping=Grouping(kv_heads=3, allocation="kernel_norm"))
+  attn, p, xq, xkv, bias = module(cfg)
   p["k"] = np.repeat(p["k"][:, :1], 3, axis=1)  # identical kernels -> equal norms -> 2 each
   got = attn.apply({"params": p}, xq, xkv, bias)
-  gqa = Attention(cfg.replace(kv_allocation="static"), 3, "none", grouped=True)
+  gqa = t5.attention(cfg.replace(grouping=cfg.grouping.replace(allocation="static")), "decoder")
   np.testing.assert_allclose(got, gqa.apply({"params": p}, xq, xkv, bias), rtol=1e-5, atol=1e-6)
 
 
 def test_pgqa_noise_only_while_training():
-  cfg = T5Config(d_model=16, d_kv=4, num_heads=6, num_kv_heads=2, attention_noise=0.5,
-                 dropout_rate=0.0)
-  attn, p, xq, xkv, bias = module(cfg, 2)
-  plain = Attention(cfg.replace(attention_noise=0.0), 2, "none", grouped=True)
+  cfg = T5Config(d_model=16, d_kv=4, num_heads=6, dropout_rate=0.0,
+                 grouping=Grouping(kv_heads=2, noise=0.5))
+  attn, p, xq, xkv, bias = module(cfg)
+  plain = t5.attention(cfg.replace(grouping=cfg.grouping.replace(noise=0.0)), "decoder")
   np.testing.assert_array_equal(attn.apply({"params": p}, xq, xkv, bias),
                                 plain.apply({"params": p}, xq, xkv, bias))
   run = lambda seed: np.asarray(attn.apply({"params": p}, xq, xkv, bias, False,
@@ -108,7 +112,7 @@ def test_pgqa_noise_only_while_training():
   np.testing.assert_array_equal(run(0), run(0))
   assert np.abs(run(0) - run(1)).max() > 1e-3
   # an ungrouped (encoder) module never gets noise
-  enc = Attention(cfg, 6, "none", grouped=False)
+  enc = t5.attention(cfg, "encoder")
   np.testing.assert_array_equal(enc.apply({"params": p | {"k": np.repeat(p["k"], 3, 1),
                                                           "v": np.repeat(p["v"], 3, 1)}},
                                           xq, xkv, bias, False,
@@ -120,7 +124,7 @@ def test_pgqa_noise_only_while_training():
 
 def _logits(params, cfg):
   ids, mask, dec = batch(cfg.vocab_size)
-  return np.asarray(model.T5(cfg).apply({"params": params}, ids, dec, mask))
+  return np.asarray(t5.T5(cfg).apply({"params": params}, ids, dec, mask))
 
 
 def test_head_permutation_keeps_the_mha_function(v10):
@@ -128,8 +132,8 @@ def test_head_permutation_keeps_the_mha_function(v10):
   read the stack's shared relative-position table by position, so there a permutation moves
   heads onto other bias rows: SimGQA (like the seed repository) accepts that."""
   _, params, cfg = v10
-  only_cross = convert._copy_tree(params)
-  for s, l, m in convert.attention_modules(cfg):
+  only_cross = copy.deepcopy(params)
+  for (s, l, m), _ in cfg.attention_modules():
     if m == "cross_attention":
       only_cross[s][l][m] = grouping.permute_heads(only_cross[s][l][m], [2, 0, 3, 1])
   np.testing.assert_allclose(_logits(only_cross, cfg), _logits(params, cfg), rtol=1e-5, atol=1e-5)
@@ -147,8 +151,8 @@ def test_similarity_groups_put_identical_heads_together():
 
 def test_simgqa_conversion_pools_similar_heads(v10):
   _, params, cfg = v10
-  sparams, scfg = convert.group(params, cfg, "simgqa", 2)
-  for s, l, m in convert.grouped_modules(scfg):
+  sparams, scfg = variants.from_mha(params, cfg, "simgqa", 2)
+  for s, l, m in variants.grouped_paths(scfg):
     p = params[s][l][m]
     groups = grouping.similarity_groups(p["q"], 2)
     order = [h for grp in groups for h in grp]
@@ -163,11 +167,11 @@ def test_simgqa_conversion_pools_similar_heads(v10):
 def test_asymgqa_conversion_and_export_match_hf(v10, tmp_path):
   from transformers import T5ForConditionalGeneration
   _, params, cfg = v10
-  aparams, acfg = convert.group(params, cfg, "asymgqa", group_sizes=[1, 3])
+  aparams, acfg = variants.from_mha(params, cfg, "asymgqa", group_sizes=[1, 3])
   k = params["decoder"]["layers_0"]["self_attention"]["k"]
   np.testing.assert_allclose(aparams["decoder"]["layers_0"]["self_attention"]["k"],
                              np.stack([k[:, 0], k[:, 1:].mean(1)], 1), atol=1e-6)
-  convert.save_hf(aparams, acfg, str(tmp_path))
+  hf_io.save_hf(aparams, acfg, str(tmp_path))
   hf = T5ForConditionalGeneration.from_pretrained(str(tmp_path)).eval()
   ids, mask, dec = batch(cfg.vocab_size)
   np.testing.assert_allclose(_logits(aparams, acfg), hf_logits(hf, ids, dec, mask), rtol=1e-5,
@@ -175,13 +179,13 @@ def test_asymgqa_conversion_and_export_match_hf(v10, tmp_path):
 
 
 def test_variant_errors():
-  with pytest.raises(ValueError, match="kv_group_sizes"):
-    T5Config(num_heads=6, num_kv_heads=3, kv_group_sizes=[3, 2, 2])
-  with pytest.raises(ValueError, match="kv_allocation must be one of"):
-    T5Config(kv_allocation="random")
+  with pytest.raises(ValueError, match="group_sizes"):
+    T5Config(num_heads=6, grouping=Grouping(kv_heads=3, group_sizes=[3, 2, 2]))
+  with pytest.raises(ValueError, match="allocation must be one of"):
+    T5Config(grouping=Grouping(allocation="random"))
   with pytest.raises(ValueError, match="WGQA weights assume static"):
-    T5Config(num_kv_heads=2, wgqa="row", kv_allocation="key_norm")
+    T5Config(grouping=Grouping(kv_heads=2, weights="row", allocation="key_norm"))
   with pytest.raises(ValueError, match="needs group_sizes"):
-    convert.group({}, T5Config(), "asymgqa")
+    variants.from_mha({}, T5Config(), "asymgqa")
   with pytest.raises(ValueError, match="no fixed MHA equivalent"):
-    convert.expand_to_mha({}, T5Config(num_kv_heads=2, kv_allocation="key_norm"))
+    variants.expand_to_mha({}, T5Config(grouping=Grouping(kv_heads=2, allocation="key_norm")))

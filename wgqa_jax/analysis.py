@@ -9,25 +9,23 @@
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 
+from absl import flags
 import numpy as np
 
+from wgqa_jax import cli, variants
 
-def _wgqa_leaves(tree, path=()):
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      yield from _wgqa_leaves(v, path + (k,))
-    elif k in ("wk", "wv"):
-      yield path + (k,), np.asarray(v)
+FLAGS = cli.flag_set()
+flags.DEFINE_multi_string("workdir", [], "a training workdir (repeat)", flag_values=FLAGS)
+flags.DEFINE_string("out", None, "output directory", flag_values=FLAGS)
+flags.DEFINE_string("metric", "eval/rougeLsum", "eval metric of the curves", flag_values=FLAGS)
 
 
 def wgqa_weights(params) -> np.ndarray:
   """All WGQA weights of a params tree, flattened (empty if the model has none)."""
-  leaves = [v.ravel() for _, v in sorted(_wgqa_leaves(params), key=lambda x: x[0])]
+  leaves = [np.asarray(v).ravel() for _, v in sorted(variants.weights_of(params).items())]
   return np.concatenate(leaves) if leaves else np.zeros(0, np.float32)
 
 
@@ -126,12 +124,9 @@ def analyse(workdirs: list[str], out_dir: str, metric: str = "eval/rougeLsum") -
 
 
 def main(argv: list[str] | None = None) -> int:
-  ap = argparse.ArgumentParser(prog="python -m wgqa_jax.analysis", description=__doc__,
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  ap.add_argument("--workdir", action="append", required=True, help="a training workdir (repeat)")
-  ap.add_argument("--out", required=True)
-  ap.add_argument("--metric", default="eval/rougeLsum")
-  args = ap.parse_args(argv)
+  args = cli.parse(FLAGS, argv, "wgqa_jax.analysis")
+  if not args.workdir or not args.out:
+    raise ValueError("pass --workdir=DIR (repeatable) and --out=DIR")
   report = analyse(args.workdir, args.out, args.metric)
   print(f"curves: {report['curves']}")
   for name, r in report["wgqa"].items():
@@ -143,4 +138,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.run(main, FLAGS)

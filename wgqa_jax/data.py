@@ -26,8 +26,12 @@ TASKS = {
 
 
 def is_translation(dataset: str) -> bool:
-  """Translation tasks are scored with BLEU, the rest with ROUGE."""
   return dataset.startswith("wmt") or dataset == "synthetic_translate"
+
+
+def metric_of(dataset: str) -> str:
+  """How a task is scored (wgqa_jax.metrics.score): "bleu" for translation, else "rouge"."""
+  return "bleu" if is_translation(dataset) else "rouge"
 
 
 PAD, EOS, UNK = 0, 1, 2
@@ -172,6 +176,7 @@ def synthetic_translate(n: int, seed: int) -> list[tuple[str, str]]:
 SYNTHETIC_TASKS = {"synthetic_summarize": (synthetic_summarize, 4096),
                    "synthetic_translate": (synthetic_translate, 16384)}
 SYNTHETIC = tuple(SYNTHETIC_TASKS)
+DATASETS = tuple(sorted(TASKS)) + SYNTHETIC
 
 
 def load_examples(dataset: str, split: str, n: int | None, seed: int = 0,
@@ -182,7 +187,7 @@ def load_examples(dataset: str, split: str, n: int | None, seed: int = 0,
     size = {"train": train_size, "validation": 256, "test": 256}[split] if n is None else n
     return generate(size, seed={"train": 0, "validation": 1, "test": 2}[split])
   if dataset not in TASKS:
-    raise ValueError(f"unknown dataset {dataset!r}; choose from {sorted(TASKS) + list(SYNTHETIC)}")
+    raise ValueError(f"unknown dataset {dataset!r}; choose from {list(DATASETS)}")
   name, src, tgt, prefix = TASKS[dataset]
   try:
     import tensorflow_datasets as tfds

@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wgqa_jax.config import T5Config
-from wgqa_jax.model import T5
+from wgqa_jax.models.t5 import T5
+from wgqa_jax.models.t5_config import T5Config
 
 
 def _encode(params, inputs, cfg):
@@ -29,7 +29,7 @@ def _encode(params, inputs, cfg):
 
 def cache_bytes(cfg: T5Config, batch: int, src_len: int, max_len: int) -> int:
   """Bytes of the decode cache: self K/V (max_len) + cross K/V (src_len), all decoder layers."""
-  g = cfg.module_kv_heads("decoder")
+  g = cfg.grouping_of("decoder").num_kv_heads(cfg.num_heads)
   per_token = 2 * g * cfg.d_kv * jnp.dtype(cfg.dtype).itemsize
   return int(cfg.num_decoder_layers * batch * (max_len + src_len) * per_token)
 

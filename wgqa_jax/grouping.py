@@ -131,15 +131,6 @@ def permute_heads(attn: dict, perm) -> dict:
   return out
 
 
-def permute_query_heads(attn: dict, perm) -> dict:
-  """Reorder only q and o (K/V already grouped): moves query heads between KV groups."""
-  perm = np.asarray(perm)
-  out = dict(attn)
-  out["q"] = np.asarray(attn["q"])[:, perm]
-  out["o"] = np.asarray(attn["o"])[perm]
-  return out
-
-
 # ----------------------------------------------------------------------------------------------
 # Unequal groups: AsymGQA-style static sizes, KDGQA / DGQA key-norm allocation
 # ----------------------------------------------------------------------------------------------

@@ -65,11 +65,18 @@ def bleu_ci(predictions, references, n: int = 200, seed: int = 0, level: float =
   return float(lo), float(hi)
 
 
-def score(predictions, references, task: str, bootstrap: int = 1000) -> dict:
-  """{"rouge1": {"mean": .., "ci95": [lo, hi]}, ...} (or bleu for translation)."""
-  if task == "translation":
-    return {"bleu": {"mean": bleu(predictions, references)["bleu"],
-                     "ci95": list(bleu_ci(predictions, references, max(bootstrap // 5, 20)))}}
+MAIN_METRIC = {"rouge": "rougeLsum", "bleu": "bleu"}
+
+
+def score(predictions, references, kind: str, bootstrap: int = 0) -> dict:
+  """{"rouge1": {"mean": .., "ci95": [lo, hi] | None}, ...} for kind "rouge" (rouge1/2/L/Lsum) or
+  "bleu" (wgqa_jax.data.metric_of says which); bootstrap resamples for the CIs, 0: none."""
+  if kind == "bleu":
+    ci = list(bleu_ci(predictions, references, max(bootstrap // 5, 20))) if bootstrap else None
+    return {"bleu": {"mean": bleu(predictions, references)["bleu"], "ci95": ci}}
+  if kind != "rouge":
+    raise ValueError(f"unknown metric kind {kind!r}: rouge or bleu")
   per = rouge_per_example(predictions, references)
   return {k: {"mean": float(v.mean()) if len(v) else 0.0,
-              "ci95": list(bootstrap_ci(v, bootstrap))} for k, v in per.items()}
+              "ci95": list(bootstrap_ci(v, bootstrap)) if bootstrap else None}
+          for k, v in per.items()}

@@ -14,10 +14,6 @@ import math
 import jax
 
 
-# Read when a model is traced; benchmarks flip it to measure the difference.
-TRANSPOSE_WEIGHT_GRAD_ON_CPU = True
-
-
 @jax.custom_vjp
 def _matmul_cpu(a, b):
   return a @ b
@@ -35,12 +31,15 @@ def _bwd(res, g):
 _matmul_cpu.defvjp(_fwd, _bwd)
 
 
-def dense(x, kernel, n_in: int = 1):
+def dense(x, kernel, n_in: int = 1, transpose_weight_grad_on_cpu: bool = True):
   """Contract the last n_in axes of x with the first n_in axes of kernel:
-  x (..., *in) and kernel (*in, *out) -> (..., *out), as one 2-D matmul."""
+  x (..., *in) and kernel (*in, *out) -> (..., *out), as one 2-D matmul.
+
+  transpose_weight_grad_on_cpu: a model config field (so jit caches each setting apart); the
+  benchmark turns it off to time the difference."""
   lead, k_in = x.shape[:-n_in], math.prod(x.shape[len(x.shape) - n_in:])
   out = kernel.shape[n_in:]
   a, b = x.reshape(-1, k_in), kernel.reshape(k_in, -1)
-  cpu = TRANSPOSE_WEIGHT_GRAD_ON_CPU and jax.default_backend() == "cpu"
+  cpu = transpose_weight_grad_on_cpu and jax.default_backend() == "cpu"
   y = _matmul_cpu(a, b) if cpu else a @ b
   return y.reshape(*lead, *out)

@@ -66,10 +66,6 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P("data"))
 
 
-def replicated(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P())
-
-
 def to_host(tree):
   """Global arrays -> numpy, on every process. Arrays that span other hosts' devices are
   all-gathered, so every process must call this (it is a collective when process_count > 1)."""

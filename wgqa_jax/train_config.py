@@ -1,103 +1,129 @@
-"""The full set of training config keys with defaults; configs/*.py start from `base_config()`.
+"""The training config: every key with its default, in sections; configs/*.py start from here.
 
-The returned ConfigDict is locked: a misspelt `--config.key=value` fails with the known keys.
+    c = base_config()          # model, grouping, data, optim, mesh, eval, checkpoint, seed, log_every
+    c.grouping.variant = "gqa"
+    --config.grouping.kv_heads=4 --config.optim.learning_rate=3e-4     (on the command line)
+
+Optional values are `placeholder()`s (None until set). The returned ConfigDict is locked: a
+misspelt key fails with the known keys.
 """
 from __future__ import annotations
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
-from wgqa_jax import convert, data
-from wgqa_jax.config import PRESETS
+from wgqa_jax import data, variants
+from wgqa_jax.models.t5_config import DTYPES, PRESETS
 
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
+  c.seed = 0                    # data order, dropout, RandWGQA init, tiny-random init
+  c.log_every = 50              # steps between train metrics (JSONL + TensorBoard)
   # ---- model ----
-  c.init_from = "tiny-random"   # "tiny-random" | HF dir or hub id (t5-small) | wgqa params dir
-  c.arch = "tiny"               # architecture preset for init_from=tiny-random
+  c.model = ml_collections.ConfigDict()
+  c.model.init_from = "tiny-random"  # "tiny-random" | HF dir or hub id (t5-small) | wgqa params dir
+  c.model.arch = "tiny"         # architecture preset for init_from=tiny-random
+  c.model.dtype = "float32"     # compute dtype: bfloat16 on GPUs
+  c.model.dropout_rate = placeholder(float)  # unset: the checkpoint's value
+  # ---- grouping ----
+  c.grouping = ml_collections.ConfigDict()
   # mha | mqa | gqa | wgqa | randwgqa | colwgqa | colrandwgqa | simgqa | asymgqa | kdgqa | dgqa
-  # | pgqa (see README: attention variants)
-  c.variant = "wgqa"
-  c.kv_heads = 2                # G (ignored by mha / mqa)
-  c.group_encoder = False       # paper: decoder self- and cross-attention only
-  c.group_sizes = ""            # asymgqa: contiguous group sizes, e.g. "3,1,2,2"
-  c.attention_noise = 0.1       # pgqa: std of the noise subtracted from attention logits
-  c.regroup_every = 0           # SimGQA every N steps: regroup query heads by similarity (0: off)
-  c.dtype = "float32"           # compute dtype: bfloat16 on GPUs
-  c.dropout_rate = -1.0         # -1 keeps the checkpoint's value
+  # | pgqa (wgqa_jax/variants.py; README: attention variants)
+  c.grouping.variant = "wgqa"
+  c.grouping.kv_heads = 2       # G (mha and mqa fix it themselves)
+  c.grouping.group_encoder = False  # papers: decoder self- and cross-attention only
+  c.grouping.group_sizes = placeholder(tuple)  # asymgqa: contiguous group sizes, e.g. (3, 1, 2, 2)
+  c.grouping.attention_noise = placeholder(float)  # pgqa: logit noise std (unset: the variant's 0.1)
+  c.grouping.regroup_every = 0  # simgqa: regroup query heads by similarity every N steps (0: off)
   # ---- data ----
-  c.dataset = "synthetic_summarize"  # | synthetic_translate (offline) | cnn_dailymail | multi_news | wmt14_de_en (TFDS)
-  c.data_dir = ""               # TFDS data_dir ("" = TFDS default)
-  c.tokenizer = "bytes"         # "bytes" | "sentencepiece" (trained on the fly) | HF dir or id
-  c.max_input_length = 512     # tokens, truncated (EOS kept) and padded
-  c.max_target_length = 256    # tokens; also the eval decode length by default
-  c.train_examples = -1         # -1 = the whole split
-  # ---- optimisation ----
-  c.batch_size = 32             # global batch
-  c.grad_accum_steps = 1       # micro-batches per step (same result as the full batch)
-  c.num_epochs = 3.0           # paper: 3
-  c.num_train_steps = -1        # > 0 overrides num_epochs
-  c.learning_rate = 1e-3       # AdamW peak, linear decay to 0 (paper: 1e-3)
-  c.warmup_steps = 0           # linear warmup before the decay
-  c.weight_decay = 0.0         # AdamW decoupled weight decay
-  c.max_grad_norm = 1.0         # 0 disables clipping
-  c.label_smoothing = 0.0      # of the cross-entropy targets
-  c.z_loss = 0.0               # coefficient of log(Z)^2 (PaLM-style stabiliser)
-  c.seed = 0                   # data order, dropout, RandWGQA init, tiny-random init
+  c.data = ml_collections.ConfigDict()
+  c.data.dataset = "synthetic_summarize"  # | synthetic_translate (offline) | cnn_dailymail | multi_news | wmt14_de_en (TFDS)
+  c.data.data_dir = placeholder(str)  # TFDS data_dir (unset: the TFDS default)
+  c.data.tokenizer = "bytes"    # "bytes" | "sentencepiece" (trained on the fly) | HF dir or id
+  c.data.max_input_length = 512  # tokens, truncated (EOS kept) and padded
+  c.data.max_target_length = 256  # tokens; also the eval decode length by default
+  c.data.train_examples = placeholder(int)  # unset: the whole split
+  # ---- optim ----
+  c.optim = ml_collections.ConfigDict()
+  c.optim.batch_size = 32       # global batch
+  c.optim.grad_accum_steps = 1  # micro-batches per step (same result as the full batch)
+  c.optim.num_epochs = 3.0      # paper: 3
+  c.optim.num_train_steps = placeholder(int)  # set: overrides num_epochs
+  c.optim.learning_rate = 1e-3  # AdamW peak, linear decay to 0 (paper: 1e-3)
+  c.optim.warmup_steps = 0      # linear warmup before the decay
+  c.optim.weight_decay = 0.0    # AdamW decoupled weight decay
+  c.optim.max_grad_norm = 1.0   # 0 disables clipping
+  c.optim.label_smoothing = 0.0  # of the cross-entropy targets
+  c.optim.z_loss = 0.0          # coefficient of log(Z)^2 (PaLM-style stabiliser)
   # ---- mesh ----
-  c.mesh_data = -1              # -1: all devices not used by the model axis
-  c.mesh_model = 1              # tensor-parallel ways (heads, MLP, vocab split)
-  # ---- logging / eval / checkpoints ----
-  c.log_every = 50             # steps between train metrics (JSONL + TensorBoard)
-  c.eval_every = 500            # 0: only at the end
-  c.eval_at_start = False       # also evaluate the converted model before any update
-  c.eval_examples = 256        # validation examples decoded for ROUGE / BLEU
-  c.eval_batch_size = 64       # batch of the eval loss and cached greedy decoding
-  c.eval_max_decode_length = -1  # -1 = max_target_length
-  c.checkpoint_every = 500     # steps between orbax checkpoints (async)
-  c.keep_checkpoints = 3       # latest checkpoints kept
-  c.best_metric = "rougeLsum"   # keep the best checkpoint by this eval metric too
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = placeholder(int)  # data-parallel ways (unset: every device the model axis leaves)
+  c.mesh.model = 1              # tensor-parallel ways (heads, MLP, vocab split)
+  # ---- eval ----
+  c.eval = ml_collections.ConfigDict()
+  c.eval.every = 500            # steps between evals; 0: only at the end
+  c.eval.at_start = False       # also evaluate the converted model before any update
+  c.eval.examples = 256         # validation examples decoded for ROUGE / BLEU
+  c.eval.batch_size = 64        # batch of the eval loss and cached greedy decoding
+  c.eval.max_decode_length = placeholder(int)  # unset: data.max_target_length
+  c.eval.best_metric = placeholder(str)  # keep best/ by this metric (unset: rougeLsum, or bleu)
+  # ---- checkpoint ----
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every = 500      # steps between orbax checkpoints (async)
+  c.checkpoint.keep = 3         # latest checkpoints kept
+  c.lock()
   return c
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
   """Fail early, with the key named, on values the run could only trip over later."""
   def bad(key, msg):
-    raise ValueError(f"config.{key}={c[key]!r}: {msg}")
-  if c.variant not in convert.VARIANTS:
-    bad("variant", f"choose from {sorted(convert.VARIANTS)}")
-  if c.init_from == "tiny-random" and c.arch not in PRESETS:
-    bad("arch", f"choose from {sorted(PRESETS)}")
-  if c.dataset not in list(data.TASKS) + list(data.SYNTHETIC):
-    bad("dataset", f"choose from {sorted(data.TASKS) + list(data.SYNTHETIC)}")
-  for key in ("batch_size", "grad_accum_steps", "max_input_length", "max_target_length",
-              "log_every", "eval_batch_size", "checkpoint_every", "keep_checkpoints"):
-    if c[key] <= 0:
+    section, _, name = key.rpartition(".")
+    value = (c[section] if section else c)[name]
+    raise ValueError(f"config.{key}={value!r}: {msg}")
+  g, d, o = c.grouping, c.data, c.optim
+  try:
+    variant = variants.get(g.variant)
+  except ValueError as e:
+    bad("grouping.variant", str(e).split(": ", 1)[-1])
+  try:
+    variant.check(group_sizes=g.group_sizes, noise=g.attention_noise,
+                  regroup_every=g.regroup_every)
+  except ValueError as e:
+    bad("grouping.variant", str(e))
+  if c.model.init_from == "tiny-random" and c.model.arch not in PRESETS:
+    bad("model.arch", f"choose from {sorted(PRESETS)}")
+  if c.model.dtype not in DTYPES:
+    bad("model.dtype", f"choose from {DTYPES}")
+  if d.dataset not in data.DATASETS:
+    bad("data.dataset", f"choose from {list(data.DATASETS)}")
+  for key in ("optim.batch_size", "optim.grad_accum_steps", "data.max_input_length",
+              "data.max_target_length", "log_every", "eval.batch_size", "checkpoint.every",
+              "checkpoint.keep"):
+    section, _, name = key.rpartition(".")
+    if (c[section] if section else c)[name] <= 0:
       bad(key, "must be positive")
-  if c.batch_size % c.grad_accum_steps:
-    bad("batch_size", f"must be divisible by grad_accum_steps={c.grad_accum_steps}")
-  if c.learning_rate <= 0:
-    bad("learning_rate", "must be positive")
-  if c.num_train_steps <= 0 and c.num_epochs <= 0:
-    bad("num_epochs", "set num_epochs > 0 or num_train_steps > 0")
-  if c.group_sizes and c.variant != "asymgqa":
-    bad("group_sizes", "only applies to variant=asymgqa")
-  if c.regroup_every < 0:
-    bad("regroup_every", "must be >= 0")
-  if c.dtype not in ("float32", "bfloat16"):
-    bad("dtype", "float32 or bfloat16")
+  if o.batch_size % o.grad_accum_steps:
+    bad("optim.batch_size", f"must be divisible by grad_accum_steps={o.grad_accum_steps}")
+  if o.learning_rate <= 0:
+    bad("optim.learning_rate", "must be positive")
+  if (o.num_train_steps or 0) <= 0 and o.num_epochs <= 0:
+    bad("optim.num_epochs", "set num_epochs > 0 or num_train_steps > 0")
+  if g.regroup_every < 0:
+    bad("grouping.regroup_every", "must be >= 0")
 
 
 def paper_config(checkpoint: str, variant: str, kv_heads: int) -> ml_collections.ConfigDict:
   """The WGQA paper's setup: a pretrained T5 uptrained on CNN/DailyMail ("summarize: "), AdamW
   lr 1e-3 with linear decay, batch 32, 3 epochs, inputs 512 / targets 256."""
   c = base_config()
-  c.init_from = checkpoint
-  c.tokenizer = checkpoint
-  c.variant = variant
-  c.kv_heads = kv_heads
-  c.dataset = "cnn_dailymail"
-  c.dtype = "bfloat16"
+  c.model.init_from = checkpoint
+  c.model.dtype = "bfloat16"
+  c.data.tokenizer = checkpoint
+  c.data.dataset = "cnn_dailymail"
+  c.grouping.variant = variant
+  c.grouping.kv_heads = kv_heads
   return c
 
 
@@ -105,58 +131,58 @@ def tiny_config(dataset: str = "synthetic_summarize") -> ml_collections.ConfigDi
   """The offline setup (configs/tiny*.py): a tiny random T5 uptrained into WGQA (G=2) on a
   generated task, with a sentencepiece vocabulary trained on the fly. Minutes on 2 CPU cores."""
   c = base_config()
-  c.init_from = "tiny-random"
-  c.arch = "tiny"
-  c.variant = "wgqa"
-  c.kv_heads = 2
-  c.dataset = dataset
-  c.tokenizer = "sentencepiece"
-  c.max_input_length = 64
-  c.max_target_length = 16
-  c.batch_size = 32
-  c.num_epochs = 0
-  c.num_train_steps = 1500
-  c.learning_rate = 3e-3
-  c.warmup_steps = 50
+  c.data.dataset = dataset
+  c.data.tokenizer = "sentencepiece"
+  c.data.max_input_length = 64
+  c.data.max_target_length = 16
+  c.optim.num_epochs = 0
+  c.optim.num_train_steps = 1500
+  c.optim.learning_rate = 3e-3
+  c.optim.warmup_steps = 50
   c.log_every = 25
-  c.eval_every = 500
-  c.eval_examples = 64
-  c.checkpoint_every = 500
+  c.eval.examples = 64
   return c
 
 
 def config_docs() -> str:
-  """Markdown table of every training config key: default and the comment beside it in
+  """Markdown tables of every training config key: default and the comment beside it in
   base_config() (the source is the documentation)."""
   import inspect
   import re
-  lines = inspect.getsource(base_config).splitlines()
-  doc, section, pending = {}, {}, []
-  current = ""
-  for line in lines:
-    m = re.match(r"\s*# ---- (.+) ----", line)
-    if m:
-      current = m.group(1)
-      continue
-    m = re.match(r"\s*c\.(\w+) = (.+?)(?:\s+#\s*(.*))?$", line)
-    if m:
+  doc, pending = {}, []
+  for line in inspect.getsource(base_config).splitlines():
+    m = re.match(r"\s*c\.([\w.]+) = (.+?)(?:\s+#\s*(.*))?$", line)
+    if m and "ConfigDict()" not in m.group(2):
       doc[m.group(1)] = " ".join(pending + ([m.group(3)] if m.group(3) else []))
-      section[m.group(1)] = current
+      pending = []
+    elif line.strip().startswith("# ----"):
       pending = []
     elif line.strip().startswith("#"):
       pending.append(line.strip()[1:].strip())
   c = base_config()
   out = ["# Training config keys", "",
          "Generated by `python -m wgqa_jax.train_config > docs/CONFIG.md` from "
-         "`wgqa_jax/train_config.py`. Override any key with `--config.KEY=VALUE`; unknown keys "
-         "are errors.", ""]
+         "`wgqa_jax/train_config.py`. Override any key with `--config.SECTION.KEY=VALUE`; "
+         "unknown keys are errors; `None` marks an optional value (a placeholder).", ""]
   last = None
   for key in doc:
-    if section[key] != last:
-      last = section[key]
-      out += ["", f"## {last}", "", "| key | default | meaning |", "|---|---|---|"]
-    out.append(f"| `{key}` | `{c[key]!r}` | {doc[key].replace('|', '/')} |")
+    section = key.rpartition(".")[0] or "top level"
+    if section != last:
+      last = section
+      out += ["", f"## {section}", "", "| key | default | meaning |", "|---|---|---|"]
+    value = c
+    for part in key.split("."):
+      value = value[part]
+    out.append(f"| `{key}` | `{value!r}` | {doc[key].replace('|', '/')} |")
   return "\n".join(out) + "\n"
+
+
+def keys(c: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+  """Every dotted key of a config, sections flattened."""
+  out = []
+  for k, v in c.items():
+    out += keys(v, f"{prefix}{k}.") if isinstance(v, ml_collections.ConfigDict) else [prefix + k]
+  return out
 
 
 if __name__ == "__main__":

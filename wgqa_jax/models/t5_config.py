@@ -1,7 +1,7 @@
-"""T5 architecture + grouped-KV attention hyperparameters (one frozen dataclass).
+"""T5 architecture hyperparameters, with one nested `grouping` section (one frozen dataclass).
 
-The same object describes an MHA checkpoint, its GQA/MQA conversion and a WGQA model
-under uptraining; `num_kv_heads` and `wgqa` are the only fields that differ.
+The same object describes an MHA checkpoint, its GQA/MQA conversion and a WGQA model under
+uptraining: only `grouping` differs (wgqa_jax.variants.Grouping).
 """
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ import dataclasses
 import json
 from typing import Any
 
+from wgqa_jax.variants import MHA, Grouping
+
 ACTIVATIONS = ("relu", "gelu", "gelu_new", "silu")
-WGQA_MODES = ("none", "row", "col")
-WGQA_INITS = ("constant", "normal")
-KV_ALLOCATIONS = ("static", "key_norm", "kernel_norm")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -39,28 +38,15 @@ class T5Config:
   eos_token_id: int = 1
   decoder_start_token_id: int = 0
 
-  # ---- grouped key/value attention ----
-  # KV heads of every grouped attention module (decoder self- and cross-attention, plus the
-  # encoder if group_encoder). None = num_heads (plain MHA). 1 = MQA.
-  num_kv_heads: int | None = None
-  group_encoder: bool = False
-  # WGQA keeps all H original K/V kernels and learns one weight per head ("row") or per head and
-  # output dim ("col"); the G grouped kernels are weighted sums over each group's heads.
-  wgqa: str = "none"
-  wgqa_init: str = "constant"  # "constant" (wgqa_init_value) | "normal" (RandWGQA: N(0, 1))
-  wgqa_init_value: float = 0.5
-  # Unequal groups (AsymGQA-style): contiguous group sizes, one per KV head, summing to num_heads.
-  kv_group_sizes: tuple[int, ...] | None = None
-  # How query heads are allocated to KV heads: "static" (contiguous, equal or kv_group_sizes),
-  # "key_norm" (KDGQA: in proportion to the norms of the keys of each forward pass) or
-  # "kernel_norm" (DGQA: in proportion to the K kernels' norms, which evolve over training).
-  kv_allocation: str = "static"
-  # PGQA: std of Gaussian noise subtracted from the attention logits of grouped modules in training.
-  attention_noise: float = 0.0
+  # ---- grouped key/value attention (wgqa_jax.variants) ----
+  grouping: Grouping = MHA
 
   # ---- numerics ----
   dtype: str = "float32"  # compute dtype (activations); "bfloat16" on accelerators
   param_dtype: str = "float32"
+  # ops.dense: on XLA:CPU, materialise x^T for the weight gradient (faster there); off only to
+  # measure what it buys (benchmarks/run.py).
+  transpose_weight_grad_on_cpu: bool = True
 
   def __post_init__(self):
     def bad(msg):
@@ -75,30 +61,9 @@ class T5Config:
     if not 0.0 <= self.dropout_rate < 1.0:
       bad(f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
     self.ffn_activation  # validates feed_forward_proj
-    kv = self.kv_heads
-    if not isinstance(kv, int) or kv <= 0:
-      bad(f"num_kv_heads must be a positive int or None, got {self.num_kv_heads!r}")
-    if self.num_heads % kv and self.kv_group_sizes is None and self.kv_allocation == "static":
-      bad(f"num_heads={self.num_heads} is not divisible by num_kv_heads={kv}; "
-          f"valid choices: {[g for g in range(1, self.num_heads + 1) if self.num_heads % g == 0]}")
-    if self.wgqa not in WGQA_MODES:
-      bad(f"wgqa must be one of {WGQA_MODES}, got {self.wgqa!r}")
-    if self.wgqa_init not in WGQA_INITS:
-      bad(f"wgqa_init must be one of {WGQA_INITS}, got {self.wgqa_init!r}")
-    if self.kv_group_sizes is not None:
-      sizes = tuple(int(x) for x in self.kv_group_sizes)
-      object.__setattr__(self, "kv_group_sizes", sizes)  # lists from JSON become tuples
-      if len(sizes) != kv or sum(sizes) != self.num_heads or min(sizes) < 1:
-        bad(f"kv_group_sizes={list(sizes)} must be {kv} positive sizes summing to "
-            f"num_heads={self.num_heads}")
-    if self.kv_allocation not in KV_ALLOCATIONS:
-      bad(f"kv_allocation must be one of {KV_ALLOCATIONS}, got {self.kv_allocation!r}")
-    if self.kv_allocation != "static" and self.kv_group_sizes is not None:
-      bad("kv_group_sizes is for static allocation; key-norm allocation sizes groups itself")
-    if self.kv_allocation != "static" and self.wgqa != "none":
-      bad("WGQA weights assume static contiguous groups; use kv_allocation='static'")
-    if self.attention_noise < 0:
-      bad(f"attention_noise must be >= 0, got {self.attention_noise}")
+    if isinstance(self.grouping, dict):  # from JSON
+      object.__setattr__(self, "grouping", Grouping(**self.grouping))
+    self.grouping.validate(self.num_heads)
     for name in ("dtype", "param_dtype"):
       if getattr(self, name) not in DTYPES:
         bad(f"{name} must be one of {DTYPES}, got {getattr(self, name)!r}")
@@ -106,7 +71,8 @@ class T5Config:
   # ---- derived ----
   @property
   def kv_heads(self) -> int:
-    return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
+    """G of the grouped attention modules."""
+    return self.grouping.num_kv_heads(self.num_heads)
 
   @property
   def is_gated(self) -> bool:
@@ -132,19 +98,21 @@ class T5Config:
       return self.tie_word_embeddings
     return self.scale_decoder_outputs
 
-  def module_kv_heads(self, stack: str) -> int:
-    """KV heads of the attention modules of `stack` ("encoder" or "decoder")."""
-    if stack == "encoder" and not self.group_encoder:
-      return self.num_heads
-    return self.kv_heads
+  def is_grouped(self, stack: str) -> bool:
+    """The decoder's self- and cross-attention are grouped (as in the GQA and WGQA papers), the
+    encoder only with grouping.group_encoder."""
+    return stack == "decoder" or self.grouping.group_encoder
 
-  def module_grouped(self, stack: str) -> bool:
-    return stack == "decoder" or self.group_encoder
+  def grouping_of(self, stack: str) -> Grouping:
+    return self.grouping if self.is_grouped(stack) else MHA
 
-  def module_wgqa(self, stack: str) -> str:
-    if stack == "encoder" and not self.group_encoder:
-      return "none"
-    return self.wgqa
+  def attention_modules(self):
+    """(param path, grouped) of every attention module: what wgqa_jax.variants converts."""
+    for i in range(self.num_encoder_layers):
+      yield ("encoder", f"layers_{i}", "attention"), self.is_grouped("encoder")
+    for i in range(self.num_decoder_layers):
+      yield ("decoder", f"layers_{i}", "self_attention"), self.is_grouped("decoder")
+      yield ("decoder", f"layers_{i}", "cross_attention"), self.is_grouped("decoder")
 
   def replace(self, **changes) -> "T5Config":
     return dataclasses.replace(self, **changes)
@@ -155,6 +123,7 @@ class T5Config:
 
   @classmethod
   def from_dict(cls, d: dict[str, Any]) -> "T5Config":
+    d = _upgrade_flat_grouping(dict(d))
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - known)
     if unknown:
@@ -225,6 +194,20 @@ class T5Config:
         "eos_token_id": self.eos_token_id,
         "decoder_start_token_id": self.decoder_start_token_id,
     }
+
+
+# wgqa_config.json files written before the grouping section existed held these flat keys.
+_FLAT_GROUPING_KEYS = {"num_kv_heads": "kv_heads", "group_encoder": "group_encoder",
+                       "wgqa": "weights", "wgqa_init": "weights_init",
+                       "wgqa_init_value": "weights_init_value", "kv_group_sizes": "group_sizes",
+                       "kv_allocation": "allocation", "attention_noise": "noise"}
+
+
+def _upgrade_flat_grouping(d: dict[str, Any]) -> dict[str, Any]:
+  flat = {new: d.pop(old) for old, new in _FLAT_GROUPING_KEYS.items() if old in d}
+  if flat:
+    d["grouping"] = {**d.get("grouping", {}), **flat}
+  return d
 
 
 def _first(x):

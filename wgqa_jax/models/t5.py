@@ -5,7 +5,7 @@ Params are float32 (config.param_dtype), activations config.dtype; layer norms a
 float32. Every param carries logical axis names (embed, heads, kv_heads, kv, mlp, vocab,
 relpos_buckets) that sharding.py maps onto a device mesh.
 
-Param tree (what convert.py reads and writes):
+Param tree (what hf.py maps to HF names and variants.py converts):
   shared/embedding                               (vocab, d_model)
   {encoder,decoder}/relpos_bias/rel_embedding    (buckets, H)
   encoder/layers_i/{attention_norm, attention, mlp_norm, mlp}
@@ -18,17 +18,74 @@ Param tree (what convert.py reads and writes):
 """
 from __future__ import annotations
 
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from wgqa_jax.attention import NEG_INF, Attention, RelativePositionBias
+from wgqa_jax.attention import NEG_INF, Attention
+from wgqa_jax.models.t5_config import T5Config
 from wgqa_jax.ops import dense
-from wgqa_jax.config import T5Config
 
 
 def _normal(stddev):
   return nn.initializers.normal(stddev=stddev)
+
+
+def _dense(cfg: T5Config, x, kernel, n_in: int = 1):
+  dtype = jnp.dtype(cfg.dtype)
+  return dense(x.astype(dtype), kernel.astype(dtype), n_in,
+               transpose_weight_grad_on_cpu=cfg.transpose_weight_grad_on_cpu)
+
+
+def attention(cfg: T5Config, stack: str, name: str | None = None) -> Attention:
+  """An attention module of `stack` with that stack's grouping (the one place T5 decides it)."""
+  return Attention(num_heads=cfg.num_heads, head_dim=cfg.d_kv, d_model=cfg.d_model,
+                   grouping=cfg.grouping_of(stack), dropout_rate=cfg.dropout_rate,
+                   dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                   transpose_weight_grad_on_cpu=cfg.transpose_weight_grad_on_cpu, name=name)
+
+
+def relative_position_bucket(relative_position, bidirectional: bool, num_buckets: int,
+                             max_distance: int):
+  """Bucket (memory_position - query_position) exactly as Mesh TF / HF T5 do."""
+  rel = jnp.asarray(relative_position, jnp.int32)
+  buckets = jnp.zeros_like(rel)
+  if bidirectional:
+    num_buckets //= 2
+    buckets = buckets + (rel > 0).astype(jnp.int32) * num_buckets
+    rel = jnp.abs(rel)
+  else:
+    rel = -jnp.minimum(rel, 0)
+  max_exact = num_buckets // 2
+  is_small = rel < max_exact
+  # log of a clipped value: positions < max_exact take the other branch anyway.
+  rel_f = jnp.maximum(rel, 1).astype(jnp.float32)
+  large = max_exact + (jnp.log(rel_f / max_exact) / math.log(max_distance / max_exact)
+                       * (num_buckets - max_exact)).astype(jnp.int32)
+  large = jnp.minimum(large, num_buckets - 1)
+  return buckets + jnp.where(is_small, rel, large)
+
+
+class RelativePositionBias(nn.Module):
+  """One table (num_buckets, H) per stack; returns an additive bias (1, H, q_len, k_len)."""
+  config: T5Config
+  bidirectional: bool
+
+  @nn.compact
+  def __call__(self, query_positions, key_positions):
+    cfg = self.config
+    table = self.param(
+        "rel_embedding",
+        nn.with_logical_partitioning(_normal(cfg.d_model ** -0.5), ("relpos_buckets", "heads")),
+        (cfg.relative_attention_num_buckets, cfg.num_heads), jnp.dtype(cfg.param_dtype))
+    rel = key_positions[None, :] - query_positions[:, None]  # (q, k)
+    buckets = relative_position_bucket(rel, self.bidirectional,
+                                       cfg.relative_attention_num_buckets,
+                                       cfg.relative_attention_max_distance)
+    bias = jnp.take(jnp.asarray(table, jnp.float32), buckets, axis=0)  # (q, k, H)
+    return jnp.transpose(bias, (2, 0, 1))[None]
 
 
 class RMSNorm(nn.Module):
@@ -66,14 +123,14 @@ class MLP(nn.Module):
                                   (cfg.d_model, cfg.d_ff), pdt).astype(dtype)
     x = x.astype(dtype)
     if cfg.is_gated:
-      h = act(dense(x, win("wi_0"))) * dense(x, win("wi_1"))
+      h = act(_dense(cfg, x, win("wi_0"))) * _dense(cfg, x, win("wi_1"))
     else:
-      h = act(dense(x, win("wi")))
+      h = act(_dense(cfg, x, win("wi")))
     h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
     h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
     wo = self.param("wo", part(_normal(cfg.d_ff ** -0.5), ("mlp", "embed")),
                     (cfg.d_ff, cfg.d_model), pdt)
-    return dense(h, wo.astype(dtype))
+    return _dense(cfg, h, wo)
 
 
 def _residual(cfg, x, y, deterministic):
@@ -87,8 +144,7 @@ class EncoderLayer(nn.Module):
   def __call__(self, x, bias, deterministic: bool):
     cfg = self.config
     h = RMSNorm(cfg, name="attention_norm")(x)
-    h = Attention(cfg, cfg.module_kv_heads("encoder"), cfg.module_wgqa("encoder"),
-                  cfg.module_grouped("encoder"), name="attention")(h, h, bias, deterministic)
+    h = attention(cfg, "encoder", name="attention")(h, h, bias, deterministic)
     x = _residual(cfg, x, h, deterministic)
     h = MLP(cfg, name="mlp")(RMSNorm(cfg, name="mlp_norm")(x), deterministic)
     return _residual(cfg, x, h, deterministic)
@@ -99,11 +155,10 @@ class DecoderLayer(nn.Module):
 
   def setup(self):
     cfg = self.config
-    g, w = cfg.module_kv_heads("decoder"), cfg.module_wgqa("decoder")
     self.self_attention_norm = RMSNorm(cfg)
-    self.self_attention = Attention(cfg, g, w, grouped=True)
+    self.self_attention = attention(cfg, "decoder")
     self.cross_attention_norm = RMSNorm(cfg)
-    self.cross_attention = Attention(cfg, g, w, grouped=True)
+    self.cross_attention = attention(cfg, "decoder")
     self.mlp_norm = RMSNorm(cfg)
     self.mlp = MLP(cfg)
     self.dropout = nn.Dropout(cfg.dropout_rate)
@@ -199,7 +254,7 @@ class Decoder(nn.Module):
   def init_cache(self, encoded, max_len: int):
     """Per layer: cross K/V of `encoded` and an empty self-attention cache, all with G heads."""
     b = encoded.shape[0]
-    g, dk = self.config.module_kv_heads("decoder"), self.config.d_kv
+    g, dk = self.config.grouping_of("decoder").num_kv_heads(self.config.num_heads), self.config.d_kv
     dtype = jnp.dtype(self.config.dtype)
     cache = []
     for layer in self.layers:
@@ -251,7 +306,7 @@ class T5(nn.Module):
     if cfg.tie_word_embeddings:
       out = self.shared.attend(y)
     else:
-      out = dense(y, self.lm_head.astype(jnp.dtype(cfg.dtype)))
+      out = _dense(cfg, y, self.lm_head)
     out = nn.with_logical_constraint(out, ("batch", "length", "vocab"))
     return out.astype(jnp.float32)
 

@@ -1,0 +1,63 @@
+"""The one convention of every entry point (train, convert, evaluate, sweep, analysis).
+
+- absl flags, `--name=value`; configs as `--config=FILE[:ARG]` plus `--config.section.key=value`.
+- Each module owns its flag set (so train, sweep and evaluate can be imported together), and
+  `main(argv) -> int` is callable from Python with a list of flags; errors raise there.
+- From the command line (`run`), a user error prints one line and exits 2; `--debug` shows the
+  traceback instead.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+from absl import flags
+
+USER_ERRORS = (ValueError, FileNotFoundError, KeyError, ImportError, flags.Error)
+EXIT_USER_ERROR = 2
+
+
+def flag_set() -> flags.FlagValues:
+  """A fresh flag set with the flags every entry point has."""
+  fv = flags.FlagValues()
+  flags.DEFINE_bool("debug", False, "show the traceback of a user error", flag_values=fv)
+  return fv
+
+
+def parse(fv: flags.FlagValues, argv: list[str] | None, prog: str) -> flags.FlagValues:
+  """Parse argv (without the program name; None: sys.argv[1:]) into fv, afresh each call."""
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if "--help" in argv or "-h" in argv:
+    print(f"usage: python -m {prog} [flags]\n\n{fv.get_help()}")
+    raise SystemExit(0)
+  fv.unparse_flags()
+  # ml_collections' config flags find their --config.KEY overrides in sys.argv, not in the list
+  # being parsed: show them this argv while parsing.
+  saved, sys.argv = sys.argv, [prog] + argv
+  try:
+    rest = fv(sys.argv)
+  except (AttributeError, TypeError) as e:  # a config key that does not exist, a bad value
+    text = str(e).replace("\\n", " ").replace("\\", "").replace("'", "")
+    raise ValueError(f"bad --config override: {' '.join(text.split())}") from e
+  finally:
+    sys.argv = saved
+  if len(rest) > 1:
+    raise ValueError(f"unexpected arguments: {rest[1:]} (flags are --name=value)")
+  return fv
+
+
+def _message(e: BaseException) -> str:
+  return str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+
+
+def run(main: Callable[[list[str] | None], int], fv: flags.FlagValues) -> None:
+  """`if __name__ == "__main__": cli.run(main, FLAGS)`: exit with main's code, or 2 and one
+  line on a user error."""
+  try:
+    code = main(None)
+  except USER_ERRORS as e:
+    if fv.is_parsed() and fv["debug"].value:
+      raise
+    print(f"error: {_message(e)}", file=sys.stderr)
+    sys.exit(EXIT_USER_ERROR)
+  sys.exit(code or 0)

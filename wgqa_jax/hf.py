@@ -1,0 +1,238 @@
+"""Hugging Face checkpoints <-> our params: one declarative key table per family, used both ways.
+
+    params, cfg = hf.from_hf("t5-small")          # local dir or hub id; MHA params + T5Config
+    hf.save_hf(params, cfg, out_dir)              # transformers-loadable (KV heads expanded)
+
+A table row is (our param path, HF key, layout, aliases). The layout says how a PyTorch
+[out, in] tensor becomes our kernel and back, so reading and writing cannot drift apart:
+  same      identical arrays (embeddings, norms, relative-position tables)
+  T         transposed (MLP, lm_head)
+  heads_in  [H*dk, d] -> (d, H, dk)   (q, k, v)
+  heads_out [d, H*dk] -> (H, dk, d)   (o)
+safetensors are read without torch; pytorch_model.bin (and sharded index files) need torch.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, Iterator, NamedTuple
+
+import numpy as np
+from flax import traverse_util
+
+from wgqa_jax import variants
+from wgqa_jax.models.t5_config import T5Config
+
+log = logging.getLogger(__name__)
+
+
+class Row(NamedTuple):
+  path: tuple[str, ...]     # our param path
+  key: str                  # HF state-dict key
+  layout: str               # same | T | heads_in | heads_out
+  aliases: tuple[str, ...] = ()
+
+
+# ----------------------------------------------------------------------------------------------
+# T5's table
+# ----------------------------------------------------------------------------------------------
+_T5_ATTENTION = {  # our module -> (HF sub-layer index, HF module name, our norm name)
+    ("encoder", "attention"): (0, "SelfAttention", "attention_norm"),
+    ("decoder", "self_attention"): (0, "SelfAttention", "self_attention_norm"),
+    ("decoder", "cross_attention"): (1, "EncDecAttention", "cross_attention_norm"),
+}
+_T5_MLP_INDEX = {"encoder": 1, "decoder": 2}
+
+
+def t5_table(cfg: T5Config) -> Iterator[Row]:
+  yield Row(("shared", "embedding"), "shared.weight", "same",
+            ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight"))
+  for stack, n in (("encoder", cfg.num_encoder_layers), ("decoder", cfg.num_decoder_layers)):
+    yield Row((stack, "relpos_bias", "rel_embedding"),
+              f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight", "same")
+    for i in range(n):
+      ours = (stack, f"layers_{i}")
+      for (st, module), (j, hf_name, norm) in _T5_ATTENTION.items():
+        if st != stack:
+          continue
+        pre = f"{stack}.block.{i}.layer.{j}"
+        yield Row(ours + (norm, "scale"), f"{pre}.layer_norm.weight", "same")
+        for w in "qkv":
+          yield Row(ours + (module, w), f"{pre}.{hf_name}.{w}.weight", "heads_in")
+        yield Row(ours + (module, "o"), f"{pre}.{hf_name}.o.weight", "heads_out")
+      pre = f"{stack}.block.{i}.layer.{_T5_MLP_INDEX[stack]}"
+      yield Row(ours + ("mlp_norm", "scale"), f"{pre}.layer_norm.weight", "same")
+      for w in (("wi_0", "wi_1") if cfg.is_gated else ("wi",)) + ("wo",):
+        yield Row(ours + ("mlp", w), f"{pre}.DenseReluDense.{w}.weight", "T")
+    yield Row((stack, "final_norm", "scale"), f"{stack}.final_layer_norm.weight", "same")
+  if not cfg.tie_word_embeddings:
+    # transformers >= 5 drops lm_head.weight when it equals the embedding.
+    yield Row(("lm_head",), "lm_head.weight", "T", ("shared.weight",))
+
+
+# ----------------------------------------------------------------------------------------------
+# Layouts, both ways
+# ----------------------------------------------------------------------------------------------
+def _hf_shape(layout: str, ours: tuple[int, ...]) -> tuple[int, ...]:
+  if layout == "same":
+    return ours
+  if layout == "T":
+    return ours[::-1]
+  if layout == "heads_in":   # ours (d, H, dk)
+    return (ours[1] * ours[2], ours[0])
+  if layout == "heads_out":  # ours (H, dk, d)
+    return (ours[2], ours[0] * ours[1])
+  raise ValueError(f"unknown layout {layout!r}")
+
+
+def _to_ours(layout: str, x: np.ndarray, ours: tuple[int, ...]) -> np.ndarray:
+  # T, heads_in ([H*dk, d] -> (d, H*dk)) and heads_out ([d, H*dk] -> (H*dk, d)) all transpose,
+  # then split the head axis.
+  return x if layout == "same" else x.T.reshape(ours)
+
+
+def _to_hf(layout: str, x: np.ndarray) -> np.ndarray:
+  if layout == "same":
+    return x
+  if layout == "T":
+    return x.T
+  if layout == "heads_in":  # (d, H, dk) -> [H*dk, d]
+    return x.reshape(x.shape[0], -1).T
+  return x.reshape(-1, x.shape[-1]).T  # heads_out: (H, dk, d) -> [d, H*dk]
+
+
+# ----------------------------------------------------------------------------------------------
+# State dicts
+# ----------------------------------------------------------------------------------------------
+def _mha_shapes(cfg: T5Config) -> dict[tuple[str, ...], tuple[int, ...]]:
+  from wgqa_jax.models import t5
+  return {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(t5.param_shapes(cfg)).items()}
+
+
+def hf_to_params(sd: dict[str, Any], cfg: T5Config) -> dict:
+  """HF T5 state dict (numpy/torch tensors, PyTorch [out, in] layout) -> our MHA params."""
+  if not variants.is_mha(cfg):
+    raise ValueError("hf_to_params builds MHA params; pass the HF config, then call "
+                     "variants.from_mha()")
+  shapes, flat, used = _mha_shapes(cfg), {}, set()
+  for row in t5_table(cfg):
+    key = next((k for k in (row.key, *row.aliases) if k in sd), None)
+    if key is None:
+      raise KeyError(f"checkpoint is missing {row.key!r}" +
+                     (f" (also tried {list(row.aliases)})" if row.aliases else "") +
+                     f"; it has {len(sd)} tensors, e.g. {sorted(sd)[:3]}")
+    value = np.asarray(sd[key], np.float32)
+    want = _hf_shape(row.layout, shapes[row.path])
+    if value.shape != want:
+      raise ValueError(f"checkpoint tensor {key!r} has shape {value.shape}, but the config "
+                       f"implies {want}: config and weights disagree")
+    used.add(key)
+    flat[row.path] = np.ascontiguousarray(_to_ours(row.layout, value, shapes[row.path]))
+  ignored = sorted(k for k in set(sd) - used
+                   if not k.endswith(("embed_tokens.weight", "lm_head.weight")))
+  if ignored:
+    log.warning("ignoring %d checkpoint tensors not used by T5: %s", len(ignored), ignored[:5])
+  return traverse_util.unflatten_dict(flat)
+
+
+def params_to_hf(params, cfg: T5Config) -> dict[str, np.ndarray]:
+  """Our params (any variant) -> HF T5 state dict with MHA heads (GQA heads expanded)."""
+  params, cfg = variants.expand_to_mha(params, cfg)
+  flat = traverse_util.flatten_dict(params)
+  return {row.key: np.ascontiguousarray(_to_hf(row.layout, np.asarray(flat[row.path])),
+                                        np.float32)
+          for row in t5_table(cfg)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Files
+# ----------------------------------------------------------------------------------------------
+def _is_local(path: str) -> bool:
+  return os.path.isabs(path) or path.startswith((".", "~")) or os.path.exists(path)
+
+
+def resolve_hf_dir(path_or_id: str) -> str:
+  """A local directory holding config.json + weights, downloading a hub id if reachable."""
+  path = os.path.expanduser(path_or_id)
+  if os.path.isdir(path):
+    return path
+  if _is_local(path_or_id) or path_or_id.count("/") > 1:
+    raise FileNotFoundError(f"no such checkpoint directory: {path_or_id!r}")
+  try:
+    from huggingface_hub import snapshot_download
+    return snapshot_download(path_or_id, allow_patterns=[
+        "config.json", "*.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+        "pytorch_model.bin.index.json", "spiece.model", "tokenizer*", "special_tokens_map.json"])
+  except Exception as e:  # offline, unknown repo, auth ...
+    raise FileNotFoundError(
+        f"{path_or_id!r} is not a local directory and could not be fetched from the Hugging "
+        f"Face hub ({type(e).__name__}: {e}). Download it where there is internet and pass the "
+        f"directory instead.") from e
+
+
+def load_hf(path_or_id: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+  """(numpy state dict, config.json dict) of a HF T5 checkpoint; torch only for .bin files."""
+  path = resolve_hf_dir(path_or_id)
+  cfg_path = os.path.join(path, "config.json")
+  if not os.path.exists(cfg_path):
+    raise FileNotFoundError(f"{path} has no config.json: not a Hugging Face model directory")
+  with open(cfg_path) as f:
+    hf_cfg = json.load(f)
+  sd: dict[str, np.ndarray] = {}
+  for file in _weight_files(path):
+    if file.endswith(".safetensors"):
+      from safetensors.numpy import load_file
+      sd.update(load_file(file))
+    else:
+      try:
+        import torch
+      except ImportError as e:
+        raise ImportError(f"{file} is a PyTorch pickle; reading it needs torch "
+                          f"(pip install 'wgqa_jax[torch]'), or convert it to safetensors") from e
+      state = torch.load(file, map_location="cpu", weights_only=True)
+      sd.update({k: v.float().numpy() for k, v in state.items()})
+  return sd, hf_cfg
+
+
+def _weight_files(path: str) -> list[str]:
+  for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+    if os.path.exists(os.path.join(path, index)):
+      with open(os.path.join(path, index)) as f:
+        shards = sorted(set(json.load(f)["weight_map"].values()))
+      return [os.path.join(path, s) for s in shards]
+  for name in ("model.safetensors", "pytorch_model.bin"):
+    if os.path.exists(os.path.join(path, name)):
+      return [os.path.join(path, name)]
+  raise FileNotFoundError(f"{path} has no model.safetensors or pytorch_model.bin "
+                          f"(found: {sorted(os.listdir(path))})")
+
+
+def config_from_hf(hf_cfg: dict[str, Any], sd: dict[str, Any]) -> T5Config:
+  """T5Config of a HF checkpoint. transformers >= 5 writes tie_word_embeddings=true even for an
+  untied v1.1 model and saves lm_head.weight only when it differs from the embedding, so the
+  weights, not the config, say whether the output projection is shared."""
+  cfg = T5Config.from_hf(hf_cfg)
+  head, shared = sd.get("lm_head.weight"), sd.get("shared.weight")
+  if (cfg.tie_word_embeddings and head is not None and shared is not None
+      and not np.array_equal(np.asarray(head), np.asarray(shared))):
+    cfg = cfg.replace(tie_word_embeddings=False, scale_decoder_outputs=cfg.scales_decoder_outputs)
+  return cfg
+
+
+def from_hf(path_or_id: str) -> tuple[dict, T5Config]:
+  """(MHA params, T5Config) of a HF T5 checkpoint; variants.from_mha() groups them."""
+  sd, hf_cfg = load_hf(path_or_id)
+  cfg = config_from_hf(hf_cfg, sd)
+  return hf_to_params(sd, cfg), cfg
+
+
+def save_hf(params, cfg: T5Config, out_dir: str) -> None:
+  """Write a transformers-loadable T5 directory (model.safetensors + config.json)."""
+  from safetensors.numpy import save_file
+  os.makedirs(out_dir, exist_ok=True)
+  params, cfg = variants.expand_to_mha(params, cfg)
+  save_file(params_to_hf(params, cfg), os.path.join(out_dir, "model.safetensors"),
+            metadata={"format": "pt"})
+  with open(os.path.join(out_dir, "config.json"), "w") as f:
+    json.dump(cfg.to_hf(), f, indent=2)

@@ -1,0 +1,74 @@
+"""Our params directory: `params.safetensors` (keys are '/'-joined tree paths) and
+`wgqa_config.json` (the model config), written by `save` and read by `load`.
+
+    save(params, cfg, out_dir); params, cfg = load(out_dir)
+    params, cfg = load_any(path_or_id)      # our params dir, or a HF checkpoint (dir or hub id)
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from flax import traverse_util
+
+from wgqa_jax.models.t5_config import T5Config
+
+CONFIG_FILE = "wgqa_config.json"
+PARAMS_FILE = "params.safetensors"
+
+
+def flatten(params) -> dict[str, np.ndarray]:
+  return {k: np.ascontiguousarray(np.asarray(v))
+          for k, v in traverse_util.flatten_dict(params, sep="/").items()}
+
+
+def unflatten(flat: dict[str, np.ndarray]) -> dict:
+  return traverse_util.unflatten_dict(flat, sep="/")
+
+
+def is_params_dir(path: str) -> bool:
+  return os.path.exists(os.path.join(path, CONFIG_FILE))
+
+
+def save(params, cfg: T5Config, out_dir: str) -> None:
+  from safetensors.numpy import save_file
+  os.makedirs(out_dir, exist_ok=True)
+  save_file(flatten(params), os.path.join(out_dir, PARAMS_FILE))
+  cfg.save(os.path.join(out_dir, CONFIG_FILE))
+
+
+def load(path: str):
+  """(params, cfg) from a directory written by `save`; checks params against the config."""
+  from safetensors.numpy import load_file
+  cfg_path, params_path = os.path.join(path, CONFIG_FILE), os.path.join(path, PARAMS_FILE)
+  for p in (cfg_path, params_path):
+    if not os.path.exists(p):
+      raise FileNotFoundError(f"{path} is not a wgqa_jax params directory: missing {p}")
+  cfg = T5Config.load(cfg_path)
+  params = unflatten(load_file(params_path))
+  check_params(params, cfg)
+  return params, cfg
+
+
+def load_any(path_or_id: str):
+  """(params, cfg) of our params dir, or of a HF checkpoint (local dir or hub id, MHA)."""
+  if is_params_dir(path_or_id):
+    return load(path_or_id)
+  from wgqa_jax import hf
+  return hf.from_hf(path_or_id)
+
+
+def check_params(params, cfg: T5Config) -> None:
+  """Raise if `params` does not have exactly the shapes `cfg` implies."""
+  from wgqa_jax.models import t5
+  shape = lambda tree: {k: tuple(v.shape) for k, v in
+                        traverse_util.flatten_dict(tree, sep="/").items()}
+  expected, got = shape(t5.param_shapes(cfg)), shape(params)
+  missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
+  wrong = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
+  if missing or extra or wrong:
+    raise ValueError(
+        "params do not match the config:" +
+        (f"\n  missing: {missing[:8]}" if missing else "") +
+        (f"\n  unexpected: {extra[:8]}" if extra else "") +
+        "".join(f"\n  {k}: has {got[k]}, config implies {expected[k]}" for k in wrong[:8]))

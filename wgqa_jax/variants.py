@@ -1,0 +1,404 @@
+"""The grouping variants: each one a typed object that owns what makes it different.
+
+A model config holds one `Grouping` (how its grouped attention modules share K/V heads); a
+`Variant` is how an MHA checkpoint becomes such a model and what it does while uptraining:
+
+    params, cfg = variants.from_mha(params, cfg, "wgqa", kv_heads=4)   # MHA -> WGQA (G=4)
+    params, cfg = variants.fold(params, cfg)                           # WGQA -> plain GQA
+    params, cfg = variants.expand_to_mha(params, cfg)                  # GQA -> MHA, same outputs
+
+| variant            | G           | K/V of each group from the MHA heads         | while training        |
+|--------------------|-------------|----------------------------------------------|-----------------------|
+| mha                | H           | unchanged                                    |                       |
+| mqa                | 1           | mean of all heads                            |                       |
+| gqa                | kv_heads    | mean of H/G contiguous heads                 |                       |
+| wgqa, randwgqa     | kv_heads    | sum_i w_i K_i, w init 0.5 / N(0, 1) per head | w learned             |
+| colwgqa, colrand.. | kv_heads    | same, one weight per head and d_kv column    | w learned             |
+| simgqa             | kv_heads    | mean over groups of similar query heads      | optional regrouping   |
+| asymgqa            | len(sizes)  | mean over contiguous groups of unequal sizes |                       |
+| kdgqa, dgqa        | kv_heads    | mean (GQA); queries allocated by key norms   |                       |
+| pgqa               | kv_heads    | mean (GQA)                                   | noise on the logits   |
+
+Which attention modules are grouped is the model family's knowledge (`cfg.attention_modules()`:
+T5 groups decoder self- and cross-attention, and the encoder with `group_encoder`); everything
+here works on any family whose config provides that and a `grouping` field.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Any, Callable, Iterable
+
+import jax
+import numpy as np
+from flax import traverse_util
+
+from wgqa_jax import grouping as G_math
+
+WEIGHT_MODES = ("none", "row", "col")
+WEIGHT_INITS = ("constant", "normal")
+ALLOCATIONS = ("static", "key_norm", "kernel_norm")
+
+
+# ----------------------------------------------------------------------------------------------
+# Grouping: the one section of a model config that describes grouped attention
+# ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Grouping:
+  """How grouped attention modules share K/V heads. `Grouping()` is plain MHA."""
+  # G, the KV heads of every grouped module. None = one per query head (MHA); 1 = MQA.
+  kv_heads: int | None = None
+  # Also group the encoder's self-attention (encoder-decoder families; the papers do not).
+  group_encoder: bool = False
+  # WGQA keeps all H original K/V kernels and learns one weight per head ("row") or per head and
+  # d_kv column ("col"); the G grouped kernels are weighted sums over each group's heads.
+  weights: str = "none"
+  weights_init: str = "constant"   # "constant" (weights_init_value) | "normal" (RandWGQA)
+  weights_init_value: float = 0.5
+  # AsymGQA: contiguous group sizes, one per KV head, summing to the number of query heads.
+  group_sizes: tuple[int, ...] | None = None
+  # How query heads find their KV head: "static" (contiguous), "key_norm" (KDGQA: from the norms
+  # of each forward pass's keys) or "kernel_norm" (DGQA: from the K kernels' norms).
+  allocation: str = "static"
+  # PGQA: std of Gaussian noise subtracted from the attention logits while training.
+  noise: float = 0.0
+
+  def __post_init__(self):
+    if self.group_sizes is not None:  # lists from JSON become tuples (hashable: jit-static)
+      object.__setattr__(self, "group_sizes", tuple(int(x) for x in self.group_sizes))
+
+  def num_kv_heads(self, num_heads: int) -> int:
+    return num_heads if self.kv_heads is None else self.kv_heads
+
+  @property
+  def unequal(self) -> bool:
+    """Query heads are not split evenly and statically: they are gathered per KV head."""
+    return self.group_sizes is not None or self.allocation != "static"
+
+  def validate(self, num_heads: int) -> None:
+    def bad(msg):
+      raise ValueError(f"grouping: {msg}")
+    g = self.num_kv_heads(num_heads)
+    if not isinstance(g, int) or g <= 0:
+      bad(f"kv_heads must be a positive int or None, got {self.kv_heads!r}")
+    if self.weights not in WEIGHT_MODES:
+      bad(f"weights must be one of {WEIGHT_MODES}, got {self.weights!r}")
+    if self.weights_init not in WEIGHT_INITS:
+      bad(f"weights_init must be one of {WEIGHT_INITS}, got {self.weights_init!r}")
+    if self.allocation not in ALLOCATIONS:
+      bad(f"allocation must be one of {ALLOCATIONS}, got {self.allocation!r}")
+    if self.group_sizes is not None:
+      s = self.group_sizes
+      if len(s) != g or sum(s) != num_heads or min(s) < 1:
+        bad(f"group_sizes={list(s)} must be {g} positive sizes summing to "
+            f"num_heads={num_heads}")
+      if self.allocation != "static":
+        bad("group_sizes are static; key-norm allocation sizes the groups itself")
+    elif self.allocation == "static" and num_heads % g:
+      bad(f"num_heads={num_heads} is not divisible by kv_heads={g}; valid choices: "
+          f"{[d for d in range(1, num_heads + 1) if num_heads % d == 0]}")
+    if self.allocation != "static" and self.weights != "none":
+      bad("WGQA weights assume static contiguous groups; use allocation='static'")
+    if self.noise < 0:
+      bad(f"noise must be >= 0, got {self.noise}")
+
+  def kv_index(self, num_heads: int) -> np.ndarray:
+    """(H,) KV head of each query head under static allocation."""
+    return G_math.kv_index(num_heads, self.num_kv_heads(num_heads), self.group_sizes)
+
+  def replace(self, **changes) -> "Grouping":
+    return dataclasses.replace(self, **changes)
+
+  def describe(self, num_heads: int) -> str:
+    parts = [f"{num_heads} heads, {self.num_kv_heads(num_heads)} KV heads"]
+    if self.weights != "none":
+      parts.append(f"WGQA {self.weights} weights")
+    if self.group_sizes:
+      parts.append(f"group sizes {list(self.group_sizes)}")
+    if self.allocation != "static":
+      parts.append(f"{self.allocation} allocation")
+    if self.noise:
+      parts.append(f"logit noise {self.noise}")
+    if self.group_encoder:
+      parts.append("encoder grouped")
+    return ", ".join(parts)
+
+
+MHA = Grouping()
+
+
+# ----------------------------------------------------------------------------------------------
+# Variants: how MHA becomes each one
+# ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  """GQA (Ainslie et al. 2023): K/V of each group = mean of its contiguous MHA heads. The
+  subclasses below change one step each."""
+  name: str
+
+  def kv_heads(self, num_heads: int, requested: int | None, group_sizes) -> int:
+    if requested is None:
+      raise ValueError(f"variant {self.name!r} needs kv_heads (the number of groups G)")
+    return requested
+
+  def check(self, *, group_sizes=None, noise: float | None = None, regroup_every: int = 0):
+    """Options this variant does not take are errors, raised before any work is done."""
+    if group_sizes:
+      raise ValueError(f"group_sizes only apply to asymgqa, not {self.name!r}")
+    if noise is not None:
+      raise ValueError(f"attention noise only applies to pgqa, not {self.name!r}")
+    if regroup_every and not self.regroups:
+      raise ValueError(f"{self.name!r} does not regroup during training (simgqa does)")
+
+  def grouping(self, num_heads: int, kv_heads: int | None = None, *, group_encoder=False,
+               group_sizes=None, noise: float | None = None) -> Grouping:
+    """The model config's grouping section for this variant (validated)."""
+    self.check(group_sizes=group_sizes, noise=noise)
+    out = self._grouping(self.kv_heads(num_heads, kv_heads, group_sizes), group_encoder)
+    out.validate(num_heads)
+    return out
+
+  def _grouping(self, g: int, group_encoder: bool) -> Grouping:
+    return Grouping(kv_heads=g, group_encoder=group_encoder)
+
+  def convert_module(self, module: dict, grouping: Grouping, rng) -> dict:
+    """One attention module's MHA params {q, k, v, o} -> this variant's."""
+    g = grouping.kv_heads
+    return {**module, "k": G_math.mean_pool(np.asarray(module["k"]), g, grouping.group_sizes),
+            "v": G_math.mean_pool(np.asarray(module["v"]), g, grouping.group_sizes)}
+
+  # ---- training hooks ----
+  regroups = False  # SimGQA: the train loop calls regroup() every `regroup_every` steps
+
+  def regroup(self, state, cfg):
+    return state
+
+
+@dataclasses.dataclass(frozen=True)
+class MHAVariant(Variant):
+  """Every query head keeps its own K/V head: the conversion is the identity."""
+
+  def kv_heads(self, num_heads, requested, group_sizes):
+    return num_heads
+
+  def _grouping(self, g, group_encoder):
+    return Grouping(group_encoder=group_encoder)
+
+  def convert_module(self, module, grouping, rng):
+    return module
+
+
+@dataclasses.dataclass(frozen=True)
+class MQA(Variant):
+  """One K/V head for all queries (Shazeer 2019): the mean of every head."""
+
+  def kv_heads(self, num_heads, requested, group_sizes):
+    return 1
+
+
+@dataclasses.dataclass(frozen=True)
+class WGQA(Variant):
+  """WGQA (Chinnakonduru & Mohapatra 2024): learnable weights over each group's heads; as in the
+  seed repository the weighted heads are *summed*, so 0.5 with two heads a group starts at GQA."""
+  mode: str = "row"        # "row": one weight per head; "col": per head and d_kv column
+  init: str = "constant"   # "constant" 0.5 (WGQA) | "normal" N(0, 1) (RandWGQA)
+
+  def _grouping(self, g, group_encoder):
+    return Grouping(kv_heads=g, group_encoder=group_encoder, weights=self.mode,
+                    weights_init=self.init)
+
+  def convert_module(self, module, grouping, rng):
+    h, dk = np.shape(module["k"])[1:]
+    w = lambda: G_math.wgqa_init_weights(self.mode, h, dk, self.init,
+                                         grouping.weights_init_value, rng)
+    return {**module, "wk": w(), "wv": w()}  # all H K/V kernels stay, and stay trainable
+
+
+@dataclasses.dataclass(frozen=True)
+class SimGQA(Variant):
+  """SimGQA: heads with similar query kernels are made neighbours, then pooled. Exact for
+  cross-attention; in self-attention the stack's shared relative-position table stays in place
+  (as in the seed repository), so a moved head reads another head's bias row."""
+  regroups = True
+
+  def convert_module(self, module, grouping, rng):
+    groups = G_math.similarity_groups(module["q"], grouping.kv_heads)
+    module = G_math.permute_heads(module, [h for grp in groups for h in grp])
+    return super().convert_module(module, grouping, rng)
+
+  def regroup(self, state, cfg):
+    """Move query heads between the (already pooled) KV groups so that each group holds
+    mutually similar queries; q and o (and their optimizer moments, any leaf of the same path)
+    move together. Each similarity group goes to the KV head most of its members already use.
+    `state` is on the host; returns a new host state."""
+    g = cfg.grouping.kv_heads
+    size = cfg.num_heads // g
+    flat, perms = traverse_util.flatten_dict(state["params"]), {}
+    for path in grouped_paths(cfg):
+      groups = G_math.similarity_groups(flat[path + ("q",)], g)
+      slots, order = list(range(g)), [None] * g
+      for grp in sorted(groups, key=lambda gr: -max(np.bincount(np.array(gr) // size))):
+        votes = np.bincount(np.array(grp) // size, minlength=g)
+        slot = max(slots, key=lambda j: (votes[j], -j))
+        slots.remove(slot)
+        order[slot] = grp
+      perms[path] = np.array([h for grp in order for h in grp])
+
+    def visit(path, leaf):
+      keys = tuple(getattr(k, "key", getattr(k, "name", None)) for k in path)
+      perm = perms.get(keys[-4:-1]) if len(keys) >= 4 else None
+      if perm is None or keys[-1] not in ("q", "o") or np.ndim(leaf) != 3:
+        return leaf
+      return np.take(leaf, perm, axis=1 if keys[-1] == "q" else 0)
+
+    return jax.tree_util.tree_map_with_path(visit, state)
+
+
+@dataclasses.dataclass(frozen=True)
+class AsymGQA(Variant):
+  """Contiguous groups of unequal sizes (group_sizes), each K/V the mean of its group."""
+
+  def kv_heads(self, num_heads, requested, group_sizes):
+    if not group_sizes:
+      raise ValueError("asymgqa needs group_sizes, e.g. (3, 1, 2, 2)")
+    return len(group_sizes)
+
+  def check(self, *, group_sizes=None, noise=None, regroup_every=0):
+    super().check(noise=noise, regroup_every=regroup_every)
+    self.kv_heads(0, None, group_sizes)
+
+  def _grouping(self, g, group_encoder):
+    raise AssertionError("AsymGQA builds its grouping from group_sizes")
+
+  def grouping(self, num_heads, kv_heads=None, *, group_encoder=False, group_sizes=None,
+               noise=None):
+    self.check(group_sizes=group_sizes, noise=noise)
+    out = Grouping(kv_heads=len(group_sizes), group_encoder=group_encoder,
+                   group_sizes=tuple(group_sizes))
+    out.validate(num_heads)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyNormGQA(Variant):
+  """KDGQA / DGQA: GQA pooling; each KV head gets a number of query heads in proportion to the
+  norm of its keys (KDGQA, per forward pass) or of its K kernel (DGQA)."""
+  allocation: str = "key_norm"
+
+  def _grouping(self, g, group_encoder):
+    return Grouping(kv_heads=g, group_encoder=group_encoder, allocation=self.allocation)
+
+
+@dataclasses.dataclass(frozen=True)
+class PGQA(Variant):
+  """PGQA: GQA with Gaussian noise subtracted from the grouped modules' attention logits while
+  training (std `noise`, 0.1 unless given)."""
+  default_noise: float = 0.1
+
+  def check(self, *, group_sizes=None, noise=None, regroup_every=0):
+    super().check(group_sizes=group_sizes, regroup_every=regroup_every)
+
+  def grouping(self, num_heads, kv_heads=None, *, group_encoder=False, group_sizes=None,
+               noise=None):
+    self.check(group_sizes=group_sizes, noise=noise)
+    out = Grouping(kv_heads=self.kv_heads(num_heads, kv_heads, group_sizes),
+                   group_encoder=group_encoder,
+                   noise=self.default_noise if noise is None else noise)
+    out.validate(num_heads)
+    return out
+
+
+VARIANTS: dict[str, Variant] = {v.name: v for v in (
+    MHAVariant("mha"), MQA("mqa"), Variant("gqa"),
+    WGQA("wgqa"), WGQA("randwgqa", init="normal"),
+    WGQA("colwgqa", mode="col"), WGQA("colrandwgqa", mode="col", init="normal"),
+    SimGQA("simgqa"), AsymGQA("asymgqa"),
+    KeyNormGQA("kdgqa", allocation="key_norm"), KeyNormGQA("dgqa", allocation="kernel_norm"),
+    PGQA("pgqa"),
+)}
+
+
+def get(name: str) -> Variant:
+  """The variant called `name`; an unknown name fails with the closest known one."""
+  if name not in VARIANTS:
+    close = difflib.get_close_matches(name, VARIANTS, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ValueError(f"unknown variant {name!r}{hint}; choose from {sorted(VARIANTS)}")
+  return VARIANTS[name]
+
+
+# ----------------------------------------------------------------------------------------------
+# Param-tree surgery
+# ----------------------------------------------------------------------------------------------
+def grouped_paths(cfg) -> list[tuple[str, ...]]:
+  """Param paths of the attention modules that cfg.grouping applies to."""
+  return [path for path, grouped in cfg.attention_modules() if grouped]
+
+
+def map_modules(params, paths: Iterable[tuple[str, ...]], fn: Callable[[dict], dict]):
+  """A new params tree in which the module at each path is replaced by fn(module dict)."""
+  flat = traverse_util.flatten_dict(params)
+  for path in paths:
+    n = len(path)
+    module = {k[n]: flat.pop(k) for k in [k for k in flat if k[:n] == path]}
+    flat.update({path + (name,): v for name, v in fn(module).items()})
+  return traverse_util.unflatten_dict(flat)
+
+
+def is_mha(cfg) -> bool:
+  return cfg.grouping.kv_heads in (None, cfg.num_heads) and cfg.grouping.weights == "none" \
+      and not cfg.grouping.unequal
+
+
+def from_mha(params, cfg, variant: str, kv_heads: int | None = None, *,
+             group_encoder: bool = False, group_sizes=None, noise: float | None = None,
+             seed: int = 0):
+  """MHA params -> `variant` with G = kv_heads groups. Returns (params, cfg).
+
+  group_sizes: AsymGQA's contiguous group sizes. noise: PGQA's logit noise std (default 0.1).
+  seed: RandWGQA's weight init."""
+  if not is_mha(cfg):
+    raise ValueError(f"from_mha() needs MHA params; these have "
+                     f"{cfg.grouping.describe(cfg.num_heads)} (fold/expand them first)")
+  v = get(variant)
+  new_cfg = cfg.replace(grouping=v.grouping(cfg.num_heads, kv_heads, group_encoder=group_encoder,
+                                            group_sizes=group_sizes, noise=noise))
+  rng = np.random.default_rng(seed)
+  return map_modules(params, grouped_paths(new_cfg),
+                     lambda m: v.convert_module(m, new_cfg.grouping, rng)), new_cfg
+
+
+def fold(params, cfg):
+  """WGQA -> plain GQA: bake the learned weights into the grouped K/V kernels."""
+  grp = cfg.grouping
+  if grp.weights == "none":
+    return params, cfg
+
+  def fold_module(m):
+    m = dict(m)
+    for kernel, w in (("k", "wk"), ("v", "wv")):
+      m[kernel] = G_math.weighted_sum(np.asarray(m[kernel]), np.asarray(m.pop(w)), grp.kv_heads)
+    return m
+  return map_modules(params, grouped_paths(cfg), fold_module), cfg.replace(
+      grouping=grp.replace(weights="none", weights_init="constant"))
+
+
+def expand_to_mha(params, cfg):
+  """GQA / MQA / AsymGQA (WGQA folded first) -> MHA params with identical outputs."""
+  params, cfg = fold(params, cfg)
+  grp = cfg.grouping
+  if grp.allocation != "static":
+    raise ValueError(f"allocation={grp.allocation!r} decides the grouping at run time; it has no "
+                     f"fixed MHA equivalent to export")
+  if grp.num_kv_heads(cfg.num_heads) == cfg.num_heads and grp.group_sizes is None:
+    return params, cfg.replace(grouping=MHA.replace(group_encoder=grp.group_encoder))
+  h = cfg.num_heads
+  expand = lambda m: {**m, "k": G_math.expand(np.asarray(m["k"]), h, grp.group_sizes),
+                      "v": G_math.expand(np.asarray(m["v"]), h, grp.group_sizes)}
+  return map_modules(params, grouped_paths(cfg), expand), cfg.replace(
+      grouping=MHA.replace(group_encoder=grp.group_encoder))
+
+
+def weights_of(params) -> dict[tuple[str, ...], Any]:
+  """Every WGQA weight leaf ({path: array}) of a params tree."""
+  return {k: v for k, v in traverse_util.flatten_dict(params).items() if k[-1] in ("wk", "wv")}
