@@ -5,7 +5,7 @@ heads of a group are stacked as extra query rows against their one KV head, q (b
 (b, G, R*t, d), so both contractions are batched matmuls over (b, G) with K/V (b, s, G, d): K/V
 are never repeated in memory, and activations and decode caches hold G heads. (MaxText's
 `btgrd,bsgd->bgrts` names the same contraction; on XLA:CPU its forward ran 1.06-1.45x slower than
-merged R*t rows, benchmarks/attention_layout.py, so we keep the merged form.)
+the merged R*t rows, benchmarks/attention_layout.py, so we keep the merged form.)
 
 `grouping` (wgqa_jax.variants.Grouping) is the module's one grouping field:
 - WGQA (`weights` "row"/"col"): all H original K/V kernels plus learnable weights `wk`, `wv`; the G

@@ -19,7 +19,8 @@ flags.DEFINE_string("hf", None, "HF T5 checkpoint: local directory or hub id (e.
                     flag_values=FLAGS)
 flags.DEFINE_string("params", None, "a wgqa_jax params directory (written by this tool or train)",
                     flag_values=FLAGS)
-flags.DEFINE_enum("variant", "mha", sorted(variants.VARIANTS), "variant to convert MHA params into",
+flags.DEFINE_enum("variant", None, sorted(variants.VARIANTS),
+                  "variant to convert MHA params into (default: keep them as they are)",
                   flag_values=FLAGS)
 flags.DEFINE_integer("kv_heads", None, "G, the number of KV heads", flag_values=FLAGS)
 flags.DEFINE_list("group_sizes", None, "asymgqa: contiguous group sizes, e.g. 3,1,2,2",
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
   if a.hf:
     print(f"loading HF checkpoint {a.hf} ...")
   params, cfg = hf.from_hf(a.hf) if a.hf else params_io.load(a.params)
-  if a.variant != "mha":
+  if a.variant:
     params, cfg = variants.from_mha(
         params, cfg, a.variant, a.kv_heads, group_encoder=a.group_encoder, seed=a.seed,
         group_sizes=[int(x) for x in a.group_sizes] if a.group_sizes else None)
