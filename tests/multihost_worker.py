@@ -1,15 +1,17 @@
 """One process of a multi-process CPU run (tests/test_multihost.py starts several).
 
-    python tests/multihost_worker.py PROCESS_ID NUM_PROCESSES PORT WORKDIR DEVICES_PER_PROCESS [STEPS]
+    python tests/multihost_worker.py PROCESS_ID NUM_PROCESSES PORT WORKDIR DEVICES_PER_PROCESS [STOP]
 
-NUM_PROCESSES=1 runs without jax.distributed. Prints "RESULT <json>" with the last metrics.
+A 30-step run, stopped (as if preempted, after saving) once STOP steps are done (default 20;
+30 finishes). NUM_PROCESSES=1 runs without jax.distributed. Prints "RESULT <json>" with the last
+metrics.
 """
 import json
 import os
 import sys
 
 pid, n, port, workdir, local_devices = sys.argv[1:6]
-steps = int(sys.argv[6]) if len(sys.argv) > 6 else 20
+stop = int(sys.argv[6]) if len(sys.argv) > 6 else 20
 os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={local_devices}"
 if int(n) > 1:  # the variables launch/multihost.sh sets
   os.environ.update(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES=n,
@@ -24,9 +26,12 @@ jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectiv
 train.initialize_distributed()  # what `python -m wgqa_jax.train` does first
 
 c = tiny_config()
-c.data.train_examples, c.optim.batch_size, c.optim.num_train_steps = 256, 8, steps
+c.data.train_examples, c.optim.batch_size, c.optim.num_train_steps = 256, 8, 30
 c.eval.examples, c.eval.batch_size, c.eval.every = 12, 8, 10  # the last eval batch is padded
 c.checkpoint.every, c.log_every = 10, 10
-out = train.train(c, workdir)
+try:
+  out = train.train(c, workdir, stop_after=stop if stop < 30 else None)
+except train.Preempted as stopped:
+  out = stopped.metrics
 print("RESULT " + json.dumps({"process": jax.process_index(), "count": jax.process_count(),
                               "devices": jax.device_count(), **out}), flush=True)

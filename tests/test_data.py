@@ -105,5 +105,5 @@ def test_missing_tfds_data_is_a_clear_error(monkeypatch):
   def fail(*a, **k):
     raise FileNotFoundError("no builder")
   monkeypatch.setattr(tfds, "data_source", fail)
-  with pytest.raises(RuntimeError, match="could not open TFDS 'cnn_dailymail'.*synthetic_summarize"):
+  with pytest.raises(FileNotFoundError, match="could not open TFDS 'cnn_dailymail'.*synthetic_summarize"):
     data.load_examples("cnn_dailymail", "train", 3)

@@ -3,8 +3,10 @@
 - absl flags, `--name=value`; configs as `--config=FILE[:ARG]` plus `--config.section.key=value`.
 - Each module owns its flag set (so train, sweep and evaluate can be imported together), and
   `main(argv) -> int` is callable from Python with a list of flags; errors raise there.
-- From the command line (`run`), a user error prints one line and exits 2; `--debug` shows the
-  traceback instead.
+- From the command line (`run`), a user error prints one line and exits 2, a run that stops for
+  a reason it explains (`Failure`: diverged, ...) prints that line and exits with its code;
+  `--debug` shows the traceback instead. Exit codes: 0 done, 1 crash (a bug: traceback),
+  2 user error, 3 diverged, 75 preempted after saving a checkpoint (rerun to resume).
 """
 from __future__ import annotations
 
@@ -15,6 +17,14 @@ from absl import flags
 
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError, ImportError, flags.Error)
 EXIT_USER_ERROR = 2
+EXIT_DIVERGED = 3
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: saved, try again
+
+
+class Failure(Exception):
+  """A run that stopped for a reason it can state in one line, with its own exit code."""
+  exit_code = 1
+  label = "error"
 
 
 def flag_set() -> flags.FlagValues:
@@ -41,6 +51,14 @@ def parse(fv: flags.FlagValues, argv: list[str] | None, prog: str) -> flags.Flag
     raise ValueError(f"bad --config override: {' '.join(text.split())}") from e
   finally:
     sys.argv = saved
+  for name in list(fv):
+    flag = fv[name]
+    if hasattr(flag, "config_filename") and flag.value is not None:
+      try:  # ml_collections defers a config file that failed to load to the first access
+        flag.value.keys()
+      except OSError as e:
+        lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+        raise ValueError(f"--{name}={flag.config_filename}: {lines[-1]}") from e
   if len(rest) > 1:
     raise ValueError(f"unexpected arguments: {rest[1:]} (flags are --name=value)")
   return fv
@@ -55,9 +73,9 @@ def run(main: Callable[[list[str] | None], int], fv: flags.FlagValues) -> None:
   line on a user error."""
   try:
     code = main(None)
-  except USER_ERRORS as e:
+  except (Failure, *USER_ERRORS) as e:
     if fv.is_parsed() and fv["debug"].value:
       raise
-    print(f"error: {_message(e)}", file=sys.stderr)
-    sys.exit(EXIT_USER_ERROR)
+    print(f"{getattr(e, 'label', 'error')}: {_message(e)}", file=sys.stderr)
+    sys.exit(e.exit_code if isinstance(e, Failure) else EXIT_USER_ERROR)
   sys.exit(code or 0)

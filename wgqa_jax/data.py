@@ -192,11 +192,13 @@ def load_examples(dataset: str, split: str, n: int | None, seed: int = 0,
   try:
     import tensorflow_datasets as tfds
     source = tfds.data_source(name, split=split, data_dir=data_dir)
-  except Exception as e:
-    raise RuntimeError(
-        f"could not open TFDS {name!r} split {split!r} ({type(e).__name__}: {e}). Prepare it "
-        f"where there is internet (tfds build {name} --file_format=array_record) and pass "
-        f"--config.data_dir, or use dataset=synthetic_summarize offline.") from e
+  except Exception as e:  # TFDS lists every dataset it knows in some of these: keep one line
+    first = (str(e).strip().splitlines() or [""])[0][:200]
+    raise FileNotFoundError(
+        f"could not open TFDS {name!r} split {split!r} in data_dir={data_dir or 'the default'} "
+        f"({type(e).__name__}: {first}). Prepare it where there is internet (tfds build {name} "
+        f"--file_format=array_record) and pass its data_dir (train: --config.data.data_dir, "
+        f"evaluate: --data_dir), or use dataset=synthetic_summarize offline.") from e
   count = len(source) if n is None else min(n, len(source))
   pairs = []
   for i in range(count):

@@ -58,6 +58,16 @@ def load_any(path_or_id: str):
   return hf.from_hf(path_or_id)
 
 
+def load_config_any(path_or_id: str) -> T5Config:
+  """The model config of our params dir or of a HF checkpoint, without reading weights."""
+  if is_params_dir(path_or_id):
+    return T5Config.load(os.path.join(path_or_id, CONFIG_FILE))
+  import json
+  from wgqa_jax import hf
+  with open(os.path.join(hf.resolve_hf_dir(path_or_id), "config.json")) as f:
+    return T5Config.from_hf(json.load(f))
+
+
 def check_params(params, cfg: T5Config) -> None:
   """Raise if `params` does not have exactly the shapes `cfg` implies."""
   from wgqa_jax.models import t5

@@ -4,9 +4,12 @@
     python -m wgqa_jax.train --config=configs/paper.py:wgqa,small --config.optim.batch_size=64 \
         --workdir=/tmp/wgqa_small
 
-Re-running the same command with the same workdir resumes from the latest checkpoint; the data
-order and dropout keys are functions of the step, so the resumed run repeats the uninterrupted
-one. SIGTERM/SIGINT (preemption) saves a checkpoint before exiting.
+Re-running the same command with the same workdir resumes from the newest checkpoint that
+verifies (wgqa_jax.checkpoints); the data order and dropout keys are functions of the step, so the
+resumed run repeats the uninterrupted one. A resumed run must keep every key that shapes the
+model, the data or the schedule (train_config.RESUMABLE_CHANGES lists what may change).
+SIGTERM/SIGINT (preemption) saves a checkpoint, then exits 75; divergence exits 3; user errors 2.
+Every check that can fail runs before anything in the workdir is written.
 
 Workdir: checkpoints/ (orbax: step, params, opt_state), metrics.jsonl, tb/ (TensorBoard),
 config.json, best/ and final/ (wgqa_jax params dirs: python -m wgqa_jax.convert --params=...).
@@ -24,14 +27,13 @@ import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_flags
 import optax
-import orbax.checkpoint as ocp
 from tqdm import tqdm
 
-from wgqa_jax import analysis, cli, data, metrics, params_io, sharding, variants
+from wgqa_jax import analysis, checkpoints, cli, data, metrics, params_io, sharding, variants
 from wgqa_jax import evaluate as evaluate_lib
 from wgqa_jax.models import t5
 from wgqa_jax.models.t5_config import preset
-from wgqa_jax.train_config import validate
+from wgqa_jax.train_config import resume_differences, validate
 
 FLAGS = cli.flag_set()
 _CONFIG = config_flags.DEFINE_config_file("config", None, "training config file",
@@ -43,6 +45,52 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints and metrics g
 # ----------------------------------------------------------------------------------------------
 # Model: from a random tiny T5, a HF checkpoint, or our params dir -> (params on host, cfg)
 # ----------------------------------------------------------------------------------------------
+class Diverged(cli.Failure):
+  """Too many consecutive steps were non-finite; the last good checkpoint is left as it was."""
+  exit_code = cli.EXIT_DIVERGED
+
+
+class Preempted(cli.Failure):
+  """SIGTERM / SIGINT (or stop_after) stopped the run after it saved a checkpoint; running the
+  same command again resumes. `metrics`: the last train and eval metrics, as train() returns."""
+  exit_code = cli.EXIT_PREEMPTED
+  label = "preempted"
+
+  def __init__(self, message: str, metrics: dict):
+    super().__init__(message)
+    self.metrics = metrics
+
+
+def source_config(c: ml_collections.ConfigDict):
+  """The model config of model.init_from, read without its weights."""
+  if c.model.init_from == "tiny-random":
+    return preset(c.model.arch)
+  return params_io.load_config_any(c.model.init_from)
+
+
+def check_grouping(c: ml_collections.ConfigDict) -> None:
+  """Fail now (nothing written yet) if the variant cannot be built from the checkpoint."""
+  src, g = source_config(c), c.grouping
+  if variants.is_mha(src):
+    variants.get(g.variant).grouping(src.num_heads, g.kv_heads, group_encoder=g.group_encoder,
+                                     group_sizes=g.group_sizes, noise=g.attention_noise)
+
+
+def check_resume(c: ml_collections.ConfigDict, workdir: str) -> None:
+  """A workdir with checkpoints resumes only under the config it was started with (up to the
+  keys train_config.RESUMABLE_CHANGES lists): one line per differing key, else nothing."""
+  saved = os.path.join(workdir, "config.json")
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  if not os.path.exists(saved) or not os.path.isdir(ckpt_dir) or not any(
+      name.isdigit() for name in os.listdir(ckpt_dir)):
+    return
+  with open(saved) as f:
+    diffs = resume_differences(json.load(f), c)
+  if diffs:
+    raise ValueError(f"{workdir} holds a run started with another config, and resuming it must "
+                     f"keep: {'; '.join(diffs)}. To start fresh, pass another --workdir.")
+
+
 def build_model(c: ml_collections.ConfigDict, vocab_size: int):
   m, g = c.model, c.grouping
   if m.init_from == "tiny-random":
@@ -117,8 +165,12 @@ def make_train_step(cfg, optim: ml_collections.ConfigDict, tx):
       updates, opt_state = tx.update(grads, state["opt_state"], params)
       return optax.apply_updates(params, updates), opt_state
 
-    # NaN guard: a non-finite step leaves params and optimizer state untouched.
-    new_params, opt_state = jax.lax.cond(ok, apply, lambda _: (params, state["opt_state"]), None)
+    # NaN guard: a step whose loss, gradients or resulting params / optimizer state are not
+    # finite leaves params and optimizer state untouched.
+    keep = lambda _: (params, state["opt_state"])
+    candidate = jax.lax.cond(ok, apply, keep, None)
+    ok = ok & checkpoints.all_finite(candidate)
+    new_params, opt_state = jax.lax.cond(ok, lambda _: candidate, keep, None)
     new_state = {"step": state["step"] + 1, "params": new_params, "opt_state": opt_state}
     out = {"loss": lsum / n, "nll": nllsum / n, "tokens": n, "grad_norm": grad_norm,
            "skipped": 1.0 - ok.astype(jnp.float32)}
@@ -176,12 +228,19 @@ def first_on_process_0(fn):
 
 
 class MetricWriter:
-  """metrics.jsonl + TensorBoard scalars, written by process 0."""
+  """metrics.jsonl + TensorBoard scalars, written by process 0. Rows past `start` (written
+  before a kill, replayed by the resumed run) are dropped, so each step appears once."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, start: int):
     self.path = os.path.join(workdir, "metrics.jsonl")
     self.tb = None
     if is_main_process():
+      if os.path.exists(self.path):
+        with open(self.path) as f:
+          rows = [line for line in f if line.strip() and json.loads(line)["step"] <= start]
+        with open(self.path + ".tmp", "w") as f:
+          f.writelines(rows)
+        os.replace(self.path + ".tmp", self.path)
       from tensorboardX import SummaryWriter
       self.tb = SummaryWriter(os.path.join(workdir, "tb"))
 
@@ -214,6 +273,9 @@ class BestTracker:
     value = result.get(f"eval/{self.metric}")
     if value is None or value <= self.value or not is_main_process():
       return
+    if not bool(checkpoints.all_finite(params)):  # unreachable behind the NaN guard; never
+      say(f"warning: params at step {step} are not finite; best/ left as it was")
+      return
     self.value = value
     params_io.save(params, cfg, self.dir)
     with open(self.record, "w") as f:
@@ -238,32 +300,56 @@ class Preemption:
       signal.signal(s, h)
 
 
-def load_data(c: ml_collections.ConfigDict, workdir: str):
+def load_pairs(c: ml_collections.ConfigDict):
+  """(train, validation) (input, target) text pairs; a missing dataset fails here."""
+  d = c.data
+  return (data.load_examples(d.dataset, "train", d.train_examples, c.seed, d.data_dir),
+          data.load_examples(d.dataset, "validation", c.eval.examples, c.seed, d.data_dir))
+
+
+def tokenize_data(c: ml_collections.ConfigDict, workdir: str, train_pairs, eval_pairs):
   """(tokenizer, tokenized train split, tokenized validation split, total train steps)."""
   d = c.data
-  train_pairs = data.load_examples(d.dataset, "train", d.train_examples, c.seed, d.data_dir)
   tokenizer = first_on_process_0(lambda: data.get_tokenizer(
       d.tokenizer, workdir, (t for pair in train_pairs for t in pair),
       vocab_size=preset(c.model.arch).vocab_size))  # trained once, into the shared workdir
   train_split = data.tokenize(train_pairs, tokenizer, d.max_input_length, d.max_target_length)
-  eval_split = data.tokenize(
-      data.load_examples(d.dataset, "validation", c.eval.examples, c.seed, d.data_dir),
-      tokenizer, d.max_input_length, d.max_target_length)
+  eval_split = data.tokenize(eval_pairs, tokenizer, d.max_input_length, d.max_target_length)
   per_epoch = data.steps_per_epoch(len(train_split), c.optim.batch_size)
   total_steps = c.optim.num_train_steps or int(c.optim.num_epochs * per_epoch)
   return tokenizer, train_split, eval_split, total_steps
 
 
-def restore_or_init(mngr: ocp.CheckpointManager, state, shardings):
-  """The latest checkpoint restored onto `shardings` (any mesh), else `state` as it is."""
-  step = mngr.latest_step()
-  if step is None:
+class SkipGuard:
+  """Reports each step the NaN guard skipped as it happens; after more than `limit` in a row
+  the run stops as diverged."""
+
+  def __init__(self, limit: int):
+    self.limit, self.run = limit, 0
+
+  def observe(self, step: int, skipped: bool, ckpts: checkpoints.Checkpoints) -> None:
+    if not skipped:
+      self.run = 0
+      return
+    self.run += 1
+    say(f"step {step} skipped: non-finite loss, gradients or update ({self.run} in a row)")
+    if self.run > self.limit:
+      good = max(ckpts.steps(), default=None)
+      raise Diverged(
+          f"diverged: {self.run} steps in a row (to step {step}) were non-finite and skipped; "
+          f"params and optimizer state are those of step {step - self.run}"
+          + (f"; the last good checkpoint is step {good} in {ckpts.dir}" if good else "")
+          + ". Lower optim.learning_rate (or raise optim.max_skipped_steps) and start again "
+            "with another --workdir.")
+
+
+def restore_or_init(ckpts: checkpoints.Checkpoints, state, shardings):
+  """The newest good checkpoint restored onto `shardings` (any mesh), else `state` as it is."""
+  restored = ckpts.restore_latest_good(state, shardings)
+  if restored is None:
     return state
-  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          state, shardings)
-  state = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
-  say(f"resumed from step {int(state['step'])}")
-  return state
+  say(f"resumed from step {int(restored['step'])}")
+  return restored
 
 
 def run_eval(params, cfg, c, split, tokenizer, mesh, eval_step) -> tuple[dict, list[str]]:
@@ -283,27 +369,34 @@ def run_eval(params, cfg, c, split, tokenizer, mesh, eval_step) -> tuple[dict, l
 # main
 # ----------------------------------------------------------------------------------------------
 def train(c: ml_collections.ConfigDict, workdir: str, stop_after: int | None = None) -> dict:
-  """Run (or resume) training; returns the last metrics. Usable from notebooks and tests.
+  """Run (or resume) training; returns the last train and eval metrics. Usable from notebooks
+  and tests. Raises Preempted (after saving) on SIGTERM / SIGINT, Diverged when the NaN guard
+  gives up, ValueError and friends on bad input (before the workdir is touched).
 
-  stop_after: behave as if preempted once that many steps are done (save, return).
+  stop_after: behave as if preempted once that many steps are done (save, raise Preempted).
   """
+  # ---- checks that can fail, before anything in the workdir is written ----
   validate(c)
   variant = variants.get(c.grouping.variant)
   workdir = os.path.abspath(workdir)
+  check_resume(c, workdir)
+  check_grouping(c)
+  mesh = sharding.make_mesh(c.mesh.data or -1, c.mesh.model)
+  if c.optim.batch_size % mesh.shape["data"]:
+    raise ValueError(f"batch_size={c.optim.batch_size} is not divisible by the data axis "
+                     f"({mesh.shape['data']} devices)")
+  train_pairs, eval_pairs = load_pairs(c)
   os.makedirs(workdir, exist_ok=True)
   if is_main_process():
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(c.to_json_best_effort(indent=2))
 
   # ---- data ----
-  tokenizer, train_split, eval_split, total_steps = load_data(c, workdir)
+  tokenizer, train_split, eval_split, total_steps = tokenize_data(c, workdir, train_pairs,
+                                                                  eval_pairs)
 
-  # ---- model, mesh, sharded state ----
+  # ---- model, sharded state ----
   params, cfg = build_model(c, tokenizer.vocab_size)
-  mesh = sharding.make_mesh(c.mesh.data or -1, c.mesh.model)
-  if c.optim.batch_size % mesh.shape["data"]:
-    raise ValueError(f"batch_size={c.optim.batch_size} is not divisible by the data axis "
-                     f"({mesh.shape['data']} devices)")
   p_shard = sharding.param_shardings(t5.param_axes(cfg), t5.param_shapes(cfg), mesh)
   tx, schedule = make_optimizer(c.optim, total_steps)
   params = jax.device_put(jax.tree.map(jnp.asarray, params), p_shard)
@@ -316,12 +409,9 @@ def train(c: ml_collections.ConfigDict, workdir: str, stop_after: int | None = N
       f"{n_params / 1e6:.2f}M params | mesh {dict(mesh.shape)} | {total_steps} steps "
       f"({len(train_split) // c.optim.batch_size}/epoch) | workdir {workdir}")
 
-  # ---- checkpoints: resume if any ----
-  mngr = ocp.CheckpointManager(
-      os.path.join(workdir, "checkpoints"),
-      options=ocp.CheckpointManagerOptions(max_to_keep=c.checkpoint.keep, create=True,
-                                           enable_async_checkpointing=True))
-  state = restore_or_init(mngr, state, state_shard)
+  # ---- checkpoints: resume from the newest good one, if any ----
+  ckpts = checkpoints.Checkpoints(workdir, c.checkpoint.keep)
+  state = restore_or_init(ckpts, state, state_shard)
   start = int(state["step"])
 
   # ---- compiled steps, writers ----
@@ -329,9 +419,12 @@ def train(c: ml_collections.ConfigDict, workdir: str, stop_after: int | None = N
                        in_shardings=(state_shard, sharding.batch_sharding(mesh), None),
                        out_shardings=(state_shard, None))
   eval_step = make_eval_step(cfg)
-  writer = MetricWriter(workdir)
+  writer = MetricWriter(workdir, start)
+  guard = SkipGuard(c.optim.max_skipped_steps)
   best = BestTracker(workdir, c.eval.best_metric or metrics.MAIN_METRIC[
       data.metric_of(c.data.dataset)])
+
+  latest_eval: dict = {}
 
   def evaluate_and_log(step: int) -> dict:
     result, preds = run_eval(state["params"], cfg, c, eval_split, tokenizer, mesh, eval_step)
@@ -341,6 +434,7 @@ def train(c: ml_collections.ConfigDict, workdir: str, stop_after: int | None = N
     say(f"eval @ {step}: " + " ".join(f"{k}={v:.4g}" for k, v in result.items())
         + (f" | e.g. {preds[0][:70]!r}" if preds else ""))
     best.update(step, result, host_params, cfg)
+    latest_eval.update(result)
     return result
 
   # ---- loop ----
@@ -349,6 +443,7 @@ def train(c: ml_collections.ConfigDict, workdir: str, stop_after: int | None = N
   t0, t0_step = time.time(), start
   bar = tqdm(range(start, total_steps), initial=start, total=total_steps, desc="train",
              disable=not is_main_process(), dynamic_ncols=True)
+  previous = None  # (step, its "skipped" flag), read one step late to keep the device busy
   with Preemption() as preempted, jax.set_mesh(mesh):
     if c.eval.at_start and start == 0:
       evaluate_and_log(0)
@@ -357,6 +452,16 @@ def train(c: ml_collections.ConfigDict, workdir: str, stop_after: int | None = N
       state, out = train_step(state, sharding.put_batch(batch, mesh),
                               jax.random.fold_in(rng, step))
       done = step + 1
+      try:
+        if previous is not None:
+          guard.observe(previous[0], bool(sharding.to_host(previous[1])), ckpts)
+        previous = (done, out["skipped"])
+        if done == total_steps:
+          guard.observe(done, bool(sharding.to_host(out["skipped"])), ckpts)
+      except Diverged:
+        ckpts.close()  # pending saves finish; nothing more is written
+        writer.close()
+        raise
       if done % c.log_every == 0 or done == total_steps:
         out = sharding.to_host(out)
         dt, tokens = time.time() - t0, float(out["tokens"]) * (done - t0_step)
@@ -377,24 +482,29 @@ def train(c: ml_collections.ConfigDict, workdir: str, stop_after: int | None = N
       if stop_after is not None and done >= stop_after:
         preempted.signal = signal.SIGTERM
       if done % c.checkpoint.every == 0 or done == total_steps or preempted.signal:
-        mngr.save(done, args=ocp.args.StandardSave(state))
+        ckpts.save(done, state)
       if preempted.signal:
-        say(f"signal {preempted.signal}: saved step {done}, exiting")
+        stopped_at = done
         break
     else:
       if start < total_steps or not last:
-        last.update(evaluate_and_log(total_steps), step=total_steps)
-  mngr.wait_until_finished()
-  mngr.close()
+        evaluate_and_log(total_steps)
+        last["step"] = total_steps
+  ckpts.close()
   writer.close()
+  last = {**latest_eval, **last}
+  if preempted.signal:
+    raise Preempted(f"signal {preempted.signal}: saved step {stopped_at} in "
+                    f"{workdir}; run the same command again to resume", last)
 
   # ---- final params ----
-  if not preempted.signal:
-    final_params = sharding.to_host(state["params"])
-    if is_main_process():
-      params_io.save(final_params, cfg, os.path.join(workdir, "final"))
-      say(f"done: {workdir}/final (fold WGQA: python -m wgqa_jax.convert "
-          f"--params={workdir}/final --fold --out={workdir}/folded)")
+  final_params = sharding.to_host(state["params"])
+  if not bool(checkpoints.all_finite(final_params)):
+    raise Diverged("the final params are not finite; final/ was not written")
+  if is_main_process():
+    params_io.save(final_params, cfg, os.path.join(workdir, "final"))
+    say(f"done: {workdir}/final (fold WGQA: python -m wgqa_jax.convert "
+        f"--params={workdir}/final --fold --out={workdir}/folded)")
   return last
 
 

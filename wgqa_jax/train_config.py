@@ -9,6 +9,9 @@ misspelt key fails with the known keys.
 """
 from __future__ import annotations
 
+import json
+
+from flax import traverse_util
 import ml_collections
 from ml_collections.config_dict import placeholder
 
@@ -56,6 +59,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.max_grad_norm = 1.0   # 0 disables clipping
   c.optim.label_smoothing = 0.0  # of the cross-entropy targets
   c.optim.z_loss = 0.0          # coefficient of log(Z)^2 (PaLM-style stabiliser)
+  # consecutive steps the NaN guard may skip (non-finite loss, gradients or update) before the
+  # run stops as diverged, its last good checkpoint intact
+  c.optim.max_skipped_steps = 10
   # ---- mesh ----
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = placeholder(int)  # data-parallel ways (unset: every device the model axis leaves)
@@ -98,7 +104,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     bad("model.dtype", f"choose from {DTYPES}")
   if d.dataset not in data.DATASETS:
     bad("data.dataset", f"choose from {list(data.DATASETS)}")
-  for key in ("optim.batch_size", "optim.grad_accum_steps", "data.max_input_length",
+  for key in ("optim.batch_size", "optim.grad_accum_steps", "optim.max_skipped_steps",
+              "data.max_input_length",
               "data.max_target_length", "log_every", "eval.batch_size", "checkpoint.every",
               "checkpoint.keep"):
     section, _, name = key.rpartition(".")
@@ -112,6 +119,25 @@ def validate(c: ml_collections.ConfigDict) -> None:
     bad("optim.num_epochs", "set num_epochs > 0 or num_train_steps > 0")
   if g.regroup_every < 0:
     bad("grouping.regroup_every", "must be >= 0")
+
+
+# Keys a resumed run may change: where and how often it logs, evaluates and saves, the mesh (a
+# checkpoint restores onto any mesh), gradient accumulation (the same step either way) and where
+# TFDS data lives. Every other key shapes the model, the data or the optimizer schedule.
+RESUMABLE_CHANGES = ("log_every", "mesh.data", "mesh.model", "optim.grad_accum_steps",
+                     "optim.max_skipped_steps", "data.data_dir", "eval.every", "eval.at_start",
+                     "eval.examples", "eval.batch_size", "eval.max_decode_length",
+                     "checkpoint.every", "checkpoint.keep")
+
+
+def resume_differences(saved: dict, c: ml_collections.ConfigDict) -> list[str]:
+  """'key: old -> new' for each key that differs between a workdir's config.json (`saved`) and
+  `c` and that a resumed run must not change."""
+  old = traverse_util.flatten_dict(saved, sep=".")
+  new = traverse_util.flatten_dict(json.loads(c.to_json_best_effort()), sep=".")
+  return [f"{k}: {old.get(k, '(absent)')!r} -> {new.get(k, '(absent)')!r}"
+          for k in sorted(set(old) | set(new))
+          if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k)]
 
 
 def paper_config(checkpoint: str, variant: str, kv_heads: int) -> ml_collections.ConfigDict:

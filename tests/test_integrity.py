@@ -1,0 +1,227 @@
+"""Run integrity, with the faults injected for real: a mismatched resume, garbled / truncated
+checkpoint files, a diverging learning rate, bad user input. Each asserts what the run does,
+its exit code, and that nothing good was lost."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from test_train import losses, tiny
+from wgqa_jax import checkpoints, cli, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_cli(*args, timeout=300):
+  env = {**os.environ, "XLA_FLAGS": ""}
+  return subprocess.run([sys.executable, "-m", "wgqa_jax.train", *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def snapshot(workdir):
+  """Bytes of the files a rejected run must leave alone."""
+  return {name: open(os.path.join(workdir, name), "rb").read()
+          for name in ("config.json", "metrics.jsonl") if os.path.exists(os.path.join(workdir, name))}
+
+
+def data_files(workdir, step):
+  root = os.path.join(workdir, "checkpoints", str(step))
+  out = [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs
+         if os.sep + "d" + os.sep in os.path.join(d, f) + os.sep and "ocdbt.process" in d]
+  return sorted(out, key=os.path.getsize, reverse=True)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  """An uninterrupted 30-step run (checkpoints at 10, 20, 30)."""
+  w = str(tmp_path_factory.mktemp("full"))
+  train.train(tiny(num_train_steps=30), w)
+  return losses(w)
+
+
+def cut_run(tmp_path, name="cut", stop_after=20):
+  w = str(tmp_path / name)
+  with pytest.raises(train.Preempted):
+    train.train(tiny(num_train_steps=30), w, stop_after=stop_after)
+  return w
+
+
+# ------------------------------------------------------------------- resume must match ----
+def test_resume_with_another_model_or_schedule_stops_and_changes_nothing(tmp_path):
+  w = cut_run(tmp_path, stop_after=10)
+  before = snapshot(w)
+  with pytest.raises(ValueError, match=r"grouping\.kv_heads: 2 -> 1.*another --workdir"):
+    train.train(tiny(num_train_steps=30, kv_heads=1), w)
+  with pytest.raises(ValueError, match=r"optim\.num_train_steps: 30 -> 40"):
+    train.train(tiny(num_train_steps=40), w)
+  with pytest.raises(ValueError, match=r"grouping\.variant: 'wgqa' -> 'gqa'.*optim\.learning_rate"):
+    train.train(tiny(num_train_steps=30, variant="gqa", learning_rate=1e-2), w)
+  assert snapshot(w) == before and not os.path.exists(os.path.join(w, "final"))
+  # cadence keys may change: this resumes and finishes
+  train.train(tiny(num_train_steps=30, log_every=10, **{"eval.every": 15}), w)
+  assert os.path.exists(os.path.join(w, "final"))
+
+
+def test_cli_mismatched_resume_is_one_line_exit_2(tmp_path):
+  w = cut_run(tmp_path, stop_after=10)
+  args = ["--config=configs/tiny.py", f"--workdir={w}", "--config.data.max_input_length=64",
+          "--config.grouping.kv_heads=1"]
+  r = run_cli(*args)
+  assert r.returncode == cli.EXIT_USER_ERROR, r.stderr[-2000:]
+  lines = r.stderr.strip().splitlines()
+  assert "Traceback" not in r.stderr and lines[-1].startswith("error: ") and len(
+      [l for l in lines if l.startswith("error")]) == 1, r.stderr
+  assert "grouping.kv_heads: 2 -> 1" in lines[-1]
+
+
+def test_bad_kv_heads_fails_before_the_workdir_exists(tmp_path):
+  w = tmp_path / "never"
+  with pytest.raises(ValueError, match="not divisible"):
+    train.train(tiny(kv_heads=3), str(w))
+  assert not w.exists()
+
+
+# ------------------------------------------------------------------- damaged checkpoints ----
+@pytest.mark.parametrize("damage", ["garble", "truncate", "metadata"])
+def test_damaged_latest_checkpoint_is_quarantined_and_the_run_resumes_from_the_one_before(
+    tmp_path, reference, damage):
+  w = cut_run(tmp_path)  # checkpoints 10 and 20, metrics up to 20
+  if damage == "garble":
+    f = data_files(w, 20)[0]
+    with open(f, "r+b") as fh:
+      fh.seek(max(os.path.getsize(f) // 2 - 2048, 0))
+      fh.write(np.random.default_rng(0).bytes(4096))
+  elif damage == "truncate":
+    f = data_files(w, 20)[0]
+    with open(f, "r+b") as fh:
+      fh.truncate(os.path.getsize(f) // 3)
+  else:
+    with open(os.path.join(w, "checkpoints", "20", "default", "_METADATA"), "w") as fh:
+      fh.write('{"tree_metadata": garbage')
+  last = train.train(tiny(num_train_steps=30), w)
+  quarantined = os.listdir(os.path.join(w, "checkpoints_quarantine"))
+  assert [q for q in quarantined if q.startswith("20-") and not q.endswith(".json")], quarantined
+  got = losses(w)
+  assert sorted(got) == sorted(reference)  # each step once: the replayed rows were superseded
+  np.testing.assert_allclose([got[s] for s in (15, 20, 25, 30)],
+                             [reference[s] for s in (15, 20, 25, 30)], rtol=1e-6)
+  assert np.isfinite(last["eval/loss"]) and os.path.exists(os.path.join(w, "final"))
+  steps = [json.loads(l)["step"] for l in open(os.path.join(w, "metrics.jsonl"))
+           if "train/loss" in json.loads(l)]
+  assert len(steps) == len(set(steps))
+
+
+def test_no_good_checkpoint_is_one_clear_error_and_nothing_is_deleted(tmp_path):
+  w = cut_run(tmp_path)
+  for step in (10, 20):
+    with open(data_files(w, step)[0], "r+b") as fh:
+      fh.write(b"\0" * 64)
+      fh.seek(0)
+      fh.write(np.random.default_rng(step).bytes(64))
+  with pytest.raises(checkpoints.NoGoodCheckpoint, match="no checkpoint .* restores intact"):
+    train.train(tiny(num_train_steps=30), w)
+  kept = os.listdir(os.path.join(w, "checkpoints_quarantine"))
+  assert {q.split("-")[0] for q in kept if not q.endswith(".json")} == {"10", "20"}
+  assert not os.path.exists(os.path.join(w, "final"))
+
+
+def test_fingerprint_sees_a_single_changed_bit_and_a_swap():
+  tree = {"a": np.arange(12, dtype=np.float32).reshape(3, 4), "b": np.ones(5, np.int32)}
+  fp = jax.device_get(checkpoints.fingerprint(tree))
+  flipped = {**tree, "a": tree["a"].copy()}
+  flipped["a"].view(np.uint32)[1, 2] ^= 1
+  swapped = {**tree, "a": tree["a"][::-1].copy()}
+  for other in (flipped, swapped):
+    assert not np.array_equal(jax.device_get(checkpoints.fingerprint(other))["a"], fp["a"])
+  np.testing.assert_array_equal(jax.device_get(checkpoints.fingerprint(tree))["b"], fp["b"])
+
+
+# ------------------------------------------------------------------- divergence ----
+def test_diverging_learning_rate_stops_with_its_last_good_checkpoint_intact(tmp_path):
+  w = str(tmp_path / "div")
+  c = tiny(num_train_steps=60, learning_rate=1e6, max_skipped_steps=3, max_grad_norm=0.0)
+  with pytest.raises(train.Diverged, match="steps in a row .* non-finite"):
+    train.train(c, w)
+  assert not os.path.exists(os.path.join(w, "final")) and not os.path.exists(os.path.join(w, "best"))
+  ckpts = checkpoints.Checkpoints(w, 3)
+  for step in ckpts.steps():  # whatever was saved is finite and verifies
+    state, problem = ckpts.try_restore(step, None)
+    assert problem is None, problem
+  ckpts.close()
+
+
+def test_cli_divergence_exit_code(tmp_path):
+  r = run_cli("--config=configs/tiny.py", f"--workdir={tmp_path}",
+              "--config.optim.learning_rate=1e6", "--config.optim.max_grad_norm=0.0",
+              "--config.optim.max_skipped_steps=2", "--config.optim.num_train_steps=200",
+              "--config.optim.batch_size=8", "--config.mesh.data=1", "--config.eval.every=0")
+  assert r.returncode == cli.EXIT_DIVERGED, r.stderr[-3000:]
+  assert "skipped" in r.stdout + r.stderr and "Traceback" not in r.stderr
+  assert r.stderr.strip().splitlines()[-1].startswith("error: diverged")
+
+
+def test_nan_guard_also_covers_a_non_finite_optimizer_state():
+  from test_train import _tiny_model_and_batch
+  cfg, params, batch = _tiny_model_and_batch()
+  tx = optax.adamw(1e-2)
+  step = jax.jit(train.make_train_step(cfg, tiny().optim, tx))
+  opt_state = tx.init(params)
+  poisoned = jax.tree.map(lambda x: x * np.nan if x.dtype == np.float32 and x.ndim else x,
+                          opt_state)
+  state = {"step": jax.numpy.zeros((), jax.numpy.int32), "params": params, "opt_state": poisoned}
+  new, out = step(state, batch, jax.random.PRNGKey(0))
+  assert float(out["skipped"]) == 1 and np.isfinite(float(out["loss"]))  # loss and grads fine
+  for a, b in zip(jax.tree.leaves(new["params"]), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(a, b)
+
+
+# ------------------------------------------------------------------- user errors ----
+@pytest.mark.parametrize("args,needle", [
+    (["--config=configs/nope.py"], "No such file"),
+    (["--config=configs/tiny.py", "--config.optim.learning_rat=1"], 'Did you mean "learning_rate"'),
+    (["--config=configs/tiny.py", "--config.data.dataset=cnn_dailymail",
+      "--config.data.data_dir=/nonexistent"], "could not open TFDS 'cnn_dailymail'"),
+    (["--config=configs/tiny.py", "--config.model.init_from=/nonexistent/ckpt"],
+     "no such checkpoint directory"),
+])
+def test_user_errors_are_one_line_and_exit_2(tmp_path, args, needle):
+  r = run_cli(*args, f"--workdir={tmp_path / 'w'}")
+  assert r.returncode == cli.EXIT_USER_ERROR, r.stderr[-3000:]
+  assert "Traceback" not in r.stderr and needle in r.stderr, r.stderr[-3000:]
+  assert len(r.stderr.strip().splitlines()) <= 3, r.stderr  # absl may add a warning line
+  assert not (tmp_path / "w").exists()
+
+
+def test_kill_9_and_resume_leaves_each_metrics_step_once(tmp_path):
+  """A real SIGKILL between checkpoints: the rerun replays the steps after the last checkpoint,
+  and metrics.jsonl still holds each step once."""
+  import signal
+  import time
+  args = ["--config=configs/tiny.py", f"--workdir={tmp_path}", "--config.optim.num_train_steps=60",
+          "--config.checkpoint.every=20", "--config.eval.every=0", "--config.eval.examples=8",
+          "--config.log_every=5", "--config.optim.batch_size=8", "--config.mesh.data=1"]
+  env = {**os.environ, "XLA_FLAGS": ""}
+  proc = subprocess.Popen([sys.executable, "-m", "wgqa_jax.train", *args], cwd=REPO, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  metrics = tmp_path / "metrics.jsonl"
+  ckpt = tmp_path / "checkpoints" / "20"
+  deadline = time.time() + 180
+  while time.time() < deadline and not (
+      ckpt.exists() and metrics.exists() and '"step": 30' in metrics.read_text()):
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait(timeout=60)
+  written = [json.loads(l)["step"] for l in metrics.read_text().splitlines() if l.strip()]
+  saved = max(int(p) for p in os.listdir(tmp_path / "checkpoints") if p.isdigit())
+  assert max(written) > saved, (written, saved)  # rows past the checkpoint: the rerun replays
+  r = run_cli(*args)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert f"resumed from step {saved}" in r.stdout + r.stderr
+  steps = [json.loads(l)["step"] for l in metrics.read_text().splitlines()
+           if "train/loss" in json.loads(l)]
+  assert steps == sorted(set(steps)) and steps[-1] == 60

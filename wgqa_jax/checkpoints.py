@@ -1,0 +1,170 @@
+"""Training checkpoints that are verified before they are trusted.
+
+orbax writes the state (async) to workdir/checkpoints/<step>; beside it we write
+workdir/integrity/<step>.json, a fingerprint of every array computed on device from the very
+state being saved (position-weighted sums of its bits, so flipped, garbled or reordered bytes
+change it). Restoring walks the checkpoints newest first and takes the first one that
+  1. restores (orbax can read every file),
+  2. matches its fingerprint, and
+  3. holds only finite numbers;
+a checkpoint that fails is moved to workdir/checkpoints_quarantine/ (never deleted), with a
+warning that names it and why, and the next older one is tried. If none is good the run stops
+with one clear error.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+
+class NoGoodCheckpoint(ValueError):
+  """Every checkpoint of a workdir failed to restore or verify."""
+
+
+def _bits(x):
+  """The array's bits as uint32 (any dtype of 1, 2 or 4 bytes per element; bool as uint8)."""
+  x = jnp.asarray(x)
+  if x.dtype == jnp.bool_:
+    x = x.astype(jnp.uint8)
+  width = x.dtype.itemsize
+  if width == 8:  # a 64-bit value as two 32-bit words
+    return jax.lax.bitcast_convert_type(x, jnp.uint32).reshape(-1)
+  unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[width]
+  return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32).reshape(-1)
+
+
+@jax.jit
+def fingerprint(tree):
+  """Per leaf: (sum of bits, sum of bits * (position % 65521 + 1)), both mod 2**32."""
+  def one(x):
+    u = _bits(x)
+    pos = (jnp.arange(u.shape[0], dtype=jnp.uint32) % jnp.uint32(65521)) + jnp.uint32(1)
+    return jnp.stack([jnp.sum(u, dtype=jnp.uint32), jnp.sum(u * pos, dtype=jnp.uint32)])
+  return jax.tree.map(one, tree)
+
+
+@jax.jit
+def all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def _flat_fingerprint(tree) -> dict[str, list[int]]:
+  fp = jax.device_get(fingerprint(tree))
+  return {jax.tree_util.keystr(path): [int(v) for v in np.asarray(leaf)]
+          for path, leaf in jax.tree_util.tree_leaves_with_path(fp)}
+
+
+class Checkpoints:
+  """Save / verified restore of the train state under workdir."""
+
+  def __init__(self, workdir: str, keep: int):
+    self.workdir = workdir
+    self.dir = os.path.join(workdir, "checkpoints")
+    self.integrity_dir = os.path.join(workdir, "integrity")
+    self.quarantine_dir = os.path.join(workdir, "checkpoints_quarantine")
+    self.keep = keep
+    self.mngr = self._manager()
+
+  def _manager(self) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(
+        self.dir, options=ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=True,
+                                                       enable_async_checkpointing=True))
+
+  def _record(self, step: int) -> str:
+    return os.path.join(self.integrity_dir, f"{step}.json")
+
+  def save(self, step: int, state) -> None:
+    record = _flat_fingerprint(state)  # every process: a collective on multi-host
+    if jax.process_index() == 0:  # written before orbax finalises the step
+      os.makedirs(self.integrity_dir, exist_ok=True)
+      tmp = self._record(step) + ".tmp"
+      with open(tmp, "w") as f:
+        json.dump(record, f)
+      os.replace(tmp, self._record(step))
+    self.mngr.save(step, args=ocp.args.StandardSave(state))
+
+  def steps(self) -> list[int]:
+    return list(self.mngr.all_steps())
+
+  def restore_latest_good(self, template, shardings):
+    """The newest checkpoint that restores, verifies and is finite, restored onto `shardings`;
+    None if the workdir has no checkpoint. Bad ones are quarantined on the way."""
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            template, shardings)
+    steps = sorted(self.steps(), reverse=True)
+    for step in steps:
+      state, problem = self.try_restore(step, abstract)
+      if problem is None:
+        return state
+      self._quarantine(step, problem)
+    if steps:
+      raise NoGoodCheckpoint(
+          f"no checkpoint in {self.dir} restores intact (steps {sorted(steps)} were moved to "
+          f"{self.quarantine_dir}); start fresh with another --workdir, or restore a backup")
+    return None
+
+  def try_restore(self, step: int, abstract=None):
+    """(state, None) if checkpoint `step` restores, verifies and is finite, else (None, why).
+    abstract: ShapeDtypeStructs with shardings to restore onto (None: as saved)."""
+    try:
+      state = self.mngr.restore(step, args=ocp.args.StandardRestore(abstract))
+    except Exception as e:  # garbled or truncated files: orbax / tensorstore errors
+      first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+      return None, f"does not restore ({type(e).__name__}: {first})"
+    if os.path.exists(self._record(step)):
+      with open(self._record(step)) as f:
+        want = json.load(f)
+      got = _flat_fingerprint(state)
+      bad = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
+      if bad:
+        return None, (f"fails its integrity check ({len(bad)} of {len(want)} arrays differ "
+                      f"from what was saved, e.g. {bad[0]})")
+    else:
+      log.warning("checkpoint step %d has no integrity record; checking finiteness only", step)
+    if not bool(all_finite(state)):
+      return None, "holds non-finite numbers"
+    return state, None
+
+  def _quarantine(self, step: int, problem: str) -> None:
+    """Move a bad checkpoint aside (process 0) and reopen the manager without it."""
+    if jax.process_index() == 0:
+      os.makedirs(self.quarantine_dir, exist_ok=True)
+      dest = os.path.join(self.quarantine_dir, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+      shutil.move(os.path.join(self.dir, str(step)), dest)
+      if os.path.exists(self._record(step)):
+        shutil.move(self._record(step), dest + ".integrity.json")
+      print(f"warning: checkpoint step {step} {problem}; moved to {dest}", file=sys.stderr,
+            flush=True)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices(f"wgqa_jax: quarantined {step}")
+    self.mngr.close()
+    self.mngr = self._manager()
+
+  def prune_records(self) -> None:
+    """Drop integrity records of checkpoints orbax no longer keeps."""
+    if jax.process_index() != 0 or not os.path.isdir(self.integrity_dir):
+      return
+    kept = set(self.steps())
+    for name in os.listdir(self.integrity_dir):
+      stem = name.split(".")[0]
+      if stem.isdigit() and int(stem) not in kept:
+        os.remove(os.path.join(self.integrity_dir, name))
+
+  def close(self) -> None:
+    self.mngr.wait_until_finished()
+    self.prune_records()
+    self.mngr.close()
