@@ -5,6 +5,7 @@ import pytest
 
 from conftest import V10, V11, batch, make_hf_model
 from wgqa_jax import decode, variants
+from wgqa_jax.generation import GenerationConfig
 from wgqa_jax import hf as hf_io
 from wgqa_jax.models import t5
 
@@ -48,8 +49,8 @@ def test_greedy_equals_hf_generate(tiny):
 def test_beam_search_equals_hf_generate(tiny, beams, alpha):
   hf, params, cfg = tiny
   ids, mask, _ = batch(cfg.vocab_size, b=4, s=13, seed=1)
-  ours = decode.strip(decode.beam_search(params, ids, cfg, 10, num_beams=beams,
-                                         length_penalty=alpha))
+  ours = decode.strip(decode.beam_search(params, ids, cfg, GenerationConfig(
+      max_new_tokens=10, num_beams=beams, length_penalty=alpha)))
   assert ours == hf_generate(hf, ids, mask, 10, num_beams=beams, length_penalty=alpha,
                              early_stopping=False)
 
@@ -92,16 +93,16 @@ def test_sampling_top_k_1_is_greedy_and_seeded():
   _, params, cfg = converted(V11)
   ids, _, _ = batch(cfg.vocab_size, b=3, s=11)
   key = jax.random.PRNGKey(5)
-  np.testing.assert_array_equal(
-      decode.sample(params, ids, cfg, 10, key, temperature=1.0, top_k=1),
-      decode.greedy(params, ids, cfg, 10))
-  a = decode.sample(params, ids, cfg, 10, key, temperature=1.5)
-  np.testing.assert_array_equal(a, decode.sample(params, ids, cfg, 10, key, temperature=1.5))
+  sampled = lambda **kw: decode.sample(params, ids, cfg, GenerationConfig(
+      max_new_tokens=10, do_sample=True, **kw), key)
+  np.testing.assert_array_equal(sampled(top_k=1), decode.greedy(params, ids, cfg, 10))
+  a = sampled(temperature=1.5, top_k=0)
+  np.testing.assert_array_equal(a, sampled(temperature=1.5, top_k=0))
   assert not np.array_equal(a, decode.greedy(params, ids, cfg, 10))
 
 
 def test_one_beam_is_greedy():
   _, params, cfg = converted(V10)
   ids, _, _ = batch(cfg.vocab_size, b=3, s=11)
-  assert (decode.strip(decode.beam_search(params, ids, cfg, 9, num_beams=1))
+  assert (decode.strip(decode.beam_search(params, ids, cfg, GenerationConfig(max_new_tokens=9)))
           == decode.strip(decode.greedy(params, ids, cfg, 9)))
