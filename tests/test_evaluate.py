@@ -52,3 +52,49 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
     evaluate.main([f"--checkpoint={tmp_path}/nope"])
   with pytest.raises(FileNotFoundError, match="neither a training workdir"):
     evaluate.main([f"--checkpoint={tmp_path}"])
+
+
+def test_evaluate_uses_the_checkpoints_generation_settings_and_flags_override(workdir, tmp_path,
+                                                                             capsys):
+  from wgqa_jax import generation
+  assert generation.load(str(workdir / "best")) == generation.OFFLINE_DEFAULT  # kept by train
+  out = tmp_path / "d.json"
+  common = [f"--checkpoint={workdir}", "--split=test", "--num_examples=8", "--batch_size=8",
+            "--bootstrap=20"]
+  evaluate.main(common + [f"--out={out}"])
+  assert "num_beams=4" in capsys.readouterr().out  # printed
+  g = json.load(open(out))["generation"]
+  assert (g["num_beams"], g["early_stopping"], g["max_new_tokens"]) == (4, True, 24)
+  evaluate.main(common + [f"--out={out}", "--num_beams=2", "--early_stopping=never",
+                          "--no_repeat_ngram_size=2", "--max_decode_length=5"])
+  g = json.load(open(out))["generation"]
+  assert (g["num_beams"], g["early_stopping"], g["no_repeat_ngram_size"],
+          g["max_new_tokens"]) == (2, "never", 2, 5)
+
+
+def test_conversion_keeps_hf_generation_settings_through_export(tmp_path):
+  """t5-small's task_specific_params and a generation_config.json survive convert (our params
+  dir), drive evaluate's defaults, and come back out of --export_hf."""
+  import subprocess
+  import sys
+  from conftest import V10, make_hf_model
+  from wgqa_jax import generation, params_io
+  hf = make_hf_model(V10)
+  hf.config.task_specific_params = {"summarization": dict(
+      early_stopping=True, length_penalty=2.0, max_length=200, min_length=30,
+      no_repeat_ngram_size=3, num_beams=4, prefix="summarize: ")}
+  hf.save_pretrained(str(tmp_path / "hf"))
+  (tmp_path / "hf" / "generation_config.json").write_text(json.dumps(
+      {"decoder_start_token_id": 0, "eos_token_id": 1, "pad_token_id": 0, "num_beams": 2}))
+  r = subprocess.run([sys.executable, "-m", "wgqa_jax.convert", f"--hf={tmp_path / 'hf'}",
+                      "--variant=gqa", "--kv_heads=2", f"--out={tmp_path / 'ours'}",
+                      f"--export_hf={tmp_path / 'back'}"], capture_output=True, text=True)
+  assert r.returncode == 0, r.stderr
+  settings = params_io.generation_settings_any(str(tmp_path / "ours"))
+  g = generation.for_task(settings, "summarization")
+  assert (g.num_beams, g.length_penalty, g.min_length, g.no_repeat_ngram_size,
+          g.max_new_tokens, g.early_stopping) == (4, 2.0, 30, 3, 199, True)
+  assert generation.for_task(settings, "translation").num_beams == 2  # generation_config.json
+  back = json.load(open(tmp_path / "back" / "config.json"))
+  assert back["task_specific_params"]["summarization"]["num_beams"] == 4
+  assert json.load(open(tmp_path / "back" / "generation_config.json"))["num_beams"] == 2

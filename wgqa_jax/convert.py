@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
   if a.hf:
     print(f"loading HF checkpoint {a.hf} ...")
   params, cfg = hf.from_hf(a.hf) if a.hf else params_io.load(a.params)
+  settings = params_io.generation_settings_any(a.hf or a.params)  # kept through every step
   if a.variant:
     params, cfg = variants.from_mha(
         params, cfg, a.variant, a.kv_heads, group_encoder=a.group_encoder, seed=a.seed,
@@ -52,10 +53,10 @@ def main(argv: list[str] | None = None) -> int:
   n = sum(np.size(v) for v in params_io.flatten(params).values())
   print(f"model: {cfg.grouping.describe(cfg.num_heads)}, {n / 1e6:.2f}M params")
   if a.out:
-    params_io.save(params, cfg, a.out)
+    params_io.save(params, cfg, a.out, settings)
     print(f"wrote {a.out}")
   if a.export_hf:
-    hf.save_hf(params, cfg, a.export_hf)
+    hf.save_hf(params, cfg, a.export_hf, settings)
     print(f"wrote HF T5 directory {a.export_hf}")
   return 0
 

@@ -29,6 +29,13 @@ def is_translation(dataset: str) -> bool:
   return dataset.startswith("wmt") or dataset == "synthetic_translate"
 
 
+def generation_task(dataset: str) -> str:
+  """The task_specific_params entry a checkpoint's generation settings are looked up under."""
+  if dataset == "wmt14_de_en":
+    return "translation_de_to_en"
+  return "translation" if is_translation(dataset) else "summarization"
+
+
 def metric_of(dataset: str) -> str:
   """How a task is scored (wgqa_jax.metrics.score): "bleu" for translation, else "rouge"."""
   return "bleu" if is_translation(dataset) else "rouge"

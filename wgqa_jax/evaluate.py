@@ -6,7 +6,9 @@
 
 --checkpoint is a training workdir (its best/ params, falling back to final/), a wgqa_jax params
 dir (inside a workdir or not), or a HF T5 directory. The run's data settings (dataset, data_dir,
-tokenizer, lengths) come from its config.json; flags override them.
+tokenizer, lengths) come from its config.json, and the generation settings from the checkpoint
+(its task_specific_params entry for the task, e.g. t5-small's "summarization": 4 beams, length
+penalty 2.0, n-gram blocking 3, ...; printed); flags override both.
 Writes JSON: {"scores": {metric: {"mean", "ci95"}}, "predictions": [...], ...}.
 """
 from __future__ import annotations
@@ -16,10 +18,12 @@ import os
 import time
 
 from absl import flags
+import jax
 import numpy as np
 from tqdm import tqdm
 
-from wgqa_jax import cli, data, decode, metrics, params_io, sharding, variants
+from wgqa_jax import cli, data, decode, generation, metrics, params_io, sharding, variants
+from wgqa_jax.generation import GenerationConfig
 from wgqa_jax.train_config import base_config
 
 FLAGS = cli.flag_set()
@@ -33,10 +37,27 @@ _d("tokenizer", None, "bytes | sentencepiece | HF tokenizer (default: the run's)
 _i("num_examples", None, "default: the whole split")
 _i("batch_size", 32, "decoding batch")
 _i("max_input_length", None, "default: the run's")
-_i("max_decode_length", None, "default: the run's max_target_length")
-_i("num_beams", 1, "1: greedy")
-flags.DEFINE_float("length_penalty", 1.0, "beam search length penalty", flag_values=FLAGS)
+_i("max_decode_length", None, "max new tokens (default: the checkpoint's max_length - 1, else "
+   "the run's max_target_length)")
+_i("seed", 0, "sampling seed")
 flags.DEFINE_bool("fold", False, "fold WGQA weights first (same outputs)", flag_values=FLAGS)
+# Generation overrides (HF names); unset: the checkpoint's settings for the task.
+_i("num_beams", None, "beams (1: greedy or sampling)")
+_i("min_length", None, "HF min_length (counts the decoder start token)")
+_i("min_new_tokens", None, "at least this many new tokens before EOS")
+_i("no_repeat_ngram_size", None, "block repeated n-grams of this size")
+_i("num_return_sequences", None, "sequences per input; the first is scored")
+_i("top_k", None, "sampling: top-k")
+for _name, _help in (("length_penalty", "beam length penalty"),
+                     ("repetition_penalty", "HF repetition penalty"),
+                     ("temperature", "sampling temperature"), ("top_p", "sampling: top-p")):
+  flags.DEFINE_float(_name, None, _help, flag_values=FLAGS)
+flags.DEFINE_enum("early_stopping", None, ["true", "false", "never"], "beam early stopping",
+                  flag_values=FLAGS)
+flags.DEFINE_bool("do_sample", None, "sample instead of greedy search", flag_values=FLAGS)
+GENERATION_FLAGS = ("num_beams", "min_length", "min_new_tokens", "no_repeat_ngram_size",
+                    "num_return_sequences", "top_k", "length_penalty", "repetition_penalty",
+                    "temperature", "top_p", "early_stopping", "do_sample")
 _i("bootstrap", 1000, "bootstrap resamples for the CIs")
 _d("out", None, "JSON path (default: <checkpoint>/eval_<split>.json)")
 
@@ -58,12 +79,12 @@ def resolve(checkpoint: str) -> tuple[str, dict]:
                           f"wgqa_jax params dir nor a HF T5 directory")
 
 
-def decode_batches(params, cfg, split, tokenizer, batch_size: int, max_len: int,
-                   num_beams: int = 1, length_penalty: float = 1.0, mesh=None,
-                   desc: str | None = None):
-  """Yield (batch on devices, its detokenized predictions) over a tokenized split, in order
-  (greedy, or beam search when num_beams > 1). The last batch is padded to batch_size; its
-  padding rows get all-pad targets (they weigh nothing in a loss) and no prediction.
+def decode_batches(params, cfg, split, tokenizer, batch_size: int, gen: GenerationConfig,
+                   mesh=None, desc: str | None = None, rng=None):
+  """Yield (batch on devices, its detokenized predictions) over a tokenized split, in order,
+  decoded as `gen` says (the first of num_return_sequences per input). The last batch is padded
+  to batch_size; its padding rows get all-pad targets (they weigh nothing in a loss) and no
+  prediction.
 
   mesh: place batches sharded over its data axis (train); desc: show a progress bar."""
   batches = data.eval_batches(split, batch_size)
@@ -74,18 +95,33 @@ def decode_batches(params, cfg, split, tokenizer, batch_size: int, max_len: int,
     b["targets"] = np.where(valid[:, None], b["targets"], 0)
     if mesh is not None:
       b = sharding.put_batch(b, mesh)
-    if num_beams > 1:
-      out = decode.beam_search(params, b["inputs"], cfg, max_len, num_beams, length_penalty)
-    else:
-      out = decode.greedy(params, b["inputs"], cfg, max_len)
-    yield b, [tokenizer.decode(r) for r, v in zip(sharding.to_host(out), valid) if v]
+    out = decode.generate(params, b["inputs"], cfg, gen, rng)
+    rows = sharding.to_host(out)[::gen.num_return_sequences]
+    yield b, [tokenizer.decode(r) for r, v in zip(rows, valid) if v]
 
 
-def predict(params, cfg, split, tokenizer, batch_size: int, max_len: int, num_beams: int = 1,
-            length_penalty: float = 1.0, desc: str | None = None) -> list[str]:
+def predict(params, cfg, split, tokenizer, batch_size: int, gen: GenerationConfig,
+            desc: str | None = None, rng=None) -> list[str]:
   """Every example's prediction, in order."""
-  return [p for _, texts in decode_batches(params, cfg, split, tokenizer, batch_size, max_len,
-                                           num_beams, length_penalty, desc=desc) for p in texts]
+  return [p for _, texts in decode_batches(params, cfg, split, tokenizer, batch_size, gen,
+                                           desc=desc, rng=rng) for p in texts]
+
+
+def generation_config(a, settings: dict, task: str, default_max: int) -> GenerationConfig:
+  """The checkpoint's settings for `task`, flags overriding; max_new_tokens from the flag, the
+  settings' max_length, or the run's target length, in that order."""
+  overrides = {name: a[name].value for name in GENERATION_FLAGS if a[name].value is not None}
+  if "early_stopping" in overrides:
+    overrides["early_stopping"] = {"true": True, "false": False}.get(
+        overrides["early_stopping"], "never")
+  gen = generation.for_task(settings, task, **overrides)
+  known = {**settings.get("generation_config", {}),
+           **settings.get("task_specific_params", {}).get(task, {})}
+  if a.max_decode_length:
+    return gen.replace(max_new_tokens=a.max_decode_length)
+  if not (known.get("max_new_tokens") or known.get("max_length")):
+    return gen.replace(max_new_tokens=default_max)
+  return gen
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,19 +139,25 @@ def main(argv: list[str] | None = None) -> int:
   max_in = a.max_input_length or rd["max_input_length"]
   max_dec = a.max_decode_length or rd["max_target_length"]
   data_dir = a.data_dir or rd["data_dir"]
+  settings = params_io.generation_settings_any(path)
+  gen = generation_config(FLAGS, settings, data.generation_task(dataset), max_dec)
   pairs = data.load_examples(dataset, a.split, a.num_examples, 0, data_dir)
   split = data.tokenize(pairs, tokenizer, max_in, max_dec)
   print(f"{path}: {cfg.grouping.describe(cfg.num_heads)} | {dataset} {a.split}: {len(split)} "
-        f"examples | beams={a.num_beams}")
+        f"examples")
+  changed = {k: v for k, v in gen.to_dict().items() if v != getattr(GenerationConfig(), k)}
+  print(f"generation ({'the checkpoint' if settings else 'defaults'}'s settings for "
+        f"{data.generation_task(dataset)}, flags override): "
+        + ", ".join(f"{k}={v}" for k, v in changed.items()))
 
   t0 = time.time()
-  preds = predict(params, cfg, split, tokenizer, a.batch_size, max_dec, a.num_beams,
-                  a.length_penalty, desc="decode")
+  preds = predict(params, cfg, split, tokenizer, a.batch_size, gen, desc="decode",
+                  rng=jax.random.PRNGKey(a.seed))
   seconds = time.time() - t0
   refs = [t for _, t in pairs]
   scores = metrics.score(preds, refs, data.metric_of(dataset), a.bootstrap)
   result = {"checkpoint": os.path.abspath(path), "dataset": dataset, "split": a.split,
-            "num_examples": len(preds), "num_beams": a.num_beams, "decode_seconds": seconds,
+            "num_examples": len(preds), "generation": gen.to_dict(), "decode_seconds": seconds,
             "scores": scores, "predictions": preds, "references": refs,
             "inputs": [s for s, _ in pairs]}
   out_path = a.out or os.path.join(path, f"eval_{a.split}.json")

@@ -21,7 +21,7 @@ from typing import Any, Iterator, NamedTuple
 import numpy as np
 from flax import traverse_util
 
-from wgqa_jax import variants
+from wgqa_jax import generation, variants
 from wgqa_jax.models.t5_config import T5Config
 
 log = logging.getLogger(__name__)
@@ -227,12 +227,27 @@ def from_hf(path_or_id: str) -> tuple[dict, T5Config]:
   return hf_to_params(sd, cfg), cfg
 
 
-def save_hf(params, cfg: T5Config, out_dir: str) -> None:
-  """Write a transformers-loadable T5 directory (model.safetensors + config.json)."""
+def generation_settings(path_or_id: str) -> dict[str, Any]:
+  """A HF checkpoint's generation settings (wgqa_jax.generation.from_hf_dir)."""
+  path = resolve_hf_dir(path_or_id)
+  with open(os.path.join(path, "config.json")) as f:
+    return generation.from_hf_dir(path, json.load(f))
+
+
+def save_hf(params, cfg: T5Config, out_dir: str, generation_settings: dict | None = None) -> None:
+  """Write a transformers-loadable T5 directory (model.safetensors + config.json, and the
+  generation settings as generation_config.json / task_specific_params when given)."""
   from safetensors.numpy import save_file
   os.makedirs(out_dir, exist_ok=True)
   params, cfg = variants.expand_to_mha(params, cfg)
   save_file(params_to_hf(params, cfg), os.path.join(out_dir, "model.safetensors"),
             metadata={"format": "pt"})
+  settings = generation_settings or {}
+  hf_cfg = cfg.to_hf()
+  if settings.get("task_specific_params"):
+    hf_cfg["task_specific_params"] = settings["task_specific_params"]
   with open(os.path.join(out_dir, "config.json"), "w") as f:
-    json.dump(cfg.to_hf(), f, indent=2)
+    json.dump(hf_cfg, f, indent=2)
+  if settings.get("generation_config"):
+    with open(os.path.join(out_dir, "generation_config.json"), "w") as f:
+      json.dump(settings["generation_config"], f, indent=2)

@@ -1,5 +1,6 @@
-"""Our params directory: `params.safetensors` (keys are '/'-joined tree paths) and
-`wgqa_config.json` (the model config), written by `save` and read by `load`.
+"""Our params directory: `params.safetensors` (keys are '/'-joined tree paths),
+`wgqa_config.json` (the model config) and, when known, `generation.json` (the checkpoint's
+generation settings, wgqa_jax.generation), written by `save` and read by `load`.
 
     save(params, cfg, out_dir); params, cfg = load(out_dir)
     params, cfg = load_any(path_or_id)      # our params dir, or a HF checkpoint (dir or hub id)
@@ -11,6 +12,7 @@ import os
 import numpy as np
 from flax import traverse_util
 
+from wgqa_jax import generation
 from wgqa_jax.models.t5_config import T5Config
 
 CONFIG_FILE = "wgqa_config.json"
@@ -30,11 +32,21 @@ def is_params_dir(path: str) -> bool:
   return os.path.exists(os.path.join(path, CONFIG_FILE))
 
 
-def save(params, cfg: T5Config, out_dir: str) -> None:
+def save(params, cfg: T5Config, out_dir: str, generation_settings: dict | None = None) -> None:
   from safetensors.numpy import save_file
   os.makedirs(out_dir, exist_ok=True)
   save_file(flatten(params), os.path.join(out_dir, PARAMS_FILE))
   cfg.save(os.path.join(out_dir, CONFIG_FILE))
+  if generation_settings:
+    generation.save(generation_settings, out_dir)
+
+
+def generation_settings_any(path_or_id: str) -> dict:
+  """The generation settings kept with our params dir or a HF checkpoint ({} if none)."""
+  if is_params_dir(path_or_id):
+    return generation.load(path_or_id)
+  from wgqa_jax import hf
+  return hf.generation_settings(path_or_id)
 
 
 def load(path: str):

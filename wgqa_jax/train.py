@@ -29,7 +29,8 @@ from ml_collections import config_flags
 import optax
 from tqdm import tqdm
 
-from wgqa_jax import analysis, checkpoints, cli, data, metrics, params_io, sharding, variants
+from wgqa_jax import (analysis, checkpoints, cli, data, generation, metrics, params_io, sharding,
+                      variants)
 from wgqa_jax import evaluate as evaluate_lib
 from wgqa_jax.models import t5
 from wgqa_jax.models.t5_config import preset
@@ -59,6 +60,13 @@ class Preempted(cli.Failure):
   def __init__(self, message: str, metrics: dict):
     super().__init__(message)
     self.metrics = metrics
+
+
+def generation_settings(c: ml_collections.ConfigDict) -> dict:
+  """The generation settings best/ and final/ keep: the checkpoint's, or the offline default."""
+  if c.model.init_from == "tiny-random":
+    return generation.OFFLINE_DEFAULT
+  return params_io.generation_settings_any(c.model.init_from)
 
 
 def source_config(c: ml_collections.ConfigDict):
@@ -261,8 +269,9 @@ class MetricWriter:
 class BestTracker:
   """Keeps best/ (a params dir) at the best value of one eval metric; survives restarts."""
 
-  def __init__(self, workdir: str, metric: str):
+  def __init__(self, workdir: str, metric: str, generation_settings: dict):
     self.dir, self.metric = os.path.join(workdir, "best"), metric
+    self.generation_settings = generation_settings
     self.record = os.path.join(workdir, "best_metric.json")
     self.value = -float("inf")
     if os.path.exists(self.record):
@@ -277,7 +286,7 @@ class BestTracker:
       say(f"warning: params at step {step} are not finite; best/ left as it was")
       return
     self.value = value
-    params_io.save(params, cfg, self.dir)
+    params_io.save(params, cfg, self.dir, self.generation_settings)
     with open(self.record, "w") as f:
       json.dump({"step": step, "metric": self.metric, "value": value}, f)
 
@@ -353,11 +362,13 @@ def restore_or_init(ckpts: checkpoints.Checkpoints, state, shardings):
 
 
 def run_eval(params, cfg, c, split, tokenizer, mesh, eval_step) -> tuple[dict, list[str]]:
-  """Eval loss and ROUGE / BLEU of the validation split (cached greedy decoding)."""
+  """Eval loss and ROUGE / BLEU of the validation split (cached greedy decoding: cheap enough to
+  run often; `python -m wgqa_jax.evaluate` decodes with the checkpoint's settings)."""
   nll, n, preds = 0.0, 0.0, []
-  max_decode = c.eval.max_decode_length or c.data.max_target_length
+  gen = generation.GenerationConfig(
+      max_new_tokens=c.eval.max_decode_length or c.data.max_target_length)
   for batch, texts in evaluate_lib.decode_batches(params, cfg, split, tokenizer,
-                                                  c.eval.batch_size, max_decode, mesh=mesh):
+                                                  c.eval.batch_size, gen, mesh=mesh):
     b_nll, b_n = eval_step(params, batch)
     nll, n, preds = nll + float(b_nll), n + float(b_n), preds + texts
   scores = metrics.score(preds, [t for _, t in split.texts], data.metric_of(c.data.dataset))
@@ -421,8 +432,9 @@ def train(c: ml_collections.ConfigDict, workdir: str, stop_after: int | None = N
   eval_step = make_eval_step(cfg)
   writer = MetricWriter(workdir, start)
   guard = SkipGuard(c.optim.max_skipped_steps)
+  settings = generation_settings(c)
   best = BestTracker(workdir, c.eval.best_metric or metrics.MAIN_METRIC[
-      data.metric_of(c.data.dataset)])
+      data.metric_of(c.data.dataset)], settings)
 
   latest_eval: dict = {}
 
@@ -502,7 +514,7 @@ def train(c: ml_collections.ConfigDict, workdir: str, stop_after: int | None = N
   if not bool(checkpoints.all_finite(final_params)):
     raise Diverged("the final params are not finite; final/ was not written")
   if is_main_process():
-    params_io.save(final_params, cfg, os.path.join(workdir, "final"))
+    params_io.save(final_params, cfg, os.path.join(workdir, "final"), settings)
     say(f"done: {workdir}/final (fold WGQA: python -m wgqa_jax.convert "
         f"--params={workdir}/final --fold --out={workdir}/folded)")
   return last
