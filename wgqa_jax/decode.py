@@ -31,7 +31,7 @@ def _encode(params, inputs, cfg):
 
 def cache_bytes(cfg: T5Config, batch: int, src_len: int, max_len: int) -> int:
   """Bytes of the decode cache: self K/V (max_len) + cross K/V (src_len), all decoder layers."""
-  g = cfg.grouping_of("decoder").num_kv_heads(cfg.num_heads)
+  g = cfg.kv_heads_of("decoder")
   per_token = 2 * g * cfg.d_kv * jnp.dtype(cfg.dtype).itemsize
   return int(cfg.num_decoder_layers * batch * (max_len + src_len) * per_token)
 
@@ -169,8 +169,8 @@ def beam_search(params, inputs, cfg: T5Config, gen: GenerationConfig):
   fill = jnp.full((b, k, max_len), pad, jnp.int32)
   run_lp = jnp.concatenate([jnp.zeros((b, 1)), jnp.full((b, k - 1), -big)], 1)
   init = (jnp.int32(0), fill, run_lp, fill, jnp.full((b, k), -big), jnp.zeros((b, k), bool),
-          jnp.ones((b,), bool), jnp.zeros((b, 2 * k), bool), _seen0(gen, b * k, cfg.vocab_size, start),
-          cache)
+          jnp.ones((b,), bool), jnp.zeros((b, 2 * k), bool),
+          _seen0(gen, b * k, cfg.vocab_size, start), cache)
   fin_seqs = jax.lax.while_loop(cond, body, init)[3]
   out = fin_seqs[:, :n_ret].reshape(b * n_ret, max_len)
   # HF fills after EOS with EOS (its pad 0 is falsy there); we pad, as greedy does

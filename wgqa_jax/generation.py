@@ -21,7 +21,8 @@ import jax.numpy as jnp
 
 NEG_INF = -jnp.inf
 EARLY_STOPPING = (True, False, "never")
-FILE = "generation.json"  # in a params dir: {"generation_config": {...}, "task_specific_params": {...}}
+# in a params dir: {"generation_config": {...}, "task_specific_params": {...}}
+FILE = "generation.json"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -254,7 +254,7 @@ class Decoder(nn.Module):
   def init_cache(self, encoded, max_len: int):
     """Per layer: cross K/V of `encoded` and an empty self-attention cache, all with G heads."""
     b = encoded.shape[0]
-    g, dk = self.config.grouping_of("decoder").num_kv_heads(self.config.num_heads), self.config.d_kv
+    g, dk = self.config.kv_heads_of("decoder"), self.config.d_kv
     dtype = jnp.dtype(self.config.dtype)
     cache = []
     for layer in self.layers:

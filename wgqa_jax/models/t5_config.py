@@ -106,6 +106,10 @@ class T5Config:
   def grouping_of(self, stack: str) -> Grouping:
     return self.grouping if self.is_grouped(stack) else MHA
 
+  def kv_heads_of(self, stack: str) -> int:
+    """KV heads of `stack`'s attention modules (what its decode cache holds)."""
+    return self.grouping_of(stack).num_kv_heads(self.num_heads)
+
   def attention_modules(self):
     """(param path, grouped) of every attention module: what wgqa_jax.variants converts."""
     for i in range(self.num_encoder_layers):
