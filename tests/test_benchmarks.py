@@ -1,6 +1,6 @@
 """benchmarks/run.py still runs end to end (smoke preset, tiny model). Its timings are not checked
 here; what is checked is what does not depend on the machine: every section is written, the KV
-cache of G KV heads is exactly G/H of MHA's, and our greedy tokens equal HF generate()'s."""
+cache of G KV heads is exactly G/H of MHA's, and our greedy and beam tokens equal HF generate()'s."""
 import os
 import re
 import subprocess
@@ -17,7 +17,7 @@ def test_benchmark_script_smoke(tmp_path):
   assert r.returncode == 0, r.stderr[-3000:]
   text = out.read_text()
   assert "Command: `python benchmarks/run.py --preset=smoke`" in text
-  for section in ("### 1. Training", "### 2. Cached greedy decoding", "### 3. Greedy generation"):
+  for section in ("### 1. Training", "### 2. Cached greedy decoding", "### 3. Generation vs HF"):
     assert section in text
   for what in ("forward (loss)", "forward + backward", "train step (+ AdamW)"):
     row = next(line for line in text.splitlines() if line.startswith(f"| {what} |"))
@@ -28,4 +28,7 @@ def test_benchmark_script_smoke(tmp_path):
     if len(cells) == 7 and cells[2] in ("MHA", "GQA-2", "MQA"):
       ratios[cells[2]] = float(cells[4])
   assert ratios == {"MHA": 1.0, "GQA-2": 0.5, "MQA": 0.25}  # tiny: 4 heads
-  assert "Same greedy tokens as HF on 2 sequences x 16 tokens: True" in text
+  for search in ("greedy", "4 beams"):  # same tokens as HF, and a timing against it
+    row = next(line for line in text.splitlines()
+               if line.startswith(f"| {search} | ours (cached, jitted) |"))
+    assert row.endswith("| True |") and re.search(r"\| \d+\.\d+x \|", row), row

@@ -157,7 +157,9 @@ def beam_search(params, inputs, cfg: T5Config, gen: GenerationConfig):
     is_fin = gather(jnp.concatenate([is_fin, just], 1), pick)
     # caches and seen-token sets follow their beams
     rows = (src + offsets).reshape(-1)
-    cache = jax.tree.map(lambda x: x[rows], cache)
+    # beams move only within their item, whose beams share one encoder output: the cross K/V
+    # stay where they are and only the self-attention cache follows the beams
+    cache = [{**c, "self_k": c["self_k"][rows], "self_v": c["self_v"][rows]} for c in cache]
     if gen.repetition_penalty != 1.0:
       seen = generation.mark_seen(seen[rows], gather(tok, keep).reshape(-1))
     # can the running beams still beat the worst finished ones? (HF's heuristic, per item)
