@@ -154,11 +154,12 @@ class Variant:
                group_sizes=None, noise: float | None = None) -> Grouping:
     """The model config's grouping section for this variant (validated)."""
     self.check(group_sizes=group_sizes, noise=noise)
-    out = self._grouping(self.kv_heads(num_heads, kv_heads, group_sizes), group_encoder)
+    g = self.kv_heads(num_heads, kv_heads, group_sizes)
+    out = self._grouping(g, group_encoder, group_sizes, noise)
     out.validate(num_heads)
     return out
 
-  def _grouping(self, g: int, group_encoder: bool) -> Grouping:
+  def _grouping(self, g: int, group_encoder: bool, group_sizes, noise) -> Grouping:
     return Grouping(kv_heads=g, group_encoder=group_encoder)
 
   def convert_module(self, module: dict, grouping: Grouping, rng) -> dict:
@@ -181,7 +182,7 @@ class MHAVariant(Variant):
   def kv_heads(self, num_heads, requested, group_sizes):
     return num_heads
 
-  def _grouping(self, g, group_encoder):
+  def _grouping(self, g, group_encoder, group_sizes, noise):
     return Grouping(group_encoder=group_encoder)
 
   def convert_module(self, module, grouping, rng):
@@ -203,7 +204,7 @@ class WGQA(Variant):
   mode: str = "row"        # "row": one weight per head; "col": per head and d_kv column
   init: str = "constant"   # "constant" 0.5 (WGQA) | "normal" N(0, 1) (RandWGQA)
 
-  def _grouping(self, g, group_encoder):
+  def _grouping(self, g, group_encoder, group_sizes, noise):
     return Grouping(kv_heads=g, group_encoder=group_encoder, weights=self.mode,
                     weights_init=self.init)
 
@@ -267,16 +268,8 @@ class AsymGQA(Variant):
     super().check(noise=noise, regroup_every=regroup_every)
     self.kv_heads(0, None, group_sizes)
 
-  def _grouping(self, g, group_encoder):
-    raise AssertionError("AsymGQA builds its grouping from group_sizes")
-
-  def grouping(self, num_heads, kv_heads=None, *, group_encoder=False, group_sizes=None,
-               noise=None):
-    self.check(group_sizes=group_sizes, noise=noise)
-    out = Grouping(kv_heads=len(group_sizes), group_encoder=group_encoder,
-                   group_sizes=tuple(group_sizes))
-    out.validate(num_heads)
-    return out
+  def _grouping(self, g, group_encoder, group_sizes, noise):
+    return Grouping(kv_heads=g, group_encoder=group_encoder, group_sizes=tuple(group_sizes))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -285,7 +278,7 @@ class KeyNormGQA(Variant):
   norm of its keys (KDGQA, per forward pass) or of its K kernel (DGQA)."""
   allocation: str = "key_norm"
 
-  def _grouping(self, g, group_encoder):
+  def _grouping(self, g, group_encoder, group_sizes, noise):
     return Grouping(kv_heads=g, group_encoder=group_encoder, allocation=self.allocation)
 
 
@@ -298,14 +291,9 @@ class PGQA(Variant):
   def check(self, *, group_sizes=None, noise=None, regroup_every=0):
     super().check(group_sizes=group_sizes, regroup_every=regroup_every)
 
-  def grouping(self, num_heads, kv_heads=None, *, group_encoder=False, group_sizes=None,
-               noise=None):
-    self.check(group_sizes=group_sizes, noise=noise)
-    out = Grouping(kv_heads=self.kv_heads(num_heads, kv_heads, group_sizes),
-                   group_encoder=group_encoder,
-                   noise=self.default_noise if noise is None else noise)
-    out.validate(num_heads)
-    return out
+  def _grouping(self, g, group_encoder, group_sizes, noise):
+    return Grouping(kv_heads=g, group_encoder=group_encoder,
+                    noise=self.default_noise if noise is None else noise)
 
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
