@@ -115,9 +115,8 @@ def beam_search(params, inputs, cfg: T5Config, gen: GenerationConfig):
   norm = jnp.asarray(np.arange(1, max_len + 1, dtype=np.float64) ** lp, jnp.float32)
   encoded, mask = _encode(params, inputs, cfg)
   b = inputs.shape[0]
-  rep = lambda x: jnp.repeat(x, k, axis=0)  # (b, ...) -> (b * k, ...), beam-major per item
-  cache = m.apply({"params": params}, rep(encoded), max_len, method=T5.init_cache)
-  mask = rep(mask)
+  # self-attention caches for b * k beams (beam-major per item); cross K/V once per item
+  cache = m.apply({"params": params}, encoded, max_len, k, method=T5.init_cache)
   offsets = (jnp.arange(b) * k)[:, None]
 
   def gather(x, idx):  # x (b, n, ...), idx (b, m) -> (b, m, ...)

@@ -167,8 +167,12 @@ class DecoderLayer(nn.Module):
     return x + self.dropout(y, deterministic=deterministic)
 
   def _cross_and_mlp(self, y, cross_k, cross_v, cross_bias, deterministic):
-    h = self.cross_attention.attend(self.cross_attention_norm(y), cross_k, cross_v, cross_bias,
-                                    deterministic)
+    # Beam search keeps one cross K/V per input for its n/b beams: their query rows are stacked
+    # (cross-attention has no position bias, so each row attends as it would alone).
+    n, t, d = y.shape
+    h = self.cross_attention_norm(y).reshape(cross_k.shape[0], (n // cross_k.shape[0]) * t, d)
+    h = self.cross_attention.attend(h, cross_k, cross_v, cross_bias, deterministic)
+    h = h.reshape(n, t, d)
     y = self._residual(y, h, deterministic)
     return self._residual(y, self.mlp(self.mlp_norm(y), deterministic), deterministic)
 
@@ -251,9 +255,10 @@ class Decoder(nn.Module):
       y = nn.with_logical_constraint(y, ("batch", "length", "embed"))
     return self.dropout(self.final_norm(y), deterministic=deterministic)
 
-  def init_cache(self, encoded, max_len: int):
-    """Per layer: cross K/V of `encoded` and an empty self-attention cache, all with G heads."""
-    b = encoded.shape[0]
+  def init_cache(self, encoded, max_len: int, beams: int = 1):
+    """Per layer: cross K/V of `encoded` (one per input) and an empty self-attention cache for
+    `beams` hypotheses per input, all with G heads."""
+    b = encoded.shape[0] * beams
     g, dk = self.config.kv_heads_of("decoder"), self.config.d_kv
     dtype = jnp.dtype(self.config.dtype)
     cache = []
@@ -317,11 +322,12 @@ class T5(nn.Module):
     y = self.decoder(decoder_input_ids, encoded, encoder_mask, decoder_mask, deterministic)
     return self.logits(y)
 
-  def init_cache(self, encoded, max_len: int):
-    return self.decoder.init_cache(encoded, max_len)
+  def init_cache(self, encoded, max_len: int, beams: int = 1):
+    return self.decoder.init_cache(encoded, max_len, beams)
 
   def decode_step(self, token_ids, index, cache, encoder_mask):
-    """Cached decoding: token_ids (b, 1) at position `index` -> (logits (b, vocab), cache)."""
+    """Cached decoding: token_ids (b * beams, 1) at position `index` -> (logits (b * beams,
+    vocab), cache); encoder_mask (b, s) as the cache's cross K/V."""
     y, cache = self.decoder.step(token_ids, index, cache, encoder_mask)
     return self.logits(y)[:, 0], cache
 
