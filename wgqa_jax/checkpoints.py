@@ -67,6 +67,12 @@ def _flat_fingerprint(tree) -> dict[str, list[int]]:
           for path, leaf in jax.tree_util.tree_leaves_with_path(fp)}
 
 
+def has_checkpoints(workdir: str) -> bool:
+  """Whether workdir holds any saved step (without opening, or creating, a manager)."""
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  return os.path.isdir(ckpt_dir) and any(name.isdigit() for name in os.listdir(ckpt_dir))
+
+
 class Checkpoints:
   """Save / verified restore of the train state under workdir."""
 

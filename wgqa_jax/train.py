@@ -88,9 +88,7 @@ def check_resume(c: ml_collections.ConfigDict, workdir: str) -> None:
   """A workdir with checkpoints resumes only under the config it was started with (up to the
   keys train_config.RESUMABLE_CHANGES lists): one line per differing key, else nothing."""
   saved = os.path.join(workdir, "config.json")
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  if not os.path.exists(saved) or not os.path.isdir(ckpt_dir) or not any(
-      name.isdigit() for name in os.listdir(ckpt_dir)):
+  if not os.path.exists(saved) or not checkpoints.has_checkpoints(workdir):
     return
   with open(saved) as f:
     diffs = resume_differences(json.load(f), c)
