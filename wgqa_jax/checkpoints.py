@@ -1,9 +1,10 @@
 """Training checkpoints that are verified before they are trusted.
 
-orbax writes the state (async) to workdir/checkpoints/<step>; beside it we write
-workdir/integrity/<step>.json, a fingerprint of every array computed on device from the very
-state being saved (position-weighted sums of its bits, so flipped, garbled or reordered bytes
-change it). Restoring walks the checkpoints newest first and takes the first one that
+orbax writes the state (async) to workdir/checkpoints/<step>/state, and the input pipeline's
+position (wgqa_jax.pipeline: where each process's next batch starts) to .../<step>/data; beside
+them we write workdir/integrity/<step>.json, a fingerprint of every array computed on device from
+the very state being saved (position-weighted sums of its bits, so flipped, garbled or reordered
+bytes change it), and the data position itself. Restoring walks the checkpoints newest first and takes the first one that
   1. restores (orbax can read every file),
   2. matches its fingerprint, and
   3. holds only finite numbers;
@@ -26,6 +27,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
+
+
+DATA_KEY = "data_state"  # the integrity record's entry for the input pipeline's position
 
 
 class NoGoodCheckpoint(ValueError):
@@ -92,29 +96,34 @@ class Checkpoints:
   def _record(self, step: int) -> str:
     return os.path.join(self.integrity_dir, f"{step}.json")
 
-  def save(self, step: int, state) -> None:
+  def save(self, step: int, state, data_state: dict | None = None) -> None:
+    """data_state: JSON (the input pipeline's position), restored with the state."""
+    data_state = data_state or {}
     record = _flat_fingerprint(state)  # every process: a collective on multi-host
+    record[DATA_KEY] = data_state
     if jax.process_index() == 0:  # written before orbax finalises the step
       os.makedirs(self.integrity_dir, exist_ok=True)
       tmp = self._record(step) + ".tmp"
       with open(tmp, "w") as f:
         json.dump(record, f)
       os.replace(tmp, self._record(step))
-    self.mngr.save(step, args=ocp.args.StandardSave(state))
+    self.mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                 data=ocp.args.JsonSave(data_state)))
 
   def steps(self) -> list[int]:
     return list(self.mngr.all_steps())
 
   def restore_latest_good(self, template, shardings):
-    """The newest checkpoint that restores, verifies and is finite, restored onto `shardings`;
-    None if the workdir has no checkpoint. Bad ones are quarantined on the way."""
+    """(state, data state) of the newest checkpoint that restores, verifies and is finite,
+    restored onto `shardings`; None if the workdir has no checkpoint. Bad ones are quarantined
+    on the way. The data state is None for checkpoints written before it was saved."""
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                             template, shardings)
     steps = sorted(self.steps(), reverse=True)
     for step in steps:
-      state, problem = self.try_restore(step, abstract)
+      restored, problem = self.try_restore(step, abstract)
       if problem is None:
-        return state
+        return restored
       self._quarantine(step, problem)
     if steps:
       raise NoGoodCheckpoint(
@@ -123,10 +132,15 @@ class Checkpoints:
     return None
 
   def try_restore(self, step: int, abstract=None):
-    """(state, None) if checkpoint `step` restores, verifies and is finite, else (None, why).
-    abstract: ShapeDtypeStructs with shardings to restore onto (None: as saved)."""
+    """((state, data state), None) if checkpoint `step` restores, verifies and is finite, else
+    (None, why). abstract: ShapeDtypeStructs with shardings to restore onto (None: as saved)."""
     try:
-      state = self.mngr.restore(step, args=ocp.args.StandardRestore(abstract))
+      if os.path.isdir(os.path.join(self.dir, str(step), "default")):  # before the data state
+        state, data_state = self.mngr.restore(step, args=ocp.args.StandardRestore(abstract)), None
+      else:
+        both = self.mngr.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
+        state, data_state = both["state"], dict(both["data"])
     except Exception as e:  # garbled or truncated files: orbax / tensorstore errors
       first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
       return None, f"does not restore ({type(e).__name__}: {first})"
@@ -134,6 +148,9 @@ class Checkpoints:
       with open(self._record(step)) as f:
         want = json.load(f)
       got = _flat_fingerprint(state)
+      if data_state is not None:
+        got[DATA_KEY] = data_state
+        want.setdefault(DATA_KEY, {})
       bad = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
       if bad:
         return None, (f"fails its integrity check ({len(bad)} of {len(want)} arrays differ "
@@ -142,7 +159,7 @@ class Checkpoints:
       log.warning("checkpoint step %d has no integrity record; checking finiteness only", step)
     if not bool(all_finite(state)):
       return None, "holds non-finite numbers"
-    return state, None
+    return (state, data_state), None
 
   def _quarantine(self, step: int, problem: str) -> None:
     """Move a bad checkpoint aside (process 0) and reopen the manager without it."""

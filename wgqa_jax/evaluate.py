@@ -22,7 +22,8 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from wgqa_jax import cli, data, decode, generation, metrics, params_io, sharding, variants
+from wgqa_jax import (cli, data, decode, generation, metrics, params_io, pipeline, sharding,
+                      tokenizers, variants)
 from wgqa_jax.generation import GenerationConfig
 from wgqa_jax.train_config import base_config
 
@@ -87,7 +88,7 @@ def decode_batches(params, cfg, split, tokenizer, batch_size: int, gen: Generati
   prediction.
 
   mesh: place batches sharded over its data axis (train); desc: show a progress bar."""
-  batches = data.eval_batches(split, batch_size)
+  batches = pipeline.eval_batches(split, batch_size)
   if desc:
     batches = tqdm(batches, desc=desc, total=-(-len(split) // batch_size), leave=False)
   for b in batches:
@@ -135,14 +136,15 @@ def main(argv: list[str] | None = None) -> int:
   rd = {**base_config().data.to_dict(), **run.get("data", {})}  # the run's, else the defaults
   dataset = a.dataset or rd["dataset"]
   workdir = os.path.dirname(os.path.abspath(path)) if run else path
-  tokenizer = data.get_tokenizer(a.tokenizer or rd["tokenizer"], workdir)
+  tokenizer = tokenizers.get_tokenizer(a.tokenizer or rd["tokenizer"], workdir)
   max_in = a.max_input_length or rd["max_input_length"]
   max_dec = a.max_decode_length or rd["max_target_length"]
   data_dir = a.data_dir or rd["data_dir"]
   settings = params_io.generation_settings_any(path)
   gen = generation_config(FLAGS, settings, data.generation_task(dataset), max_dec)
-  pairs = data.load_examples(dataset, a.split, a.num_examples, 0, data_dir)
-  split = data.tokenize(pairs, tokenizer, max_in, max_dec)
+  split = pipeline.eval_split(data.source(dataset, a.split, a.num_examples, data_dir), tokenizer,
+                              max_in, max_dec)
+  pairs = split.texts
   print(f"{path}: {cfg.grouping.describe(cfg.num_heads)} | {dataset} {a.split}: {len(split)} "
         f"examples")
   changed = {k: v for k, v in gen.to_dict().items() if v != getattr(GenerationConfig(), k)}

@@ -80,8 +80,29 @@ def to_host(tree):
   return jax.tree.map(fetch, tree)
 
 
+def put_process_batch(rows: dict, mesh: Mesh) -> dict:
+  """This process's rows of the global batch (wgqa_jax.pipeline.TrainBatches: process i holds
+  rows [i*b, (i+1)*b)) -> global arrays sharded over the data axis."""
+  sharding = batch_sharding(mesh)
+  if jax.process_count() == 1:
+    return {k: jax.device_put(np.asarray(v), sharding) for k, v in rows.items()}
+  n = jax.process_count()
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v),
+                                                    (len(v) * n, *np.shape(v)[1:]))
+          for k, v in rows.items()}
+
+
+def gather_rows(x: np.ndarray) -> np.ndarray:
+  """(process_count, *x.shape): every process's x, on every process (a collective)."""
+  if jax.process_count() == 1:
+    return np.asarray(x)[None]
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(np.asarray(x)))
+
+
 def put_batch(batch: dict, mesh: Mesh) -> dict:
-  """Host numpy batch -> global arrays sharded over the data axis (single and multi-host)."""
+  """A global host numpy batch that every process holds whole (eval) -> global arrays sharded
+  over the data axis (single and multi-host)."""
   sharding = batch_sharding(mesh)
   if jax.process_count() == 1:
     return {k: jax.device_put(np.asarray(v), sharding) for k, v in batch.items()}

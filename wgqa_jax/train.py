@@ -26,11 +26,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_flags
+import numpy as np
 import optax
 from tqdm import tqdm
 
-from wgqa_jax import (analysis, checkpoints, cli, data, generation, metrics, params_io, sharding,
-                      variants)
+from wgqa_jax import (analysis, checkpoints, cli, data, generation, metrics, params_io, pipeline,
+                      sharding, tokenizers, variants)
 from wgqa_jax import evaluate as evaluate_lib
 from wgqa_jax.models import t5
 from wgqa_jax.models.t5_config import preset
@@ -123,10 +124,12 @@ def build_model(c: ml_collections.ConfigDict, vocab_size: int):
 def loss_sums(params, batch, rng, cfg, label_smoothing: float, z_loss: float, train: bool):
   """(sum of token losses, number of target tokens, sum of log-likelihood-only losses)."""
   targets, inputs = batch["targets"], batch["inputs"]
-  dec_in = t5.shift_right(targets, cfg.decoder_start_token_id, cfg.pad_token_id)
+  enc_seg, dec_seg = batch.get("inputs_segment_ids"), batch.get("targets_segment_ids")  # packed
+  dec_in = t5.shift_right(targets, cfg.decoder_start_token_id, cfg.pad_token_id, dec_seg)
   logits = t5.T5(cfg).apply(
       {"params": params}, inputs, dec_in, (inputs != cfg.pad_token_id).astype(jnp.int32),
-      deterministic=not train, rngs={"dropout": rng} if train else None)
+      deterministic=not train, rngs={"dropout": rng} if train else None,
+      encoder_segment_ids=enc_seg, decoder_segment_ids=dec_seg)
   weights = (targets != cfg.pad_token_id).astype(jnp.float32)
   logz = jax.nn.logsumexp(logits, axis=-1)
   logp = logits - logz[..., None]
@@ -307,24 +310,43 @@ class Preemption:
       signal.signal(s, h)
 
 
-def load_pairs(c: ml_collections.ConfigDict):
-  """(train, validation) (input, target) text pairs; a missing dataset fails here."""
+def open_sources(c: ml_collections.ConfigDict):
+  """(train, validation) sources of (input, target) text pairs, opened, not read (TFDS: random
+  access); a missing dataset fails here."""
   d = c.data
-  return (data.load_examples(d.dataset, "train", d.train_examples, c.seed, d.data_dir),
-          data.load_examples(d.dataset, "validation", c.eval.examples, c.seed, d.data_dir))
+  train = data.source(d.dataset, "train", d.train_examples, d.data_dir)
+  if not d.pack and len(train) < c.optim.batch_size:
+    raise ValueError(f"the training split has {len(train)} examples, fewer than one batch "
+                     f"({c.optim.batch_size})")
+  return train, data.source(d.dataset, "validation", c.eval.examples, d.data_dir)
 
 
-def tokenize_data(c: ml_collections.ConfigDict, workdir: str, train_pairs, eval_pairs):
-  """(tokenizer, tokenized train split, tokenized validation split, total train steps)."""
+def layout_of(c: ml_collections.ConfigDict) -> pipeline.Layout:
   d = c.data
-  tokenizer = first_on_process_0(lambda: data.get_tokenizer(
-      d.tokenizer, workdir, (t for pair in train_pairs for t in pair),
-      vocab_size=preset(c.model.arch).vocab_size))  # trained once, into the shared workdir
-  train_split = data.tokenize(train_pairs, tokenizer, d.max_input_length, d.max_target_length)
-  eval_split = data.tokenize(eval_pairs, tokenizer, d.max_input_length, d.max_target_length)
-  per_epoch = data.steps_per_epoch(len(train_split), c.optim.batch_size)
-  total_steps = c.optim.num_train_steps or int(c.optim.num_epochs * per_epoch)
-  return tokenizer, train_split, eval_split, total_steps
+  return pipeline.Layout(c.optim.batch_size, d.max_input_length, d.max_target_length,
+                         pack=d.pack, pack_window=d.pack_window, seed=c.seed)
+
+
+def prepare_data(c: ml_collections.ConfigDict, workdir: str, train_source, eval_source):
+  """(tokenizer, tokenized validation split, total train steps). A sentencepiece vocabulary is
+  trained once, by process 0, on a bounded sample of the training split."""
+  d = c.data
+  tokenizer = first_on_process_0(lambda: tokenizers.get_tokenizer(
+      d.tokenizer, workdir, data.tokenizer_sample(train_source),
+      vocab_size=preset(c.model.arch).vocab_size))
+  eval_split = pipeline.eval_split(eval_source, tokenizer, d.max_input_length,
+                                   d.max_target_length)
+  total_steps = c.optim.num_train_steps
+  if not total_steps:  # packed: an epoch's rows are estimated from the first window
+    rows = len(train_source) / pipeline.examples_per_row(train_source, tokenizer, layout_of(c))
+    total_steps = max(1, int(c.optim.num_epochs * (int(rows) // c.optim.batch_size)))
+  return tokenizer, eval_split, total_steps
+
+
+def data_state(batches: pipeline.TrainBatches) -> dict:
+  """Every process's input position, for the checkpoint (a collective on multi-host)."""
+  positions = sharding.gather_rows(np.asarray(batches.position, np.int64))
+  return {"process_count": jax.process_count(), "positions": positions.tolist()}
 
 
 class SkipGuard:
@@ -351,11 +373,12 @@ class SkipGuard:
 
 
 def restore_or_init(ckpts: checkpoints.Checkpoints, state, shardings):
-  """The newest good checkpoint restored onto `shardings` (any mesh), else `state` as it is."""
+  """(state, data state) of the newest good checkpoint restored onto `shardings` (any mesh),
+  else (`state` as it is, None)."""
   restored = ckpts.restore_latest_good(state, shardings)
   if restored is None:
-    return state
-  say(f"resumed from step {int(restored['step'])}")
+    return state, None
+  say(f"resumed from step {int(restored[0]['step'])}")
   return restored
 
 
@@ -394,15 +417,14 @@ def train(c: ml_collections.ConfigDict, workdir: str, stop_after: int | None = N
   if c.optim.batch_size % mesh.shape["data"]:
     raise ValueError(f"batch_size={c.optim.batch_size} is not divisible by the data axis "
                      f"({mesh.shape['data']} devices)")
-  train_pairs, eval_pairs = load_pairs(c)
+  train_source, eval_source = open_sources(c)
   os.makedirs(workdir, exist_ok=True)
   if is_main_process():
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(c.to_json_best_effort(indent=2))
 
   # ---- data ----
-  tokenizer, train_split, eval_split, total_steps = tokenize_data(c, workdir, train_pairs,
-                                                                  eval_pairs)
+  tokenizer, eval_split, total_steps = prepare_data(c, workdir, train_source, eval_source)
 
   # ---- model, sharded state ----
   params, cfg = build_model(c, tokenizer.vocab_size)
@@ -415,13 +437,21 @@ def train(c: ml_collections.ConfigDict, workdir: str, stop_after: int | None = N
   state_shard = jax.tree.map(lambda x: x.sharding, state)
   n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
   say(f"model: {c.grouping.variant}: {cfg.grouping.describe(cfg.num_heads)}, "
-      f"{n_params / 1e6:.2f}M params | mesh {dict(mesh.shape)} | {total_steps} steps "
-      f"({len(train_split) // c.optim.batch_size}/epoch) | workdir {workdir}")
+      f"{n_params / 1e6:.2f}M params | mesh {dict(mesh.shape)} | {total_steps} steps of "
+      f"{c.optim.batch_size} {'packed rows' if c.data.pack else 'examples'} from "
+      f"{len(train_source)} examples | workdir {workdir}")
 
   # ---- checkpoints: resume from the newest good one, if any ----
   ckpts = checkpoints.Checkpoints(workdir, c.checkpoint.keep)
-  state = restore_or_init(ckpts, state, state_shard)
+  state, saved_position = restore_or_init(ckpts, state, state_shard)
   start = int(state["step"])
+  layout = layout_of(c)
+  position, warning = pipeline.resume_position(saved_position, start, layout,
+                                               jax.process_index(), jax.process_count())
+  if warning:
+    say(f"warning: {warning}")
+  batches = pipeline.TrainBatches(train_source, tokenizer, layout, jax.process_index(),
+                                  jax.process_count(), position, workers=c.data.workers)
 
   # ---- compiled steps, writers ----
   train_step = jax.jit(make_train_step(cfg, c.optim, tx), donate_argnums=(0,),
@@ -454,13 +484,15 @@ def train(c: ml_collections.ConfigDict, workdir: str, stop_after: int | None = N
   bar = tqdm(range(start, total_steps), initial=start, total=total_steps, desc="train",
              disable=not is_main_process(), dynamic_ncols=True)
   previous = None  # (step, its "skipped" flag), read one step late to keep the device busy
+  padding = []  # padding fraction of each batch since the last log
   with Preemption() as preempted, jax.set_mesh(mesh):
     if c.eval.at_start and start == 0:
       evaluate_and_log(0)
     for step in bar:
-      batch = data.train_batch(train_split, c.optim.batch_size, step, c.seed)
-      state, out = train_step(state, sharding.put_batch(batch, mesh),
+      batch = next(batches)
+      state, out = train_step(state, sharding.put_process_batch(batch, mesh),
                               jax.random.fold_in(rng, step))
+      padding.append(pipeline.padding_fraction(batch, tokenizer.pad_id))
       done = step + 1
       try:
         if previous is not None:
@@ -471,6 +503,7 @@ def train(c: ml_collections.ConfigDict, workdir: str, stop_after: int | None = N
       except Diverged:
         ckpts.close()  # pending saves finish; nothing more is written
         writer.close()
+        batches.close()
         raise
       if done % c.log_every == 0 or done == total_steps:
         out = sharding.to_host(out)
@@ -478,7 +511,9 @@ def train(c: ml_collections.ConfigDict, workdir: str, stop_after: int | None = N
         last = {"train/loss": float(out["loss"]), "train/nll": float(out["nll"]),
                 "train/grad_norm": float(out["grad_norm"]), "train/lr": float(schedule(step)),
                 "train/skipped": float(out["skipped"]),
-                "train/target_tokens_per_s": tokens / max(dt, 1e-9)}
+                "train/target_tokens_per_s": tokens / max(dt, 1e-9),
+                "train/padding": sum(padding) / len(padding)}
+        padding = []
         writer.write(done, last)
         last["step"] = done
         bar.set_postfix(loss=f"{last['train/loss']:.3f}",
@@ -492,7 +527,7 @@ def train(c: ml_collections.ConfigDict, workdir: str, stop_after: int | None = N
       if stop_after is not None and done >= stop_after:
         preempted.signal = signal.SIGTERM
       if done % c.checkpoint.every == 0 or done == total_steps or preempted.signal:
-        ckpts.save(done, state)
+        ckpts.save(done, state, data_state(batches))
       if preempted.signal:
         stopped_at = done
         break
@@ -502,6 +537,7 @@ def train(c: ml_collections.ConfigDict, workdir: str, stop_after: int | None = N
         last["step"] = total_steps
   ckpts.close()
   writer.close()
+  batches.close()
   last = {**latest_eval, **last}
   if preempted.signal:
     raise Preempted(f"signal {preempted.signal}: saved step {stopped_at} in "

@@ -47,6 +47,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.max_input_length = 512  # tokens, truncated (EOS kept) and padded
   c.data.max_target_length = 256  # tokens; also the eval decode length by default
   c.data.train_examples = placeholder(int)  # unset: the whole split
+  # pack several examples per row (T5X style: segment ids keep them apart); fewer pad tokens
+  c.data.pack = False
+  c.data.pack_window = 512      # examples packed together (bigger: tighter rows)
+  c.data.workers = 2            # grain worker processes that tokenize and pack (0: threads)
   # ---- optim ----
   c.optim = ml_collections.ConfigDict()
   c.optim.batch_size = 32       # global batch
@@ -119,13 +123,20 @@ def validate(c: ml_collections.ConfigDict) -> None:
     bad("optim.num_epochs", "set num_epochs > 0 or num_train_steps > 0")
   if g.regroup_every < 0:
     bad("grouping.regroup_every", "must be >= 0")
+  if d.workers < 0:
+    bad("data.workers", "must be >= 0")
+  if d.pack_window <= 0:
+    bad("data.pack_window", "must be positive")
+  if d.pack and not variant.packs:
+    bad("data.pack", f"{g.variant} chooses its heads per row, which packing would share across "
+                     f"examples; train it unpacked")
 
 
 # Keys a resumed run may change: where and how often it logs, evaluates and saves, the mesh (a
 # checkpoint restores onto any mesh), gradient accumulation (the same step either way) and where
-# TFDS data lives. Every other key shapes the model, the data or the optimizer schedule.
+# TFDS data lives and how many processes read it. Every other key shapes the model, the data or the optimizer schedule.
 RESUMABLE_CHANGES = ("log_every", "mesh.data", "mesh.model", "optim.grad_accum_steps",
-                     "optim.max_skipped_steps", "data.data_dir", "eval.every", "eval.at_start",
+                     "optim.max_skipped_steps", "data.data_dir", "data.workers", "eval.every", "eval.at_start",
                      "eval.examples", "eval.batch_size", "eval.max_decode_length",
                      "checkpoint.every", "checkpoint.keep")
 
@@ -167,6 +178,7 @@ def tiny_config(dataset: str = "synthetic_summarize") -> ml_collections.ConfigDi
   c.optim.warmup_steps = 50
   c.log_every = 25
   c.eval.examples = 64
+  c.data.workers = 0  # tokenizing a tiny task takes less than starting worker processes
   return c
 
 

@@ -170,6 +170,7 @@ class Variant:
 
   # ---- training hooks ----
   regroups = False  # SimGQA: the train loop calls regroup() every `regroup_every` steps
+  packs = True  # whether examples may share a row (data.pack): heads chosen per example
 
   def regroup(self, state, cfg):
     return state
@@ -277,6 +278,10 @@ class KeyNormGQA(Variant):
   """KDGQA / DGQA: GQA pooling; each KV head gets a number of query heads in proportion to the
   norm of its keys (KDGQA, per forward pass) or of its K kernel (DGQA)."""
   allocation: str = "key_norm"
+
+  @property
+  def packs(self) -> bool:  # KDGQA allocates heads from a whole row's keys
+    return self.allocation != "key_norm"
 
   def _grouping(self, g, group_encoder, group_sizes, noise):
     return Grouping(kv_heads=g, group_encoder=group_encoder, allocation=self.allocation)

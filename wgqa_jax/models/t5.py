@@ -205,6 +205,17 @@ def padding_bias(mask):
   return jnp.where(mask[:, None, None, :] > 0, 0.0, NEG_INF).astype(jnp.float32)
 
 
+def segment_bias(query_segments, key_segments, causal: bool = False):
+  """Packed rows: (b, t), (b, s) segment ids (1, 2, ... per example, 0 on padding) -> additive
+  (b, 1, t, s) float32 bias letting a query see only keys of its own example (and, causal, not
+  after it). One where(), so no position is masked twice (NEG_INF + NEG_INF is -inf)."""
+  keep = (query_segments[:, :, None] == key_segments[:, None, :]) & (key_segments[:, None, :] > 0)
+  if causal:
+    i = jnp.arange(query_segments.shape[1])
+    keep = keep & (i[None, None, :] <= i[None, :, None])
+  return jnp.where(keep, 0.0, NEG_INF)[:, None].astype(jnp.float32)
+
+
 def causal_bias(length: int):
   i = jnp.arange(length)
   return jnp.where(i[None, :] <= i[:, None], 0.0, NEG_INF)[None, None].astype(jnp.float32)
@@ -215,14 +226,17 @@ class Encoder(nn.Module):
   embed: nn.Module
 
   @nn.compact
-  def __call__(self, input_ids, attention_mask, deterministic: bool):
+  def __call__(self, input_ids, attention_mask, deterministic: bool, segment_ids=None):
     cfg = self.config
     x = self.embed(input_ids)
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     pos = jnp.arange(input_ids.shape[1])
+    # Packed rows keep row indices here: within one example their differences are its relative
+    # positions, and the segment bias masks every pair across examples.
     bias = RelativePositionBias(cfg, bidirectional=True, name="relpos_bias")(pos, pos)
-    bias = bias + padding_bias(attention_mask)
+    bias = bias + (padding_bias(attention_mask) if segment_ids is None
+                   else segment_bias(segment_ids, segment_ids))
     for i in range(cfg.num_encoder_layers):
       x = EncoderLayer(cfg, name=f"layers_{i}")(x, bias, deterministic)
       x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
@@ -242,14 +256,18 @@ class Decoder(nn.Module):
     self.dropout = nn.Dropout(cfg.dropout_rate)
 
   def __call__(self, decoder_input_ids, encoded, encoder_mask, decoder_mask,
-               deterministic: bool):
+               deterministic: bool, segment_ids=None, encoder_segment_ids=None):
     y = self.dropout(self.embed(decoder_input_ids), deterministic=deterministic)
     t = decoder_input_ids.shape[1]
     pos = jnp.arange(t)
-    self_bias = self.relpos_bias(pos, pos) + causal_bias(t)
-    if decoder_mask is not None:
-      self_bias = self_bias + padding_bias(decoder_mask)
-    cross_bias = padding_bias(encoder_mask)
+    if segment_ids is not None:  # packed: each example sees only itself (see Encoder)
+      self_bias = self.relpos_bias(pos, pos) + segment_bias(segment_ids, segment_ids, causal=True)
+      cross_bias = segment_bias(segment_ids, encoder_segment_ids)
+    else:
+      self_bias = self.relpos_bias(pos, pos) + causal_bias(t)
+      if decoder_mask is not None:
+        self_bias = self_bias + padding_bias(decoder_mask)
+      cross_bias = padding_bias(encoder_mask)
     for layer in self.layers:
       y = layer(y, encoded, self_bias, cross_bias, deterministic)
       y = nn.with_logical_constraint(y, ("batch", "length", "embed"))
@@ -299,10 +317,11 @@ class T5(nn.Module):
           "lm_head", nn.with_logical_partitioning(_normal(1.0), ("embed", "vocab")),
           (cfg.d_model, cfg.vocab_size), jnp.dtype(cfg.param_dtype))
 
-  def encode(self, input_ids, attention_mask=None, deterministic: bool = True):
+  def encode(self, input_ids, attention_mask=None, deterministic: bool = True,
+             segment_ids=None):
     if attention_mask is None:
       attention_mask = jnp.ones_like(input_ids)
-    return self.encoder(input_ids, attention_mask, deterministic)
+    return self.encoder(input_ids, attention_mask, deterministic, segment_ids)
 
   def logits(self, y):
     cfg = self.config
@@ -316,10 +335,11 @@ class T5(nn.Module):
     return out.astype(jnp.float32)
 
   def decode(self, decoder_input_ids, encoded, encoder_mask=None, decoder_mask=None,
-             deterministic: bool = True):
+             deterministic: bool = True, segment_ids=None, encoder_segment_ids=None):
     if encoder_mask is None:
       encoder_mask = jnp.ones(encoded.shape[:2], jnp.int32)
-    y = self.decoder(decoder_input_ids, encoded, encoder_mask, decoder_mask, deterministic)
+    y = self.decoder(decoder_input_ids, encoded, encoder_mask, decoder_mask, deterministic,
+                     segment_ids, encoder_segment_ids)
     return self.logits(y)
 
   def init_cache(self, encoded, max_len: int, beams: int = 1):
@@ -332,19 +352,26 @@ class T5(nn.Module):
     return self.logits(y)[:, 0], cache
 
   def __call__(self, input_ids, decoder_input_ids, attention_mask=None,
-               decoder_attention_mask=None, deterministic: bool = True):
-    """Teacher-forced logits (b, t, vocab), float32."""
+               decoder_attention_mask=None, deterministic: bool = True,
+               encoder_segment_ids=None, decoder_segment_ids=None):
+    """Teacher-forced logits (b, t, vocab), float32. Packed rows (wgqa_jax.pipeline) pass both
+    segment ids; they replace the attention masks."""
     if attention_mask is None:
       attention_mask = jnp.ones_like(input_ids)
-    encoded = self.encode(input_ids, attention_mask, deterministic)
+    encoded = self.encode(input_ids, attention_mask, deterministic, encoder_segment_ids)
     return self.decode(decoder_input_ids, encoded, attention_mask, decoder_attention_mask,
-                       deterministic)
+                       deterministic, decoder_segment_ids, encoder_segment_ids)
 
 
-def shift_right(labels, decoder_start_token_id: int = 0, pad_token_id: int = 0):
-  """Teacher-forcing decoder inputs from labels (HF `_shift_right`; -100 becomes pad)."""
+def shift_right(labels, decoder_start_token_id: int = 0, pad_token_id: int = 0,
+                segment_ids=None):
+  """Teacher-forcing decoder inputs from labels (HF `_shift_right`; -100 becomes pad). Packed
+  rows: each example starts with its own decoder start token (T5X)."""
   shifted = jnp.concatenate(
       [jnp.full_like(labels[:, :1], decoder_start_token_id), labels[:, :-1]], axis=1)
+  if segment_ids is not None:
+    previous = jnp.concatenate([jnp.zeros_like(segment_ids[:, :1]), segment_ids[:, :-1]], axis=1)
+    shifted = jnp.where(segment_ids == previous, shifted, decoder_start_token_id)
   return jnp.where(shifted == -100, pad_token_id, shifted)
 
 

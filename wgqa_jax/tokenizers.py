@@ -1,0 +1,136 @@
+"""Tokenizers: bytes (no files), sentencepiece trained on the fly (offline), or a HF tokenizer.
+
+Every tokenizer pickles (grain's worker processes tokenize with a copy). ids: 0 pad, 1 eos, 2 unk
+for the two built-in ones, as T5's vocabularies.
+"""
+from __future__ import annotations
+
+import io
+import os
+import re
+from typing import Iterable
+
+PAD, EOS, UNK = 0, 1, 2
+
+
+def until_eos(ids: Iterable[int], eos_id: int) -> list[int]:
+  """The ids before the first EOS, as Python ints."""
+  out = []
+  for i in ids:
+    if int(i) == eos_id:
+      break
+    out.append(int(i))
+  return out
+
+
+class ByteTokenizer:
+  """UTF-8 bytes shifted by 3 (0 = pad, 1 = eos, 2 = unk), like ByT5. Needs no files."""
+  vocab_size = 259
+  pad_id, eos_id = PAD, EOS
+
+  def encode(self, text: str) -> list[int]:
+    return [b + 3 for b in text.encode("utf-8")]
+
+  def decode(self, ids: Iterable[int]) -> str:
+    # ids past the byte range (a bigger embedding) decode to nothing
+    out = bytearray(i - 3 for i in until_eos(ids, EOS) if 3 <= i < 259)
+    return out.decode("utf-8", errors="ignore")
+
+
+class HFTokenizer:
+  """A Hugging Face T5 sentencepiece tokenizer (local dir or hub id)."""
+
+  def __init__(self, name: str):
+    from transformers import AutoTokenizer
+    self.tok = AutoTokenizer.from_pretrained(name)
+    self.vocab_size = len(self.tok)
+    self.pad_id, self.eos_id = self.tok.pad_token_id, self.tok.eos_token_id
+
+  def encode(self, text: str) -> list[int]:
+    return self.tok(text, add_special_tokens=False)["input_ids"]
+
+  def decode(self, ids: Iterable[int]) -> str:
+    return self.tok.decode(until_eos(ids, self.eos_id), skip_special_tokens=True)
+
+
+# sentencepiece's trainer silently skips inputs longer than this (bytes); we cut texts below it
+SPM_MAX_SENTENCE_BYTES = 4192
+
+
+def sentence_pieces(text: str, limit: int = SPM_MAX_SENTENCE_BYTES - 192) -> list[str]:
+  """`text` cut at sentence ends (else spaces, else anywhere) into pieces under `limit` bytes,
+  so a long article trains the tokenizer instead of being dropped by sentencepiece."""
+  if len(text.encode("utf-8")) <= limit:
+    return [text]
+  pieces, current = [], ""
+  for sentence in re.split(r"(?<=[.!?])\s+", text):
+    while len(sentence.encode("utf-8")) > limit:  # one huge "sentence": cut by characters
+      head, sentence = sentence[:limit // 4], sentence[limit // 4:]
+      pieces.append(head)
+    if current and len((current + " " + sentence).encode("utf-8")) > limit:
+      pieces.append(current)
+      current = sentence
+    else:
+      current = f"{current} {sentence}" if current else sentence
+  return pieces + ([current] if current else [])
+
+
+class SentencePieceTokenizer:
+  """A sentencepiece model trained on the fly on a sample of the training texts (offline), saved
+  in the workdir so a resumed run uses the very same vocabulary. ids: 0 pad, 1 eos, 2 unk."""
+  pad_id, eos_id = PAD, EOS
+
+  def __init__(self, model_file: str):
+    with open(model_file, "rb") as f:
+      self._proto = f.read()
+    self._load()
+
+  def _load(self):
+    import sentencepiece as spm
+    self.sp = spm.SentencePieceProcessor(model_proto=self._proto)
+    self.vocab_size = self.sp.get_piece_size()
+
+  def __getstate__(self):  # the model's bytes travel, not the C++ object
+    return {"_proto": self._proto}
+
+  def __setstate__(self, state):
+    self._proto = state["_proto"]
+    self._load()
+
+  @classmethod
+  def train_or_load(cls, model_file: str, texts: Iterable[str], vocab_size: int):
+    if not os.path.exists(model_file):
+      import sentencepiece as spm
+      os.makedirs(os.path.dirname(model_file) or ".", exist_ok=True)
+      proto = io.BytesIO()
+      spm.SentencePieceTrainer.train(
+          sentence_iterator=(p for t in texts for p in sentence_pieces(t)), model_writer=proto,
+          vocab_size=vocab_size, model_type="unigram", pad_id=PAD, eos_id=EOS, unk_id=UNK,
+          bos_id=-1, hard_vocab_limit=False, max_sentence_length=SPM_MAX_SENTENCE_BYTES,
+          num_threads=os.cpu_count() or 1, minloglevel=2)
+      tmp = model_file + ".tmp"
+      with open(tmp, "wb") as f:
+        f.write(proto.getvalue())
+      os.replace(tmp, model_file)
+    return cls(model_file)
+
+  def encode(self, text: str) -> list[int]:
+    return self.sp.encode(text)
+
+  def decode(self, ids: Iterable[int]) -> str:
+    return self.sp.decode([i for i in until_eos(ids, self.eos_id) if 2 < i < self.vocab_size])
+
+
+def get_tokenizer(name: str, workdir: str | None = None, train_texts=None, vocab_size=512):
+  """"bytes" | "sentencepiece" (trained on train_texts, cached in workdir) | HF dir or id.
+  train_texts: an iterable of strings (a bounded sample: wgqa_jax.data.tokenizer_sample)."""
+  if name == "bytes":
+    return ByteTokenizer()
+  if name == "sentencepiece":
+    if workdir is None:
+      raise ValueError("tokenizer='sentencepiece' needs a workdir to keep its model in")
+    model_file = os.path.join(workdir, "spm.model")
+    if train_texts is None and not os.path.exists(model_file):
+      raise ValueError(f"no {model_file} yet: pass the training texts to train it")
+    return SentencePieceTokenizer.train_or_load(model_file, train_texts or (), vocab_size)
+  return HFTokenizer(name)
