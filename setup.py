@@ -18,6 +18,9 @@ setup(
         "numpy>=1.26",
         "sentencepiece>=0.2",
         "tensorflow-datasets>=4.9",
+        "importlib_resources",  # TFDS's builders need it and do not declare it
+        "array_record>=0.5",
+        "grain>=0.2.10",
         "rouge-score>=0.1.2",
         "sacrebleu>=2.4",
         "tqdm>=4.66",

@@ -87,7 +87,7 @@ def test_bad_kv_heads_fails_before_the_workdir_exists(tmp_path):
 
 
 # ------------------------------------------------------------------- damaged checkpoints ----
-@pytest.mark.parametrize("damage", ["garble", "truncate", "metadata"])
+@pytest.mark.parametrize("damage", ["garble", "truncate", "metadata", "data_state"])
 def test_damaged_latest_checkpoint_is_quarantined_and_the_run_resumes_from_the_one_before(
     tmp_path, reference, damage):
   w = cut_run(tmp_path)  # checkpoints 10 and 20, metrics up to 20
@@ -100,9 +100,12 @@ def test_damaged_latest_checkpoint_is_quarantined_and_the_run_resumes_from_the_o
     f = data_files(w, 20)[0]
     with open(f, "r+b") as fh:
       fh.truncate(os.path.getsize(f) // 3)
-  else:
-    with open(os.path.join(w, "checkpoints", "20", "default", "_METADATA"), "w") as fh:
+  elif damage == "metadata":
+    with open(os.path.join(w, "checkpoints", "20", "state", "_METADATA"), "w") as fh:
       fh.write('{"tree_metadata": garbage')
+  else:  # the input pipeline's position: valid JSON, wrong position (fails its record)
+    with open(os.path.join(w, "checkpoints", "20", "data", "metadata"), "w") as fh:
+      fh.write('{"process_count": 1, "positions": [[7, 0]]}')
   last = train.train(tiny(num_train_steps=30), w)
   quarantined = os.listdir(os.path.join(w, "checkpoints_quarantine"))
   assert [q for q in quarantined if q.startswith("20-") and not q.endswith(".json")], quarantined

@@ -205,10 +205,10 @@ class TrainBatches:
     return self.window, self.row
 
   def _current(self) -> dict:
-    while self._rows is None or self.row >= len(self._rows["inputs"]):
-      if self._rows is not None:
-        self.window, self.row = self.window + 1, 0
-      self._rows = next(self._iter)
+    if self._rows is None:
+      self._rows = next(self._iter)  # window self.window: the iterator starts there
+    while self.row >= len(self._rows["inputs"]):  # a start position past a window's end
+      self.window, self.row, self._rows = self.window + 1, 0, next(self._iter)
     return self._rows
 
   def __iter__(self):
@@ -222,6 +222,8 @@ class TrainBatches:
       parts.append({k: v[self.row:self.row + take] for k, v in rows.items()})
       self.row += take
       need -= take
+    if self.row == len(rows["inputs"]):  # window used up: the position names the next one
+      self.window, self.row, self._rows = self.window + 1, 0, None
     return {k: np.concatenate([p[k] for p in parts]) if len(parts) > 1 else parts[0][k]
             for k in parts[0]}
 
