@@ -102,7 +102,8 @@ class TFDSPairs:
     self.translation = is_translation(dataset)
     try:
       import tensorflow_datasets as tfds
-      self.source = tfds.data_source(name, split=split, data_dir=data_dir)
+      # download=False: a run reads prepared data; building it here would hang offline
+      self.source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
     except Exception as e:  # TFDS lists every dataset it knows in some of these: keep one line
       first = (str(e).strip().splitlines() or [""])[0][:200]
       raise FileNotFoundError(
