@@ -512,6 +512,7 @@ def train(c: ml_collections.ConfigDict, workdir: str, stop_after: int | None = N
                 "train/grad_norm": float(out["grad_norm"]), "train/lr": float(schedule(step)),
                 "train/skipped": float(out["skipped"]),
                 "train/target_tokens_per_s": tokens / max(dt, 1e-9),
+                "train/steps_per_s": (done - t0_step) / max(dt, 1e-9),
                 "train/padding": sum(padding) / len(padding)}
         padding = []
         writer.write(done, last)
