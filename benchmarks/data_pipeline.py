@@ -127,7 +127,7 @@ def main() -> int:
 
   # ---- 1. start-up and memory vs dataset size ----
   lines += ["## 1. Start-up to the first train step, and peak memory", "",
-            "tiny T5, sentencepiece vocabulary trained on the fly (a bounded sample), inputs 512 / "
+            "tiny T5, sentencepiece vocabulary (512 pieces) trained on the fly on a bounded sample, inputs 512 / "
             "targets 128, batch 8, 1 grain worker process; a fresh workdir each time (the "
             "tokenizer is trained). Peak: resident memory of the run and its workers.", "",
             "| train articles | start to first step | peak memory | train step examples/s |",
@@ -183,6 +183,11 @@ def main() -> int:
       lines.append(f"| {name} | {lengths} | {'packed' if pack else 'unpacked'} | {pad:.1%} | "
                    f"{tok:.0f} | {tok / got[False][1]:.2f}x |")
       print(lines[-1], flush=True)
+  lines += ["", "Reading: start-up and peak memory do not grow with the split (28.7x more articles); "
+            "the pipeline delivers over 100x what this train step consumes, on one thread. "
+            "CNN/DailyMail articles are longer than 512 tokens, so each fills a row alone and "
+            "packing has nothing to fill; it pays where examples are shorter than the row "
+            "(the offline task here; translation pairs)."]
   with open(a.out, "w") as f:
     f.write("\n".join(lines) + "\n")
   print(f"wrote {a.out}")

@@ -345,7 +345,7 @@ def prepare_data(c: ml_collections.ConfigDict, workdir: str, train_source, eval_
 
 def data_state(batches: pipeline.TrainBatches) -> dict:
   """Every process's input position, for the checkpoint (a collective on multi-host)."""
-  positions = sharding.gather_rows(np.asarray(batches.position, np.int64))
+  positions = sharding.gather_rows(np.asarray(batches.position, np.int32))
   return {"process_count": jax.process_count(), "positions": positions.tolist()}
 
 
