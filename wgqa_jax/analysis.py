@@ -30,17 +30,21 @@ def wgqa_weights(params) -> np.ndarray:
 
 
 def weights_by_step(workdir: str) -> dict[int, np.ndarray]:
-  """{step: flat WGQA weights} for every checkpoint kept in workdir/checkpoints."""
-  import orbax.checkpoint as ocp
-  path = os.path.join(os.path.abspath(workdir), "checkpoints")
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f"{workdir} has no checkpoints/ directory")
-  mngr = ocp.CheckpointManager(path)
+  """{step: flat WGQA weights} for every checkpoint kept in workdir/checkpoints that verifies
+  (wgqa_jax.checkpoints; one that does not is skipped with a warning, and left where it is)."""
+  from wgqa_jax import checkpoints
+  workdir = os.path.abspath(workdir)
+  if not checkpoints.has_checkpoints(workdir):
+    raise FileNotFoundError(f"{workdir} has no checkpoints")
+  ckpts = checkpoints.Checkpoints(workdir, keep=None)
   out = {}
-  for step in mngr.all_steps():
-    state = mngr.restore(step, args=ocp.args.StandardRestore())
-    out[int(step)] = wgqa_weights(state["params"])
-  mngr.close()
+  for step in ckpts.steps():
+    restored, problem = ckpts.try_restore(step)
+    if problem:
+      print(f"warning: checkpoint step {step} {problem}; skipped")
+      continue
+    out[int(step)] = wgqa_weights(restored[0]["params"])
+  ckpts.mngr.close()
   return out
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import time
@@ -69,6 +70,13 @@ def _flat_fingerprint(tree) -> dict[str, list[int]]:
   fp = jax.device_get(fingerprint(tree))
   return {jax.tree_util.keystr(path): [int(v) for v in np.asarray(leaf)]
           for path, leaf in jax.tree_util.tree_leaves_with_path(fp)}
+
+
+def _canonical(key: str) -> str:
+  """A record key with the container kinds dropped: "['opt_state'][1].mu" and, as orbax gives
+  it back when restored without a template, "['opt_state'][1]['mu']" are both "opt_state/1/mu"."""
+  parts = re.findall(r"\['([^']*)'\]|\.(\w+)|\[(\d+)\]", key)
+  return "/".join(next(p for p in groups if p) for groups in parts) if parts else key
 
 
 def has_checkpoints(workdir: str) -> bool:
@@ -151,6 +159,9 @@ class Checkpoints:
       if data_state is not None:
         got[DATA_KEY] = data_state
         want.setdefault(DATA_KEY, {})
+      if abstract is None:  # restored as saved: dicts and lists where the run had other nodes
+        want = {_canonical(k): v for k, v in want.items()}
+        got = {_canonical(k): v for k, v in got.items()}
       bad = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
       if bad:
         return None, (f"fails its integrity check ({len(bad)} of {len(want)} arrays differ "
