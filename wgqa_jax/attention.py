@@ -14,8 +14,10 @@ the merged R*t rows, benchmarks/attention_layout.py, so we keep the merged form.
   head (activations only).
 - PGQA `noise`: Gaussian noise subtracted from the logits while training.
 
-No 1/sqrt(d) here (T5's init absorbs it; a family that needs it scales q), no projection biases;
-the position bias is additive and comes from the caller.
+T5 uses none of the two position options (its init absorbs 1/sqrt(d), its position bias is
+additive and comes from the caller); Llama sets `query_scale` = head_dim^-0.5 and `rope_theta`
+(rotary embeddings, HF's rotate-half convention, applied to q in `attend` and to k in
+`project_kv`, both given the token positions). No projection biases.
 """
 from __future__ import annotations
 
@@ -41,6 +43,8 @@ class Attention(nn.Module):
   dtype: str = "float32"
   param_dtype: str = "float32"
   transpose_weight_grad_on_cpu: bool = True  # ops.dense
+  query_scale: float = 1.0
+  rope_theta: float | None = None
 
   @property
   def num_kv_heads(self) -> int:
@@ -84,16 +88,25 @@ class Attention(nn.Module):
     g = self.num_kv_heads
     return (G_math.weighted_sum(self.k, self.wk, g), G_math.weighted_sum(self.v, self.wv, g))
 
-  def project_kv(self, inputs_kv):
-    """(b, s, d_model) -> K, V each (b, s, G, d_kv): what a decode cache stores."""
+  def project_kv(self, inputs_kv, positions=None):
+    """(b, s, d_model) -> K, V each (b, s, G, d_kv): what a decode cache stores (K rotated when
+    the module uses rotary embeddings; positions (b, s) or (s,))."""
     k_kernel, v_kernel = self.grouped_kv_kernels()
-    return self._dense(inputs_kv, k_kernel), self._dense(inputs_kv, v_kernel)
+    k = self._dense(inputs_kv, k_kernel)
+    if self.rope_theta is not None:
+      k = rotary(k, positions, self.rope_theta)
+    return k, self._dense(inputs_kv, v_kernel)
 
-  def attend(self, inputs_q, k, v, bias, deterministic: bool):
-    """inputs_q (b, t, d_model); k, v (b, s, G, d_kv); bias broadcastable to (b, H, t, s)."""
+  def attend(self, inputs_q, k, v, bias, deterministic: bool, positions=None):
+    """inputs_q (b, t, d_model); k, v (b, s, G, d_kv); bias broadcastable to (b, H, t, s);
+    positions (b, t) or (t,) of the queries, for rotary embeddings."""
     b, t, _ = inputs_q.shape
     h, g, dk = self.num_heads, self.num_kv_heads, self.head_dim
     q = self._dense(inputs_q, self.q)  # (b, t, H, d_kv)
+    if self.rope_theta is not None:
+      q = rotary(q, positions, self.rope_theta)
+    if self.query_scale != 1.0:
+      q = q * jnp.asarray(self.query_scale, q.dtype)
     q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
     if self.grouping.unequal:
       return self._attend_gathered(q, k, v, bias, deterministic)
@@ -144,6 +157,25 @@ class Attention(nn.Module):
     out = jnp.einsum("bhts,bshd->bthd", weights.astype(q.dtype), vq)
     return self._out(out)
 
-  def __call__(self, inputs_q, inputs_kv, bias, deterministic: bool = True):
-    k, v = self.project_kv(inputs_kv)
-    return self.attend(inputs_q, k, v, bias, deterministic)
+  def __call__(self, inputs_q, inputs_kv, bias, deterministic: bool = True, positions=None):
+    k, v = self.project_kv(inputs_kv, positions)
+    return self.attend(inputs_q, k, v, bias, deterministic, positions)
+
+
+def rotary(x, positions, theta: float):
+  """Rotary position embedding, HF's rotate-half convention: x (b, t, heads, d) at positions
+  (b, t) or (t,); computed in float32. Linear and the same for every head, so it commutes with
+  mean-pooling or weighting K kernels into groups."""
+  d = x.shape[-1]
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
+  pos = jnp.asarray(positions, jnp.float32)
+  angles = pos[..., None] * inv_freq  # (b|, t, d/2)
+  angles = jnp.concatenate([angles, angles], axis=-1)
+  cos, sin = jnp.cos(angles), jnp.sin(angles)
+  if pos.ndim == 1:
+    cos, sin = cos[None], sin[None]
+  cos, sin = cos[:, :, None, :], sin[:, :, None, :]
+  xf = x.astype(jnp.float32)
+  half = d // 2
+  rotated = jnp.concatenate([-xf[..., half:], xf[..., :half]], axis=-1)
+  return (xf * cos + rotated * sin).astype(x.dtype)

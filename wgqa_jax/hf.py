@@ -2,6 +2,11 @@
 
     params, cfg = hf.from_hf("t5-small")          # local dir or hub id; MHA params + T5Config
     hf.save_hf(params, cfg, out_dir)              # transformers-loadable (KV heads expanded)
+    params, cfg = hf.from_hf(llama_dir)           # Llama / Mistral: LlamaConfig; G heads as saved
+    hf.save_hf(folded, cfg, out_dir)              # a native GQA Llama: num_key_value_heads = G
+
+The family comes from config.json's model_type. T5 in HF has MHA heads only, so T5 exports expand
+KV heads back to H; Llama's num_key_value_heads holds G, so Llama exports keep G heads.
 
 A table row is (our param path, HF key, layout, aliases). The layout says how a PyTorch
 [out, in] tensor becomes our kernel and back, so reading and writing cannot drift apart:
@@ -22,6 +27,8 @@ import numpy as np
 from flax import traverse_util
 
 from wgqa_jax import generation, variants
+from wgqa_jax.models.llama_config import MODEL_TYPES as LLAMA_TYPES
+from wgqa_jax.models.llama_config import LlamaConfig
 from wgqa_jax.models.t5_config import T5Config
 
 log = logging.getLogger(__name__)
@@ -72,6 +79,39 @@ def t5_table(cfg: T5Config) -> Iterator[Row]:
 
 
 # ----------------------------------------------------------------------------------------------
+# Llama's table (Llama, Mistral)
+# ----------------------------------------------------------------------------------------------
+def llama_table(cfg: LlamaConfig) -> Iterator[Row]:
+  yield Row(("embed", "embedding"), "model.embed_tokens.weight", "same")
+  for i in range(cfg.num_layers):
+    ours, pre = (f"layers_{i}",), f"model.layers.{i}"
+    yield Row(ours + ("input_norm", "scale"), f"{pre}.input_layernorm.weight", "same")
+    yield Row(ours + ("post_attention_norm", "scale"), f"{pre}.post_attention_layernorm.weight",
+              "same")
+    for w in "qkv":
+      yield Row(ours + ("attention", w), f"{pre}.self_attn.{w}_proj.weight", "heads_in")
+    yield Row(ours + ("attention", "o"), f"{pre}.self_attn.o_proj.weight", "heads_out")
+    for ours_name, hf_name in (("gate", "gate_proj"), ("up", "up_proj"), ("down", "down_proj")):
+      yield Row(ours + ("mlp", ours_name), f"{pre}.mlp.{hf_name}.weight", "T")
+  yield Row(("final_norm", "scale"), "model.norm.weight", "same")
+  if not cfg.tie_word_embeddings:
+    yield Row(("lm_head",), "lm_head.weight", "T")
+
+
+def table(cfg) -> Iterator[Row]:
+  return llama_table(cfg) if isinstance(cfg, LlamaConfig) else t5_table(cfg)
+
+
+def _hf_holds(cfg) -> bool:
+  """Whether HF's architecture can hold cfg's grouping as it is: T5 only MHA heads, Llama
+  plain equal groups (num_key_value_heads)."""
+  if isinstance(cfg, LlamaConfig):
+    g = cfg.grouping
+    return g.weights == "none" and not g.unequal and g.allocation == "static"
+  return variants.is_mha(cfg)
+
+
+# ----------------------------------------------------------------------------------------------
 # Layouts, both ways
 # ----------------------------------------------------------------------------------------------
 def _hf_shape(layout: str, ours: tuple[int, ...]) -> tuple[int, ...]:
@@ -105,18 +145,21 @@ def _to_hf(layout: str, x: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 # State dicts
 # ----------------------------------------------------------------------------------------------
-def _mha_shapes(cfg: T5Config) -> dict[tuple[str, ...], tuple[int, ...]]:
-  from wgqa_jax.models import t5
-  return {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(t5.param_shapes(cfg)).items()}
+def _shapes(cfg) -> dict[tuple[str, ...], tuple[int, ...]]:
+  from wgqa_jax.models import llama, t5
+  family = llama if isinstance(cfg, LlamaConfig) else t5
+  return {k: tuple(v.shape)
+          for k, v in traverse_util.flatten_dict(family.param_shapes(cfg)).items()}
 
 
-def hf_to_params(sd: dict[str, Any], cfg: T5Config) -> dict:
-  """HF T5 state dict (numpy/torch tensors, PyTorch [out, in] layout) -> our MHA params."""
-  if not variants.is_mha(cfg):
-    raise ValueError("hf_to_params builds MHA params; pass the HF config, then call "
+def hf_to_params(sd: dict[str, Any], cfg) -> dict:
+  """HF state dict (numpy/torch tensors, PyTorch [out, in] layout) -> our params: MHA for T5,
+  the checkpoint's own G KV heads for Llama."""
+  if not _hf_holds(cfg):
+    raise ValueError("hf_to_params builds the params HF holds; pass the HF config, then call "
                      "variants.from_mha()")
-  shapes, flat, used = _mha_shapes(cfg), {}, set()
-  for row in t5_table(cfg):
+  shapes, flat, used = _shapes(cfg), {}, set()
+  for row in table(cfg):
     key = next((k for k in (row.key, *row.aliases) if k in sd), None)
     if key is None:
       raise KeyError(f"checkpoint is missing {row.key!r}" +
@@ -132,17 +175,30 @@ def hf_to_params(sd: dict[str, Any], cfg: T5Config) -> dict:
   ignored = sorted(k for k in set(sd) - used
                    if not k.endswith(("embed_tokens.weight", "lm_head.weight")))
   if ignored:
-    log.warning("ignoring %d checkpoint tensors not used by T5: %s", len(ignored), ignored[:5])
+    log.warning("ignoring %d checkpoint tensors the model does not use: %s", len(ignored),
+                ignored[:5])
   return traverse_util.unflatten_dict(flat)
 
 
-def params_to_hf(params, cfg: T5Config) -> dict[str, np.ndarray]:
-  """Our params (any variant) -> HF T5 state dict with MHA heads (GQA heads expanded)."""
-  params, cfg = variants.expand_to_mha(params, cfg)
+def exportable(params, cfg):
+  """(params, cfg) in the grouping HF holds: T5 expanded to MHA heads; Llama with WGQA weights
+  folded, its G heads kept (a native GQA checkpoint)."""
+  if isinstance(cfg, LlamaConfig):
+    params, cfg = variants.fold(params, cfg)
+    if not _hf_holds(cfg):
+      raise ValueError(f"{cfg.grouping.describe(cfg.num_heads)}: HF Llama holds equal groups "
+                       f"only; unequal or run-time groups cannot be exported")
+    return params, cfg
+  return variants.expand_to_mha(params, cfg)
+
+
+def params_to_hf(params, cfg) -> dict[str, np.ndarray]:
+  """Our params (any variant) -> HF state dict (see `exportable`)."""
+  params, cfg = exportable(params, cfg)
   flat = traverse_util.flatten_dict(params)
   return {row.key: np.ascontiguousarray(_to_hf(row.layout, np.asarray(flat[row.path])),
                                         np.float32)
-          for row in t5_table(cfg)}
+          for row in table(cfg)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -208,10 +264,12 @@ def _weight_files(path: str) -> list[str]:
                           f"(found: {sorted(os.listdir(path))})")
 
 
-def config_from_hf(hf_cfg: dict[str, Any], sd: dict[str, Any]) -> T5Config:
-  """T5Config of a HF checkpoint. transformers >= 5 writes tie_word_embeddings=true even for an
+def config_from_hf(hf_cfg: dict[str, Any], sd: dict[str, Any]):
+  """The model config of a HF checkpoint, by its model_type: LlamaConfig, or T5Config. transformers >= 5 writes tie_word_embeddings=true even for an
   untied v1.1 model and saves lm_head.weight only when it differs from the embedding, so the
   weights, not the config, say whether the output projection is shared."""
+  if hf_cfg.get("model_type") in LLAMA_TYPES:
+    return LlamaConfig.from_hf(hf_cfg)
   cfg = T5Config.from_hf(hf_cfg)
   head, shared = sd.get("lm_head.weight"), sd.get("shared.weight")
   if (cfg.tie_word_embeddings and head is not None and shared is not None
@@ -220,8 +278,9 @@ def config_from_hf(hf_cfg: dict[str, Any], sd: dict[str, Any]) -> T5Config:
   return cfg
 
 
-def from_hf(path_or_id: str) -> tuple[dict, T5Config]:
-  """(MHA params, T5Config) of a HF T5 checkpoint; variants.from_mha() groups them."""
+def from_hf(path_or_id: str):
+  """(params, config) of a HF checkpoint: T5 (MHA) or Llama / Mistral (its own G heads);
+  variants.from_mha() groups MHA params."""
   sd, hf_cfg = load_hf(path_or_id)
   cfg = config_from_hf(hf_cfg, sd)
   return hf_to_params(sd, cfg), cfg
@@ -234,12 +293,13 @@ def generation_settings(path_or_id: str) -> dict[str, Any]:
     return generation.from_hf_dir(path, json.load(f))
 
 
-def save_hf(params, cfg: T5Config, out_dir: str, generation_settings: dict | None = None) -> None:
-  """Write a transformers-loadable T5 directory (model.safetensors + config.json, and the
-  generation settings as generation_config.json / task_specific_params when given)."""
+def save_hf(params, cfg, out_dir: str, generation_settings: dict | None = None) -> None:
+  """Write a transformers-loadable directory (model.safetensors + config.json, and the
+  generation settings as generation_config.json / task_specific_params when given): T5 with MHA
+  heads, Llama as a native GQA model with G heads."""
   from safetensors.numpy import save_file
   os.makedirs(out_dir, exist_ok=True)
-  params, cfg = variants.expand_to_mha(params, cfg)
+  params, cfg = exportable(params, cfg)
   save_file(params_to_hf(params, cfg), os.path.join(out_dir, "model.safetensors"),
             metadata={"format": "pt"})
   settings = generation_settings or {}

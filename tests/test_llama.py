@@ -1,0 +1,130 @@
+"""The Llama-architecture family against HF PyTorch: logits of LlamaForCausalLM and
+MistralForCausalLM (no sliding window) on tiny random models with odd shapes (head_dim * H !=
+hidden) and padded batches; MHA -> GQA conversion against a torch reference that mean-pools
+HF's k_proj / v_proj rows per group; export as a *native* GQA checkpoint (num_key_value_heads=G)
+that transformers loads with G K/V heads."""
+import numpy as np
+import pytest
+import torch
+
+from wgqa_jax import hf, variants
+from wgqa_jax.models import llama
+
+SPEC = dict(vocab_size=97, hidden_size=40, intermediate_size=56, num_hidden_layers=2,
+            num_attention_heads=4, head_dim=12, rope_theta=500.0, rms_norm_eps=1e-5,
+            max_position_embeddings=64, tie_word_embeddings=False)
+
+
+def hf_model(model_type="llama", kv_heads=4, tied=False, seed=0):
+  from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+  torch.manual_seed(seed)
+  spec = {**SPEC, "num_key_value_heads": kv_heads, "tie_word_embeddings": tied}
+  if model_type == "mistral":
+    model = MistralForCausalLM(MistralConfig(**spec, sliding_window=None))
+  else:
+    model = LlamaForCausalLM(LlamaConfig(**spec))
+  with torch.no_grad():  # non-trivial norms, so the tests see them
+    for name, p in model.named_parameters():
+      if "norm" in name:
+        p.copy_(1.0 + 0.3 * torch.randn_like(p))
+  return model.eval()
+
+
+def save(model, path):
+  model.save_pretrained(str(path), safe_serialization=True)
+  return str(path)
+
+
+def batch():
+  rng = np.random.default_rng(0)
+  ids = rng.integers(3, 97, (3, 11)).astype(np.int64)
+  mask = np.ones_like(ids)
+  mask[1, 7:] = 0   # right padding
+  mask[2, :4] = 0   # left padding
+  return ids, mask
+
+
+def hf_logits(model, ids, mask):
+  with torch.no_grad():
+    return model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
+
+
+def ours(params, cfg, ids, mask):
+  return np.asarray(llama.Llama(cfg).apply({"params": params}, ids.astype(np.int32),
+                                           mask.astype(np.int32)))
+
+
+def assert_close_where_valid(got, want, mask):
+  valid = mask.astype(bool)
+  np.testing.assert_allclose(got[valid], want[valid], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("model_type,kv_heads,tied", [
+    ("llama", 4, False), ("llama", 2, False), ("llama", 1, True), ("mistral", 4, False)])
+def test_logits_equal_hf(tmp_path, model_type, kv_heads, tied):
+  model = hf_model(model_type, kv_heads, tied)
+  params, cfg = hf.from_hf(save(model, tmp_path / "hf"))
+  assert cfg.kv_heads == kv_heads and cfg.model_type == model_type
+  assert params["layers_0"]["attention"]["k"].shape == (40, kv_heads, 12)  # G heads, as saved
+  ids, mask = batch()
+  assert_close_where_valid(ours(params, cfg, ids, mask), hf_logits(model, ids, mask), mask)
+
+
+def pooled_reference(model, groups):
+  """A HF model with `groups` KV heads whose k_proj / v_proj rows are the mean of each group's
+  contiguous heads: what GQA conversion means, written in torch."""
+  from transformers import LlamaForCausalLM
+  cfg = model.config.to_dict()
+  h, dk = cfg["num_attention_heads"], cfg["head_dim"]
+  g_old = cfg["num_key_value_heads"]
+  ref = LlamaForCausalLM(type(model.config)(**{**cfg, "num_key_value_heads": groups})).eval()
+  sd = model.state_dict()
+  for k, v in list(sd.items()):
+    if k.endswith(("k_proj.weight", "v_proj.weight")):
+      heads = v.reshape(g_old, dk, -1).repeat_interleave(h // g_old, 0)  # as H heads
+      sd[k] = heads.reshape(groups, h // groups, dk, -1).mean(1).reshape(groups * dk, -1)
+  ref.load_state_dict(sd)
+  return ref
+
+
+@pytest.mark.parametrize("source_kv,variant,groups", [(4, "gqa", 2), (4, "mqa", 1), (2, "mqa", 1)])
+def test_grouping_equals_mean_pooled_hf_and_exports_natively(tmp_path, source_kv, variant, groups):
+  from transformers import AutoModelForCausalLM
+  model = hf_model("llama", source_kv)
+  params, cfg = hf.from_hf(save(model, tmp_path / "hf"))
+  if not variants.is_mha(cfg):  # already GQA: re-grouped to fewer heads through MHA
+    params, cfg = variants.expand_to_mha(params, cfg)
+  params, cfg = variants.from_mha(params, cfg, variant, groups)
+  ids, mask = batch()
+  got = ours(params, cfg, ids, mask)
+  assert_close_where_valid(got, hf_logits(pooled_reference(model, groups), ids, mask), mask)
+
+  hf.save_hf(params, cfg, str(tmp_path / "export"))
+  exported = AutoModelForCausalLM.from_pretrained(str(tmp_path / "export")).eval()
+  assert exported.config.num_key_value_heads == groups
+  assert tuple(exported.model.layers[0].self_attn.k_proj.weight.shape) == (groups * 12, 40)
+  assert_close_where_valid(got, hf_logits(exported, ids, mask), mask)
+
+
+def test_wgqa_folds_into_a_native_gqa_export(tmp_path):
+  from transformers import AutoModelForCausalLM
+  params, cfg = hf.from_hf(save(hf_model("llama", 4), tmp_path / "hf"))
+  params, cfg = variants.from_mha(params, cfg, "randwgqa", 2, seed=3)  # N(0,1) weights: not GQA
+  assert params["layers_1"]["attention"]["k"].shape == (40, 4, 12)  # all H kernels kept
+  ids, mask = batch()
+  got = ours(params, cfg, ids, mask)
+  hf.save_hf(params, cfg, str(tmp_path / "export"))
+  exported = AutoModelForCausalLM.from_pretrained(str(tmp_path / "export")).eval()
+  assert exported.config.num_key_value_heads == 2
+  assert_close_where_valid(got, hf_logits(exported, ids, mask), mask)
+
+
+def test_unsupported_configs_are_refused():
+  from wgqa_jax.models.llama_config import LlamaConfig
+  base = {**SPEC, "num_key_value_heads": 4, "model_type": "llama"}
+  with pytest.raises(ValueError, match="sliding window"):
+    LlamaConfig.from_hf({**base, "model_type": "mistral", "sliding_window": 4096})
+  with pytest.raises(ValueError, match="rope scaling"):
+    LlamaConfig.from_hf({**base, "rope_scaling": {"rope_type": "llama3", "factor": 8.0}})
+  with pytest.raises(ValueError, match="biases"):
+    LlamaConfig.from_hf({**base, "attention_bias": True})

@@ -1,0 +1,141 @@
+"""Flax Llama-architecture decoder (Llama 1/2/3, Mistral without sliding window) with grouped KV
+heads, sharing wgqa_jax.attention with T5.
+
+Numerically equal to HF PyTorch `LlamaForCausalLM` / `MistralForCausalLM` on converted weights
+(tests/test_llama.py). RMSNorm in float32, RoPE (rotate-half, rope_theta) on q and k, SwiGLU MLP,
+optional tied embeddings, logical axis names on every param.
+
+Param tree (what hf.llama_table maps to HF names and variants.py converts):
+  embed/embedding                      (vocab, hidden)
+  layers_i/{input_norm, attention, post_attention_norm, mlp}
+  attention: q (d, H, dk), k/v (d, G, dk) [WGQA: (d, H, dk) + wk/wv], o (H, dk, d)
+  mlp: gate, up (d, ff); down (ff, d)
+  final_norm/scale; lm_head (d, vocab) unless tied
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from wgqa_jax.attention import NEG_INF, Attention
+from wgqa_jax.models.llama_config import LlamaConfig
+from wgqa_jax.ops import dense
+
+_INIT = nn.initializers.normal(0.02)  # HF's initializer_range
+
+
+def _dense(cfg: LlamaConfig, x, kernel):
+  dtype = jnp.dtype(cfg.dtype)
+  return dense(x.astype(dtype), kernel.astype(dtype), 1,
+               transpose_weight_grad_on_cpu=cfg.transpose_weight_grad_on_cpu)
+
+
+class RMSNorm(nn.Module):
+  config: LlamaConfig
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.config
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+                       (cfg.hidden_size,), jnp.dtype(cfg.param_dtype))
+    x = x.astype(jnp.float32)
+    x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + cfg.rms_norm_eps)
+    return (jnp.asarray(scale, jnp.float32) * x).astype(jnp.dtype(cfg.dtype))
+
+
+class MLP(nn.Module):
+  """SwiGLU: down(silu(gate(x)) * up(x))."""
+  config: LlamaConfig
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.config
+    part, pdt = nn.with_logical_partitioning, jnp.dtype(cfg.param_dtype)
+    d, ff = cfg.hidden_size, cfg.intermediate_size
+    gate = self.param("gate", part(_INIT, ("embed", "mlp")), (d, ff), pdt)
+    up = self.param("up", part(_INIT, ("embed", "mlp")), (d, ff), pdt)
+    down = self.param("down", part(_INIT, ("mlp", "embed")), (ff, d), pdt)
+    h = jax.nn.silu(_dense(cfg, x, gate)) * _dense(cfg, x, up)
+    h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
+    return _dense(cfg, h, down)
+
+
+def attention(cfg: LlamaConfig, name: str | None = None) -> Attention:
+  """The one place Llama builds an attention module: 1/sqrt(head_dim) and RoPE."""
+  return Attention(num_heads=cfg.num_heads, head_dim=cfg.head_dim, d_model=cfg.hidden_size,
+                   grouping=cfg.grouping, dropout_rate=0.0, dtype=cfg.dtype,
+                   param_dtype=cfg.param_dtype,
+                   transpose_weight_grad_on_cpu=cfg.transpose_weight_grad_on_cpu,
+                   query_scale=cfg.head_dim ** -0.5, rope_theta=cfg.rope_theta, name=name)
+
+
+class DecoderLayer(nn.Module):
+  config: LlamaConfig
+
+  @nn.compact
+  def __call__(self, x, bias, positions):
+    cfg = self.config
+    h = RMSNorm(cfg, name="input_norm")(x)
+    x = x + attention(cfg, name="attention")(h, h, bias, True, positions)
+    return x + MLP(cfg, name="mlp")(RMSNorm(cfg, name="post_attention_norm")(x))
+
+
+def causal_mask_bias(attention_mask, segment_ids=None):
+  """(b, t) 1/0 mask (and packed segment ids) -> additive (b, 1, t, t) causal bias."""
+  t = attention_mask.shape[1]
+  i = jnp.arange(t)
+  keep = (i[None, :] <= i[:, None])[None] & (attention_mask[:, None, :] > 0)
+  if segment_ids is not None:
+    keep = keep & (segment_ids[:, :, None] == segment_ids[:, None, :])
+  return jnp.where(keep, 0.0, NEG_INF)[:, None].astype(jnp.float32)
+
+
+class Llama(nn.Module):
+  config: LlamaConfig
+
+  @nn.compact
+  def __call__(self, input_ids, attention_mask=None, positions=None, segment_ids=None):
+    """Logits (b, t, vocab), float32. positions default to 0..t-1 (HF's forward without
+    position_ids); attention_mask (b, t) masks padded keys."""
+    cfg = self.config
+    if attention_mask is None:
+      attention_mask = jnp.ones_like(input_ids)
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
+    embed = nn.Embed(cfg.vocab_size, cfg.hidden_size,
+                     embedding_init=nn.with_logical_partitioning(_INIT, ("vocab", "embed")),
+                     dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
+                     name="embed")
+    x = embed(input_ids)
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    bias = causal_mask_bias(attention_mask, segment_ids)
+    for i in range(cfg.num_layers):
+      x = DecoderLayer(cfg, name=f"layers_{i}")(x, bias, positions)
+      x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    x = RMSNorm(cfg, name="final_norm")(x)
+    if cfg.tie_word_embeddings:
+      logits = embed.attend(x)
+    else:
+      lm_head = self.param("lm_head", nn.with_logical_partitioning(_INIT, ("embed", "vocab")),
+                           (cfg.hidden_size, cfg.vocab_size), jnp.dtype(cfg.param_dtype))
+      logits = _dense(cfg, x, lm_head)
+    return nn.with_logical_constraint(logits, ("batch", "length", "vocab")).astype(jnp.float32)
+
+
+def init_params(config: LlamaConfig, rng, batch: int = 1, length: int = 8):
+  ids = jnp.ones((batch, length), jnp.int32)
+  return nn.unbox(Llama(config).init(rng, ids)["params"])
+
+
+def _abstract_variables(config: LlamaConfig):
+  ids = jnp.ones((1, 8), jnp.int32)
+  return jax.eval_shape(lambda: Llama(config).init(jax.random.PRNGKey(0), ids))
+
+
+def param_shapes(config: LlamaConfig):
+  return nn.unbox(_abstract_variables(config)["params"])
+
+
+def param_axes(config: LlamaConfig):
+  return nn.get_partition_spec(_abstract_variables(config))["params"]

@@ -1,0 +1,161 @@
+"""Llama-architecture decoder hyperparameters (Llama 1/2/3, Mistral without sliding window), with
+the same nested `grouping` section as T5Config (wgqa_jax.variants.Grouping).
+
+HF's `num_key_value_heads` is the grouping: G == H is MHA, G < H a checkpoint that is already
+GQA (plain mean-pooled groups as far as we are concerned), which can be re-grouped to fewer heads.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from wgqa_jax.models.t5_config import DTYPES
+from wgqa_jax.variants import MHA, Grouping
+
+MODEL_TYPES = ("llama", "mistral")
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+  vocab_size: int = 32000
+  hidden_size: int = 4096
+  intermediate_size: int = 11008
+  num_layers: int = 32
+  num_heads: int = 32
+  head_dim: int = 128           # may differ from hidden_size / num_heads
+  rope_theta: float = 10000.0
+  rms_norm_eps: float = 1e-6
+  tie_word_embeddings: bool = False
+  max_position_embeddings: int = 2048
+  pad_token_id: int = 0
+  bos_token_id: int = 1
+  eos_token_id: int = 2
+  model_type: str = "llama"     # what to_hf writes back ("llama" | "mistral")
+
+  # ---- grouped key/value attention (wgqa_jax.variants); every attention module is grouped ----
+  grouping: Grouping = MHA
+
+  # ---- numerics ----
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+  transpose_weight_grad_on_cpu: bool = True
+  dropout_rate: float = 0.0     # Llama trains without dropout; kept for the shared train loop
+
+  family = "llama"
+
+  def __post_init__(self):
+    for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                 "head_dim"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or value <= 0:
+        raise ValueError(f"LlamaConfig: {name} must be a positive int, got {value!r}")
+    if self.head_dim % 2:
+      raise ValueError(f"LlamaConfig: rotary embeddings need an even head_dim, got {self.head_dim}")
+    if self.model_type not in MODEL_TYPES:
+      raise ValueError(f"LlamaConfig: model_type must be one of {MODEL_TYPES}")
+    if isinstance(self.grouping, dict):  # from JSON
+      object.__setattr__(self, "grouping", Grouping(**self.grouping))
+    self.grouping.validate(self.num_heads)
+    for name in ("dtype", "param_dtype"):
+      if getattr(self, name) not in DTYPES:
+        raise ValueError(f"LlamaConfig: {name} must be one of {DTYPES}")
+
+  # ---- grouping, as T5Config ----
+  @property
+  def kv_heads(self) -> int:
+    return self.grouping.num_kv_heads(self.num_heads)
+
+  def is_grouped(self, stack: str = "decoder") -> bool:
+    return True
+
+  def grouping_of(self, stack: str = "decoder") -> Grouping:
+    return self.grouping
+
+  def kv_heads_of(self, stack: str = "decoder") -> int:
+    return self.kv_heads
+
+  def attention_modules(self):
+    """(param path, grouped) of every attention module: what wgqa_jax.variants converts."""
+    for i in range(self.num_layers):
+      yield (f"layers_{i}", "attention"), True
+
+  def replace(self, **changes) -> "LlamaConfig":
+    return dataclasses.replace(self, **changes)
+
+  # ---- (de)serialisation ----
+  def to_dict(self) -> dict[str, Any]:
+    return {"family": self.family, **dataclasses.asdict(self)}
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> "LlamaConfig":
+    d = {k: v for k, v in d.items() if k != "family"}
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+      raise ValueError(f"LlamaConfig: unknown keys {unknown}; known keys: {sorted(known)}")
+    return cls(**d)
+
+  def save(self, path: str) -> None:
+    with open(path, "w") as f:
+      json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+
+  @classmethod
+  def from_hf(cls, hf: dict[str, Any], **overrides) -> "LlamaConfig":
+    """From a HF LlamaConfig / MistralConfig dict (transformers 4.x or 5.x)."""
+    model_type = hf.get("model_type", "llama")
+    if model_type not in MODEL_TYPES:
+      raise ValueError(f"not a Llama-architecture config: model_type={model_type!r}")
+    if model_type == "mistral" and hf.get("sliding_window") is not None:
+      raise ValueError("Mistral with a sliding window is not supported (set sliding_window "
+                       "to null for models trained without it)")
+    if hf.get("attention_bias") or hf.get("mlp_bias"):
+      raise ValueError("projection biases (attention_bias / mlp_bias) are not supported")
+    if hf.get("hidden_act", "silu") != "silu":
+      raise ValueError(f"hidden_act {hf.get('hidden_act')!r} is not supported (silu only)")
+    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    if rope.get("rope_type", rope.get("type", "default")) not in ("default", None):
+      raise ValueError(f"rope scaling {rope.get('rope_type', rope.get('type'))!r} is not "
+                       f"supported (plain RoPE only)")
+    h = hf["num_attention_heads"]
+    g = hf.get("num_key_value_heads") or h
+    first = lambda x: x[0] if isinstance(x, (list, tuple)) else x
+    kwargs = dict(
+        vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
+        intermediate_size=hf["intermediate_size"], num_layers=hf["num_hidden_layers"],
+        num_heads=h, head_dim=hf.get("head_dim") or hf["hidden_size"] // h,
+        rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
+        rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+        tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        max_position_embeddings=hf.get("max_position_embeddings", 2048),
+        pad_token_id=hf.get("pad_token_id") or 0, bos_token_id=first(hf.get("bos_token_id", 1)),
+        eos_token_id=first(hf.get("eos_token_id", 2)), model_type=model_type,
+        grouping=MHA if g == h else Grouping(kv_heads=g))
+    kwargs.update(overrides)
+    return cls(**kwargs)
+
+  def to_hf(self) -> dict[str, Any]:
+    """A config.json transformers loads as a *native* GQA model: num_key_value_heads = G."""
+    if self.grouping.weights != "none" or self.grouping.unequal:
+      raise ValueError("fold WGQA weights (and keep equal groups) before exporting: HF Llama "
+                       "has plain equal groups")
+    arch = "MistralForCausalLM" if self.model_type == "mistral" else "LlamaForCausalLM"
+    out = {"architectures": [arch], "model_type": self.model_type,
+           "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
+           "intermediate_size": self.intermediate_size, "num_hidden_layers": self.num_layers,
+           "num_attention_heads": self.num_heads, "num_key_value_heads": self.kv_heads,
+           "head_dim": self.head_dim, "rope_theta": self.rope_theta,
+           "rms_norm_eps": self.rms_norm_eps, "tie_word_embeddings": self.tie_word_embeddings,
+           "max_position_embeddings": self.max_position_embeddings, "hidden_act": "silu",
+           "attention_bias": False, "mlp_bias": False, "pad_token_id": self.pad_token_id,
+           "bos_token_id": self.bos_token_id, "eos_token_id": self.eos_token_id}
+    if self.model_type == "mistral":
+      out["sliding_window"] = None
+    return out
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # the offline default (configs/llama_tiny.py, to come with the training path)
+    "llama-tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=160, num_layers=2,
+                       num_heads=4, head_dim=16, max_position_embeddings=512),
+}
