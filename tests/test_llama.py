@@ -128,3 +128,24 @@ def test_unsupported_configs_are_refused():
     LlamaConfig.from_hf({**base, "rope_scaling": {"rope_type": "llama3", "factor": 8.0}})
   with pytest.raises(ValueError, match="biases"):
     LlamaConfig.from_hf({**base, "attention_bias": True})
+
+
+def test_convert_cli_uptrain_ready_wgqa_then_fold_and_export(tmp_path):
+  """convert --hf (family from config.json) -> WGQA params dir -> --fold --export_hf: a native
+  GQA directory transformers loads, with our params dir's logits."""
+  from transformers import AutoModelForCausalLM
+  from wgqa_jax import convert, params_io
+  src = save(hf_model("llama", 4), tmp_path / "hf")
+  wgqa_dir, out = str(tmp_path / "wgqa"), str(tmp_path / "export")
+  assert convert.main([f"--hf={src}", "--variant=randwgqa", "--kv_heads=2", "--seed=1",
+                       f"--out={wgqa_dir}"]) == 0
+  params, cfg = params_io.load(wgqa_dir)
+  assert type(cfg).__name__ == "LlamaConfig" and cfg.grouping.weights == "row"
+  assert convert.main([f"--params={wgqa_dir}", "--fold", f"--export_hf={out}"]) == 0
+  exported = AutoModelForCausalLM.from_pretrained(out).eval()
+  assert exported.config.num_key_value_heads == 2
+  ids, mask = batch()
+  assert_close_where_valid(ours(params, cfg, ids, mask), hf_logits(exported, ids, mask), mask)
+  # the exported GQA-2 checkpoint re-groups to MQA
+  assert convert.main([f"--hf={out}", "--variant=mqa", f"--out={tmp_path / 'mqa'}"]) == 0
+  assert params_io.load(str(tmp_path / "mqa"))[1].kv_heads == 1

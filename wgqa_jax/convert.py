@@ -1,8 +1,15 @@
-"""Command line: HF T5 checkpoints -> MHA / GQA / MQA / WGQA / ... params; fold; export.
+"""Command line: HF checkpoints (T5; Llama / Mistral) -> MHA / GQA / MQA / WGQA / ... params;
+fold; export. The family comes from the checkpoint's config.json.
 
     python -m wgqa_jax.convert --hf=t5-small --out=/tmp/t5s_gqa4 --variant=gqa --kv_heads=4
     python -m wgqa_jax.convert --params=/tmp/run/final --fold --out=/tmp/folded
     python -m wgqa_jax.convert --params=/tmp/folded --export_hf=/tmp/hf_out   # transformers loads it
+    python -m wgqa_jax.convert --hf=LLAMA_DIR --variant=wgqa --kv_heads=8 --out=/tmp/llama_wgqa8
+    python -m wgqa_jax.convert --params=/tmp/llama_wgqa8 --fold --export_hf=/tmp/llama_gqa8
+        # a native GQA Llama: num_key_value_heads=8, a KV cache of 8 heads in any server
+
+A checkpoint that is already GQA (a Llama with num_key_value_heads < H) is re-grouped to
+--kv_heads through its MHA equivalent.
 
 The library behind it: wgqa_jax.hf (HF files and key table), wgqa_jax.variants (MHA -> variant,
 fold, expand), wgqa_jax.params_io (our params directory).
@@ -15,7 +22,7 @@ import numpy as np
 from wgqa_jax import cli, hf, params_io, variants
 
 FLAGS = cli.flag_set()
-flags.DEFINE_string("hf", None, "HF T5 checkpoint: local directory or hub id (e.g. t5-small)",
+flags.DEFINE_string("hf", None, "HF checkpoint (T5, Llama, Mistral): local directory or hub id",
                     flag_values=FLAGS)
 flags.DEFINE_string("params", None, "a wgqa_jax params directory (written by this tool or train)",
                     flag_values=FLAGS)
@@ -30,7 +37,8 @@ flags.DEFINE_bool("group_encoder", False, "group the encoder self-attention too 
 flags.DEFINE_integer("seed", 0, "RandWGQA init seed", flag_values=FLAGS)
 flags.DEFINE_bool("fold", False, "fold WGQA weights into plain GQA kernels", flag_values=FLAGS)
 flags.DEFINE_string("out", None, "write wgqa_jax params here", flag_values=FLAGS)
-flags.DEFINE_string("export_hf", None, "write a HF T5 directory here (KV heads expanded to MHA)",
+flags.DEFINE_string("export_hf", None, "write a transformers directory here (T5: KV heads "
+                    "expanded to MHA; Llama: native GQA, num_key_value_heads=G)",
                     flag_values=FLAGS)
 
 
@@ -44,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"loading HF checkpoint {a.hf} ...")
   params, cfg = hf.from_hf(a.hf) if a.hf else params_io.load(a.params)
   settings = params_io.generation_settings_any(a.hf or a.params)  # kept through every step
+  plain = cfg.grouping.weights == "none" and not cfg.grouping.unequal
+  if a.variant and not variants.is_mha(cfg) and plain:  # e.g. a Llama checkpoint that is GQA
+    print(f"re-grouping {cfg.grouping.describe(cfg.num_heads)} through its MHA equivalent")
+    params, cfg = variants.expand_to_mha(params, cfg)
   if a.variant:
     params, cfg = variants.from_mha(
         params, cfg, a.variant, a.kv_heads, group_encoder=a.group_encoder, seed=a.seed,
@@ -57,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {a.out}")
   if a.export_hf:
     hf.save_hf(params, cfg, a.export_hf, settings)
-    print(f"wrote HF T5 directory {a.export_hf}")
+    print(f"wrote HF directory {a.export_hf}")
   return 0
 
 

@@ -27,7 +27,7 @@ import numpy as np
 from flax import traverse_util
 
 from wgqa_jax import generation, variants
-from wgqa_jax.models.llama_config import MODEL_TYPES as LLAMA_TYPES
+from wgqa_jax import models
 from wgqa_jax.models.llama_config import LlamaConfig
 from wgqa_jax.models.t5_config import T5Config
 
@@ -146,10 +146,8 @@ def _to_hf(layout: str, x: np.ndarray) -> np.ndarray:
 # State dicts
 # ----------------------------------------------------------------------------------------------
 def _shapes(cfg) -> dict[tuple[str, ...], tuple[int, ...]]:
-  from wgqa_jax.models import llama, t5
-  family = llama if isinstance(cfg, LlamaConfig) else t5
-  return {k: tuple(v.shape)
-          for k, v in traverse_util.flatten_dict(family.param_shapes(cfg)).items()}
+  return {k: tuple(v.shape) for k, v in
+          traverse_util.flatten_dict(models.module_of(cfg).param_shapes(cfg)).items()}
 
 
 def hf_to_params(sd: dict[str, Any], cfg) -> dict:
@@ -268,9 +266,9 @@ def config_from_hf(hf_cfg: dict[str, Any], sd: dict[str, Any]):
   """The model config of a HF checkpoint, by its model_type: LlamaConfig, or T5Config. transformers >= 5 writes tie_word_embeddings=true even for an
   untied v1.1 model and saves lm_head.weight only when it differs from the embedding, so the
   weights, not the config, say whether the output projection is shared."""
-  if hf_cfg.get("model_type") in LLAMA_TYPES:
-    return LlamaConfig.from_hf(hf_cfg)
-  cfg = T5Config.from_hf(hf_cfg)
+  cfg = models.config_from_hf(hf_cfg)
+  if isinstance(cfg, LlamaConfig):
+    return cfg
   head, shared = sd.get("lm_head.weight"), sd.get("shared.weight")
   if (cfg.tie_word_embeddings and head is not None and shared is not None
       and not np.array_equal(np.asarray(head), np.asarray(shared))):

@@ -7,13 +7,13 @@ generation settings, wgqa_jax.generation), written by `save` and read by `load`.
 """
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
 from flax import traverse_util
 
-from wgqa_jax import generation
-from wgqa_jax.models.t5_config import T5Config
+from wgqa_jax import generation, models
 
 CONFIG_FILE = "wgqa_config.json"
 PARAMS_FILE = "params.safetensors"
@@ -32,7 +32,7 @@ def is_params_dir(path: str) -> bool:
   return os.path.exists(os.path.join(path, CONFIG_FILE))
 
 
-def save(params, cfg: T5Config, out_dir: str, generation_settings: dict | None = None) -> None:
+def save(params, cfg, out_dir: str, generation_settings: dict | None = None) -> None:
   from safetensors.numpy import save_file
   os.makedirs(out_dir, exist_ok=True)
   save_file(flatten(params), os.path.join(out_dir, PARAMS_FILE))
@@ -56,7 +56,7 @@ def load(path: str):
   for p in (cfg_path, params_path):
     if not os.path.exists(p):
       raise FileNotFoundError(f"{path} is not a wgqa_jax params directory: missing {p}")
-  cfg = T5Config.load(cfg_path)
+  cfg = _load_config(cfg_path)
   params = unflatten(load_file(params_path))
   check_params(params, cfg)
   return params, cfg
@@ -70,22 +70,25 @@ def load_any(path_or_id: str):
   return hf.from_hf(path_or_id)
 
 
-def load_config_any(path_or_id: str) -> T5Config:
+def _load_config(path: str):
+  with open(path) as f:
+    return models.config_from_dict(json.load(f))
+
+
+def load_config_any(path_or_id: str):
   """The model config of our params dir or of a HF checkpoint, without reading weights."""
   if is_params_dir(path_or_id):
-    return T5Config.load(os.path.join(path_or_id, CONFIG_FILE))
-  import json
+    return _load_config(os.path.join(path_or_id, CONFIG_FILE))
   from wgqa_jax import hf
   with open(os.path.join(hf.resolve_hf_dir(path_or_id), "config.json")) as f:
-    return T5Config.from_hf(json.load(f))
+    return models.config_from_hf(json.load(f))
 
 
-def check_params(params, cfg: T5Config) -> None:
+def check_params(params, cfg) -> None:
   """Raise if `params` does not have exactly the shapes `cfg` implies."""
-  from wgqa_jax.models import t5
   shape = lambda tree: {k: tuple(v.shape) for k, v in
                         traverse_util.flatten_dict(tree, sep="/").items()}
-  expected, got = shape(t5.param_shapes(cfg)), shape(params)
+  expected, got = shape(models.module_of(cfg).param_shapes(cfg)), shape(params)
   missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
   wrong = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
   if missing or extra or wrong:

@@ -3,4 +3,35 @@
 code (wgqa_jax.attention, wgqa_jax.variants) is shared by all of them.
 
 - t5: Flax T5 encoder-decoder (models/t5.py, config in models/t5_config.py).
+- llama: Llama-architecture decoder, Llama / Mistral (models/llama.py, models/llama_config.py).
 """
+from __future__ import annotations
+
+from typing import Any
+
+
+def module_of(cfg):
+  """The family module (t5 or llama) of a model config."""
+  from wgqa_jax.models import llama, llama_config, t5
+  return llama if isinstance(cfg, llama_config.LlamaConfig) else t5
+
+
+def config_from_dict(d: dict[str, Any]):
+  """A model config from its saved dict: `family` names it (absent: T5, as written before)."""
+  from wgqa_jax.models.llama_config import LlamaConfig
+  from wgqa_jax.models.t5_config import T5Config
+  family = d.get("family", "t5")
+  if family == "llama":
+    return LlamaConfig.from_dict(d)
+  if family != "t5":
+    raise ValueError(f"unknown model family {family!r} (known: t5, llama)")
+  return T5Config.from_dict({k: v for k, v in d.items() if k != "family"})
+
+
+def config_from_hf(hf: dict[str, Any]):
+  """A model config from a HF config.json dict, by its model_type."""
+  from wgqa_jax.models.llama_config import MODEL_TYPES, LlamaConfig
+  from wgqa_jax.models.t5_config import T5Config
+  if hf.get("model_type") in MODEL_TYPES:
+    return LlamaConfig.from_hf(hf)
+  return T5Config.from_hf(hf)
