@@ -3,6 +3,7 @@ MistralForCausalLM (no sliding window) on tiny random models with odd shapes (he
 hidden) and padded batches; MHA -> GQA conversion against a torch reference that mean-pools
 HF's k_proj / v_proj rows per group; export as a *native* GQA checkpoint (num_key_value_heads=G)
 that transformers loads with G K/V heads."""
+import jax
 import numpy as np
 import pytest
 import torch
@@ -149,3 +150,54 @@ def test_convert_cli_uptrain_ready_wgqa_then_fold_and_export(tmp_path):
   # the exported GQA-2 checkpoint re-groups to MQA
   assert convert.main([f"--hf={out}", "--variant=mqa", f"--out={tmp_path / 'mqa'}"]) == 0
   assert params_io.load(str(tmp_path / "mqa"))[1].kv_heads == 1
+
+
+# ------------------------------------------------------------------- generation ----
+def hf_greedy(model, ids, mask, new_tokens, eos, pad=0):
+  with torch.no_grad():
+    out = model.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                         max_new_tokens=new_tokens, do_sample=False, num_beams=1,
+                         eos_token_id=eos, pad_token_id=pad)
+  new = out[:, ids.shape[1]:].numpy()
+  return np.pad(new, ((0, 0), (0, new_tokens - new.shape[1])), constant_values=pad)
+
+
+@pytest.mark.parametrize("variant", ["mha", "gqa", "randwgqa"])
+def test_cached_greedy_equals_hf_generate_on_left_padded_prompts(tmp_path, variant):
+  """Our KV cache holds G heads; the tokens equal HF generate()'s on the exported model,
+  including rows that stop at EOS (then pad) while others go on."""
+  from transformers import AutoModelForCausalLM
+  from wgqa_jax import decode_causal
+  from wgqa_jax.generation import GenerationConfig
+  params, cfg = hf.from_hf(save(hf_model("llama", 4), tmp_path / "hf"))
+  if variant != "mha":
+    params, cfg = variants.from_mha(params, cfg, variant, 2, seed=2)
+  hf.save_hf(params, cfg, str(tmp_path / "export"))
+  ref = AutoModelForCausalLM.from_pretrained(str(tmp_path / "export")).eval()
+  ids, mask = batch()
+  ids, mask = ids.copy(), np.ones_like(mask)
+  mask[1, :3], mask[2, :6] = 0, 0  # left padding, as decoder-only generate() expects
+  ids[mask == 0] = 0
+  want = hf_greedy(ref, ids, mask, 12, eos=96)
+  eos = int(want[1, 4])  # a token row 1 emits early: now it ends there
+  want = hf_greedy(ref, ids, mask, 12, eos=eos)
+  assert (want == 0).any() and not (want == 0).all(axis=1).any()
+  gen = GenerationConfig(max_new_tokens=12)
+  got = decode_causal.generate(params, ids.astype(np.int32), mask, cfg.replace(eos_token_id=eos),
+                               gen)
+  np.testing.assert_array_equal(np.asarray(got), want)
+
+
+def test_sampling_runs_and_unsupported_settings_are_refused(tmp_path):
+  from wgqa_jax import decode_causal
+  from wgqa_jax.generation import GenerationConfig
+  params, cfg = hf.from_hf(save(hf_model("llama", 2), tmp_path / "hf"))
+  ids, mask = batch()
+  mask[:] = 1
+  gen = GenerationConfig(max_new_tokens=6, do_sample=True, top_k=5, temperature=0.7)
+  a = decode_causal.generate(params, ids.astype(np.int32), mask, cfg, gen, jax.random.PRNGKey(1))
+  b = decode_causal.generate(params, ids.astype(np.int32), mask, cfg, gen, jax.random.PRNGKey(2))
+  assert a.shape == (3, 6) and not np.array_equal(a, b)
+  with pytest.raises(ValueError, match="num_beams"):
+    decode_causal.generate(params, ids.astype(np.int32), mask, cfg,
+                           GenerationConfig(max_new_tokens=4, num_beams=2))

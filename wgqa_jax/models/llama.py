@@ -73,12 +73,24 @@ def attention(cfg: LlamaConfig, name: str | None = None) -> Attention:
 class DecoderLayer(nn.Module):
   config: LlamaConfig
 
-  @nn.compact
-  def __call__(self, x, bias, positions):
+  def setup(self):
     cfg = self.config
-    h = RMSNorm(cfg, name="input_norm")(x)
-    x = x + attention(cfg, name="attention")(h, h, bias, True, positions)
-    return x + MLP(cfg, name="mlp")(RMSNorm(cfg, name="post_attention_norm")(x))
+    self.input_norm = RMSNorm(cfg)
+    self.attention = attention(cfg)
+    self.post_attention_norm = RMSNorm(cfg)
+    self.mlp = MLP(cfg)
+
+  def __call__(self, x, bias, positions, cache=None, index=None):
+    """cache: this layer's {"k", "v"} (b, max_len, G, dk); x's K/V are written at `index` and
+    the queries attend over the whole cache (bias masks what is not there yet)."""
+    h = self.input_norm(x)
+    k, v = self.attention.project_kv(h, positions)
+    if cache is not None:
+      k = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), index, 1)
+      v = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), index, 1)
+      cache = {"k": k, "v": v}
+    x = x + self.attention.attend(h, k, v, bias, True, positions)
+    return x + self.mlp(self.post_attention_norm(x)), cache
 
 
 def causal_mask_bias(attention_mask, segment_ids=None):
@@ -94,33 +106,57 @@ def causal_mask_bias(attention_mask, segment_ids=None):
 class Llama(nn.Module):
   config: LlamaConfig
 
-  @nn.compact
+  def setup(self):
+    cfg = self.config
+    self.embed = nn.Embed(cfg.vocab_size, cfg.hidden_size,
+                          embedding_init=nn.with_logical_partitioning(_INIT, ("vocab", "embed")),
+                          dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
+    self.layers = [DecoderLayer(cfg) for _ in range(cfg.num_layers)]
+    self.final_norm = RMSNorm(cfg)
+    if not cfg.tie_word_embeddings:
+      self.lm_head = self.param("lm_head", nn.with_logical_partitioning(_INIT, ("embed", "vocab")),
+                                (cfg.hidden_size, cfg.vocab_size), jnp.dtype(cfg.param_dtype))
+
+  def logits(self, x):
+    x = self.final_norm(x)
+    out = self.embed.attend(x) if self.config.tie_word_embeddings else _dense(self.config, x,
+                                                                              self.lm_head)
+    return nn.with_logical_constraint(out, ("batch", "length", "vocab")).astype(jnp.float32)
+
   def __call__(self, input_ids, attention_mask=None, positions=None, segment_ids=None):
     """Logits (b, t, vocab), float32. positions default to 0..t-1 (HF's forward without
-    position_ids); attention_mask (b, t) masks padded keys."""
-    cfg = self.config
+    position_ids); attention_mask (b, t) masks padded keys; segment_ids: packed rows."""
     if attention_mask is None:
       attention_mask = jnp.ones_like(input_ids)
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
-    embed = nn.Embed(cfg.vocab_size, cfg.hidden_size,
-                     embedding_init=nn.with_logical_partitioning(_INIT, ("vocab", "embed")),
-                     dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
-                     name="embed")
-    x = embed(input_ids)
-    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    x = nn.with_logical_constraint(self.embed(input_ids), ("batch", "length", "embed"))
     bias = causal_mask_bias(attention_mask, segment_ids)
-    for i in range(cfg.num_layers):
-      x = DecoderLayer(cfg, name=f"layers_{i}")(x, bias, positions)
+    for layer in self.layers:
+      x, _ = layer(x, bias, positions)
       x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-    x = RMSNorm(cfg, name="final_norm")(x)
-    if cfg.tie_word_embeddings:
-      logits = embed.attend(x)
-    else:
-      lm_head = self.param("lm_head", nn.with_logical_partitioning(_INIT, ("embed", "vocab")),
-                           (cfg.hidden_size, cfg.vocab_size), jnp.dtype(cfg.param_dtype))
-      logits = _dense(cfg, x, lm_head)
-    return nn.with_logical_constraint(logits, ("batch", "length", "vocab")).astype(jnp.float32)
+    return self.logits(x)
+
+  def init_cache(self, batch: int, max_len: int):
+    """Per layer an empty K/V cache of G heads: {"k", "v"} (batch, max_len, G, head_dim)."""
+    cfg = self.config
+    zeros = jnp.zeros((batch, max_len, cfg.kv_heads, cfg.head_dim), jnp.dtype(cfg.dtype))
+    return [{"k": zeros, "v": zeros} for _ in range(cfg.num_layers)]
+
+  def extend(self, input_ids, positions, cache, index, key_mask):
+    """Cached forward of input_ids (b, t) at cache slots index..index+t-1 (a prompt, or one new
+    token): key_mask (b, max_len) marks the slots that hold real tokens. Returns (logits of
+    the last of the t tokens (b, vocab), new cache)."""
+    t, max_len = input_ids.shape[1], cache[0]["k"].shape[1]
+    slots = index + jnp.arange(t)
+    keep = (jnp.arange(max_len)[None, :] <= slots[:, None])[None] & (key_mask[:, None, :] > 0)
+    bias = jnp.where(keep, 0.0, NEG_INF)[:, None].astype(jnp.float32)  # (b, 1, t, max_len)
+    x = self.embed(input_ids)
+    new_cache = []
+    for layer, c in zip(self.layers, cache):
+      x, c = layer(x, bias, positions, c, index)
+      new_cache.append(c)
+    return self.logits(x[:, -1:])[:, 0], new_cache
 
 
 def init_params(config: LlamaConfig, rng, batch: int = 1, length: int = 8):
