@@ -32,3 +32,20 @@ def test_benchmark_script_smoke(tmp_path):
     row = next(line for line in text.splitlines()
                if line.startswith(f"| {search} | ours (cached, jitted) |"))
     assert row.endswith("| True |") and re.search(r"\| \d+\.\d+x \|", row), row
+
+
+def test_llama_benchmark_smoke(tmp_path):
+  """benchmarks/llama.py runs; the Llama KV cache of G heads is exactly G/H of MHA's."""
+  out = tmp_path / "llama.md"
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  r = subprocess.run([sys.executable, "benchmarks/llama.py", "--smoke", f"--out={out}"],
+                     cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  text = out.read_text()
+  ratios = {}
+  for line in text.splitlines():  # | context | batch | variant | cache | cache / MHA | ...
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    if len(cells) == 7 and cells[2] in ("MHA", "GQA-2", "MQA"):
+      ratios[cells[2]] = float(cells[4])
+  assert ratios == {"MHA": 1.0, "GQA-2": 0.5, "MQA": 0.25}  # smoke: 4 heads
+  assert re.search(r"\| ours \(jit, float32\) \| \d+\.\d+ \| \d+\.\d+x \|", text), text

@@ -1,0 +1,156 @@
+"""Decoder-only (Llama-shaped) numbers, side by side in one run on this device:
+
+    python benchmarks/llama.py                 # -> benchmarks/RESULTS_llama.md
+    python benchmarks/llama.py --smoke         # seconds; what tests/test_benchmarks.py runs
+
+1. KV-cache bytes and cached decode tokens/s for MHA vs GQA vs MQA (converted from one MHA
+   model by mean-pooling), at long contexts: decode rate = (new tokens - 1) * batch / (time of
+   prompt + N tokens - time of prompt + 1 token), so the prompt pass is not counted.
+2. Train step (causal LM loss, backward, AdamW) of ours vs HF PyTorch LlamaForCausalLM on the
+   same batch and weights, float32.
+"""
+import argparse
+import datetime
+import os
+import platform
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+SHAPES = {  # a Llama-shaped model small enough for 2 CPU cores
+    "cpu": dict(vocab_size=8000, hidden_size=512, intermediate_size=1376, num_hidden_layers=4,
+                num_attention_heads=8, num_key_value_heads=8, head_dim=64),
+    "smoke": dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=4, head_dim=16),
+}
+
+
+def best_of(f, n=3):
+  f()  # compile
+  times = []
+  for _ in range(n):
+    t = time.perf_counter()
+    f()
+    times.append(time.perf_counter() - t)
+  return min(times)
+
+
+def hf_model(spec):
+  import torch
+  from transformers import LlamaConfig, LlamaForCausalLM
+  torch.manual_seed(0)
+  return LlamaForCausalLM(LlamaConfig(**spec, max_position_embeddings=8192)).eval()
+
+
+def decode_section(spec, contexts, batch, new_tokens, tmp):
+  from wgqa_jax import decode_causal, hf, variants
+  from wgqa_jax.generation import GenerationConfig
+  hf_model(spec).save_pretrained(tmp, safe_serialization=True)
+  mha_params, mha_cfg = hf.from_hf(tmp)
+  h = mha_cfg.num_heads
+  rows = ["| context | batch | variant | KV cache | cache / MHA | decode tokens/s | vs MHA |",
+          "|---|---|---|---|---|---|---|"]
+  for context in contexts:
+    base = None
+    g_mid = h // 4 if h >= 8 else h // 2
+    for name, g in (("MHA", h), (f"GQA-{g_mid}", g_mid), ("MQA", 1)):
+      params, cfg = (mha_params, mha_cfg) if g == h else variants.from_mha(
+          mha_params, mha_cfg, "mqa" if g == 1 else "gqa", g)
+      params = jax.device_put(params)
+      ids = np.random.default_rng(0).integers(3, spec["vocab_size"], (batch, context))
+      mask = np.ones_like(ids)
+      run = lambda n: jax.block_until_ready(decode_causal.generate(
+          params, ids.astype(np.int32), mask, cfg, GenerationConfig(max_new_tokens=n)))
+      t_n, t_1 = best_of(lambda: run(new_tokens)), best_of(lambda: run(1))
+      rate = (new_tokens - 1) * batch / max(t_n - t_1, 1e-9)
+      cache = 2 * cfg.num_layers * batch * (context + new_tokens) * cfg.kv_heads * cfg.head_dim * 4
+      base = base or (cache, rate)
+      rows.append(f"| {context} | {batch} | {name} | {cache / 2**20:.2f} MiB | "
+                  f"{cache / base[0]:.3f} | {rate:.0f} | {rate / base[1]:.2f}x |")
+      print(rows[-1], flush=True)
+  return rows
+
+
+def train_section(spec, batch, length):
+  import optax
+  import torch
+  from wgqa_jax import hf
+  from wgqa_jax.models import llama
+  model = hf_model(spec).train()
+  sd = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+  cfg = hf.config_from_hf({**model.config.to_dict(), "model_type": "llama"}, sd)
+  params = hf.hf_to_params(sd, cfg)
+  ids = np.random.default_rng(0).integers(3, spec["vocab_size"], (batch, length))
+  tx = optax.adamw(1e-4)
+
+  def loss_fn(p, x):
+    logits = llama.Llama(cfg).apply({"params": p}, x[:, :-1])
+    logp = jax.nn.log_softmax(logits)
+    return -jnp.take_along_axis(logp, x[:, 1:, None], -1).mean()
+
+  @jax.jit
+  def step(p, opt, x):
+    loss, grads = jax.value_and_grad(loss_fn)(p, x)
+    updates, opt = tx.update(grads, opt, p)
+    return optax.apply_updates(p, updates), opt, loss
+
+  state = [jax.device_put(params), None]
+  state[1] = tx.init(state[0])
+  x = jnp.asarray(ids, jnp.int32)
+
+  def ours():
+    state[0], state[1], loss = step(state[0], state[1], x)
+    jax.block_until_ready(loss)
+
+  opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+  tx_ids = torch.tensor(ids)
+
+  def theirs():
+    opt.zero_grad()
+    model(input_ids=tx_ids, labels=tx_ids).loss.backward()
+    opt.step()
+
+  t_ours, t_hf = best_of(ours), best_of(theirs)
+  return ["| | seconds / step | HF / ours |", "|---|---|---|",
+          f"| ours (jit, float32) | {t_ours:.3f} | {t_hf / t_ours:.2f}x |",
+          f"| HF PyTorch LlamaForCausalLM | {t_hf:.3f} | 1.00x |"]
+
+
+def main() -> int:
+  p = argparse.ArgumentParser()
+  p.add_argument("--smoke", action="store_true")
+  p.add_argument("--out", default=None)
+  a = p.parse_args()
+  spec = SHAPES["smoke" if a.smoke else "cpu"]
+  contexts, batch, new = ((32,), 2, 4) if a.smoke else ((512, 2048, 4096), 4, 32)
+  out = a.out or os.path.join(REPO, "benchmarks",
+                              "RESULTS_llama_smoke.md" if a.smoke else "RESULTS_llama.md")
+  import tempfile
+  with tempfile.TemporaryDirectory() as tmp:
+    decode_rows = decode_section(spec, contexts, batch, new, tmp)
+  train_rows = train_section(spec, 2 if a.smoke else 8, 16 if a.smoke else 256)
+  print("\n".join(train_rows))
+  lines = ["# Decoder-only (Llama-shaped) benchmarks", "",
+           f"Command: `python benchmarks/llama.py{' --smoke' if a.smoke else ''}`  ",
+           f"Device: {jax.devices()[0].device_kind} ({platform.machine()}, {os.cpu_count()} "
+           f"cores); JAX {jax.__version__}  ",
+           f"Date: {datetime.date.today()}  ",
+           f"Model: {spec}", "",
+           f"## 1. KV cache and cached greedy decoding ({new} new tokens, float32)", "",
+           *decode_rows, "",
+           "## 2. Train step vs HF PyTorch (causal LM loss + backward + AdamW, same weights)", "",
+           *train_rows, ""]
+  with open(out, "w") as f:
+    f.write("\n".join(lines))
+  print(f"wrote {out}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
