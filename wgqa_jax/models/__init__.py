@@ -4,6 +4,7 @@ code (wgqa_jax.attention, wgqa_jax.variants) is shared by all of them.
 
 - t5: Flax T5 encoder-decoder (models/t5.py, config in models/t5_config.py).
 - llama: Llama-architecture decoder, Llama / Mistral (models/llama.py, models/llama_config.py).
+- layers: what the families share besides attention (RMSNorm).
 """
 from __future__ import annotations
 

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from wgqa_jax.attention import NEG_INF, Attention
 from wgqa_jax.models.llama_config import LlamaConfig
+from wgqa_jax.models import layers
 from wgqa_jax.ops import dense
 
 _INIT = nn.initializers.normal(0.02)  # HF's initializer_range
@@ -31,17 +32,8 @@ def _dense(cfg: LlamaConfig, x, kernel):
                transpose_weight_grad_on_cpu=cfg.transpose_weight_grad_on_cpu)
 
 
-class RMSNorm(nn.Module):
-  config: LlamaConfig
-
-  @nn.compact
-  def __call__(self, x):
-    cfg = self.config
-    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-                       (cfg.hidden_size,), jnp.dtype(cfg.param_dtype))
-    x = x.astype(jnp.float32)
-    x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + cfg.rms_norm_eps)
-    return (jnp.asarray(scale, jnp.float32) * x).astype(jnp.dtype(cfg.dtype))
+def RMSNorm(cfg, name: str | None = None) -> layers.RMSNorm:  # noqa: N802 (a module)
+  return layers.RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.dtype, cfg.param_dtype, name=name)
 
 
 class MLP(nn.Module):

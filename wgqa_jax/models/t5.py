@@ -26,6 +26,7 @@ import jax.numpy as jnp
 
 from wgqa_jax.attention import NEG_INF, Attention
 from wgqa_jax.models.t5_config import T5Config
+from wgqa_jax.models import layers
 from wgqa_jax.ops import dense
 
 
@@ -88,18 +89,8 @@ class RelativePositionBias(nn.Module):
     return jnp.transpose(bias, (2, 0, 1))[None]
 
 
-class RMSNorm(nn.Module):
-  """T5 layer norm: no mean subtraction, no bias, computed in float32."""
-  config: T5Config
-
-  @nn.compact
-  def __call__(self, x):
-    cfg = self.config
-    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-                       (cfg.d_model,), jnp.dtype(cfg.param_dtype))
-    x = x.astype(jnp.float32)
-    x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + cfg.layer_norm_epsilon)
-    return (jnp.asarray(scale, jnp.float32) * x).astype(jnp.dtype(cfg.dtype))
+def RMSNorm(cfg, name: str | None = None) -> layers.RMSNorm:  # noqa: N802 (a module)
+  return layers.RMSNorm(cfg.d_model, cfg.layer_norm_epsilon, cfg.dtype, cfg.param_dtype, name=name)
 
 
 _ACT = {
