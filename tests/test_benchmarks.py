@@ -9,6 +9,17 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def cache_ratios(text: str) -> dict[str, float]:
+  """{variant: cache / MHA} from the rows | context or source | batch | variant | cache |
+  cache / MHA | ... of a results table."""
+  ratios = {}
+  for line in text.splitlines():
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    if len(cells) == 7 and cells[2] in ("MHA", "GQA-2", "MQA"):
+      ratios[cells[2]] = float(cells[4])
+  return ratios
+
+
 def test_benchmark_script_smoke(tmp_path):
   out = tmp_path / "results.md"
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device, as users run it
@@ -22,12 +33,7 @@ def test_benchmark_script_smoke(tmp_path):
   for what in ("forward (loss)", "forward + backward", "train step (+ AdamW)"):
     row = next(line for line in text.splitlines() if line.startswith(f"| {what} |"))
     assert re.search(r"\| \d+\.\d+x \|$", row), row  # an HF timing and a ratio, not "-"
-  ratios = {}
-  for line in text.splitlines():  # | source | batch | variant | cache | cache / MHA | ...
-    cells = [c.strip() for c in line.strip("|").split("|")]
-    if len(cells) == 7 and cells[2] in ("MHA", "GQA-2", "MQA"):
-      ratios[cells[2]] = float(cells[4])
-  assert ratios == {"MHA": 1.0, "GQA-2": 0.5, "MQA": 0.25}  # tiny: 4 heads
+  assert cache_ratios(text) == {"MHA": 1.0, "GQA-2": 0.5, "MQA": 0.25}  # tiny: 4 heads
   for search in ("greedy", "4 beams"):  # same tokens as HF, and a timing against it
     row = next(line for line in text.splitlines()
                if line.startswith(f"| {search} | ours (cached, jitted) |"))
@@ -42,10 +48,5 @@ def test_llama_benchmark_smoke(tmp_path):
                      cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
   text = out.read_text()
-  ratios = {}
-  for line in text.splitlines():  # | context | batch | variant | cache | cache / MHA | ...
-    cells = [c.strip() for c in line.strip("|").split("|")]
-    if len(cells) == 7 and cells[2] in ("MHA", "GQA-2", "MQA"):
-      ratios[cells[2]] = float(cells[4])
-  assert ratios == {"MHA": 1.0, "GQA-2": 0.5, "MQA": 0.25}  # smoke: 4 heads
+  assert cache_ratios(text) == {"MHA": 1.0, "GQA-2": 0.5, "MQA": 0.25}  # smoke: 4 heads
   assert re.search(r"\| ours \(jit, float32\) \| \d+\.\d+ \| \d+\.\d+x \|", text), text

@@ -85,15 +85,15 @@ def pack_rows(examples, max_input_length: int, max_target_length: int, pad_id: i
                            ("targets_segment_ids", max_target_length),
                            ("inputs_positions", max_input_length),
                            ("targets_positions", max_target_length))}
-  for r, row in enumerate(placed):
-    starts = [0, 0]
-    for seg, ex in enumerate(row, start=1):
-      for side, ids in zip(("inputs", "targets"), ex):
-        s, e = starts[side == "targets"], starts[side == "targets"] + len(ids)
-        out[side][r, s:e] = ids
-        out[f"{side}_segment_ids"][r, s:e] = seg
-        out[f"{side}_positions"][r, s:e] = np.arange(len(ids))
-        starts[side == "targets"] = e
+  for side, j in (("inputs", 0), ("targets", 1)):
+    for r, row in enumerate(placed):
+      start = 0
+      for seg, ex in enumerate(row, start=1):
+        end = start + len(ex[j])
+        out[side][r, start:end] = ex[j]
+        out[f"{side}_segment_ids"][r, start:end] = seg
+        out[f"{side}_positions"][r, start:end] = np.arange(len(ex[j]))
+        start = end
   return out
 
 
@@ -173,7 +173,7 @@ def examples_per_row(source, tokenizer, layout: Layout) -> float:
   if not layout.pack:
     return 1.0
   rows = windows(source, tokenizer, layout)[0]
-  return min(layout.pack_window, len(source)) / len(rows["inputs"]) if len(source) else 1.0
+  return float(rows["targets_segment_ids"].max(axis=1).sum()) / len(rows["inputs"])
 
 
 class TrainBatches:

@@ -102,12 +102,7 @@ def gather_rows(x: np.ndarray) -> np.ndarray:
 
 def put_batch(batch: dict, mesh: Mesh) -> dict:
   """A global host numpy batch that every process holds whole (eval) -> global arrays sharded
-  over the data axis (single and multi-host)."""
-  sharding = batch_sharding(mesh)
-  if jax.process_count() == 1:
-    return {k: jax.device_put(np.asarray(v), sharding) for k, v in batch.items()}
-  # Every host builds the same global batch (it is a function of the step); each passes its rows.
+  over the data axis (single and multi-host): each process passes its rows."""
   n, i = jax.process_count(), jax.process_index()
-  local = lambda v: np.asarray(v)[i * (len(v) // n):(i + 1) * (len(v) // n)]
-  return {k: jax.make_array_from_process_local_data(sharding, local(v), np.shape(v))
-          for k, v in batch.items()}
+  return put_process_batch({k: np.asarray(v)[i * (len(v) // n):(i + 1) * (len(v) // n)]
+                            for k, v in batch.items()}, mesh)
