@@ -27,7 +27,7 @@ import numpy as np
 import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from wgqa_jax import decode, train, variants  # noqa: E402
+from wgqa_jax import decode, objectives, train, variants  # noqa: E402
 from wgqa_jax import hf as hf_io  # noqa: E402
 from wgqa_jax.models import t5  # noqa: E402
 from wgqa_jax.generation import GenerationConfig  # noqa: E402
@@ -137,7 +137,7 @@ def bench_train(p, log):
   state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
   batch = {"inputs": jnp.asarray(inputs), "targets": jnp.asarray(targets)}
   key = jax.random.PRNGKey(0)
-  loss = lambda prm, bt: train.loss_sums(prm, bt, key, cfg, 0.0, 0.0, True)[0]
+  loss = lambda prm, bt: objectives.loss_sums(prm, bt, key, cfg, 0.0, 0.0, True)[0]
   fwd, grad = jax.jit(loss), jax.jit(jax.grad(loss))
   step = jax.jit(train.make_train_step(cfg, c.optim, tx), donate_argnums=(0,))
   holder = {"state": state}
@@ -148,7 +148,7 @@ def bench_train(p, log):
   ours = {"forward (loss)": timeit(lambda: sync(fwd(params, batch)), n)}
   if jax.default_backend() == "cpu":  # what wgqa_jax.ops' transposed weight gradient buys
     plain_cfg = cfg.replace(transpose_weight_grad_on_cpu=False)
-    plain = jax.jit(jax.grad(lambda prm, bt: train.loss_sums(prm, bt, key, plain_cfg, 0.0, 0.0,
+    plain = jax.jit(jax.grad(lambda prm, bt: objectives.loss_sums(prm, bt, key, plain_cfg, 0.0, 0.0,
                                                              True)[0]))
     ours.update(timeit_interleaved({  # alternated, so a noisy host cannot favour either
         "forward + backward": lambda: sync(grad(params, batch)),

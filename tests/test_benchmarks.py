@@ -49,4 +49,4 @@ def test_llama_benchmark_smoke(tmp_path):
   assert r.returncode == 0, r.stderr[-3000:]
   text = out.read_text()
   assert cache_ratios(text) == {"MHA": 1.0, "GQA-2": 0.5, "MQA": 0.25}  # smoke: 4 heads
-  assert re.search(r"\| ours \(jit, float32\) \| \d+\.\d+ \| \d+\.\d+x \|", text), text
+  assert re.search(r"\| ours \(wgqa_jax.train step, jit, float32\) \| \d+\.\d+ \| \d+\.\d+x \|", text), text

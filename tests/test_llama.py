@@ -16,10 +16,10 @@ SPEC = dict(vocab_size=97, hidden_size=40, intermediate_size=56, num_hidden_laye
             max_position_embeddings=64, tie_word_embeddings=False)
 
 
-def hf_model(model_type="llama", kv_heads=4, tied=False, seed=0):
+def hf_model(model_type="llama", kv_heads=4, tied=False, seed=0, **changes):
   from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
   torch.manual_seed(seed)
-  spec = {**SPEC, "num_key_value_heads": kv_heads, "tie_word_embeddings": tied}
+  spec = {**SPEC, "num_key_value_heads": kv_heads, "tie_word_embeddings": tied, **changes}
   if model_type == "mistral":
     model = MistralForCausalLM(MistralConfig(**spec, sliding_window=None))
   else:

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from wgqa_jax import params_io, train, variants
+from wgqa_jax import objectives, params_io, train, variants
 from wgqa_jax.train_config import base_config
 
 
@@ -260,7 +260,7 @@ def test_loss_with_label_smoothing_and_z_loss_matches_numpy():
   ls, z = 0.1, 1e-3
   want = ((1 - ls) * nll - ls * logp.mean(-1) + z * logz ** 2)
   w = batch["targets"] != 0
-  lsum, n, nllsum = train.loss_sums(params, batch, None, cfg, ls, z, False)
+  lsum, n, nllsum = objectives.loss_sums(params, batch, None, cfg, ls, z, False)
   assert float(n) == w.sum() == 8
   np.testing.assert_allclose(float(lsum), want[w].sum(), rtol=1e-5)
   np.testing.assert_allclose(float(nllsum), nll[w].sum(), rtol=1e-5)
@@ -306,7 +306,7 @@ def test_packed_rows_give_each_example_its_unpacked_loss(variant):
               for p in data.source("synthetic_translate", "train", 24)]
   packed = pipeline.pack_rows(examples, 160, 96, tok.pad_id)
   assert packed["inputs_segment_ids"].max() >= 2  # rows really hold several examples
-  per_row = jax.vmap(lambda row: train.loss_sums(params, jax.tree.map(lambda x: x[None], row),
+  per_row = jax.vmap(lambda row: objectives.loss_sums(params, jax.tree.map(lambda x: x[None], row),
                                                  None, cfg, 0.0, 0.0, False)[2])
   alone = per_row(pipeline.pad_rows(examples, 160, 96, tok.pad_id))  # one example per row
   # each example's loss inside its packed row: mask the row's other segments out of the sum
@@ -315,12 +315,12 @@ def test_packed_rows_give_each_example_its_unpacked_loss(variant):
     for seg in range(1, packed["targets_segment_ids"][r].max() + 1):
       row = {k: v[r:r + 1] for k, v in packed.items()}
       keep = row["targets_segment_ids"] == seg
-      logits_loss = train.loss_sums(params, {**row, "targets": np.where(
+      logits_loss = objectives.loss_sums(params, {**row, "targets": np.where(
           keep | (row["targets_segment_ids"] == 0), row["targets"], 0)}, None, cfg, 0, 0, False)
       got.append(float(logits_loss[2]))
   want = [float(alone[i]) for i in _packing_order(examples, packed)]
   np.testing.assert_allclose(got, want, rtol=2e-5)
-  total = train.loss_sums(params, packed, None, cfg, 0.0, 0.0, False)
+  total = objectives.loss_sums(params, packed, None, cfg, 0.0, 0.0, False)
   np.testing.assert_allclose(float(total[2]), float(np.sum(alone)), rtol=2e-5)
 
 

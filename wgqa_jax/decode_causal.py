@@ -13,7 +13,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from wgqa_jax import generation
+from wgqa_jax import causal_view, generation
 from wgqa_jax.generation import GenerationConfig
 from wgqa_jax.models.llama import Llama
 from wgqa_jax.models.llama_config import LlamaConfig
@@ -74,3 +74,11 @@ def generate(params, input_ids, attention_mask, cfg: LlamaConfig, gen: Generatio
   state = (jnp.int32(0), logits, jnp.full((b, steps), pad, jnp.int32), jnp.zeros((b,), bool),
            cache)
   return jax.lax.while_loop(cond, body, state)[2]
+
+
+@partial(jax.jit, static_argnames=("cfg", "gen"))
+def generate_from_rows(params, inputs, cfg: LlamaConfig, gen: GenerationConfig, rng=None):
+  """`generate` after each right-padded input row of the pipeline (its prompt: [BOS] input EOS,
+  wgqa_jax.causal_view), the answer the model was trained to continue with."""
+  ids, mask = causal_view.prompts(inputs, cfg.eos_token_id, cfg.pad_token_id)
+  return generate(params, ids, mask, cfg, gen, rng)

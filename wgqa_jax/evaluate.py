@@ -5,7 +5,8 @@
         --split=test --tokenizer=t5-small --num_beams=4 --out=/tmp/wgqa_small/test.json
 
 --checkpoint is a training workdir (its best/ params, falling back to final/), a wgqa_jax params
-dir (inside a workdir or not), or a HF T5 directory. The run's data settings (dataset, data_dir,
+dir (inside a workdir or not), or a HF T5 / Llama directory (a decoder-only model continues each
+prompt `[BOS] input EOS`, as it was trained: wgqa_jax.causal_view). The run's data settings (dataset, data_dir,
 tokenizer, lengths) come from its config.json, and the generation settings from the checkpoint
 (its task_specific_params entry for the task, e.g. t5-small's "summarization": 4 beams, length
 penalty 2.0, n-gram blocking 3, ...; printed); flags override both.
@@ -22,15 +23,15 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from wgqa_jax import (cli, data, decode, generation, metrics, params_io, pipeline, sharding,
-                      tokenizers, variants)
+from wgqa_jax import (cli, data, decode, decode_causal, generation, metrics, models, params_io,
+                      pipeline, sharding, tokenizers, variants)
 from wgqa_jax.generation import GenerationConfig
 from wgqa_jax.train_config import base_config
 
 FLAGS = cli.flag_set()
 _d = lambda name, default, help_: flags.DEFINE_string(name, default, help_, flag_values=FLAGS)
 _i = lambda name, default, help_: flags.DEFINE_integer(name, default, help_, flag_values=FLAGS)
-_d("checkpoint", None, "training workdir, wgqa_jax params dir or HF T5 directory")
+_d("checkpoint", None, "training workdir, wgqa_jax params dir or HF T5 / Llama directory")
 _d("dataset", None, "default: the run's dataset")
 _d("split", "test", "split to decode")
 _d("data_dir", None, "TFDS data_dir (default: the run's)")
@@ -77,7 +78,7 @@ def resolve(checkpoint: str) -> tuple[str, dict]:
   if os.path.exists(os.path.join(checkpoint, "config.json")):  # a HF directory
     return checkpoint, {}
   raise FileNotFoundError(f"{checkpoint} is neither a training workdir (best/ or final/), a "
-                          f"wgqa_jax params dir nor a HF T5 directory")
+                          f"wgqa_jax params dir nor a HF T5 / Llama directory")
 
 
 def decode_batches(params, cfg, split, tokenizer, batch_size: int, gen: GenerationConfig,
@@ -88,6 +89,7 @@ def decode_batches(params, cfg, split, tokenizer, batch_size: int, gen: Generati
   prediction.
 
   mesh: place batches sharded over its data axis (train); desc: show a progress bar."""
+  generate = decode_causal.generate_from_rows if models.is_causal(cfg) else decode.generate
   batches = pipeline.eval_batches(split, batch_size)
   if desc:
     batches = tqdm(batches, desc=desc, total=-(-len(split) // batch_size), leave=False)
@@ -96,7 +98,7 @@ def decode_batches(params, cfg, split, tokenizer, batch_size: int, gen: Generati
     b["targets"] = np.where(valid[:, None], b["targets"], 0)
     if mesh is not None:
       b = sharding.put_batch(b, mesh)
-    out = decode.generate(params, b["inputs"], cfg, gen, rng)
+    out = generate(params, b["inputs"], cfg, gen, rng)
     rows = sharding.to_host(out)[::gen.num_return_sequences]
     yield b, [tokenizer.decode(r) for r, v in zip(rows, valid) if v]
 

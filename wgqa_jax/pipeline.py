@@ -40,7 +40,8 @@ def truncate(ids, length: int, eos_id: int) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class Tokenize(grain.transforms.Map):
-  """(input text, target text) -> (input ids, target ids), unpadded int32, EOS-terminated."""
+  """(input text, target text) -> (input ids, target ids), unpadded int32, EOS-terminated; the
+  input starts with the tokenizer's prefix (a decoder-only model's BOS; none for T5)."""
   tokenizer: Any
   max_input_length: int
   max_target_length: int
@@ -48,7 +49,8 @@ class Tokenize(grain.transforms.Map):
   def map(self, pair):
     source, target = pair
     eos = self.tokenizer.eos_id
-    return (truncate(self.tokenizer.encode(source), self.max_input_length, eos),
+    prefix = list(self.tokenizer.prefix)
+    return (truncate(prefix + self.tokenizer.encode(source), self.max_input_length, eos),
             truncate(self.tokenizer.encode(target), self.max_target_length, eos))
 
 

@@ -1,7 +1,8 @@
 """Tokenizers: bytes (no files), sentencepiece trained on the fly (offline), or a HF tokenizer.
 
 Every tokenizer pickles (grain's worker processes tokenize with a copy). ids: 0 pad, 1 eos, 2 unk
-for the two built-in ones, as T5's vocabularies.
+for the two built-in ones, as T5's vocabularies. `prefix` is what the tokenizer puts before a
+prompt: a Llama tokenizer's BOS, nothing for T5's and ours (wgqa_jax.pipeline.Tokenize adds it).
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ class ByteTokenizer:
   """UTF-8 bytes shifted by 3 (0 = pad, 1 = eos, 2 = unk), like ByT5. Needs no files."""
   vocab_size = 259
   pad_id, eos_id = PAD, EOS
+  prefix: tuple[int, ...] = ()
 
   def encode(self, text: str) -> list[int]:
     return [b + 3 for b in text.encode("utf-8")]
@@ -38,13 +40,23 @@ class ByteTokenizer:
 
 
 class HFTokenizer:
-  """A Hugging Face T5 sentencepiece tokenizer (local dir or hub id)."""
+  """A Hugging Face tokenizer (local dir or hub id): T5's, or a decoder-only model's.
+
+  prefix: the BOS the tokenizer itself starts a text with (Llama: yes; T5: none). A tokenizer
+  without a pad token (Llama's) pads with EOS, as HF's recipes do: rows keep their tokens up to
+  the first EOS (wgqa_jax.objectives), so a pad that equals EOS is never mistaken for text."""
 
   def __init__(self, name: str):
     from transformers import AutoTokenizer
     self.tok = AutoTokenizer.from_pretrained(name)
     self.vocab_size = len(self.tok)
-    self.pad_id, self.eos_id = self.tok.pad_token_id, self.tok.eos_token_id
+    self.eos_id = self.tok.eos_token_id
+    if self.eos_id is None:
+      raise ValueError(f"tokenizer {name!r} has no EOS token: examples could not end")
+    self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.eos_id
+    bos, plain = self.tok.bos_token_id, self.tok("a", add_special_tokens=False)["input_ids"]
+    special = self.tok("a", add_special_tokens=True)["input_ids"]
+    self.prefix = (bos,) if bos is not None and special[:1] == [bos] != plain[:1] else ()
 
   def encode(self, text: str) -> list[int]:
     return self.tok(text, add_special_tokens=False)["input_ids"]
@@ -79,6 +91,7 @@ class SentencePieceTokenizer:
   """A sentencepiece model trained on the fly on a sample of the training texts (offline), saved
   in the workdir so a resumed run uses the very same vocabulary. ids: 0 pad, 1 eos, 2 unk."""
   pad_id, eos_id = PAD, EOS
+  prefix: tuple[int, ...] = ()
 
   def __init__(self, model_file: str):
     with open(model_file, "rb") as f:

@@ -1,6 +1,8 @@
-"""Uptrain a T5 checkpoint into MHA / MQA / GQA / WGQA / ... (one linear main, big_vision style).
+"""Uptrain a T5 or Llama-architecture checkpoint into MHA / MQA / GQA / WGQA / ... (one linear
+main, big_vision style).
 
     python -m wgqa_jax.train --config=configs/tiny.py --workdir=/tmp/wgqa_tiny
+    python -m wgqa_jax.train --config=configs/llama_tiny.py --workdir=/tmp/wgqa_llama_tiny
     python -m wgqa_jax.train --config=configs/paper.py:wgqa,small --config.optim.batch_size=64 \
         --workdir=/tmp/wgqa_small
 
@@ -30,11 +32,9 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from wgqa_jax import (analysis, checkpoints, cli, data, generation, metrics, params_io, pipeline,
-                      sharding, tokenizers, variants)
+from wgqa_jax import (analysis, checkpoints, cli, data, generation, metrics, models, objectives,
+                      params_io, pipeline, sharding, tokenizers, variants)
 from wgqa_jax import evaluate as evaluate_lib
-from wgqa_jax.models import t5
-from wgqa_jax.models.t5_config import preset
 from wgqa_jax.train_config import resume_differences, validate
 
 FLAGS = cli.flag_set()
@@ -45,7 +45,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints and metrics g
 
 
 # ----------------------------------------------------------------------------------------------
-# Model: from a random tiny T5, a HF checkpoint, or our params dir -> (params on host, cfg)
+# Model: from a random tiny preset, a HF checkpoint, or our params dir -> (params on host, cfg)
 # ----------------------------------------------------------------------------------------------
 class Diverged(cli.Failure):
   """Too many consecutive steps were non-finite; the last good checkpoint is left as it was."""
@@ -64,22 +64,26 @@ class Preempted(cli.Failure):
 
 
 def generation_settings(c: ml_collections.ConfigDict) -> dict:
-  """The generation settings best/ and final/ keep: the checkpoint's, or the offline default."""
+  """The generation settings best/ and final/ keep: the checkpoint's, or the offline default
+  (T5: beams; decoder-only: greedy, HF's defaults)."""
   if c.model.init_from == "tiny-random":
-    return generation.OFFLINE_DEFAULT
+    return {} if models.is_causal(source_config(c)) else generation.OFFLINE_DEFAULT
   return params_io.generation_settings_any(c.model.init_from)
 
 
 def source_config(c: ml_collections.ConfigDict):
   """The model config of model.init_from, read without its weights."""
   if c.model.init_from == "tiny-random":
-    return preset(c.model.arch)
+    return models.preset(c.model.arch)
   return params_io.load_config_any(c.model.init_from)
 
 
-def check_grouping(c: ml_collections.ConfigDict) -> None:
-  """Fail now (nothing written yet) if the variant cannot be built from the checkpoint."""
+def check_model(c: ml_collections.ConfigDict) -> None:
+  """Fail now (nothing written yet) if the variant or the objective does not fit the model."""
   src, g = source_config(c), c.grouping
+  if c.optim.loss_on is not None and not models.is_causal(src):
+    raise ValueError(f"config.optim.loss_on={c.optim.loss_on!r}: T5 always trains on its "
+                     f"targets; loss_on is for decoder-only models")
   if variants.is_mha(src):
     variants.get(g.variant).grouping(src.num_heads, g.kv_heads, group_encoder=g.group_encoder,
                                      group_sizes=g.group_sizes, noise=g.attention_noise)
@@ -98,16 +102,25 @@ def check_resume(c: ml_collections.ConfigDict, workdir: str) -> None:
                      f"keep: {'; '.join(diffs)}. To start fresh, pass another --workdir.")
 
 
-def build_model(c: ml_collections.ConfigDict, vocab_size: int):
+def build_model(c: ml_collections.ConfigDict, tokenizer):
   m, g = c.model, c.grouping
+  vocab_size = tokenizer.vocab_size
   if m.init_from == "tiny-random":
-    cfg = preset(m.arch, vocab_size=max(vocab_size, preset(m.arch).vocab_size))
-    params = jax.device_get(t5.init_params(cfg, jax.random.PRNGKey(c.seed)))
+    arch = models.preset(m.arch)
+    ids = dict(pad_token_id=tokenizer.pad_id, eos_token_id=tokenizer.eos_id,
+               bos_token_id=(tokenizer.prefix or (tokenizer.eos_id,))[0]) \
+        if models.is_causal(arch) else {}  # a random decoder-only model takes the data's ids
+    cfg = arch.replace(vocab_size=max(vocab_size, arch.vocab_size), **ids)
+    params = jax.device_get(models.module_of(cfg).init_params(cfg, jax.random.PRNGKey(c.seed)))
   else:
     params, cfg = params_io.load_any(m.init_from)
   if vocab_size > cfg.vocab_size:
     raise ValueError(f"tokenizer {c.data.tokenizer!r} has {vocab_size} ids but the model only "
                      f"{cfg.vocab_size} embeddings")
+  if models.is_causal(cfg) and tokenizer.eos_id != cfg.eos_token_id:
+    raise ValueError(f"tokenizer {c.data.tokenizer!r} ends examples with id {tokenizer.eos_id} "
+                     f"but the model's eos_token_id is {cfg.eos_token_id}: train with the "
+                     f"checkpoint's own tokenizer (config.data.tokenizer={m.init_from})")
   if variants.is_mha(cfg):  # a grouped params dir is uptrained as it is
     params, cfg = variants.from_mha(
         params, cfg, g.variant, g.kv_heads, group_encoder=g.group_encoder,
@@ -121,34 +134,14 @@ def build_model(c: ml_collections.ConfigDict, vocab_size: int):
 # ----------------------------------------------------------------------------------------------
 # Loss and steps (pure functions; the loop only moves data and writes metrics)
 # ----------------------------------------------------------------------------------------------
-def loss_sums(params, batch, rng, cfg, label_smoothing: float, z_loss: float, train: bool):
-  """(sum of token losses, number of target tokens, sum of log-likelihood-only losses)."""
-  targets, inputs = batch["targets"], batch["inputs"]
-  enc_seg, dec_seg = batch.get("inputs_segment_ids"), batch.get("targets_segment_ids")  # packed
-  dec_in = t5.shift_right(targets, cfg.decoder_start_token_id, cfg.pad_token_id, dec_seg)
-  logits = t5.T5(cfg).apply(
-      {"params": params}, inputs, dec_in, (inputs != cfg.pad_token_id).astype(jnp.int32),
-      deterministic=not train, rngs={"dropout": rng} if train else None,
-      encoder_segment_ids=enc_seg, decoder_segment_ids=dec_seg)
-  weights = (targets != cfg.pad_token_id).astype(jnp.float32)
-  logz = jax.nn.logsumexp(logits, axis=-1)
-  logp = logits - logz[..., None]
-  nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-  loss = nll
-  if label_smoothing > 0:
-    loss = (1 - label_smoothing) * nll - label_smoothing * logp.mean(-1)
-  if z_loss > 0:
-    loss = loss + z_loss * logz ** 2
-  return (loss * weights).sum(), weights.sum(), (nll * weights).sum()
-
-
 def make_train_step(cfg, optim: ml_collections.ConfigDict, tx):
   """step(state, batch, rng) -> (state, metrics); optim is the config's optim section."""
   accum = optim.grad_accum_steps
 
   def grads_and_sums(params, mb, rng):
     def loss(p):
-      lsum, n, nll = loss_sums(p, mb, rng, cfg, optim.label_smoothing, optim.z_loss, True)
+      lsum, n, nll = objectives.loss_sums(p, mb, rng, cfg, optim.label_smoothing, optim.z_loss,
+                                          True, optim.loss_on)
       return lsum, (n, nll)
     (lsum, (n, nll)), grads = jax.value_and_grad(loss, has_aux=True)(params)
     return grads, jnp.stack([lsum, n, nll])
@@ -189,9 +182,10 @@ def make_train_step(cfg, optim: ml_collections.ConfigDict, tx):
 
 
 def make_eval_step(cfg):
-  """eval_step(params, batch) -> (sum of token NLLs, number of target tokens)."""
+  """eval_step(params, batch) -> (sum of target tokens' NLLs, number of target tokens)."""
   def eval_step(params, batch):
-    _, n, nll = loss_sums(params, batch, None, cfg, 0.0, 0.0, False)
+    _, n, nll = objectives.loss_sums(params, batch, None, cfg, 0.0, 0.0, False,
+                                     objectives.eval_loss_on(cfg))
     return nll, n
   return jax.jit(eval_step)
 
@@ -333,7 +327,7 @@ def prepare_data(c: ml_collections.ConfigDict, workdir: str, train_source, eval_
   d = c.data
   tokenizer = first_on_process_0(lambda: tokenizers.get_tokenizer(
       d.tokenizer, workdir, data.tokenizer_sample(train_source),
-      vocab_size=preset(c.model.arch).vocab_size))
+      vocab_size=models.preset(c.model.arch).vocab_size))
   eval_split = pipeline.eval_split(eval_source, tokenizer, d.max_input_length,
                                    d.max_target_length)
   total_steps = c.optim.num_train_steps
@@ -412,7 +406,7 @@ def train(c: ml_collections.ConfigDict, workdir: str, stop_after: int | None = N
   variant = variants.get(c.grouping.variant)
   workdir = os.path.abspath(workdir)
   check_resume(c, workdir)
-  check_grouping(c)
+  check_model(c)
   mesh = sharding.make_mesh(c.mesh.data or -1, c.mesh.model)
   if c.optim.batch_size % mesh.shape["data"]:
     raise ValueError(f"batch_size={c.optim.batch_size} is not divisible by the data axis "
@@ -427,8 +421,9 @@ def train(c: ml_collections.ConfigDict, workdir: str, stop_after: int | None = N
   tokenizer, eval_split, total_steps = prepare_data(c, workdir, train_source, eval_source)
 
   # ---- model, sharded state ----
-  params, cfg = build_model(c, tokenizer.vocab_size)
-  p_shard = sharding.param_shardings(t5.param_axes(cfg), t5.param_shapes(cfg), mesh)
+  params, cfg = build_model(c, tokenizer)
+  family = models.module_of(cfg)
+  p_shard = sharding.param_shardings(family.param_axes(cfg), family.param_shapes(cfg), mesh)
   tx, schedule = make_optimizer(c.optim, total_steps)
   params = jax.device_put(jax.tree.map(jnp.asarray, params), p_shard)
   state = jax.jit(lambda p: {"step": jnp.zeros((), jnp.int32), "params": p,

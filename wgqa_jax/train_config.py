@@ -15,8 +15,8 @@ from flax import traverse_util
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from wgqa_jax import data, variants
-from wgqa_jax.models.t5_config import DTYPES, PRESETS
+from wgqa_jax import data, models, objectives, variants
+from wgqa_jax.models.t5_config import DTYPES
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -26,7 +26,7 @@ def base_config() -> ml_collections.ConfigDict:
   # ---- model ----
   c.model = ml_collections.ConfigDict()
   c.model.init_from = "tiny-random"  # "tiny-random" | HF dir or hub id (t5-small) | wgqa params dir
-  c.model.arch = "tiny"         # architecture preset for init_from=tiny-random
+  c.model.arch = "tiny"         # architecture preset for init_from=tiny-random: T5 "tiny", "t5-small", ...; decoder-only "llama-tiny"
   c.model.dtype = "float32"     # compute dtype: bfloat16 on GPUs
   c.model.dropout_rate = placeholder(float)  # unset: the checkpoint's value
   # ---- grouping ----
@@ -63,6 +63,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.max_grad_norm = 1.0   # 0 disables clipping
   c.optim.label_smoothing = 0.0  # of the cross-entropy targets
   c.optim.z_loss = 0.0          # coefficient of log(Z)^2 (PaLM-style stabiliser)
+  # decoder-only models, trained on "[BOS] input EOS target EOS": "all" tokens (language
+  # modelling; the default when unset) or the "answer" (target) only. T5: always its targets.
+  c.optim.loss_on = placeholder(str)
   # consecutive steps the NaN guard may skip (non-finite loss, gradients or update) before the
   # run stops as diverged, its last good checkpoint intact
   c.optim.max_skipped_steps = 10
@@ -102,8 +105,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
                   regroup_every=g.regroup_every)
   except ValueError as e:
     bad("grouping.variant", str(e))
-  if c.model.init_from == "tiny-random" and c.model.arch not in PRESETS:
-    bad("model.arch", f"choose from {sorted(PRESETS)}")
+  if c.model.init_from == "tiny-random" and c.model.arch not in models.presets():
+    bad("model.arch", f"choose from {sorted(models.presets())}")
+  if o.loss_on is not None and o.loss_on not in objectives.LOSS_ON:
+    bad("optim.loss_on", f"choose from {objectives.LOSS_ON} (or leave it unset)")
   if c.model.dtype not in DTYPES:
     bad("model.dtype", f"choose from {DTYPES}")
   if d.dataset not in data.DATASETS:

@@ -5,6 +5,9 @@ code (wgqa_jax.attention, wgqa_jax.variants) is shared by all of them.
 - t5: Flax T5 encoder-decoder (models/t5.py, config in models/t5_config.py).
 - llama: Llama-architecture decoder, Llama / Mistral (models/llama.py, models/llama_config.py).
 - layers: what the families share besides attention (RMSNorm).
+
+Architecture presets (`preset(name)`, the training config's model.arch) are named across the
+families: "tiny" and "t5-*" are T5, "llama-*" Llama.
 """
 from __future__ import annotations
 
@@ -36,3 +39,26 @@ def config_from_hf(hf: dict[str, Any]):
   if hf.get("model_type") in MODEL_TYPES:
     return LlamaConfig.from_hf(hf)
   return T5Config.from_hf(hf)
+
+
+def presets() -> dict[str, Any]:
+  """Every architecture preset name -> its config class (names are unique across families)."""
+  from wgqa_jax.models import llama_config, t5_config
+  return {**{n: t5_config.T5Config for n in t5_config.PRESETS},
+          **{n: llama_config.LlamaConfig for n in llama_config.PRESETS}}
+
+
+def preset(name: str, **overrides):
+  """The model config of architecture preset `name` (any family), `overrides` applied."""
+  from wgqa_jax.models import llama_config, t5_config
+  if name in llama_config.PRESETS:
+    return llama_config.LlamaConfig(**{**llama_config.PRESETS[name], **overrides})
+  if name in t5_config.PRESETS:
+    return t5_config.preset(name, **overrides)
+  raise ValueError(f"unknown architecture preset {name!r}; known: {sorted(presets())}")
+
+
+def is_causal(cfg) -> bool:
+  """A decoder-only model (trained as a causal LM on prompt + answer) rather than T5."""
+  from wgqa_jax.models import llama_config
+  return isinstance(cfg, llama_config.LlamaConfig)

@@ -155,7 +155,7 @@ class LlamaConfig:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # the offline default (configs/llama_tiny.py, to come with the training path)
+    # the offline decoder-only default (configs/llama_tiny.py)
     "llama-tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=160, num_layers=2,
                        num_heads=4, head_dim=16, max_position_embeddings=512),
 }
