@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -20,6 +22,7 @@ def cache_ratios(text: str) -> dict[str, float]:
   return ratios
 
 
+@pytest.mark.slow  # scripts, not behaviour: kept out of CI's 20 minutes (pytest -m slow)
 def test_benchmark_script_smoke(tmp_path):
   out = tmp_path / "results.md"
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device, as users run it
@@ -40,6 +43,7 @@ def test_benchmark_script_smoke(tmp_path):
     assert row.endswith("| True |") and re.search(r"\| \d+\.\d+x \|", row), row
 
 
+@pytest.mark.slow
 def test_llama_benchmark_smoke(tmp_path):
   """benchmarks/llama.py runs; the Llama KV cache of G heads is exactly G/H of MHA's."""
   out = tmp_path / "llama.md"

@@ -39,6 +39,7 @@ def result(proc, expect_in_output: str = "") -> dict:
   return json.loads(next(l for l in out.splitlines() if l.startswith("RESULT "))[len("RESULT "):])
 
 
+@pytest.mark.slow  # 80 s on 2 cores: two processes compile the same step; CI keeps to 20 minutes
 def test_two_processes_train_like_one(tmp_path):
   port = free_port()
   procs = [start(i, 2, port, tmp_path / "multi", 2) for i in range(2)]

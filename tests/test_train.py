@@ -306,8 +306,8 @@ def test_packed_rows_give_each_example_its_unpacked_loss(variant):
               for p in data.source("synthetic_translate", "train", 24)]
   packed = pipeline.pack_rows(examples, 160, 96, tok.pad_id)
   assert packed["inputs_segment_ids"].max() >= 2  # rows really hold several examples
-  per_row = jax.vmap(lambda row: objectives.loss_sums(params, jax.tree.map(lambda x: x[None], row),
-                                                 None, cfg, 0.0, 0.0, False)[2])
+  nll = jax.jit(lambda batch: objectives.loss_sums(params, batch, None, cfg, 0.0, 0.0, False)[2])
+  per_row = jax.vmap(lambda row: nll(jax.tree.map(lambda x: x[None], row)))
   alone = per_row(pipeline.pad_rows(examples, 160, 96, tok.pad_id))  # one example per row
   # each example's loss inside its packed row: mask the row's other segments out of the sum
   got = []
@@ -315,13 +315,11 @@ def test_packed_rows_give_each_example_its_unpacked_loss(variant):
     for seg in range(1, packed["targets_segment_ids"][r].max() + 1):
       row = {k: v[r:r + 1] for k, v in packed.items()}
       keep = row["targets_segment_ids"] == seg
-      logits_loss = objectives.loss_sums(params, {**row, "targets": np.where(
-          keep | (row["targets_segment_ids"] == 0), row["targets"], 0)}, None, cfg, 0, 0, False)
-      got.append(float(logits_loss[2]))
+      got.append(float(nll({**row, "targets": np.where(
+          keep | (row["targets_segment_ids"] == 0), row["targets"], 0)})))
   want = [float(alone[i]) for i in _packing_order(examples, packed)]
   np.testing.assert_allclose(got, want, rtol=2e-5)
-  total = objectives.loss_sums(params, packed, None, cfg, 0.0, 0.0, False)
-  np.testing.assert_allclose(float(total[2]), float(np.sum(alone)), rtol=2e-5)
+  np.testing.assert_allclose(float(nll(packed)), float(np.sum(alone)), rtol=2e-5)
 
 
 def _packing_order(examples, packed):
