@@ -188,16 +188,78 @@ def test_cached_greedy_equals_hf_generate_on_left_padded_prompts(tmp_path, varia
   np.testing.assert_array_equal(np.asarray(got), want)
 
 
-def test_sampling_runs_and_unsupported_settings_are_refused(tmp_path):
+def test_sampling_is_seeded_and_returns_several_sequences(tmp_path):
   from wgqa_jax import decode_causal
   from wgqa_jax.generation import GenerationConfig
   params, cfg = hf.from_hf(save(hf_model("llama", 2), tmp_path / "hf"))
   ids, mask = batch()
   mask[:] = 1
-  gen = GenerationConfig(max_new_tokens=6, do_sample=True, top_k=5, temperature=0.7)
-  a = decode_causal.generate(params, ids.astype(np.int32), mask, cfg, gen, jax.random.PRNGKey(1))
-  b = decode_causal.generate(params, ids.astype(np.int32), mask, cfg, gen, jax.random.PRNGKey(2))
-  assert a.shape == (3, 6) and not np.array_equal(a, b)
-  with pytest.raises(ValueError, match="num_beams"):
-    decode_causal.generate(params, ids.astype(np.int32), mask, cfg,
-                           GenerationConfig(max_new_tokens=4, num_beams=2))
+  gen = GenerationConfig(max_new_tokens=6, do_sample=True, top_k=5, temperature=0.7,
+                         num_return_sequences=2)
+  run = lambda seed: np.asarray(decode_causal.generate(params, ids.astype(np.int32), mask, cfg,
+                                                       gen, jax.random.PRNGKey(seed)))
+  a, b = run(1), run(2)
+  assert a.shape == (6, 6) and not np.array_equal(a, b)
+  np.testing.assert_array_equal(a, run(1))
+  assert not np.array_equal(a[0], a[1])  # two draws for the first prompt
+
+
+# ------------------------------------------------- beam search and the controls vs HF ----
+ROWS = 12
+
+
+@pytest.fixture(scope="module")
+def gqa_pair(tmp_path_factory):
+  """(HF reference loaded from our native GQA-2 export, our params, cfg, prompts, mask), with an
+  EOS the model emits often, so hypotheses end at many lengths."""
+  from transformers import AutoModelForCausalLM
+  tmp = tmp_path_factory.mktemp("llama_gen")
+  params, cfg = hf.from_hf(save(hf_model("llama", 4, seed=5), tmp / "hf"))
+  params, cfg = variants.from_mha(params, cfg, "gqa", 2)
+  hf.save_hf(params, cfg, str(tmp / "export"))
+  ref = AutoModelForCausalLM.from_pretrained(str(tmp / "export")).eval()
+  rng = np.random.default_rng(3)
+  ids = rng.integers(3, 97, (ROWS, 9)).astype(np.int64)
+  mask = np.ones_like(ids)
+  for r in range(ROWS):  # left padding of every length
+    mask[r, :r % 7] = 0
+  ids[mask == 0] = 0
+  greedy = hf_greedy(ref, ids, mask, 12, eos=96)
+  eos = int(np.bincount(greedy[:, 2:].ravel()).argmax())
+  return ref, params, cfg.replace(eos_token_id=eos), ids, mask
+
+
+def strip_at_eos(rows, eos):
+  return [r[:r.index(eos) + 1] if eos in r else r for r in np.asarray(rows).tolist()]
+
+
+@pytest.mark.parametrize("kw", [
+    dict(num_beams=4, length_penalty=0.6, early_stopping=True),
+    dict(num_beams=3, length_penalty=2.0, early_stopping="never"),
+    dict(num_beams=2, length_penalty=1.0, early_stopping=False),
+    dict(num_beams=4, num_return_sequences=3, length_penalty=2.0, early_stopping="never"),
+    dict(repetition_penalty=1.5), dict(no_repeat_ngram_size=2), dict(no_repeat_ngram_size=1),
+    dict(min_new_tokens=6),
+    dict(min_length=14),
+    dict(num_beams=4, min_length=12, no_repeat_ngram_size=3, repetition_penalty=1.3,
+         length_penalty=2.0, early_stopping=True),
+], ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
+def test_beam_search_and_controls_equal_hf_generate(gqa_pair, kw):
+  """Beam search (cache of G heads following its beams) and the logits controls, which for a
+  decoder-only model read the left-padded prompt as HF's processors read input_ids."""
+  from wgqa_jax import decode_causal
+  from wgqa_jax.generation import GenerationConfig
+  ref, params, cfg, ids, mask = gqa_pair
+  gen = GenerationConfig(max_new_tokens=10, **kw)
+  ours = decode_causal.generate(params, ids.astype(np.int32), mask, cfg, gen)
+  with torch.no_grad():
+    out = ref.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                       do_sample=False, max_new_tokens=10, eos_token_id=cfg.eos_token_id,
+                       pad_token_id=0, **kw)
+  ours, theirs = (strip_at_eos(x, cfg.eos_token_id) for x in (ours, out[:, ids.shape[1]:]))
+  assert len(ours) == len(theirs) == ROWS * kw.get("num_return_sequences", 1)
+  wrong = [r for r, (a, b) in enumerate(zip(ours, theirs)) if a != b]
+  assert not wrong, f"{len(wrong)} rows differ, e.g. row {wrong[0]}: {ours[wrong[0]]} vs " \
+                    f"{theirs[wrong[0]]}"
+  if kw.get("length_penalty", 1.0) < 1.0:  # short hypotheses favoured: they end at many lengths
+    assert len({len(r) for r in ours}) > 2

@@ -143,12 +143,12 @@ def test_tiny_llama_learns_resumes_on_another_mesh_evaluates_and_exports_nativel
   assert type(cfg).__name__ == "LlamaConfig" and cfg.grouping.weights == "row"
   assert cfg.eos_token_id == tokenizers.EOS and cfg.pad_token_id == tokenizers.PAD
   assert params["layers_0"]["attention"]["k"].shape == (64, 4, 16)  # WGQA keeps H kernels
-  # the evaluate CLI decodes the workdir's model greedily (no beams for decoder-only)
+  # the evaluate CLI decodes the workdir's model with its settings: the offline default's beams
   out = str(tmp_path / "eval.json")
   assert evaluate_lib.main([f"--checkpoint={full}", "--split=validation", "--num_examples=8",
                             "--batch_size=8", "--max_decode_length=8", f"--out={out}"]) == 0
   result = json.load(open(out))
-  assert result["generation"]["num_beams"] == 1 and len(result["predictions"]) == 8
+  assert result["generation"]["num_beams"] == 4 and len(result["predictions"]) == 8
   # fold + native export: transformers loads G=2 K/V heads with our logits
   export = str(tmp_path / "export")
   assert convert.main([f"--params={full}/final", "--fold", f"--export_hf={export}"]) == 0

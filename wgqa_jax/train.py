@@ -64,10 +64,9 @@ class Preempted(cli.Failure):
 
 
 def generation_settings(c: ml_collections.ConfigDict) -> dict:
-  """The generation settings best/ and final/ keep: the checkpoint's, or the offline default
-  (T5: beams; decoder-only: greedy, HF's defaults)."""
+  """The generation settings best/ and final/ keep: the checkpoint's, or the offline default."""
   if c.model.init_from == "tiny-random":
-    return {} if models.is_causal(source_config(c)) else generation.OFFLINE_DEFAULT
+    return generation.OFFLINE_DEFAULT
   return params_io.generation_settings_any(c.model.init_from)
 
 
