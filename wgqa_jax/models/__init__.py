@@ -16,8 +16,8 @@ from typing import Any
 
 def module_of(cfg):
   """The family module (t5 or llama) of a model config."""
-  from wgqa_jax.models import llama, llama_config, t5
-  return llama if isinstance(cfg, llama_config.LlamaConfig) else t5
+  from wgqa_jax.models import llama, t5
+  return llama if is_causal(cfg) else t5
 
 
 def config_from_dict(d: dict[str, Any]):
