@@ -7,9 +7,9 @@ GQA (plain mean-pooled groups as far as we are concerned), which can be re-group
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any
 
+from wgqa_jax.models.config_file import ConfigFile
 from wgqa_jax.models.t5_config import DTYPES
 from wgqa_jax.variants import MHA, Grouping
 
@@ -17,7 +17,7 @@ MODEL_TYPES = ("llama", "mistral")
 
 
 @dataclasses.dataclass(frozen=True)
-class LlamaConfig:
+class LlamaConfig(ConfigFile):
   vocab_size: int = 32000
   hidden_size: int = 4096
   intermediate_size: int = 11008
@@ -80,25 +80,14 @@ class LlamaConfig:
     for i in range(self.num_layers):
       yield (f"layers_{i}", "attention"), True
 
-  def replace(self, **changes) -> "LlamaConfig":
-    return dataclasses.replace(self, **changes)
-
-  # ---- (de)serialisation ----
+  # ---- (de)serialisation (replace, save, from_dict: ConfigFile) ----
   def to_dict(self) -> dict[str, Any]:
     return {"family": self.family, **dataclasses.asdict(self)}
 
   @classmethod
-  def from_dict(cls, d: dict[str, Any]) -> "LlamaConfig":
-    d = {k: v for k, v in d.items() if k != "family"}
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-      raise ValueError(f"LlamaConfig: unknown keys {unknown}; known keys: {sorted(known)}")
-    return cls(**d)
-
-  def save(self, path: str) -> None:
-    with open(path, "w") as f:
-      json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+  def _upgrade(cls, d: dict[str, Any]) -> dict[str, Any]:
+    d.pop("family", None)  # written by to_dict; the class already is the family
+    return d
 
   @classmethod
   def from_hf(cls, hf: dict[str, Any], **overrides) -> "LlamaConfig":

@@ -9,6 +9,7 @@ import dataclasses
 import json
 from typing import Any
 
+from wgqa_jax.models.config_file import ConfigFile
 from wgqa_jax.variants import MHA, Grouping
 
 ACTIVATIONS = ("relu", "gelu", "gelu_new", "silu")
@@ -16,7 +17,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclasses.dataclass(frozen=True)
-class T5Config:
+class T5Config(ConfigFile):
   vocab_size: int = 32128
   d_model: int = 512
   d_kv: int = 64
@@ -118,25 +119,13 @@ class T5Config:
       yield ("decoder", f"layers_{i}", "self_attention"), self.is_grouped("decoder")
       yield ("decoder", f"layers_{i}", "cross_attention"), self.is_grouped("decoder")
 
-  def replace(self, **changes) -> "T5Config":
-    return dataclasses.replace(self, **changes)
-
-  # ---- (de)serialisation ----
+  # ---- (de)serialisation (replace, save, from_dict: ConfigFile) ----
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
 
   @classmethod
-  def from_dict(cls, d: dict[str, Any]) -> "T5Config":
-    d = _upgrade_flat_grouping(dict(d))
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-      raise ValueError(f"T5Config: unknown keys {unknown}; known keys: {sorted(known)}")
-    return cls(**d)
-
-  def save(self, path: str) -> None:
-    with open(path, "w") as f:
-      json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+  def _upgrade(cls, d: dict[str, Any]) -> dict[str, Any]:
+    return _upgrade_flat_grouping(d)
 
   @classmethod
   def load(cls, path: str) -> "T5Config":

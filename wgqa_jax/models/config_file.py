@@ -1,0 +1,32 @@
+"""What every model config (a frozen dataclass: T5Config, LlamaConfig) does the same way:
+`replace`, `save` as JSON, and `from_dict` that names unknown keys instead of a TypeError."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+
+class ConfigFile:
+  """Mixin for the model config dataclasses; each defines `to_dict` (what is saved)."""
+
+  def replace(self, **changes):
+    return dataclasses.replace(self, **changes)
+
+  def save(self, path: str) -> None:
+    with open(path, "w") as f:
+      json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]):
+    d = cls._upgrade(dict(d))
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+      raise ValueError(f"{cls.__name__}: unknown keys {unknown}; known keys: {sorted(known)}")
+    return cls(**d)
+
+  @classmethod
+  def _upgrade(cls, d: dict[str, Any]) -> dict[str, Any]:
+    """A saved dict in today's keys (a family rewrites what older versions wrote)."""
+    return d
