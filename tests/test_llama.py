@@ -229,10 +229,6 @@ def gqa_pair(tmp_path_factory):
   return ref, params, cfg.replace(eos_token_id=eos), ids, mask
 
 
-def strip_at_eos(rows, eos):
-  return [r[:r.index(eos) + 1] if eos in r else r for r in np.asarray(rows).tolist()]
-
-
 @pytest.mark.parametrize("kw", [
     dict(num_beams=4, length_penalty=0.6, early_stopping=True),
     dict(num_beams=3, length_penalty=2.0, early_stopping="never"),
@@ -247,7 +243,7 @@ def strip_at_eos(rows, eos):
 def test_beam_search_and_controls_equal_hf_generate(gqa_pair, kw):
   """Beam search (cache of G heads following its beams) and the logits controls, which for a
   decoder-only model read the left-padded prompt as HF's processors read input_ids."""
-  from wgqa_jax import decode_causal
+  from wgqa_jax import decode, decode_causal
   from wgqa_jax.generation import GenerationConfig
   ref, params, cfg, ids, mask = gqa_pair
   gen = GenerationConfig(max_new_tokens=10, **kw)
@@ -256,7 +252,7 @@ def test_beam_search_and_controls_equal_hf_generate(gqa_pair, kw):
     out = ref.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
                        do_sample=False, max_new_tokens=10, eos_token_id=cfg.eos_token_id,
                        pad_token_id=0, **kw)
-  ours, theirs = (strip_at_eos(x, cfg.eos_token_id) for x in (ours, out[:, ids.shape[1]:]))
+  ours, theirs = (decode.strip(x, cfg.eos_token_id) for x in (ours, out[:, ids.shape[1]:].numpy()))
   assert len(ours) == len(theirs) == ROWS * kw.get("num_return_sequences", 1)
   wrong = [r for r, (a, b) in enumerate(zip(ours, theirs)) if a != b]
   assert not wrong, f"{len(wrong)} rows differ, e.g. row {wrong[0]}: {ours[wrong[0]]} vs " \
