@@ -103,11 +103,11 @@ def decode_section(spec, contexts, batch, new_tokens, tmp):
 
 
 def train_section(spec, batch, length):
-  """Our train step (wgqa_jax.train: causal view of (input, target) rows, loss, backward, global
+  """Our train step (wgqa_jax.train_step: causal view of (input, target) rows, loss, backward, global
   norm clipping, AdamW, NaN guard) vs HF PyTorch on the same sequences (labels = the sequence)."""
-  import optax  # noqa: F401  (imported by train)
+  import optax  # noqa: F401  (imported by train_step)
   import torch
-  from wgqa_jax import hf, train
+  from wgqa_jax import hf, train_step
   from wgqa_jax.train_config import base_config
   model = hf_model(spec).train()
   sd = {k: v.detach().numpy() for k, v in model.state_dict().items()}
@@ -118,8 +118,8 @@ def train_section(spec, batch, length):
   half = length // 2
   ids[:, half - 1] = ids[:, -1] = eos  # input EOS target EOS, one example per row
   optim = base_config().optim
-  tx, _ = train.make_optimizer(optim, total_steps=1000)
-  step = jax.jit(train.make_train_step(cfg, optim, tx), donate_argnums=(0,))
+  tx, _ = train_step.make_optimizer(optim, total_steps=1000)
+  step = jax.jit(train_step.make_train_step(cfg, optim, tx), donate_argnums=(0,))
   state = [{"step": jnp.zeros((), jnp.int32), "params": jax.device_put(params)}]
   state[0]["opt_state"] = tx.init(state[0]["params"])
   rows = {"inputs": jnp.asarray(ids[:, :half], jnp.int32),

@@ -27,7 +27,7 @@ import numpy as np
 import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from wgqa_jax import decode, objectives, train, variants  # noqa: E402
+from wgqa_jax import decode, objectives, train_step, variants  # noqa: E402
 from wgqa_jax import hf as hf_io  # noqa: E402
 from wgqa_jax.models import t5  # noqa: E402
 from wgqa_jax.generation import GenerationConfig  # noqa: E402
@@ -139,7 +139,7 @@ def bench_train(p, log):
   key = jax.random.PRNGKey(0)
   loss = lambda prm, bt: objectives.loss_sums(prm, bt, key, cfg, 0.0, 0.0, True)[0]
   fwd, grad = jax.jit(loss), jax.jit(jax.grad(loss))
-  step = jax.jit(train.make_train_step(cfg, c.optim, tx), donate_argnums=(0,))
+  step = jax.jit(train_step.make_train_step(cfg, c.optim, tx), donate_argnums=(0,))
   holder = {"state": state}
 
   def ours_step():

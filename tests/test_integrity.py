@@ -12,7 +12,7 @@ import optax
 import pytest
 
 from test_train import losses, tiny
-from wgqa_jax import checkpoints, cli, train
+from wgqa_jax import checkpoints, cli, train, train_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -172,7 +172,7 @@ def test_nan_guard_also_covers_a_non_finite_optimizer_state():
   from test_train import _tiny_model_and_batch
   cfg, params, batch = _tiny_model_and_batch()
   tx = optax.adamw(1e-2)
-  step = jax.jit(train.make_train_step(cfg, tiny().optim, tx))
+  step = jax.jit(train_step.make_train_step(cfg, tiny().optim, tx))
   opt_state = tx.init(params)
   poisoned = jax.tree.map(lambda x: x * np.nan if x.dtype == np.float32 and x.ndim else x,
                           opt_state)

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from wgqa_jax import objectives, params_io, train, variants
+from wgqa_jax import objectives, params_io, train, train_step, variants
 from wgqa_jax.train_config import base_config
 
 
@@ -57,9 +57,9 @@ def test_loss_decreases_and_outputs_are_written(tmp_path):
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tb"))
 
 
-def test_sharded_data_and_model_axes_match_one_device(tmp_path):
+def test_sharded_data_fsdp_and_model_axes_match_one_device(tmp_path):
   one = tiny(**{"mesh.data": 1, "mesh.model": 1})
-  eight = tiny(**{"mesh.data": 4, "mesh.model": 2})
+  eight = tiny(**{"mesh.data": 2, "mesh.fsdp": 2, "mesh.model": 2})
   train.train(one, str(tmp_path / "one"))
   train.train(eight, str(tmp_path / "eight"))
   a, b = losses(str(tmp_path / "one")), losses(str(tmp_path / "eight"))
@@ -79,12 +79,14 @@ def test_kill_and_resume_reproduces_uninterrupted_run(tmp_path):
   np.testing.assert_allclose([b[k] for k in (15, 20)], [a[k] for k in (15, 20)], rtol=1e-6)
 
 
-def test_resume_onto_a_different_mesh(tmp_path):
+def test_resume_onto_a_different_mesh_with_remat_and_scanned_layers(tmp_path):
   full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
   train.train(tiny(), full)
   with pytest.raises(train.Preempted):
     train.train(tiny(), cut, stop_after=10)
-  train.train(tiny(**{"mesh.data": 4, "mesh.model": 2}), cut)  # 1-device checkpoint onto 8
+  # a 1-device checkpoint onto 8 devices with FSDP, rematerialised scanned layers: one layout
+  train.train(tiny(**{"mesh.data": 1, "mesh.fsdp": 4, "mesh.model": 2, "model.remat": "full",
+                      "model.scan_layers": True}), cut)
   a, b = losses(full), losses(cut)
   np.testing.assert_allclose([b[k] for k in (15, 20)], [a[k] for k in (15, 20)], rtol=2e-4)
 
@@ -270,7 +272,7 @@ def test_nan_guard_skips_the_update():
   import optax
   cfg, params, batch = _tiny_model_and_batch()
   tx = optax.adamw(1e-2)
-  step = jax.jit(train.make_train_step(cfg, tiny().optim, tx))
+  step = jax.jit(train_step.make_train_step(cfg, tiny().optim, tx))
   state = {"step": jax.numpy.zeros((), jax.numpy.int32), "params": params,
            "opt_state": tx.init(params)}
   good, out = step(state, batch, jax.random.PRNGKey(0))

@@ -28,6 +28,7 @@ import numpy as np
 
 from wgqa_jax import grouping as G_math
 from wgqa_jax.ops import dense
+from wgqa_jax.sharding import constrain
 from wgqa_jax.variants import MHA, Grouping
 
 NEG_INF = float(np.finfo(np.float32).min)
@@ -107,7 +108,7 @@ class Attention(nn.Module):
       q = rotary(q, positions, self.rope_theta)
     if self.query_scale != 1.0:
       q = q * jnp.asarray(self.query_scale, q.dtype)
-    q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
+    q = constrain(q, ("batch", "length", "heads", "kv"))
     if self.grouping.unequal:
       return self._attend_gathered(q, k, v, bias, deterministic)
     r, s = h // g, k.shape[1]
@@ -131,7 +132,7 @@ class Attention(nn.Module):
     return self.dropout(weights, deterministic=deterministic)
 
   def _out(self, out):
-    out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
+    out = constrain(out, ("batch", "length", "heads", "kv"))
     return self._dense(out, self.o, n_in=2)
 
   def kv_index(self, k):

@@ -49,6 +49,12 @@ def parse(fv: flags.FlagValues, argv: list[str] | None, prog: str) -> flags.Flag
   except (AttributeError, TypeError) as e:  # a config key that does not exist, a bad value
     text = str(e).replace("\\n", " ").replace("\\", "").replace("'", "")
     raise ValueError(f"bad --config override: {' '.join(text.split())}") from e
+  except flags.Error as e:  # get_config(ARG) raised: absl quotes its whole traceback
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    if len(lines) > 1 and any(l.startswith("Traceback") for l in lines):
+      raise ValueError(f"{lines[0].removeprefix('flag ').split(': Error')[0]}: "
+                       f"{lines[-1]}") from e
+    raise
   finally:
     sys.argv = saved
   for name in list(fv):

@@ -1,57 +1,100 @@
-"""Device mesh and logical-axis -> mesh-axis rules.
+"""Device mesh, logical-axis -> mesh-axis rules, and placement of host data on the mesh.
 
-Mesh axes: "data" (batch; parameters replicated along it) and "model" (tensor parallel: heads,
-MLP hidden and vocab split). A logical axis whose size does not divide the mesh axis (e.g. G = 2
-KV heads on a model axis of 4) is replicated instead of failing.
+Mesh axes (data, fsdp, model), as MaxText and t5x name them:
+- "data": pure data parallelism; params and optimizer state are replicated along it.
+- "fsdp": data parallelism whose devices also split the params and the optimizer state (ZeRO-3):
+  each param is sharded along its `embed` dimension (or, lacking one that divides, its largest
+  dimension that does), and XLA all-gathers a layer's weights just before it uses them.
+- "model": tensor parallelism: heads, MLP hidden units and the vocabulary are split.
+The batch is split over data x fsdp. Ordinary setups put fsdp within a host and data across hosts.
+
+Params and activations have separate rules (PARAM_RULES, ACTIVATION_RULES): a weight's `embed`
+dimension is split over fsdp, an activation's is not (its batch already is). A logical axis whose
+size does not divide its mesh axes (e.g. G = 2 KV heads on a model axis of 4) is left unsplit
+instead of failing.
 """
 from __future__ import annotations
+
+import math
 
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-LOGICAL_RULES = (
-    ("batch", "data"),
-    ("heads", "model"),
-    ("kv_heads", "model"),
-    ("mlp", "model"),
-    ("vocab", "model"),
-    ("embed", None),
-    ("kv", None),
-    ("length", None),
-    ("relpos_buckets", None),
-)
+AXES = ("data", "fsdp", "model")
+BATCH = ("data", "fsdp")  # the mesh axes a batch is split over
+
+# logical axis -> mesh axis (or axes), for params
+PARAM_RULES = {
+    "embed": "fsdp",
+    "heads": "model",
+    "kv_heads": "model",
+    "mlp": "model",
+    "vocab": "model",
+}
+# ... and for activations (wgqa_jax.sharding.constrain in the models)
+ACTIVATION_RULES = {
+    "batch": BATCH,
+    "heads": "model",
+    "kv_heads": "model",
+    "mlp": "model",
+    "vocab": "model",
+}
 
 
-def make_mesh(data: int = -1, model: int = 1, devices=None) -> Mesh:
-  """A (data, model) mesh with Auto axes; data=-1 takes every device left over, an explicit
-  data * model smaller than the device count uses the first data * model devices."""
+def make_mesh(data: int = -1, fsdp: int = 1, model: int = 1, devices=None) -> Mesh:
+  """A (data, fsdp, model) mesh with Auto axes. One of data / fsdp may be -1: every device the
+  other axes leave. A product smaller than the device count uses the first devices."""
   devices = jax.devices() if devices is None else devices
-  if data > 0 and model > 0 and data * model > len(devices):
-    raise ValueError(f"mesh data={data} x model={model} needs {data * model} devices, "
-                     f"but only {len(devices)} are available")
-  if data > 0 and model > 0 and data * model < len(devices):
-    devices = devices[:data * model]
+  sizes = {"data": data, "fsdp": fsdp, "model": model}
+  free = [k for k, v in sizes.items() if v == -1]
+  if len(free) > 1 or sizes["model"] == -1:
+    raise ValueError(f"mesh {sizes}: only one of data / fsdp may be -1 (the devices left over)")
+  for k, v in sizes.items():
+    if v != -1 and (not isinstance(v, int) or v <= 0):
+      raise ValueError(f"mesh {k}={v!r} must be a positive int (or -1 for data / fsdp)")
+  fixed = math.prod(v for v in sizes.values() if v != -1)
   n = len(devices)
-  if model <= 0 or n % model:
-    raise ValueError(f"mesh model axis {model} does not divide the {n} devices")
-  if data == -1:
-    data = n // model
-  if data * model != n:
-    raise ValueError(f"mesh data={data} x model={model} != {n} available devices")
-  return jax.make_mesh((data, model), ("data", "model"), devices=devices,
-                       axis_types=(AxisType.Auto, AxisType.Auto))
+  if free:
+    if n % fixed:
+      raise ValueError(f"mesh {' x '.join(f'{k}={v}' for k, v in sizes.items() if v != -1)} "
+                       f"does not divide the {n} devices")
+    sizes[free[0]] = n // fixed
+  total = math.prod(sizes.values())
+  if total > n:
+    raise ValueError(f"mesh {' x '.join(f'{k}={v}' for k, v in sizes.items())} needs {total} "
+                     f"devices, but only {n} are available")
+  return jax.make_mesh(tuple(sizes[a] for a in AXES), AXES, devices=devices[:total],
+                       axis_types=(AxisType.Auto,) * len(AXES))
+
+
+def _ways(mesh_axes, mesh_shape) -> int:
+  names = mesh_axes if isinstance(mesh_axes, tuple) else (mesh_axes,)
+  return math.prod(mesh_shape[a] for a in names)
+
+
+def _spec(axes, shape, rules: dict, mesh_shape) -> list:
+  spec = []
+  for name, size in zip(axes, shape):
+    mesh_axes = rules.get(name)
+    if mesh_axes is not None and size % _ways(mesh_axes, mesh_shape):
+      # a tuple that does not divide: try its first axis alone (batch: data without fsdp)
+      mesh_axes = mesh_axes[0] if isinstance(mesh_axes, tuple) and \
+          size % mesh_shape[mesh_axes[0]] == 0 else None
+    spec.append(mesh_axes)
+  return spec
 
 
 def logical_to_spec(axes, shape, mesh: Mesh) -> P:
-  rules = dict(LOGICAL_RULES)
-  spec = []
-  for name, size in zip(axes, shape):
-    mesh_axis = rules.get(name)
-    if mesh_axis is not None and size % mesh.shape[mesh_axis] == 0:
-      spec.append(mesh_axis)
-    else:
-      spec.append(None)
+  """A param's PartitionSpec from its logical axes. fsdp goes on `embed`; a param without an
+  embed dimension that divides (norm scales of another size, relative-position tables, WGQA
+  weights) gets fsdp on its largest free dimension that divides, or none."""
+  spec = _spec(axes, shape, PARAM_RULES, mesh.shape)
+  fsdp = mesh.shape["fsdp"]
+  if fsdp > 1 and "fsdp" not in spec:
+    free = [i for i, (s, size) in enumerate(zip(spec, shape)) if s is None and size % fsdp == 0]
+    if free:
+      spec[max(free, key=lambda i: shape[i])] = "fsdp"
   return P(*spec)
 
 
@@ -62,8 +105,23 @@ def param_shardings(axes_tree, shapes_tree, mesh: Mesh):
       axes_tree, shapes_tree, is_leaf=lambda x: isinstance(x, P))
 
 
+def constrain(x, axes):
+  """Pin an activation's sharding by its logical axes (ACTIVATION_RULES) when a mesh is set
+  (jax.set_mesh: training and sharded eval); a no-op otherwise (tests, single-device decoding)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or math.prod(mesh.shape.values()) == 1:
+    return x
+  return jax.lax.with_sharding_constraint(x, P(*_spec(axes, x.shape, ACTIVATION_RULES,
+                                                      mesh.shape)))
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P("data"))
+  return NamedSharding(mesh, P(BATCH))
+
+
+def batch_ways(mesh: Mesh) -> int:
+  """How many ways a batch is split (data x fsdp)."""
+  return _ways(BATCH, mesh.shape)
 
 
 def to_host(tree):

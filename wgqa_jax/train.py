@@ -25,15 +25,13 @@ import time
 
 from absl import flags, logging
 import jax
-import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_flags
 import numpy as np
-import optax
 from tqdm import tqdm
 
-from wgqa_jax import (analysis, checkpoints, cli, data, generation, metrics, models, objectives,
-                      params_io, pipeline, sharding, tokenizers, variants)
+from wgqa_jax import (analysis, checkpoints, cli, data, generation, metrics, models, params_io,
+                      pipeline, sharding, tokenizers, train_step as step_lib, variants)
 from wgqa_jax import evaluate as evaluate_lib
 from wgqa_jax.train_config import resume_differences, validate
 
@@ -128,75 +126,6 @@ def build_model(c: ml_collections.ConfigDict, tokenizer):
   if m.dropout_rate is not None:
     changes["dropout_rate"] = m.dropout_rate
   return params, cfg.replace(**changes)
-
-
-# ----------------------------------------------------------------------------------------------
-# Loss and steps (pure functions; the loop only moves data and writes metrics)
-# ----------------------------------------------------------------------------------------------
-def make_train_step(cfg, optim: ml_collections.ConfigDict, tx):
-  """step(state, batch, rng) -> (state, metrics); optim is the config's optim section."""
-  accum = optim.grad_accum_steps
-
-  def grads_and_sums(params, mb, rng):
-    def loss(p):
-      lsum, n, nll = objectives.loss_sums(p, mb, rng, cfg, optim.label_smoothing, optim.z_loss,
-                                          True, optim.loss_on)
-      return lsum, (n, nll)
-    (lsum, (n, nll)), grads = jax.value_and_grad(loss, has_aux=True)(params)
-    return grads, jnp.stack([lsum, n, nll])
-
-  def step_fn(state, batch, rng):
-    params = state["params"]
-    if accum == 1:
-      grads, sums = grads_and_sums(params, batch, rng)
-    else:  # sum token-weighted grads over micro-batches: identical to the full batch
-      def micro(carry, mb):
-        g, sums = grads_and_sums(params, mb, jax.random.fold_in(rng, mb["i"]))
-        return jax.tree.map(jnp.add, carry, (g, sums)), None
-      mbs = jax.tree.map(lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), batch)
-      mbs["i"] = jnp.arange(accum)
-      zeros = (jax.tree.map(jnp.zeros_like, params), jnp.zeros(3))
-      (grads, sums), _ = jax.lax.scan(micro, zeros, mbs)
-    lsum, n, nllsum = sums[0], jnp.maximum(sums[1], 1.0), sums[2]
-    grads = jax.tree.map(lambda g: g / n, grads)
-    grad_norm = optax.global_norm(grads)
-    ok = jnp.isfinite(lsum) & jnp.isfinite(grad_norm)
-
-    def apply(_):
-      updates, opt_state = tx.update(grads, state["opt_state"], params)
-      return optax.apply_updates(params, updates), opt_state
-
-    # NaN guard: a step whose loss, gradients or resulting params / optimizer state are not
-    # finite leaves params and optimizer state untouched.
-    keep = lambda _: (params, state["opt_state"])
-    candidate = jax.lax.cond(ok, apply, keep, None)
-    ok = ok & checkpoints.all_finite(candidate)
-    new_params, opt_state = jax.lax.cond(ok, lambda _: candidate, keep, None)
-    new_state = {"step": state["step"] + 1, "params": new_params, "opt_state": opt_state}
-    out = {"loss": lsum / n, "nll": nllsum / n, "tokens": n, "grad_norm": grad_norm,
-           "skipped": 1.0 - ok.astype(jnp.float32)}
-    return new_state, out
-
-  return step_fn
-
-
-def make_eval_step(cfg):
-  """eval_step(params, batch) -> (sum of target tokens' NLLs, number of target tokens)."""
-  def eval_step(params, batch):
-    _, n, nll = objectives.loss_sums(params, batch, None, cfg, 0.0, 0.0, False,
-                                     objectives.eval_loss_on(cfg))
-    return nll, n
-  return jax.jit(eval_step)
-
-
-def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int):
-  warmup = min(optim.warmup_steps, total_steps)
-  schedule = optax.join_schedules(
-      [optax.linear_schedule(0.0, optim.learning_rate, max(warmup, 1)),
-       optax.linear_schedule(optim.learning_rate, 0.0, max(total_steps - warmup, 1))], [warmup])
-  parts = [optax.clip_by_global_norm(optim.max_grad_norm)] if optim.max_grad_norm > 0 else []
-  parts.append(optax.adamw(schedule, weight_decay=optim.weight_decay))
-  return optax.chain(*parts), schedule
 
 
 def wgqa_weight_stats(params) -> dict[str, float]:
@@ -303,6 +232,22 @@ class Preemption:
       signal.signal(s, h)
 
 
+def make_mesh(c: ml_collections.ConfigDict):
+  """The (data, fsdp, model) mesh of the config's mesh section; the global batch (and each
+  micro-batch) must split evenly over data x fsdp."""
+  m, o = c.mesh, c.optim
+  mesh = sharding.make_mesh(-1 if m.data is None else m.data, m.fsdp, m.model)
+  ways = sharding.batch_ways(mesh)
+  micro = o.batch_size // o.grad_accum_steps
+  if micro % ways:
+    raise ValueError(
+        f"optim.batch_size={o.batch_size}" + (f" / grad_accum_steps={o.grad_accum_steps}"
+                                              if o.grad_accum_steps > 1 else "")
+        + f" = {micro} rows do not split over data x fsdp = {mesh.shape['data']} x "
+          f"{mesh.shape['fsdp']} devices: make the batch a multiple of {ways}")
+  return mesh
+
+
 def open_sources(c: ml_collections.ConfigDict):
   """(train, validation) sources of (input, target) text pairs, opened, not read (TFDS: random
   access); a missing dataset fails here."""
@@ -406,10 +351,7 @@ def train(c: ml_collections.ConfigDict, workdir: str, stop_after: int | None = N
   workdir = os.path.abspath(workdir)
   check_resume(c, workdir)
   check_model(c)
-  mesh = sharding.make_mesh(c.mesh.data or -1, c.mesh.model)
-  if c.optim.batch_size % mesh.shape["data"]:
-    raise ValueError(f"batch_size={c.optim.batch_size} is not divisible by the data axis "
-                     f"({mesh.shape['data']} devices)")
+  mesh = make_mesh(c)
   train_source, eval_source = open_sources(c)
   os.makedirs(workdir, exist_ok=True)
   if is_main_process():
@@ -421,14 +363,11 @@ def train(c: ml_collections.ConfigDict, workdir: str, stop_after: int | None = N
 
   # ---- model, sharded state ----
   params, cfg = build_model(c, tokenizer)
-  family = models.module_of(cfg)
-  p_shard = sharding.param_shardings(family.param_axes(cfg), family.param_shapes(cfg), mesh)
-  tx, schedule = make_optimizer(c.optim, total_steps)
-  params = jax.device_put(jax.tree.map(jnp.asarray, params), p_shard)
-  state = jax.jit(lambda p: {"step": jnp.zeros((), jnp.int32), "params": p,
-                             "opt_state": tx.init(p)})(params)
+  train_cfg = cfg.replace(remat=c.model.remat, scan_layers=c.model.scan_layers)
+  tx, schedule = step_lib.make_optimizer(c.optim, total_steps)
+  state_shard = step_lib.state_shardings(cfg, tx, mesh)
+  state = step_lib.init_state(params, tx, state_shard)
   del params
-  state_shard = jax.tree.map(lambda x: x.sharding, state)
   n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
   say(f"model: {c.grouping.variant}: {cfg.grouping.describe(cfg.num_heads)}, "
       f"{n_params / 1e6:.2f}M params | mesh {dict(mesh.shape)} | {total_steps} steps of "
@@ -448,10 +387,8 @@ def train(c: ml_collections.ConfigDict, workdir: str, stop_after: int | None = N
                                   jax.process_count(), position, workers=c.data.workers)
 
   # ---- compiled steps, writers ----
-  train_step = jax.jit(make_train_step(cfg, c.optim, tx), donate_argnums=(0,),
-                       in_shardings=(state_shard, sharding.batch_sharding(mesh), None),
-                       out_shardings=(state_shard, None))
-  eval_step = make_eval_step(cfg)
+  train_step = step_lib.compile_train_step(train_cfg, c.optim, tx, state_shard, mesh)
+  eval_step = step_lib.make_eval_step(train_cfg)
   writer = MetricWriter(workdir, start)
   guard = SkipGuard(c.optim.max_skipped_steps)
   settings = generation_settings(c)

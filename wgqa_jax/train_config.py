@@ -16,6 +16,7 @@ import ml_collections
 from ml_collections.config_dict import placeholder
 
 from wgqa_jax import data, models, objectives, variants
+from wgqa_jax.models.config_file import REMATS
 from wgqa_jax.models.t5_config import DTYPES
 
 
@@ -29,6 +30,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.arch = "tiny"         # architecture preset for init_from=tiny-random: T5 "tiny", "t5-small", ...; decoder-only "llama-tiny"
   c.model.dtype = "float32"     # compute dtype: bfloat16 on GPUs
   c.model.dropout_rate = placeholder(float)  # unset: the checkpoint's value
+  # rematerialise each layer in the backward pass: "none" (keep every activation), "full"
+  # (keep each layer's input: least memory, ~1/3 more compute), "dots" (keep the projections'
+  # outputs, recompute attention and elementwise work)
+  c.model.remat = "none"
+  c.model.scan_layers = False   # each layer stack as one scanned layer: compile time flat in depth
   # ---- grouping ----
   c.grouping = ml_collections.ConfigDict()
   # mha | mqa | gqa | wgqa | randwgqa | colwgqa | colrandwgqa | simgqa | asymgqa | kdgqa | dgqa
@@ -71,7 +77,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.max_skipped_steps = 10
   # ---- mesh ----
   c.mesh = ml_collections.ConfigDict()
-  c.mesh.data = placeholder(int)  # data-parallel ways (unset: every device the model axis leaves)
+  # devices = data x fsdp x model; the batch is split over data x fsdp
+  c.mesh.data = placeholder(int)  # data-parallel ways, params replicated (unset: every device the other axes leave)
+  c.mesh.fsdp = 1               # data-parallel ways that also shard params and optimizer state (ZeRO-3); -1: every device the other axes leave
   c.mesh.model = 1              # tensor-parallel ways (heads, MLP, vocab split)
   # ---- eval ----
   c.eval = ml_collections.ConfigDict()
@@ -109,6 +117,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     bad("model.arch", f"choose from {sorted(models.presets())}")
   if o.loss_on is not None and o.loss_on not in objectives.LOSS_ON:
     bad("optim.loss_on", f"choose from {objectives.LOSS_ON} (or leave it unset)")
+  if c.model.remat not in REMATS:
+    bad("model.remat", f"choose from {REMATS}")
   if c.model.dtype not in DTYPES:
     bad("model.dtype", f"choose from {DTYPES}")
   if d.dataset not in data.DATASETS:
@@ -138,9 +148,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
 
 
 # Keys a resumed run may change: where and how often it logs, evaluates and saves, the mesh (a
-# checkpoint restores onto any mesh), gradient accumulation (the same step either way) and where
-# TFDS data lives and how many processes read it. Every other key shapes the model, the data or the optimizer schedule.
-RESUMABLE_CHANGES = ("log_every", "mesh.data", "mesh.model", "optim.grad_accum_steps",
+# checkpoint restores onto any mesh), remat, scanned layers and gradient accumulation (the same
+# step either way) and where TFDS data lives and how many processes read it. Every other key
+# shapes the model, the data or the optimizer schedule.
+RESUMABLE_CHANGES = ("log_every", "mesh.data", "mesh.fsdp", "mesh.model", "model.remat",
+                     "model.scan_layers", "optim.grad_accum_steps",
                      "optim.max_skipped_steps", "data.data_dir", "data.workers", "eval.every", "eval.at_start",
                      "eval.examples", "eval.batch_size", "eval.max_decode_length",
                      "checkpoint.every", "checkpoint.keep")

@@ -350,15 +350,21 @@ def from_mha(params, cfg, variant: str, kv_heads: int | None = None, *,
 
   group_sizes: AsymGQA's contiguous group sizes. noise: PGQA's logit noise std (default 0.1).
   seed: RandWGQA's weight init."""
+  new_cfg = grouped_config(cfg, variant, kv_heads, group_encoder=group_encoder,
+                           group_sizes=group_sizes, noise=noise)
+  v, rng = get(variant), np.random.default_rng(seed)
+  return map_modules(params, grouped_paths(new_cfg),
+                     lambda m: v.convert_module(m, new_cfg.grouping, rng)), new_cfg
+
+
+def grouped_config(cfg, variant: str, kv_heads: int | None = None, *, group_encoder=False,
+                   group_sizes=None, noise: float | None = None):
+  """The model config from_mha() gives, without any params (the planner sizes runs from it)."""
   if not is_mha(cfg):
     raise ValueError(f"from_mha() needs MHA params; these have "
                      f"{cfg.grouping.describe(cfg.num_heads)} (fold/expand them first)")
-  v = get(variant)
-  new_cfg = cfg.replace(grouping=v.grouping(cfg.num_heads, kv_heads, group_encoder=group_encoder,
-                                            group_sizes=group_sizes, noise=noise))
-  rng = np.random.default_rng(seed)
-  return map_modules(params, grouped_paths(new_cfg),
-                     lambda m: v.convert_module(m, new_cfg.grouping, rng)), new_cfg
+  return cfg.replace(grouping=get(variant).grouping(
+      cfg.num_heads, kv_heads, group_encoder=group_encoder, group_sizes=group_sizes, noise=noise))
 
 
 def fold(params, cfg):

@@ -6,6 +6,8 @@ import dataclasses
 import json
 from typing import Any
 
+REMATS = ("none", "full", "dots")  # models.layers.REMAT_POLICIES (configs stay free of flax)
+
 
 class ConfigFile:
   """Mixin for the model config dataclasses; each defines `to_dict` (what is saved)."""

@@ -22,6 +22,7 @@ from wgqa_jax.attention import NEG_INF, Attention
 from wgqa_jax.models.llama_config import LlamaConfig
 from wgqa_jax.models import layers
 from wgqa_jax.ops import dense
+from wgqa_jax.sharding import constrain
 
 _INIT = nn.initializers.normal(0.02)  # HF's initializer_range
 
@@ -49,7 +50,7 @@ class MLP(nn.Module):
     up = self.param("up", part(_INIT, ("embed", "mlp")), (d, ff), pdt)
     down = self.param("down", part(_INIT, ("mlp", "embed")), (ff, d), pdt)
     h = jax.nn.silu(_dense(cfg, x, gate)) * _dense(cfg, x, up)
-    h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
+    h = constrain(h, ("batch", "length", "mlp"))
     return _dense(cfg, h, down)
 
 
@@ -82,7 +83,8 @@ class DecoderLayer(nn.Module):
       v = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), index, 1)
       cache = {"k": k, "v": v}
     x = x + self.attention.attend(h, k, v, bias, True, positions)
-    return x + self.mlp(self.post_attention_norm(x)), cache
+    x = x + self.mlp(self.post_attention_norm(x))
+    return constrain(x, ("batch", "length", "embed")), cache
 
 
 def causal_mask_bias(attention_mask, segment_ids=None):
@@ -103,7 +105,11 @@ class Llama(nn.Module):
     self.embed = nn.Embed(cfg.vocab_size, cfg.hidden_size,
                           embedding_init=nn.with_logical_partitioning(_INIT, ("vocab", "embed")),
                           dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
-    self.layers = [DecoderLayer(cfg) for _ in range(cfg.num_layers)]
+    if cfg.scan_layers:  # training: one scanned layer (params stacked by layers.module_params)
+      self.layers = layers.scan(layers.remat(DecoderLayer, cfg.remat, scanned=True),
+                                cfg.num_layers, broadcast_args=2)(cfg)
+    else:
+      self.layers = [layers.remat(DecoderLayer, cfg.remat)(cfg) for _ in range(cfg.num_layers)]
     self.final_norm = RMSNorm(cfg)
     if not cfg.tie_word_embeddings:
       self.lm_head = self.param("lm_head", nn.with_logical_partitioning(_INIT, ("embed", "vocab")),
@@ -113,7 +119,7 @@ class Llama(nn.Module):
     x = self.final_norm(x)
     out = self.embed.attend(x) if self.config.tie_word_embeddings else _dense(self.config, x,
                                                                               self.lm_head)
-    return nn.with_logical_constraint(out, ("batch", "length", "vocab")).astype(jnp.float32)
+    return constrain(out, ("batch", "length", "vocab")).astype(jnp.float32)
 
   def __call__(self, input_ids, attention_mask=None, positions=None, segment_ids=None):
     """Logits (b, t, vocab), float32. positions default to 0..t-1 (HF's forward without
@@ -122,11 +128,13 @@ class Llama(nn.Module):
       attention_mask = jnp.ones_like(input_ids)
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
-    x = nn.with_logical_constraint(self.embed(input_ids), ("batch", "length", "embed"))
+    x = constrain(self.embed(input_ids), ("batch", "length", "embed"))
     bias = causal_mask_bias(attention_mask, segment_ids)
-    for layer in self.layers:
-      x, _ = layer(x, bias, positions)
-      x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    if self.config.scan_layers:
+      x, _ = self.layers(x, bias, positions)
+    else:
+      for layer in self.layers:
+        x, _ = layer(x, bias, positions)
     return self.logits(x)
 
   def init_cache(self, batch: int, max_len: int):
@@ -152,13 +160,14 @@ class Llama(nn.Module):
 
 
 def init_params(config: LlamaConfig, rng, batch: int = 1, length: int = 8):
+  """Random params in the per-layer layout, whatever config.scan_layers says."""
   ids = jnp.ones((batch, length), jnp.int32)
-  return nn.unbox(Llama(config).init(rng, ids)["params"])
+  return nn.unbox(Llama(layers.plain(config)).init(rng, ids)["params"])
 
 
 def _abstract_variables(config: LlamaConfig):
   ids = jnp.ones((1, 8), jnp.int32)
-  return jax.eval_shape(lambda: Llama(config).init(jax.random.PRNGKey(0), ids))
+  return jax.eval_shape(lambda: Llama(layers.plain(config)).init(jax.random.PRNGKey(0), ids))
 
 
 def param_shapes(config: LlamaConfig):

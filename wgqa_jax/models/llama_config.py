@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from wgqa_jax.models.config_file import ConfigFile
+from wgqa_jax.models.config_file import REMATS, ConfigFile
 from wgqa_jax.models.t5_config import DTYPES
 from wgqa_jax.variants import MHA, Grouping
 
@@ -41,6 +41,9 @@ class LlamaConfig(ConfigFile):
   param_dtype: str = "float32"
   transpose_weight_grad_on_cpu: bool = True
   dropout_rate: float = 0.0     # Llama trains without dropout; kept for the shared train loop
+  # ---- memory and compile time (training only; params keep the per-layer layout) ----
+  remat: str = "none"           # none | full | dots (wgqa_jax.models.layers.REMAT_POLICIES)
+  scan_layers: bool = False     # the layers as one scanned layer: compile time flat in depth
 
   family = "llama"
 
@@ -60,6 +63,8 @@ class LlamaConfig(ConfigFile):
     for name in ("dtype", "param_dtype"):
       if getattr(self, name) not in DTYPES:
         raise ValueError(f"LlamaConfig: {name} must be one of {DTYPES}")
+    if self.remat not in REMATS:
+      raise ValueError(f"LlamaConfig: remat must be one of {REMATS}, got {self.remat!r}")
 
   # ---- grouping, as T5Config ----
   @property
@@ -147,4 +152,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     # the offline decoder-only default (configs/llama_tiny.py)
     "llama-tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=160, num_layers=2,
                        num_heads=4, head_dim=16, max_position_embeddings=512),
+    # real shapes, as MHA checkpoints to uptrain (the planner, configs/scale.py). Llama-2-70B
+    # itself ships with 8 KV heads: its GQA-8 rows are the released model's shape.
+    "llama-2-7b": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008,
+                       num_layers=32, num_heads=32, head_dim=128, rms_norm_eps=1e-5,
+                       max_position_embeddings=4096),
+    "llama-2-13b": dict(vocab_size=32000, hidden_size=5120, intermediate_size=13824,
+                        num_layers=40, num_heads=40, head_dim=128, rms_norm_eps=1e-5,
+                        max_position_embeddings=4096),
+    "llama-2-70b": dict(vocab_size=32000, hidden_size=8192, intermediate_size=28672,
+                        num_layers=80, num_heads=64, head_dim=128, rms_norm_eps=1e-5,
+                        max_position_embeddings=4096),
 }

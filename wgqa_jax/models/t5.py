@@ -3,7 +3,7 @@
 Numerically equal to Hugging Face PyTorch T5 on converted weights (tests/test_hf_equivalence.py).
 Params are float32 (config.param_dtype), activations config.dtype; layer norms and softmax run in
 float32. Every param carries logical axis names (embed, heads, kv_heads, kv, mlp, vocab,
-relpos_buckets) that sharding.py maps onto a device mesh.
+relpos_buckets) that wgqa_jax.sharding maps onto a device mesh.
 
 Param tree (what hf.py maps to HF names and variants.py converts):
   shared/embedding                               (vocab, d_model)
@@ -28,6 +28,7 @@ from wgqa_jax.attention import NEG_INF, Attention
 from wgqa_jax.models.t5_config import T5Config
 from wgqa_jax.models import layers
 from wgqa_jax.ops import dense
+from wgqa_jax.sharding import constrain
 
 
 def _normal(stddev):
@@ -117,7 +118,7 @@ class MLP(nn.Module):
       h = act(_dense(cfg, x, win("wi_0"))) * _dense(cfg, x, win("wi_1"))
     else:
       h = act(_dense(cfg, x, win("wi")))
-    h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
+    h = constrain(h, ("batch", "length", "mlp"))
     h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
     wo = self.param("wo", part(_normal(cfg.d_ff ** -0.5), ("mlp", "embed")),
                     (cfg.d_ff, cfg.d_model), pdt)
@@ -138,7 +139,7 @@ class EncoderLayer(nn.Module):
     h = attention(cfg, "encoder", name="attention")(h, h, bias, deterministic)
     x = _residual(cfg, x, h, deterministic)
     h = MLP(cfg, name="mlp")(RMSNorm(cfg, name="mlp_norm")(x), deterministic)
-    return _residual(cfg, x, h, deterministic)
+    return constrain(_residual(cfg, x, h, deterministic), ("batch", "length", "embed")), None
 
 
 class DecoderLayer(nn.Module):
@@ -168,9 +169,11 @@ class DecoderLayer(nn.Module):
     return self._residual(y, self.mlp(self.mlp_norm(y), deterministic), deterministic)
 
   def __call__(self, y, encoded, self_bias, cross_bias, deterministic: bool):
+    """(new y, None): a scan body's (carry, output)."""
     h = self.self_attention_norm(y)
     y = self._residual(y, self.self_attention(h, h, self_bias, deterministic), deterministic)
-    return self._cross_and_mlp(y, *self.cross_kv(encoded), cross_bias, deterministic)
+    y = self._cross_and_mlp(y, *self.cross_kv(encoded), cross_bias, deterministic)
+    return constrain(y, ("batch", "length", "embed")), None
 
   def cross_kv(self, encoded):
     """Cross-attention K/V of the encoder output, (b, s, G, d_kv) each: computed once per input."""
@@ -221,16 +224,20 @@ class Encoder(nn.Module):
     cfg = self.config
     x = self.embed(input_ids)
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
-    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    x = constrain(x, ("batch", "length", "embed"))
     pos = jnp.arange(input_ids.shape[1])
     # Packed rows keep row indices here: within one example their differences are its relative
     # positions, and the segment bias masks every pair across examples.
     bias = RelativePositionBias(cfg, bidirectional=True, name="relpos_bias")(pos, pos)
     bias = bias + (padding_bias(attention_mask) if segment_ids is None
                    else segment_bias(segment_ids, segment_ids))
-    for i in range(cfg.num_encoder_layers):
-      x = EncoderLayer(cfg, name=f"layers_{i}")(x, bias, deterministic)
-      x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    layer = layers.remat(EncoderLayer, cfg.remat, static_argnums=(3,), scanned=cfg.scan_layers)
+    if cfg.scan_layers:  # training: one scanned layer (params stacked by layers.module_params)
+      x, _ = layers.scan(layer, cfg.num_encoder_layers, broadcast_args=2)(
+          cfg, name="layers")(x, bias, deterministic)
+    else:
+      for i in range(cfg.num_encoder_layers):
+        x, _ = layer(cfg, name=f"layers_{i}")(x, bias, deterministic)
     x = RMSNorm(cfg, name="final_norm")(x)
     return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
@@ -242,7 +249,13 @@ class Decoder(nn.Module):
   def setup(self):
     cfg = self.config
     self.relpos_bias = RelativePositionBias(cfg, bidirectional=False)
-    self.layers = [DecoderLayer(cfg) for _ in range(cfg.num_decoder_layers)]
+    if cfg.scan_layers:  # training: one scanned layer (params stacked by layers.module_params)
+      self.layers = layers.scan(
+          layers.remat(DecoderLayer, cfg.remat, static_argnums=(5,), scanned=True),
+          cfg.num_decoder_layers, broadcast_args=4)(cfg)
+    else:
+      self.layers = [layers.remat(DecoderLayer, cfg.remat, static_argnums=(5,))(cfg)
+                     for _ in range(cfg.num_decoder_layers)]
     self.final_norm = RMSNorm(cfg)
     self.dropout = nn.Dropout(cfg.dropout_rate)
 
@@ -259,9 +272,11 @@ class Decoder(nn.Module):
       if decoder_mask is not None:
         self_bias = self_bias + padding_bias(decoder_mask)
       cross_bias = padding_bias(encoder_mask)
-    for layer in self.layers:
-      y = layer(y, encoded, self_bias, cross_bias, deterministic)
-      y = nn.with_logical_constraint(y, ("batch", "length", "embed"))
+    if self.config.scan_layers:
+      y, _ = self.layers(y, encoded, self_bias, cross_bias, deterministic)
+    else:
+      for layer in self.layers:
+        y, _ = layer(y, encoded, self_bias, cross_bias, deterministic)
     return self.dropout(self.final_norm(y), deterministic=deterministic)
 
   def init_cache(self, encoded, max_len: int, beams: int = 1):
@@ -322,7 +337,7 @@ class T5(nn.Module):
       out = self.shared.attend(y)
     else:
       out = _dense(cfg, y, self.lm_head)
-    out = nn.with_logical_constraint(out, ("batch", "length", "vocab"))
+    out = constrain(out, ("batch", "length", "vocab"))
     return out.astype(jnp.float32)
 
   def decode(self, decoder_input_ids, encoded, encoder_mask=None, decoder_mask=None,
@@ -367,15 +382,15 @@ def shift_right(labels, decoder_start_token_id: int = 0, pad_token_id: int = 0,
 
 
 def init_params(config: T5Config, rng, batch: int = 1, length: int = 8):
-  """Random params (unboxed, plain arrays) for `config`."""
+  """Random params (unboxed, plain arrays, per-layer layout) for `config`."""
   ids = jnp.ones((batch, length), jnp.int32)
-  variables = T5(config).init(rng, ids, ids)
+  variables = T5(layers.plain(config)).init(rng, ids, ids)
   return nn.unbox(variables["params"])
 
 
 def _abstract_variables(config: T5Config):
   ids = jnp.ones((1, 8), jnp.int32)
-  return jax.eval_shape(lambda: T5(config).init(jax.random.PRNGKey(0), ids, ids))
+  return jax.eval_shape(lambda: T5(layers.plain(config)).init(jax.random.PRNGKey(0), ids, ids))
 
 
 def param_shapes(config: T5Config):

@@ -9,7 +9,7 @@ import dataclasses
 import json
 from typing import Any
 
-from wgqa_jax.models.config_file import ConfigFile
+from wgqa_jax.models.config_file import REMATS, ConfigFile
 from wgqa_jax.variants import MHA, Grouping
 
 ACTIVATIONS = ("relu", "gelu", "gelu_new", "silu")
@@ -48,6 +48,9 @@ class T5Config(ConfigFile):
   # ops.dense: on XLA:CPU, materialise x^T for the weight gradient (faster there); off only to
   # measure what it buys (benchmarks/run.py).
   transpose_weight_grad_on_cpu: bool = True
+  # ---- memory and compile time (training only; params keep the per-layer layout) ----
+  remat: str = "none"        # none | full | dots (wgqa_jax.models.layers.REMAT_POLICIES)
+  scan_layers: bool = False  # each stack one scanned layer: compile time flat in depth
 
   def __post_init__(self):
     def bad(msg):
@@ -68,6 +71,8 @@ class T5Config(ConfigFile):
     for name in ("dtype", "param_dtype"):
       if getattr(self, name) not in DTYPES:
         bad(f"{name} must be one of {DTYPES}, got {getattr(self, name)!r}")
+    if self.remat not in REMATS:
+      bad(f"remat must be one of {REMATS}, got {self.remat!r}")
 
   # ---- derived ----
   @property
@@ -221,6 +226,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "t5-v1_1-base": dict(d_model=768, d_kv=64, d_ff=2048, num_heads=12, num_encoder_layers=12,
                          num_decoder_layers=12, feed_forward_proj="gated-gelu",
                          tie_word_embeddings=False),
+    # the GQA paper's sizes (the planner, configs/scale.py)
+    "t5-v1_1-xl": dict(d_model=2048, d_kv=64, d_ff=5120, num_heads=32, num_encoder_layers=24,
+                       num_decoder_layers=24, feed_forward_proj="gated-gelu",
+                       tie_word_embeddings=False),
+    "t5-v1_1-xxl": dict(d_model=4096, d_kv=64, d_ff=10240, num_heads=64, num_encoder_layers=24,
+                        num_decoder_layers=24, feed_forward_proj="gated-gelu",
+                        tie_word_embeddings=False),
 }
 
 

@@ -1,0 +1,68 @@
+"""The planner: the real train step compiled for N fake devices, XLA's per-device memory."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from wgqa_jax import plan
+from wgqa_jax.train_config import base_config, tiny_config
+
+
+def run_plan(*flags):
+  return subprocess.run([sys.executable, "-m", "wgqa_jax.plan", *flags], capture_output=True,
+                        text=True, timeout=300)
+
+
+def test_cli_prints_a_table_and_one_json_line_for_n_devices():
+  r = run_plan("--config=configs/llama_tiny.py", "--devices=4", "--config.mesh.data=1",
+               "--config.mesh.fsdp=-1", "--config.optim.batch_size=8",
+               "--config.model.remat=full", "--device_memory_gib=0.001")
+  assert r.returncode == 0, r.stderr[-2000:]
+  out = json.loads(r.stdout.strip().splitlines()[-1])
+  assert out["mesh"] == {"data": 1, "fsdp": 4, "model": 1}
+  assert out["remat"] == "full" and out["batch"]["inputs"][0] == 8
+  b = out["per_device_bytes"]
+  assert b["total"] == b["arguments"] + b["temp"] + b["outputs"] > 0
+  # params (f32) split 4 ways; AdamW's two moments likewise
+  assert b["params"] == pytest.approx(out["params"] * 4 / 4, rel=0.05)
+  assert b["opt_state"] == pytest.approx(2 * b["params"], rel=0.01)
+  assert out["fits"] is False  # 1 MiB devices
+  assert "total / device" in r.stdout and "fits" in r.stdout
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--config=configs/tiny.py"], "pass --devices=N"),
+    (["--config=configs/tiny.py", "--devices=3", "--config.mesh.model=2"],
+     "does not divide the 3 devices"),
+    (["--config=configs/tiny.py", "--devices=8", "--config.mesh.fsdp=8",
+      "--config.mesh.data=1", "--config.optim.batch_size=12"], "make the batch a multiple of 8"),
+    (["--config=configs/scale.py:llama-3", "--devices=8"], "choose from"),
+])
+def test_bad_input_is_one_line_and_exit_2(flags, message):
+  r = run_plan(*flags)
+  assert r.returncode == 2, r.stderr[-2000:]
+  lines = r.stderr.strip().splitlines()
+  assert len(lines) == 1 and message in lines[0] and "Traceback" not in r.stderr, r.stderr
+
+
+def test_fsdp_divides_params_and_optimizer_state_per_device():
+  """On the 8 devices of this process: FSDP 8 holds 1/8 of what pure data parallelism holds."""
+  def one(**mesh):
+    c = tiny_config()
+    c.optim.batch_size = 8
+    c.mesh.update(mesh)
+    return plan.plan(c)["per_device_bytes"]
+  dp, fsdp = one(data=8, fsdp=1), one(data=1, fsdp=8)
+  assert fsdp["params"] < dp["params"] / 6
+  assert fsdp["opt_state"] < dp["opt_state"] / 6
+  assert fsdp["arguments"] < dp["arguments"] / 4
+
+
+def test_the_model_config_is_the_runs_grouped_config_with_the_accelerators_matmuls():
+  c = base_config()
+  c.model.arch, c.model.remat, c.model.scan_layers = "llama-2-7b", "dots", True
+  c.grouping.variant, c.grouping.kv_heads = "wgqa", 8
+  cfg = plan.model_config(c)
+  assert cfg.kv_heads == 8 and cfg.grouping.weights == "row" and cfg.num_layers == 32
+  assert cfg.remat == "dots" and cfg.scan_layers and not cfg.transpose_weight_grad_on_cpu
