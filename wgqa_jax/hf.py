@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Mapping
 from typing import Any, Iterator, NamedTuple
 
 import numpy as np
@@ -30,6 +31,7 @@ from wgqa_jax import generation, variants
 from wgqa_jax import models
 from wgqa_jax.models.llama_config import LlamaConfig
 from wgqa_jax.models.t5_config import T5Config
+from wgqa_jax.tensor_files import SafetensorsFile
 
 log = logging.getLogger(__name__)
 
@@ -150,27 +152,34 @@ def _shapes(cfg) -> dict[tuple[str, ...], tuple[int, ...]]:
           traverse_util.flatten_dict(models.module_of(cfg).param_shapes(cfg)).items()}
 
 
-def hf_to_params(sd: dict[str, Any], cfg) -> dict:
-  """HF state dict (numpy/torch tensors, PyTorch [out, in] layout) -> our params: MHA for T5,
-  the checkpoint's own G KV heads for Llama."""
+def _read_row(row: Row, sd: Mapping[str, Any], shape: tuple[int, ...]) -> np.ndarray:
+  """One param in our layout (float32) from its HF tensor."""
+  key = next((k for k in (row.key, *row.aliases) if k in sd), None)
+  if key is None:
+    raise KeyError(f"checkpoint is missing {row.key!r}" +
+                   (f" (also tried {list(row.aliases)})" if row.aliases else "") +
+                   f"; it has {len(sd)} tensors, e.g. {sorted(sd)[:3]}")
+  value = sd[key]
+  want = _hf_shape(row.layout, shape)
+  if tuple(np.shape(value)) != want:
+    raise ValueError(f"checkpoint tensor {key!r} has shape {tuple(np.shape(value))}, but the "
+                     f"config implies {want}: config and weights disagree")
+  return np.ascontiguousarray(_to_ours(row.layout, np.asarray(value, np.float32), shape))
+
+
+def _used_keys(sd: Mapping[str, Any], cfg) -> set[str]:
+  return {next((k for k in (row.key, *row.aliases) if k in sd), row.key) for row in table(cfg)}
+
+
+def hf_to_params(sd: Mapping[str, Any], cfg) -> dict:
+  """HF state dict (numpy/torch tensors, PyTorch [out, in] layout; or a Reader) -> our params:
+  MHA for T5, the checkpoint's own G KV heads for Llama."""
   if not _hf_holds(cfg):
     raise ValueError("hf_to_params builds the params HF holds; pass the HF config, then call "
                      "variants.from_mha()")
-  shapes, flat, used = _shapes(cfg), {}, set()
-  for row in table(cfg):
-    key = next((k for k in (row.key, *row.aliases) if k in sd), None)
-    if key is None:
-      raise KeyError(f"checkpoint is missing {row.key!r}" +
-                     (f" (also tried {list(row.aliases)})" if row.aliases else "") +
-                     f"; it has {len(sd)} tensors, e.g. {sorted(sd)[:3]}")
-    value = np.asarray(sd[key], np.float32)
-    want = _hf_shape(row.layout, shapes[row.path])
-    if value.shape != want:
-      raise ValueError(f"checkpoint tensor {key!r} has shape {value.shape}, but the config "
-                       f"implies {want}: config and weights disagree")
-    used.add(key)
-    flat[row.path] = np.ascontiguousarray(_to_ours(row.layout, value, shapes[row.path]))
-  ignored = sorted(k for k in set(sd) - used
+  shapes = _shapes(cfg)
+  flat = {row.path: _read_row(row, sd, shapes[row.path]) for row in table(cfg)}
+  ignored = sorted(k for k in set(sd) - _used_keys(sd, cfg)
                    if not k.endswith(("embed_tokens.weight", "lm_head.weight")))
   if ignored:
     log.warning("ignoring %d checkpoint tensors the model does not use: %s", len(ignored),
@@ -225,28 +234,59 @@ def resolve_hf_dir(path_or_id: str) -> str:
         f"directory instead.") from e
 
 
-def load_hf(path_or_id: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-  """(numpy state dict, config.json dict) of a HF T5 checkpoint; torch only for .bin files."""
-  path = resolve_hf_dir(path_or_id)
-  cfg_path = os.path.join(path, "config.json")
-  if not os.path.exists(cfg_path):
-    raise FileNotFoundError(f"{path} has no config.json: not a Hugging Face model directory")
-  with open(cfg_path) as f:
-    hf_cfg = json.load(f)
-  sd: dict[str, np.ndarray] = {}
-  for file in _weight_files(path):
-    if file.endswith(".safetensors"):
-      from safetensors.numpy import load_file
-      sd.update(load_file(file))
-    else:
-      try:
-        import torch
-      except ImportError as e:
-        raise ImportError(f"{file} is a PyTorch pickle; reading it needs torch "
-                          f"(pip install 'wgqa_jax[torch]'), or convert it to safetensors") from e
-      state = torch.load(file, map_location="cpu", weights_only=True)
-      sd.update({k: v.float().numpy() for k, v in state.items()})
-  return sd, hf_cfg
+class Reader(Mapping):
+  """A HF checkpoint's state dict, read one tensor at a time: HF key -> array (safetensors
+  memory-mapped, bfloat16 included; a pytorch_model.bin is read whole, with torch). `cfg` is its
+  model config; `read(path)` gives one of our params (float32, our layout)."""
+
+  def __init__(self, path_or_id: str):
+    self.dir = resolve_hf_dir(path_or_id)
+    cfg_path = os.path.join(self.dir, "config.json")
+    if not os.path.exists(cfg_path):
+      raise FileNotFoundError(f"{self.dir} has no config.json: not a Hugging Face model directory")
+    with open(cfg_path) as f:
+      self.hf_config = json.load(f)
+    self._where: dict[str, Any] = {}
+    for file in _weight_files(self.dir):
+      if file.endswith(".safetensors"):
+        st = SafetensorsFile(file)
+        self._where.update({k: st for k in st.keys()})
+      else:
+        self._where.update({k: v for k, v in _torch_state_dict(file).items()})
+    self.cfg = config_from_hf(self.hf_config, self)
+    self._rows = {row.path: row for row in table(self.cfg)} if _hf_holds(self.cfg) else {}
+    self._param_shapes = None
+
+  def __getitem__(self, key: str):
+    where = self._where[key]
+    return where.view(key) if isinstance(where, SafetensorsFile) else where
+
+  def __iter__(self):
+    return iter(self._where)
+
+  def __len__(self) -> int:
+    return len(self._where)
+
+  def read(self, path: tuple[str, ...]) -> np.ndarray:
+    if self._param_shapes is None:
+      self._param_shapes = _shapes(self.cfg)
+    return _read_row(self._rows[path], self, self._param_shapes[path])
+
+
+def _torch_state_dict(file: str) -> dict[str, np.ndarray]:
+  try:
+    import torch
+  except ImportError as e:
+    raise ImportError(f"{file} is a PyTorch pickle; reading it needs torch "
+                      f"(pip install 'wgqa_jax[torch]'), or convert it to safetensors") from e
+  state = torch.load(file, map_location="cpu", weights_only=True)
+  return {k: v.float().numpy() for k, v in state.items()}
+
+
+def load_hf(path_or_id: str) -> tuple[Reader, dict[str, Any]]:
+  """(state dict, config.json dict) of a HF checkpoint: a Reader, tensors read when used."""
+  reader = Reader(path_or_id)
+  return reader, reader.hf_config
 
 
 def _weight_files(path: str) -> list[str]:
@@ -278,10 +318,9 @@ def config_from_hf(hf_cfg: dict[str, Any], sd: dict[str, Any]):
 
 def from_hf(path_or_id: str):
   """(params, config) of a HF checkpoint: T5 (MHA) or Llama / Mistral (its own G heads);
-  variants.from_mha() groups MHA params."""
-  sd, hf_cfg = load_hf(path_or_id)
-  cfg = config_from_hf(hf_cfg, sd)
-  return hf_to_params(sd, cfg), cfg
+  variants.from_mha() groups MHA params. wgqa_jax.streaming reads one without holding it whole."""
+  reader = Reader(path_or_id)
+  return hf_to_params(reader, reader.cfg), reader.cfg
 
 
 def generation_settings(path_or_id: str) -> dict[str, Any]:

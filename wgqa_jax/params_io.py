@@ -14,6 +14,7 @@ import numpy as np
 from flax import traverse_util
 
 from wgqa_jax import generation, models
+from wgqa_jax.tensor_files import SafetensorsFile
 
 CONFIG_FILE = "wgqa_config.json"
 PARAMS_FILE = "params.safetensors"
@@ -49,17 +50,31 @@ def generation_settings_any(path_or_id: str) -> dict:
   return hf.generation_settings(path_or_id)
 
 
+class Reader:
+  """Our params dir read one tensor at a time (memory-mapped): `cfg`, and `read(path)` for one
+  param (a copy: the file may be rewritten later). Shapes are checked against the config first."""
+
+  def __init__(self, path: str):
+    cfg_path, params_path = os.path.join(path, CONFIG_FILE), os.path.join(path, PARAMS_FILE)
+    for p in (cfg_path, params_path):
+      if not os.path.exists(p):
+        raise FileNotFoundError(f"{path} is not a wgqa_jax params directory: missing {p}")
+    self.dir = path
+    self.cfg = _load_config(cfg_path)
+    self.file = SafetensorsFile(params_path)
+    check_shapes({k: self.file.shape(k) for k in self.file.keys()}, self.cfg)
+
+  def read(self, path: tuple[str, ...]) -> np.ndarray:
+    return np.array(self.file.view("/".join(path)))
+
+  def paths(self) -> list[tuple[str, ...]]:
+    return [tuple(k.split("/")) for k in self.file.keys()]
+
+
 def load(path: str):
   """(params, cfg) from a directory written by `save`; checks params against the config."""
-  from safetensors.numpy import load_file
-  cfg_path, params_path = os.path.join(path, CONFIG_FILE), os.path.join(path, PARAMS_FILE)
-  for p in (cfg_path, params_path):
-    if not os.path.exists(p):
-      raise FileNotFoundError(f"{path} is not a wgqa_jax params directory: missing {p}")
-  cfg = _load_config(cfg_path)
-  params = unflatten(load_file(params_path))
-  check_params(params, cfg)
-  return params, cfg
+  reader = Reader(path)
+  return traverse_util.unflatten_dict({p: reader.read(p) for p in reader.paths()}), reader.cfg
 
 
 def load_any(path_or_id: str):
@@ -86,9 +101,15 @@ def load_config_any(path_or_id: str):
 
 def check_params(params, cfg) -> None:
   """Raise if `params` does not have exactly the shapes `cfg` implies."""
-  shape = lambda tree: {k: tuple(v.shape) for k, v in
-                        traverse_util.flatten_dict(tree, sep="/").items()}
-  expected, got = shape(models.module_of(cfg).param_shapes(cfg)), shape(params)
+  check_shapes({k: tuple(v.shape) for k, v in traverse_util.flatten_dict(params, sep="/").items()},
+               cfg)
+
+
+def check_shapes(got: dict[str, tuple[int, ...]], cfg) -> None:
+  """Raise if the '/'-joined param paths -> shapes `got` are not exactly those `cfg` implies."""
+  expected = {k: tuple(v.shape) for k, v in
+              traverse_util.flatten_dict(models.module_of(cfg).param_shapes(cfg), sep="/").items()}
+  got = {k: tuple(v) for k, v in got.items()}
   missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
   wrong = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
   if missing or extra or wrong:

@@ -31,7 +31,8 @@ import numpy as np
 from tqdm import tqdm
 
 from wgqa_jax import (analysis, checkpoints, cli, data, generation, metrics, models, params_io,
-                      pipeline, sharding, tokenizers, train_step as step_lib, variants)
+                      pipeline, sharding, streaming, tokenizers, train_step as step_lib,
+                      variants)
 from wgqa_jax import evaluate as evaluate_lib
 from wgqa_jax.train_config import resume_differences, validate
 
@@ -99,7 +100,10 @@ def check_resume(c: ml_collections.ConfigDict, workdir: str) -> None:
                      f"keep: {'; '.join(diffs)}. To start fresh, pass another --workdir.")
 
 
-def build_model(c: ml_collections.ConfigDict, tokenizer):
+def build_model(c: ml_collections.ConfigDict, tokenizer, mesh):
+  """(params placed on `mesh` as the state shards them, model config): a random init or a
+  checkpoint read tensor by tensor (wgqa_jax.streaming), converted to the variant one attention
+  module at a time, never whole in host memory."""
   m, g = c.model, c.grouping
   vocab_size = tokenizer.vocab_size
   if m.init_from == "tiny-random":
@@ -108,9 +112,11 @@ def build_model(c: ml_collections.ConfigDict, tokenizer):
                bos_token_id=(tokenizer.prefix or (tokenizer.eos_id,))[0]) \
         if models.is_causal(arch) else {}  # a random decoder-only model takes the data's ids
     cfg = arch.replace(vocab_size=max(vocab_size, arch.vocab_size), **ids)
-    params = jax.device_get(models.module_of(cfg).init_params(cfg, jax.random.PRNGKey(c.seed)))
+    source = streaming.MemorySource(
+        jax.device_get(models.module_of(cfg).init_params(cfg, jax.random.PRNGKey(c.seed))), cfg)
   else:
-    params, cfg = params_io.load_any(m.init_from)
+    source = streaming.open_source(m.init_from)
+    cfg = source.cfg
   if vocab_size > cfg.vocab_size:
     raise ValueError(f"tokenizer {c.data.tokenizer!r} has {vocab_size} ids but the model only "
                      f"{cfg.vocab_size} embeddings")
@@ -118,14 +124,19 @@ def build_model(c: ml_collections.ConfigDict, tokenizer):
     raise ValueError(f"tokenizer {c.data.tokenizer!r} ends examples with id {tokenizer.eos_id} "
                      f"but the model's eos_token_id is {cfg.eos_token_id}: train with the "
                      f"checkpoint's own tokenizer (config.data.tokenizer={m.init_from})")
+  convert = None
   if variants.is_mha(cfg):  # a grouped params dir is uptrained as it is
-    params, cfg = variants.from_mha(
-        params, cfg, g.variant, g.kv_heads, group_encoder=g.group_encoder,
-        group_sizes=g.group_sizes, noise=g.attention_noise, seed=c.seed)
+    cfg, convert = variants.converter(
+        cfg, g.variant, g.kv_heads, group_encoder=g.group_encoder, group_sizes=g.group_sizes,
+        noise=g.attention_noise, seed=c.seed)
   changes = dict(dtype=m.dtype)
   if m.dropout_rate is not None:
     changes["dropout_rate"] = m.dropout_rate
-  return params, cfg.replace(**changes)
+  cfg = cfg.replace(**changes)
+  params = streaming.load_sharded(source, cfg, step_lib.param_shardings(cfg, mesh), convert,
+                                  desc=None if m.init_from == "tiny-random" else
+                                  f"loading {m.init_from}")
+  return params, cfg
 
 
 def wgqa_weight_stats(params) -> dict[str, float]:
@@ -362,7 +373,7 @@ def train(c: ml_collections.ConfigDict, workdir: str, stop_after: int | None = N
   tokenizer, eval_split, total_steps = prepare_data(c, workdir, train_source, eval_source)
 
   # ---- model, sharded state ----
-  params, cfg = build_model(c, tokenizer)
+  params, cfg = build_model(c, tokenizer, mesh)
   train_cfg = cfg.replace(remat=c.model.remat, scan_layers=c.model.scan_layers)
   tx, schedule = step_lib.make_optimizer(c.optim, total_steps)
   state_shard = step_lib.state_shardings(cfg, tx, mesh)

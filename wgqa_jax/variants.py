@@ -350,11 +350,21 @@ def from_mha(params, cfg, variant: str, kv_heads: int | None = None, *,
 
   group_sizes: AsymGQA's contiguous group sizes. noise: PGQA's logit noise std (default 0.1).
   seed: RandWGQA's weight init."""
+  new_cfg, convert = converter(cfg, variant, kv_heads, group_encoder=group_encoder,
+                               group_sizes=group_sizes, noise=noise, seed=seed)
+  return map_modules(params, grouped_paths(new_cfg), convert), new_cfg
+
+
+def converter(cfg, variant: str, kv_heads: int | None = None, *, group_encoder: bool = False,
+              group_sizes=None, noise: float | None = None, seed: int = 0):
+  """(the variant's config, convert): convert(module dict) turns one grouped attention module's
+  MHA params into the variant's. Called on grouped_paths(config) in order it gives what
+  from_mha gives (RandWGQA draws its weights in that order); wgqa_jax.streaming converts a
+  checkpoint so, one module at a time."""
   new_cfg = grouped_config(cfg, variant, kv_heads, group_encoder=group_encoder,
                            group_sizes=group_sizes, noise=noise)
   v, rng = get(variant), np.random.default_rng(seed)
-  return map_modules(params, grouped_paths(new_cfg),
-                     lambda m: v.convert_module(m, new_cfg.grouping, rng)), new_cfg
+  return new_cfg, lambda m: v.convert_module(m, new_cfg.grouping, rng)
 
 
 def grouped_config(cfg, variant: str, kv_heads: int | None = None, *, group_encoder=False,
