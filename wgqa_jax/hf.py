@@ -215,8 +215,9 @@ def _is_local(path: str) -> bool:
   return os.path.isabs(path) or path.startswith((".", "~")) or os.path.exists(path)
 
 
-def resolve_hf_dir(path_or_id: str) -> str:
-  """A local directory holding config.json + weights, downloading a hub id if reachable."""
+def resolve_hf_dir(path_or_id: str, config_only: bool = False) -> str:
+  """A local directory holding config.json + weights, downloading a hub id if reachable
+  (config_only: config.json alone, for reading a config without the weights)."""
   path = os.path.expanduser(path_or_id)
   if os.path.isdir(path):
     return path
@@ -224,7 +225,7 @@ def resolve_hf_dir(path_or_id: str) -> str:
     raise FileNotFoundError(f"no such checkpoint directory: {path_or_id!r}")
   try:
     from huggingface_hub import snapshot_download
-    return snapshot_download(path_or_id, allow_patterns=[
+    return snapshot_download(path_or_id, allow_patterns=["config.json"] if config_only else [
         "config.json", "*.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
         "pytorch_model.bin.index.json", "spiece.model", "tokenizer*", "special_tokens_map.json"])
   except Exception as e:  # offline, unknown repo, auth ...

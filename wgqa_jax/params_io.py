@@ -95,7 +95,7 @@ def load_config_any(path_or_id: str):
   if is_params_dir(path_or_id):
     return _load_config(os.path.join(path_or_id, CONFIG_FILE))
   from wgqa_jax import hf
-  with open(os.path.join(hf.resolve_hf_dir(path_or_id), "config.json")) as f:
+  with open(os.path.join(hf.resolve_hf_dir(path_or_id, config_only=True), "config.json")) as f:
     return models.config_from_hf(json.load(f))
 
 
