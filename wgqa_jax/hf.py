@@ -152,9 +152,14 @@ def _shapes(cfg) -> dict[tuple[str, ...], tuple[int, ...]]:
           traverse_util.flatten_dict(models.module_of(cfg).param_shapes(cfg)).items()}
 
 
+def _key_of(row: Row, sd: Mapping[str, Any]) -> str | None:
+  """The state-dict key holding row's tensor (its own key or an alias), None if absent."""
+  return next((k for k in (row.key, *row.aliases) if k in sd), None)
+
+
 def _read_row(row: Row, sd: Mapping[str, Any], shape: tuple[int, ...]) -> np.ndarray:
   """One param in our layout (float32) from its HF tensor."""
-  key = next((k for k in (row.key, *row.aliases) if k in sd), None)
+  key = _key_of(row, sd)
   if key is None:
     raise KeyError(f"checkpoint is missing {row.key!r}" +
                    (f" (also tried {list(row.aliases)})" if row.aliases else "") +
@@ -167,10 +172,6 @@ def _read_row(row: Row, sd: Mapping[str, Any], shape: tuple[int, ...]) -> np.nda
   return np.ascontiguousarray(_to_ours(row.layout, np.asarray(value, np.float32), shape))
 
 
-def _used_keys(sd: Mapping[str, Any], cfg) -> set[str]:
-  return {next((k for k in (row.key, *row.aliases) if k in sd), row.key) for row in table(cfg)}
-
-
 def hf_to_params(sd: Mapping[str, Any], cfg) -> dict:
   """HF state dict (numpy/torch tensors, PyTorch [out, in] layout; or a Reader) -> our params:
   MHA for T5, the checkpoint's own G KV heads for Llama."""
@@ -179,7 +180,7 @@ def hf_to_params(sd: Mapping[str, Any], cfg) -> dict:
                      "variants.from_mha()")
   shapes = _shapes(cfg)
   flat = {row.path: _read_row(row, sd, shapes[row.path]) for row in table(cfg)}
-  ignored = sorted(k for k in set(sd) - _used_keys(sd, cfg)
+  ignored = sorted(k for k in set(sd) - {_key_of(row, sd) for row in table(cfg)}
                    if not k.endswith(("embed_tokens.weight", "lm_head.weight")))
   if ignored:
     log.warning("ignoring %d checkpoint tensors the model does not use: %s", len(ignored),
@@ -253,7 +254,7 @@ class Reader(Mapping):
         st = SafetensorsFile(file)
         self._where.update({k: st for k in st.keys()})
       else:
-        self._where.update({k: v for k, v in _torch_state_dict(file).items()})
+        self._where.update(_torch_state_dict(file))
     self.cfg = config_from_hf(self.hf_config, self)
     self._rows = {row.path: row for row in table(self.cfg)} if _hf_holds(self.cfg) else {}
     self._param_shapes = None

@@ -36,9 +36,9 @@ def seq2seq_loss_sums(params, batch, rng, cfg, label_smoothing, z_loss, train):
   enc_seg, dec_seg = batch.get("inputs_segment_ids"), batch.get("targets_segment_ids")  # packed
   dec_in = t5.shift_right(targets, cfg.decoder_start_token_id, cfg.pad_token_id, dec_seg)
   logits = t5.T5(cfg).apply(
-      {"params": layers.module_params(params, cfg)}, inputs, dec_in, (inputs != cfg.pad_token_id).astype(jnp.int32),
-      deterministic=not train, rngs={"dropout": rng} if train else None,
-      encoder_segment_ids=enc_seg, decoder_segment_ids=dec_seg)
+      {"params": layers.module_params(params, cfg)}, inputs, dec_in,
+      (inputs != cfg.pad_token_id).astype(jnp.int32), deterministic=not train,
+      rngs={"dropout": rng} if train else None, encoder_segment_ids=enc_seg, decoder_segment_ids=dec_seg)
   weights = (targets != cfg.pad_token_id).astype(jnp.float32)
   return token_loss_sums(logits, targets, weights, label_smoothing, z_loss)
 
@@ -46,8 +46,8 @@ def seq2seq_loss_sums(params, batch, rng, cfg, label_smoothing, z_loss, train):
 def causal_loss_sums(params, batch, cfg, label_smoothing, z_loss, loss_on: str):
   s = causal_view.sequences(batch, cfg.eos_token_id)
   seg = s["segment_ids"]
-  logits = llama.Llama(cfg).apply({"params": layers.module_params(params, cfg)}, s["tokens"], (seg > 0).astype(jnp.int32),
-                                  s["positions"], seg)
+  logits = llama.Llama(cfg).apply({"params": layers.module_params(params, cfg)}, s["tokens"],
+                                  (seg > 0).astype(jnp.int32), s["positions"], seg)
   # token t predicts token t + 1 of the same example
   weights = (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] > 0)
   if loss_on == "answer":

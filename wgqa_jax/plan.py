@@ -62,16 +62,12 @@ def model_config(c):
   dir, HF config.json), grouped as the config says, with the run's numerics and layer options.
   The planned program is the accelerator's: no CPU-only matmul layout."""
   from wgqa_jax import train, variants
-  m, g = c.model, c.grouping
   cfg = train.source_config(c)
   if variants.is_mha(cfg):
-    cfg = variants.grouped_config(cfg, g.variant, g.kv_heads, group_encoder=g.group_encoder,
-                                  group_sizes=g.group_sizes, noise=g.attention_noise)
-  changes = dict(dtype=m.dtype, remat=m.remat, scan_layers=m.scan_layers,
-                 transpose_weight_grad_on_cpu=False)
-  if m.dropout_rate is not None:
-    changes["dropout_rate"] = m.dropout_rate
-  return cfg.replace(**changes)
+    cfg = variants.grouped_config(cfg, c.grouping.variant, c.grouping.kv_heads,
+                                  **train.grouping_options(c))
+  cfg = train.for_training(train.with_run_numerics(cfg, c), c)
+  return cfg.replace(transpose_weight_grad_on_cpu=False)
 
 
 def abstract_batch(c, mesh):

@@ -76,6 +76,25 @@ def source_config(c: ml_collections.ConfigDict):
   return params_io.load_config_any(c.model.init_from)
 
 
+def grouping_options(c: ml_collections.ConfigDict) -> dict:
+  """The grouping section's options, as variants' grouping / converter functions take them."""
+  g = c.grouping
+  return dict(group_encoder=g.group_encoder, group_sizes=g.group_sizes, noise=g.attention_noise)
+
+
+def with_run_numerics(cfg, c: ml_collections.ConfigDict):
+  """cfg with the run's compute dtype and, when set, dropout (what best/ and final/ keep)."""
+  changes = dict(dtype=c.model.dtype)
+  if c.model.dropout_rate is not None:
+    changes["dropout_rate"] = c.model.dropout_rate
+  return cfg.replace(**changes)
+
+
+def for_training(cfg, c: ml_collections.ConfigDict):
+  """cfg with the training-only layer options (remat, scanned layers) the step compiles with."""
+  return cfg.replace(remat=c.model.remat, scan_layers=c.model.scan_layers)
+
+
 def check_model(c: ml_collections.ConfigDict) -> None:
   """Fail now (nothing written yet) if the variant or the objective does not fit the model."""
   src, g = source_config(c), c.grouping
@@ -83,8 +102,7 @@ def check_model(c: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.optim.loss_on={c.optim.loss_on!r}: T5 always trains on its "
                      f"targets; loss_on is for decoder-only models")
   if variants.is_mha(src):
-    variants.get(g.variant).grouping(src.num_heads, g.kv_heads, group_encoder=g.group_encoder,
-                                     group_sizes=g.group_sizes, noise=g.attention_noise)
+    variants.get(g.variant).grouping(src.num_heads, g.kv_heads, **grouping_options(c))
 
 
 def check_resume(c: ml_collections.ConfigDict, workdir: str) -> None:
@@ -126,13 +144,9 @@ def build_model(c: ml_collections.ConfigDict, tokenizer, mesh):
                      f"checkpoint's own tokenizer (config.data.tokenizer={m.init_from})")
   convert = None
   if variants.is_mha(cfg):  # a grouped params dir is uptrained as it is
-    cfg, convert = variants.converter(
-        cfg, g.variant, g.kv_heads, group_encoder=g.group_encoder, group_sizes=g.group_sizes,
-        noise=g.attention_noise, seed=c.seed)
-  changes = dict(dtype=m.dtype)
-  if m.dropout_rate is not None:
-    changes["dropout_rate"] = m.dropout_rate
-  cfg = cfg.replace(**changes)
+    cfg, convert = variants.converter(cfg, g.variant, g.kv_heads, **grouping_options(c),
+                                      seed=c.seed)
+  cfg = with_run_numerics(cfg, c)
   params = streaming.load_sharded(source, cfg, step_lib.param_shardings(cfg, mesh), convert,
                                   desc=None if m.init_from == "tiny-random" else
                                   f"loading {m.init_from}")
@@ -374,7 +388,7 @@ def train(c: ml_collections.ConfigDict, workdir: str, stop_after: int | None = N
 
   # ---- model, sharded state ----
   params, cfg = build_model(c, tokenizer, mesh)
-  train_cfg = cfg.replace(remat=c.model.remat, scan_layers=c.model.scan_layers)
+  train_cfg = for_training(cfg, c)
   tx, schedule = step_lib.make_optimizer(c.optim, total_steps)
   state_shard = step_lib.state_shardings(cfg, tx, mesh)
   state = step_lib.init_state(params, tx, state_shard)

@@ -14,6 +14,8 @@ Param tree (what hf.llama_table maps to HF names and variants.py converts):
 """
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -165,6 +167,7 @@ def init_params(config: LlamaConfig, rng, batch: int = 1, length: int = 8):
   return nn.unbox(Llama(layers.plain(config)).init(rng, ids)["params"])
 
 
+@functools.lru_cache(maxsize=8)  # startup asks for shapes and axes many times (~1 s each at 70B)
 def _abstract_variables(config: LlamaConfig):
   ids = jnp.ones((1, 8), jnp.int32)
   return jax.eval_shape(lambda: Llama(layers.plain(config)).init(jax.random.PRNGKey(0), ids))

@@ -18,6 +18,7 @@ Param tree (what hf.py maps to HF names and variants.py converts):
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import flax.linen as nn
@@ -388,6 +389,7 @@ def init_params(config: T5Config, rng, batch: int = 1, length: int = 8):
   return nn.unbox(variables["params"])
 
 
+@functools.lru_cache(maxsize=8)  # startup asks for shapes and axes many times (~1 s each at 70B)
 def _abstract_variables(config: T5Config):
   ids = jnp.ones((1, 8), jnp.int32)
   return jax.eval_shape(lambda: T5(layers.plain(config)).init(jax.random.PRNGKey(0), ids, ids))
