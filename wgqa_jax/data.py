@@ -92,6 +92,22 @@ SYNTHETIC = tuple(SYNTHETIC_TASKS)
 DATASETS = tuple(sorted(TASKS)) + SYNTHETIC
 
 
+def open_tfds(name: str, split: str, data_dir: str | None):
+  """`tfds.data_source` of a prepared TFDS split (array_record: random access, nothing read
+  until asked), or one line saying how to prepare it."""
+  try:
+    import tensorflow_datasets as tfds
+    # download=False: a run reads prepared data; building it here would hang offline
+    return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+  except Exception as e:  # TFDS lists every dataset it knows in some of these: keep one line
+    first = (str(e).strip().splitlines() or [""])[0][:200]
+    raise FileNotFoundError(
+        f"could not open TFDS {name!r} split {split!r} in data_dir={data_dir or 'the default'} "
+        f"({type(e).__name__}: {first}). Prepare it where there is internet (tfds build {name} "
+        f"--file_format=array_record) and pass its data_dir (train: --config.data.data_dir, "
+        f"evaluate: --data_dir), or use an offline dataset.") from e
+
+
 class TFDSPairs:
   """(input text with prefix, target text) by index over a TFDS split (`tfds.data_source`,
   array_record: random access, nothing read until asked). Pickles, so grain's worker processes
@@ -100,17 +116,7 @@ class TFDSPairs:
   def __init__(self, dataset: str, split: str, data_dir: str | None, limit: int | None = None):
     name, self.src, self.tgt, self.prefix = TASKS[dataset]
     self.translation = is_translation(dataset)
-    try:
-      import tensorflow_datasets as tfds
-      # download=False: a run reads prepared data; building it here would hang offline
-      self.source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-    except Exception as e:  # TFDS lists every dataset it knows in some of these: keep one line
-      first = (str(e).strip().splitlines() or [""])[0][:200]
-      raise FileNotFoundError(
-          f"could not open TFDS {name!r} split {split!r} in data_dir={data_dir or 'the default'} "
-          f"({type(e).__name__}: {first}). Prepare it where there is internet (tfds build {name} "
-          f"--file_format=array_record) and pass its data_dir (train: --config.data.data_dir, "
-          f"evaluate: --data_dir), or use dataset=synthetic_summarize offline.") from e
+    self.source = open_tfds(name, split, data_dir)
     self.size = len(self.source) if limit is None else min(limit, len(self.source))
 
   def __len__(self) -> int:
@@ -144,17 +150,21 @@ def load_examples(dataset: str, split: str, n: int | None = None,
   return list(source(dataset, split, n, data_dir))
 
 
-def tokenizer_sample(pairs, max_chars: int = 4_000_000, max_examples: int = 20_000):
-  """Texts to train a tokenizer on: evenly spaced examples of a split, both sides, until
-  max_chars characters. Bounded, so start-up does not grow with the dataset (training on all of
-  CNN/DailyMail took ~5 minutes and 10 GB)."""
-  n = len(pairs)
+def tokenizer_sample(items, max_chars: int = 4_000_000, max_examples: int = 20_000,
+                     shuffled: bool = False):
+  """Texts to train a tokenizer on: evenly spaced examples of a split (both sides of a pair),
+  or with `shuffled` documents in a fixed random order (a corpus's order is often by topic or
+  file name), until max_chars characters. Bounded, so start-up does not grow with the dataset
+  (training on all of CNN/DailyMail took ~5 minutes and 10 GB)."""
+  n = len(items)
   if n == 0:
     return
-  step = max(1, n // max_examples)
+  order = (np.random.default_rng(0).choice(n, min(n, max_examples), replace=False) if shuffled
+           else range(0, n, max(1, n // max_examples)))
   total = 0
-  for i in range(0, n, step):
-    for text in pairs[i]:
+  for i in order:
+    item = items[int(i)]
+    for text in (item,) if isinstance(item, str) else item:
       yield text
       total += len(text)
     if total >= max_chars:

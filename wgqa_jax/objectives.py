@@ -6,6 +6,9 @@ count, so gradient accumulation and packing weigh every token alike).
   (wgqa_jax.causal_view); next-token loss on every token ("all": language modelling on the
   text) or on the target tokens only ("answer": instruction-style tuning). Eval loss is always
   the answer's, the same quantity T5 reports.
+- causal, pretraining (data.objective=causal_lm): rows of documents already are sequences
+  ({tokens, segment_ids, positions}: wgqa_jax.text_rows); loss on every token.
+- span corruption (T5 pretraining) is seq2seq: its rows are inputs and targets.
 """
 from __future__ import annotations
 
@@ -44,13 +47,14 @@ def seq2seq_loss_sums(params, batch, rng, cfg, label_smoothing, z_loss, train):
 
 
 def causal_loss_sums(params, batch, cfg, label_smoothing, z_loss, loss_on: str):
-  s = causal_view.sequences(batch, cfg.eos_token_id)
+  # rows of documents are sequences already; rows of pairs are compacted into sequences
+  s = batch if "tokens" in batch else causal_view.sequences(batch, cfg.eos_token_id)
   seg = s["segment_ids"]
   logits = llama.Llama(cfg).apply({"params": layers.module_params(params, cfg)}, s["tokens"],
                                   (seg > 0).astype(jnp.int32), s["positions"], seg)
   # token t predicts token t + 1 of the same example
   weights = (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] > 0)
-  if loss_on == "answer":
+  if loss_on == "answer" and "answer" in s:  # documents have no answer: every token counts
     weights = weights & s["answer"][:, 1:]
   return token_loss_sums(logits[:, :-1], s["tokens"][:, 1:], weights.astype(jnp.float32),
                          label_smoothing, z_loss)

@@ -1,4 +1,5 @@
-"""The input pipeline: grain over a random-access source of (input text, target text) pairs.
+"""The input pipeline: grain over a random-access source of (input text, target text) pairs,
+or of documents (wgqa_jax.corpora) for the pretraining objectives (wgqa_jax.text_rows).
 
 Training (`TrainBatches`), for process i of n with global batch B (b = B / n rows per process):
 
@@ -17,7 +18,12 @@ positions; a window gives a varying number of rows. Either way the position of t
 (window, row): two integers per process, saved with the model (wgqa_jax.checkpoints), so a
 resumed run reads exactly the batches the uninterrupted one would have.
 
-Eval (`eval_split`) reads the split in order through the same Tokenize, unpacked.
+Documents (objective span_corruption or causal_lm) flow the same way, one window of
+`pack_window` documents at a time: TokenizeDocument, then the objective's rows (a window gives a
+varying number of full rows, as packed pairs do, with the same (window, row) position).
+
+Eval (`eval_split`) reads the split in order through the same Tokenize, unpacked; for documents,
+`eval_rows` makes the objective's rows of the first documents of the validation split.
 """
 from __future__ import annotations
 
@@ -27,6 +33,8 @@ from typing import Any
 from absl import flags
 import grain
 import numpy as np
+
+from wgqa_jax import text_rows
 
 # Examples packed together. Bigger windows pack tighter (first-fit has more rows to choose from);
 # a window is one unit of work for a grain worker.
@@ -143,6 +151,18 @@ class Layout:
   pack: bool = False
   pack_window: int = PACK_WINDOW
   seed: int = 0
+  objective: str = "pairs"       # wgqa_jax.text_rows.OBJECTIVES
+  cross_documents: bool = False  # causal_lm: attention may cross document boundaries
+
+  @property
+  def documents(self) -> bool:
+    """Rows are made from documents (a pretraining objective), not (input, target) pairs."""
+    return self.objective != "pairs"
+
+  @property
+  def variable_rows(self) -> bool:
+    """A window gives a varying number of rows (packed pairs, or documents)."""
+    return self.pack or self.documents
 
   def rows_per_process(self, process_count: int) -> int:
     if self.global_batch % process_count:
@@ -152,7 +172,37 @@ class Layout:
 
   def window(self, process_count: int) -> int:
     """Examples per window: a process's rows of one global batch, or the packing window."""
-    return self.pack_window if self.pack else self.rows_per_process(process_count)
+    return self.pack_window if self.variable_rows else self.rows_per_process(process_count)
+
+
+def transforms(tokenizer, layout: Layout) -> tuple:
+  """(per-example tokenize transform, window -> rows transform) of the layout's objective."""
+  if layout.objective == "pairs":
+    return (Tokenize(tokenizer, layout.max_input_length, layout.max_target_length),
+            MakeRows(layout.max_input_length, layout.max_target_length, tokenizer.pad_id,
+                     layout.pack))
+  if layout.objective == "span_corruption":
+    from wgqa_jax import tokenizers
+    first, _ = tokenizers.sentinels(tokenizer)
+    return (text_rows.TokenizeDocument(tokenizer, delimit=False),
+            text_rows.SpanCorruptionRows(layout.max_input_length, layout.max_target_length,
+                                         first, tokenizer.eos_id, tokenizer.pad_id))
+  if layout.objective == "causal_lm":
+    return (text_rows.TokenizeDocument(tokenizer, delimit=True),
+            text_rows.CausalLMRows(layout.max_input_length + layout.max_target_length,
+                                   tokenizer.pad_id, layout.cross_documents))
+  raise ValueError(f"unknown objective {layout.objective!r}; choose from {text_rows.OBJECTIVES}")
+
+
+def _rows_of(ds, make_rows, seed: int):
+  """ds.map(make_rows), or random_map for a transform that draws (seeded by window index)."""
+  if isinstance(make_rows, grain.transforms.RandomMap):
+    return ds.random_map(make_rows, seed=seed)
+  return ds.map(make_rows)
+
+
+def num_rows(rows: dict) -> int:
+  return len(next(iter(rows.values())))
 
 
 def windows(source, tokenizer, layout: Layout, process_index: int = 0, process_count: int = 1):
@@ -160,22 +210,26 @@ def windows(source, tokenizer, layout: Layout, process_index: int = 0, process_c
   if len(source) == 0:
     raise ValueError("the training split is empty")
   w = layout.window(process_count)
-  return (grain.MapDataset.source(source)
-          .shuffle(seed=layout.seed)  # a new permutation each epoch (grain mixes in the epoch)
-          .repeat(None)
-          .pipe(ProcessShard, chunk=w, index=process_index, count=process_count)
-          .map(Tokenize(tokenizer, layout.max_input_length, layout.max_target_length))
-          .batch(w, batch_fn=list)
-          .map(MakeRows(layout.max_input_length, layout.max_target_length, tokenizer.pad_id,
-                        layout.pack)))
+  tokenize, make_rows = transforms(tokenizer, layout)
+  ds = (grain.MapDataset.source(source)
+        .shuffle(seed=layout.seed)  # a new permutation each epoch (grain mixes in the epoch)
+        .repeat(None)
+        .pipe(ProcessShard, chunk=w, index=process_index, count=process_count)
+        .map(tokenize)
+        .batch(w, batch_fn=list))
+  # each process draws its own windows' randomness
+  return _rows_of(ds, make_rows, layout.seed * 1_000_003 + process_index)
 
 
-def examples_per_row(source, tokenizer, layout: Layout) -> float:
-  """Examples per packed row in the first window (1.0 unpacked): sizes an epoch in steps."""
-  if not layout.pack:
+def rows_per_example(source, tokenizer, layout: Layout) -> float:
+  """Rows per example (or document) in the first window (1.0 unpacked): sizes an epoch in
+  steps."""
+  if not layout.variable_rows:
     return 1.0
   rows = windows(source, tokenizer, layout)[0]
-  return float(rows["targets_segment_ids"].max(axis=1).sum()) / len(rows["inputs"])
+  if layout.documents:
+    return num_rows(rows) / min(layout.pack_window, len(source))
+  return num_rows(rows) / float(rows["targets_segment_ids"].max(axis=1).sum())
 
 
 class TrainBatches:
@@ -209,7 +263,7 @@ class TrainBatches:
   def _current(self) -> dict:
     if self._rows is None:
       self._rows = next(self._iter)  # window self.window: the iterator starts there
-    while self.row >= len(self._rows["inputs"]):  # a start position past a window's end
+    while self.row >= num_rows(self._rows):  # a start position past a window's end
       self.window, self.row, self._rows = self.window + 1, 0, next(self._iter)
     return self._rows
 
@@ -220,11 +274,11 @@ class TrainBatches:
     parts, need = [], self.rows_per_batch
     while need:
       rows = self._current()
-      take = min(need, len(rows["inputs"]) - self.row)
+      take = min(need, num_rows(rows) - self.row)
       parts.append({k: v[self.row:self.row + take] for k, v in rows.items()})
       self.row += take
       need -= take
-    if self.row == len(rows["inputs"]):  # window used up: the position names the next one
+    if self.row == num_rows(rows):  # window used up: the position names the next one
       self.window, self.row, self._rows = self.window + 1, 0, None
     return {k: np.concatenate([p[k] for p in parts]) if len(parts) > 1 else parts[0][k]
             for k in parts[0]}
@@ -240,16 +294,16 @@ def resume_position(saved: dict | None, step: int, layout: Layout, process_index
   """Where process `process_index` starts after a checkpoint at `step` whose data state is
   `saved` ({"process_count": n, "positions": [[window, row], ...]} or None): (position, a
   warning or None). Exact unless a packed run resumes on another process count."""
-  if saved is None or not layout.pack:
+  if saved is None or not layout.variable_rows:
     # unpacked: window w is global batch w on any process count
     return (step, 0), None
   if saved["process_count"] == process_count:
     return tuple(saved["positions"][process_index]), None
-  # packed, other process count: restart every process at the window that covers the same
+  # variable rows, other process count: restart every process at the window that covers the same
   # global examples as the slowest old process; examples of its partly used window repeat.
   old = saved["process_count"]
   window = min(w for w, _ in saved["positions"]) * old // process_count
-  return (window, 0), (f"the packed run resumes on {process_count} processes instead of {old}: "
+  return (window, 0), (f"the run resumes on {process_count} processes instead of {old}: "
                        f"the data order restarts at window {window}, so up to "
                        f"{layout.pack_window * old} examples repeat; the batches differ from "
                        f"the uninterrupted run's")
@@ -291,8 +345,34 @@ def eval_batches(split: TokenizedSplit, batch_size: int):
 
 
 def padding_fraction(batch: dict, pad_id: int = 0) -> float:
-  """Share of the batch's input and target positions that hold no token."""
+  """Share of the batch's token positions (inputs and targets, or a causal row) that hold no
+  token."""
+  if "tokens" in batch:
+    return float((batch["segment_ids"] == 0).mean())
   cells = batch["inputs"].size + batch["targets"].size
   tokens = (batch["inputs"] != pad_id).sum() + (batch["targets"] != pad_id).sum()
   return float(1.0 - tokens / cells)
 
+
+def eval_rows(source, tokenizer, layout: Layout, documents: int, threads: int = 4) -> dict:
+  """The objective's rows of the first `documents` documents of `source`, in order, with a
+  fixed seed: the same held-out rows at every eval and on every run."""
+  n = min(documents, len(source))
+  tokenize, make_rows = transforms(tokenizer, layout)
+  ds = _rows_of(grain.MapDataset.source(source)[:n].map(tokenize)
+                .batch(layout.pack_window, batch_fn=list), make_rows, seed=0)
+  parts = list(ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,
+                                                    prefetch_buffer_size=threads)))
+  return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def eval_row_batches(rows: dict, batch_size: int, pad_id: int):
+  """Fixed-size batches over every row; the last is filled with all-padding rows (which weigh
+  nothing in a loss: pad targets, segment 0)."""
+  n = num_rows(rows)
+  for start in range(0, n, batch_size):
+    idx = np.arange(start, start + batch_size)
+    valid = idx < n
+    yield {k: np.where(valid[:, None], v[np.where(valid, idx, 0)],
+                       0 if k in ("segment_ids", "positions") else pad_id).astype(v.dtype)
+           for k, v in rows.items()}

@@ -26,6 +26,7 @@ def until_eos(ids: Iterable[int], eos_id: int) -> list[int]:
 
 class ByteTokenizer:
   """UTF-8 bytes shifted by 3 (0 = pad, 1 = eos, 2 = unk), like ByT5. Needs no files."""
+  name = "bytes"
   vocab_size = 259
   pad_id, eos_id = PAD, EOS
   prefix: tuple[int, ...] = ()
@@ -48,6 +49,7 @@ class HFTokenizer:
 
   def __init__(self, name: str):
     from transformers import AutoTokenizer
+    self.name = name
     self.tok = AutoTokenizer.from_pretrained(name)
     self.vocab_size = len(self.tok)
     self.eos_id = self.tok.eos_token_id
@@ -89,29 +91,39 @@ def sentence_pieces(text: str, limit: int = SPM_MAX_SENTENCE_BYTES - 192) -> lis
 
 class SentencePieceTokenizer:
   """A sentencepiece model trained on the fly on a sample of the training texts (offline), saved
-  in the workdir so a resumed run uses the very same vocabulary. ids: 0 pad, 1 eos, 2 unk."""
+  in the workdir so a resumed run uses the very same vocabulary. ids: 0 pad, 1 eos, 2 unk.
+
+  extra_ids: that many ids after the pieces, T5's sentinels for span corruption (as seqio's
+  SentencePieceVocabulary(extra_ids=100)): the last id is sentinel 0, counting down."""
   pad_id, eos_id = PAD, EOS
   prefix: tuple[int, ...] = ()
 
-  def __init__(self, model_file: str):
-    with open(model_file, "rb") as f:
-      self._proto = f.read()
-    self._load()
+  def __init__(self, model_file: str, extra_ids: int = 0):
+    self.name, self.extra_ids = model_file, extra_ids
+    try:
+      with open(model_file, "rb") as f:
+        self._proto = f.read()
+      self._load()
+    except (OSError, RuntimeError) as e:
+      raise ValueError(f"cannot read the sentencepiece model {model_file}: "
+                       f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
 
   def _load(self):
     import sentencepiece as spm
     self.sp = spm.SentencePieceProcessor(model_proto=self._proto)
-    self.vocab_size = self.sp.get_piece_size()
+    self.pieces = self.sp.get_piece_size()
+    self.vocab_size = self.pieces + self.extra_ids
 
   def __getstate__(self):  # the model's bytes travel, not the C++ object
-    return {"_proto": self._proto}
+    return {"_proto": self._proto, "extra_ids": self.extra_ids, "name": self.name}
 
   def __setstate__(self, state):
-    self._proto = state["_proto"]
+    self.__dict__.update(state)
     self._load()
 
   @classmethod
-  def train_or_load(cls, model_file: str, texts: Iterable[str], vocab_size: int):
+  def train_or_load(cls, model_file: str, texts: Iterable[str], vocab_size: int,
+                    extra_ids: int = 0):
     if not os.path.exists(model_file):
       import sentencepiece as spm
       os.makedirs(os.path.dirname(model_file) or ".", exist_ok=True)
@@ -125,25 +137,50 @@ class SentencePieceTokenizer:
       with open(tmp, "wb") as f:
         f.write(proto.getvalue())
       os.replace(tmp, model_file)
-    return cls(model_file)
+    return cls(model_file, extra_ids)
 
   def encode(self, text: str) -> list[int]:
     return self.sp.encode(text)
 
   def decode(self, ids: Iterable[int]) -> str:
-    return self.sp.decode([i for i in until_eos(ids, self.eos_id) if 2 < i < self.vocab_size])
+    return self.sp.decode([i for i in until_eos(ids, self.eos_id) if 2 < i < self.pieces])
 
 
-def get_tokenizer(name: str, workdir: str | None = None, train_texts=None, vocab_size=512):
-  """"bytes" | "sentencepiece" (trained on train_texts, cached in workdir) | HF dir or id.
-  train_texts: an iterable of strings (a bounded sample: wgqa_jax.data.tokenizer_sample)."""
+def sentinels(tokenizer) -> tuple[int, int]:
+  """(first sentinel id, number of sentinels) for span corruption: ids counting down from the
+  first, T5's <extra_id_0>, <extra_id_1>, ... (HF) or the extra ids after our pieces."""
+  extra = getattr(tokenizer, "extra_ids", 0)
+  if extra:
+    return tokenizer.vocab_size - 1, extra
+  tok = getattr(tokenizer, "tok", None)
+  first = tok.convert_tokens_to_ids("<extra_id_0>") if tok is not None else None
+  if first is None or first == tok.unk_token_id:
+    raise ValueError(f"tokenizer {tokenizer.name!r} has no sentinel ids (<extra_id_0>, ...) for "
+                     f"span corruption: use a T5 tokenizer, or data.tokenizer=sentencepiece")
+  count = 1
+  while tok.convert_tokens_to_ids(f"<extra_id_{count}>") == first - count:
+    count += 1
+  return first, count
+
+
+def get_tokenizer(name: str, workdir: str | None = None, train_texts=None, vocab_size=512,
+                  extra_ids: int = 0):
+  """"bytes" | "sentencepiece" (trained on train_texts, cached in workdir) | a sentencepiece
+  .model file (another run's: a fine-tuning stage reads its pretraining's vocabulary) | HF dir
+  or id. train_texts: an iterable of strings (a bounded sample: wgqa_jax.data.tokenizer_sample);
+  extra_ids: sentinels appended to a sentencepiece vocabulary (span corruption)."""
   if name == "bytes":
     return ByteTokenizer()
+  if name.endswith(".model"):
+    if not os.path.isfile(name):
+      raise FileNotFoundError(f"no sentencepiece model {name}")
+    return SentencePieceTokenizer(name, extra_ids)
   if name == "sentencepiece":
     if workdir is None:
       raise ValueError("tokenizer='sentencepiece' needs a workdir to keep its model in")
     model_file = os.path.join(workdir, "spm.model")
     if train_texts is None and not os.path.exists(model_file):
       raise ValueError(f"no {model_file} yet: pass the training texts to train it")
-    return SentencePieceTokenizer.train_or_load(model_file, train_texts or (), vocab_size)
+    return SentencePieceTokenizer.train_or_load(model_file, train_texts or (), vocab_size,
+                                                extra_ids)
   return HFTokenizer(name)

@@ -30,9 +30,9 @@ from ml_collections import config_flags
 import numpy as np
 from tqdm import tqdm
 
-from wgqa_jax import (analysis, checkpoints, cli, data, generation, metrics, models, params_io,
-                      pipeline, sharding, streaming, tokenizers, train_step as step_lib,
-                      variants)
+from wgqa_jax import (analysis, checkpoints, cli, corpora, data, generation, metrics, models,
+                      params_io, pipeline, sharding, span_corruption, streaming, tokenizers,
+                      train_step as step_lib, variants)
 from wgqa_jax import evaluate as evaluate_lib
 from wgqa_jax.train_config import resume_differences, validate
 
@@ -95,12 +95,22 @@ def for_training(cfg, c: ml_collections.ConfigDict):
   return cfg.replace(remat=c.model.remat, scan_layers=c.model.scan_layers)
 
 
+# the model family each pretraining objective is for
+OBJECTIVE_FAMILY = {"span_corruption": False, "causal_lm": True}  # objective: is_causal
+
+
 def check_model(c: ml_collections.ConfigDict) -> None:
   """Fail now (nothing written yet) if the variant or the objective does not fit the model."""
   src, g = source_config(c), c.grouping
   if c.optim.loss_on is not None and not models.is_causal(src):
     raise ValueError(f"config.optim.loss_on={c.optim.loss_on!r}: T5 always trains on its "
                      f"targets; loss_on is for decoder-only models")
+  objective = c.data.objective
+  if objective in OBJECTIVE_FAMILY and OBJECTIVE_FAMILY[objective] != models.is_causal(src):
+    family = "decoder-only" if models.is_causal(src) else "T5 (encoder-decoder)"
+    right = "causal_lm" if models.is_causal(src) else "span_corruption"
+    raise ValueError(f"config.data.objective={objective!r} does not fit {c.model.init_from} "
+                     f"({family}): use data.objective={right} (or pairs)")
   if variants.is_mha(src):
     variants.get(g.variant).grouping(src.num_heads, g.kv_heads, **grouping_options(c))
 
@@ -200,11 +210,13 @@ class MetricWriter:
       from tensorboardX import SummaryWriter
       self.tb = SummaryWriter(os.path.join(workdir, "tb"))
 
-  def write(self, step: int, scalars: dict[str, float]) -> None:
+  def write(self, step: int, scalars: dict[str, float], objective: str | None = None) -> None:
+    """objective: named in the JSONL row (eval rows: what the loss is of)."""
     if self.tb is None:
       return
     with open(self.path, "a") as f:
-      f.write(json.dumps({"step": step, **scalars}) + "\n")
+      f.write(json.dumps({"step": step, **({"objective": objective} if objective else {}),
+                          **scalars}) + "\n")
     for k, v in scalars.items():
       self.tb.add_scalar(k, v, step)
     self.tb.flush()
@@ -221,19 +233,21 @@ class BestTracker:
     self.dir, self.metric = os.path.join(workdir, "best"), metric
     self.generation_settings = generation_settings
     self.record = os.path.join(workdir, "best_metric.json")
+    # stored and compared as "higher is better": a loss is kept negated
+    self.sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
     self.value = -float("inf")
     if os.path.exists(self.record):
       with open(self.record) as f:
-        self.value = json.load(f)["value"]
+        self.value = self.sign * json.load(f)["value"]
 
   def update(self, step: int, result: dict, params, cfg) -> None:
     value = result.get(f"eval/{self.metric}")
-    if value is None or value <= self.value or not is_main_process():
+    if value is None or self.sign * value <= self.value or not is_main_process():
       return
     if not bool(checkpoints.all_finite(params)):  # unreachable behind the NaN guard; never
       say(f"warning: params at step {step} are not finite; best/ left as it was")
       return
-    self.value = value
+    self.value = self.sign * value
     params_io.save(params, cfg, self.dir, self.generation_settings)
     with open(self.record, "w") as f:
       json.dump({"step": step, "metric": self.metric, "value": value}, f)
@@ -274,9 +288,15 @@ def make_mesh(c: ml_collections.ConfigDict):
 
 
 def open_sources(c: ml_collections.ConfigDict):
-  """(train, validation) sources of (input, target) text pairs, opened, not read (TFDS: random
-  access); a missing dataset fails here."""
+  """(train, validation) sources of (input, target) text pairs, or of documents for the
+  pretraining objectives, opened, not read (random access); a missing dataset, file or field
+  fails here."""
   d = c.data
+  if d.objective != "pairs":
+    train = corpora.open_corpus(d.dataset, "train", d.data_dir, d.text_field)
+    if d.train_examples is not None:
+      train = corpora.Head(train, d.train_examples)
+    return train, corpora.open_corpus(d.dataset, "validation", d.data_dir, d.text_field)
   train = data.source(d.dataset, "train", d.train_examples, d.data_dir)
   if not d.pack and len(train) < c.optim.batch_size:
     raise ValueError(f"the training split has {len(train)} examples, fewer than one batch "
@@ -284,24 +304,78 @@ def open_sources(c: ml_collections.ConfigDict):
   return train, data.source(d.dataset, "validation", c.eval.examples, d.data_dir)
 
 
+def rows_kind(c: ml_collections.ConfigDict) -> str:
+  if c.data.objective != "pairs":
+    return f"{c.data.objective} rows"
+  return "packed rows" if c.data.pack else "examples"
+
+
+# metrics where lower is better (best/ keeps their minimum)
+LOWER_IS_BETTER = ("loss", "perplexity")
+
+
+def best_metric(c: ml_collections.ConfigDict) -> str:
+  """The eval metric best/ follows: the config's, else ROUGE-Lsum / BLEU for pair tasks and
+  the held-out loss for the pretraining objectives."""
+  if c.eval.best_metric:
+    return c.eval.best_metric
+  if c.data.objective != "pairs":
+    return "loss"
+  return metrics.MAIN_METRIC[data.metric_of(c.data.dataset)]
+
+
 def layout_of(c: ml_collections.ConfigDict) -> pipeline.Layout:
   d = c.data
   return pipeline.Layout(c.optim.batch_size, d.max_input_length, d.max_target_length,
-                         pack=d.pack, pack_window=d.pack_window, seed=c.seed)
+                         pack=d.pack, pack_window=d.pack_window, seed=c.seed,
+                         objective=d.objective, cross_documents=d.cross_documents)
 
 
-def prepare_data(c: ml_collections.ConfigDict, workdir: str, train_source, eval_source):
-  """(tokenizer, tokenized validation split, total train steps). A sentencepiece vocabulary is
-  trained once, by process 0, on a bounded sample of the training split."""
+# span corruption with a vocabulary trained here: T5's 100 sentinels after the pieces
+SENTINELS = 100
+
+
+def open_tokenizer(c: ml_collections.ConfigDict, workdir: str, train_source=None):
+  """The run's tokenizer. A sentencepiece vocabulary is trained once, by process 0, on a
+  bounded sample of the training split (train_source); other tokenizers need no data, so they
+  are opened (and checked) before the workdir is written. Span corruption needs sentinels, and
+  as many as a full row has spans."""
   d = c.data
-  tokenizer = first_on_process_0(lambda: tokenizers.get_tokenizer(
-      d.tokenizer, workdir, data.tokenizer_sample(train_source),
-      vocab_size=models.preset(c.model.arch).vocab_size))
-  eval_split = pipeline.eval_split(eval_source, tokenizer, d.max_input_length,
-                                   d.max_target_length)
+  extra_ids = SENTINELS if d.objective == "span_corruption" else 0
+  if d.tokenizer == "sentencepiece":
+    if train_source is None:
+      return None
+    sample = data.tokenizer_sample(train_source, shuffled=d.objective != "pairs")
+    tokenizer = first_on_process_0(lambda: tokenizers.get_tokenizer(
+        d.tokenizer, workdir, sample, vocab_size=models.preset(c.model.arch).vocab_size,
+        extra_ids=extra_ids))
+  else:
+    tokenizer = tokenizers.get_tokenizer(d.tokenizer, workdir, extra_ids=extra_ids)
+  if d.objective == "span_corruption":
+    first, count = tokenizers.sentinels(tokenizer)
+    needed = span_corruption.spans_per_row(
+        span_corruption.random_spans_helper(d.max_input_length)[0])
+    if count < needed:
+      raise ValueError(f"tokenizer {d.tokenizer!r} has {count} sentinel ids but span "
+                       f"corruption of {d.max_input_length} inputs needs {needed}")
+  return tokenizer
+
+
+def prepare_data(c: ml_collections.ConfigDict, workdir: str, train_source, eval_source,
+                 tokenizer=None):
+  """(tokenizer, validation data, total train steps). The validation data: the tokenized split
+  (pairs), or the objective's rows of the first eval.examples held-out documents."""
+  d = c.data
+  tokenizer = tokenizer or open_tokenizer(c, workdir, train_source)
+  layout = layout_of(c)
+  if layout.documents:
+    eval_split = pipeline.eval_rows(eval_source, tokenizer, layout, c.eval.examples)
+  else:
+    eval_split = pipeline.eval_split(eval_source, tokenizer, d.max_input_length,
+                                     d.max_target_length)
   total_steps = c.optim.num_train_steps
-  if not total_steps:  # packed: an epoch's rows are estimated from the first window
-    rows = len(train_source) / pipeline.examples_per_row(train_source, tokenizer, layout_of(c))
+  if not total_steps:  # packed or documents: an epoch's rows are estimated from the first window
+    rows = len(train_source) * pipeline.rows_per_example(train_source, tokenizer, layout)
     total_steps = max(1, int(c.optim.num_epochs * (int(rows) // c.optim.batch_size)))
   return tokenizer, eval_split, total_steps
 
@@ -347,8 +421,15 @@ def restore_or_init(ckpts: checkpoints.Checkpoints, state, shardings):
 
 def run_eval(params, cfg, c, split, tokenizer, mesh, eval_step) -> tuple[dict, list[str]]:
   """Eval loss and ROUGE / BLEU of the validation split (cached greedy decoding: cheap enough to
-  run often; `python -m wgqa_jax.evaluate` decodes with the checkpoint's settings)."""
+  run often; `python -m wgqa_jax.evaluate` decodes with the checkpoint's settings); held-out
+  loss and perplexity for the pretraining objectives."""
   nll, n, preds = 0.0, 0.0, []
+  if c.data.objective != "pairs":
+    for batch in pipeline.eval_row_batches(split, c.eval.batch_size, tokenizer.pad_id):
+      b_nll, b_n = eval_step(params, sharding.put_batch(batch, mesh))
+      nll, n = nll + float(b_nll), n + float(b_n)
+    loss = nll / max(n, 1.0)
+    return {"eval/loss": loss, "eval/perplexity": float(np.exp(min(loss, 80.0)))}, []
   gen = generation.GenerationConfig(
       max_new_tokens=c.eval.max_decode_length or c.data.max_target_length)
   for batch, texts in evaluate_lib.decode_batches(params, cfg, split, tokenizer,
@@ -378,13 +459,15 @@ def train(c: ml_collections.ConfigDict, workdir: str, stop_after: int | None = N
   check_model(c)
   mesh = make_mesh(c)
   train_source, eval_source = open_sources(c)
+  tokenizer = open_tokenizer(c, workdir)  # None until trained (sentencepiece), below
   os.makedirs(workdir, exist_ok=True)
   if is_main_process():
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(c.to_json_best_effort(indent=2))
 
   # ---- data ----
-  tokenizer, eval_split, total_steps = prepare_data(c, workdir, train_source, eval_source)
+  tokenizer, eval_split, total_steps = prepare_data(c, workdir, train_source, eval_source,
+                                                    tokenizer)
 
   # ---- model, sharded state ----
   params, cfg = build_model(c, tokenizer, mesh)
@@ -396,8 +479,9 @@ def train(c: ml_collections.ConfigDict, workdir: str, stop_after: int | None = N
   n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
   say(f"model: {c.grouping.variant}: {cfg.grouping.describe(cfg.num_heads)}, "
       f"{n_params / 1e6:.2f}M params | mesh {dict(mesh.shape)} | {total_steps} steps of "
-      f"{c.optim.batch_size} {'packed rows' if c.data.pack else 'examples'} from "
-      f"{len(train_source)} examples | workdir {workdir}")
+      f"{c.optim.batch_size} {rows_kind(c)} from {len(train_source)} "
+      f"{'documents of ' + corpora.describe(c.data.dataset) if c.data.objective != 'pairs' else 'examples'}"
+      f" | workdir {workdir}")
 
   # ---- checkpoints: resume from the newest good one, if any ----
   ckpts = checkpoints.Checkpoints(workdir, c.checkpoint.keep)
@@ -417,8 +501,7 @@ def train(c: ml_collections.ConfigDict, workdir: str, stop_after: int | None = N
   writer = MetricWriter(workdir, start)
   guard = SkipGuard(c.optim.max_skipped_steps)
   settings = generation_settings(c)
-  best = BestTracker(workdir, c.eval.best_metric or metrics.MAIN_METRIC[
-      data.metric_of(c.data.dataset)], settings)
+  best = BestTracker(workdir, best_metric(c), settings)
 
   latest_eval: dict = {}
 
@@ -426,8 +509,8 @@ def train(c: ml_collections.ConfigDict, workdir: str, stop_after: int | None = N
     result, preds = run_eval(state["params"], cfg, c, eval_split, tokenizer, mesh, eval_step)
     host_params = sharding.to_host(state["params"])  # every process: a collective on multi-host
     result.update(wgqa_weight_stats(host_params))
-    writer.write(step, result)
-    say(f"eval @ {step}: " + " ".join(f"{k}={v:.4g}" for k, v in result.items())
+    writer.write(step, result, objective=c.data.objective)
+    say(f"eval @ {step} ({c.data.objective}): " + " ".join(f"{k}={v:.4g}" for k, v in result.items())
         + (f" | e.g. {preds[0][:70]!r}" if preds else ""))
     best.update(step, result, host_params, cfg)
     latest_eval.update(result)

@@ -15,7 +15,7 @@ from flax import traverse_util
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from wgqa_jax import data, models, objectives, variants
+from wgqa_jax import corpora, data, models, objectives, text_rows, variants
 from wgqa_jax.models.config_file import REMATS
 from wgqa_jax.models.t5_config import DTYPES
 
@@ -47,15 +47,25 @@ def base_config() -> ml_collections.ConfigDict:
   c.grouping.regroup_every = 0  # simgqa: regroup query heads by similarity every N steps (0: off)
   # ---- data ----
   c.data = ml_collections.ConfigDict()
-  c.data.dataset = "synthetic_summarize"  # | synthetic_translate (offline) | cnn_dailymail | multi_news | wmt14_de_en (TFDS)
+  # what the model learns: "pairs" (input -> target tasks), or continued pretraining on a text
+  # corpus: "span_corruption" (T5) or "causal_lm" (decoder-only); wgqa_jax/text_rows.py
+  c.data.objective = "pairs"
+  # pairs: synthetic_summarize | synthetic_translate (offline) | cnn_dailymail | multi_news |
+  # wmt14_de_en (TFDS). Corpora: python_stdlib (offline) | tfds:NAME (e.g. tfds:c4/en) | a dir
+  # from python -m wgqa_jax.prepare_corpus (local JSON lines / Parquet / text)
+  c.data.dataset = "synthetic_summarize"
+  c.data.text_field = "text"    # corpora from TFDS: the feature that holds each document's text
+  # causal_lm: rows are max_input_length + max_target_length tokens of concatenated documents;
+  # False: attention and loss stay within each document (segment ids); True: they cross
+  c.data.cross_documents = False
   c.data.data_dir = placeholder(str)  # TFDS data_dir (unset: the TFDS default)
   c.data.tokenizer = "bytes"    # "bytes" | "sentencepiece" (trained on the fly) | HF dir or id
   c.data.max_input_length = 512  # tokens, truncated (EOS kept) and padded
   c.data.max_target_length = 256  # tokens; also the eval decode length by default
-  c.data.train_examples = placeholder(int)  # unset: the whole split
+  c.data.train_examples = placeholder(int)  # unset: the whole split (corpora: documents)
   # pack several examples per row (T5X style: segment ids keep them apart); fewer pad tokens
   c.data.pack = False
-  c.data.pack_window = 512      # examples packed together (bigger: tighter rows)
+  c.data.pack_window = 512      # examples packed together (bigger: tighter rows); corpora: documents per window
   c.data.workers = 2            # grain worker processes that tokenize and pack (0: threads)
   # ---- optim ----
   c.optim = ml_collections.ConfigDict()
@@ -85,10 +95,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.every = 500            # steps between evals; 0: only at the end
   c.eval.at_start = False       # also evaluate the converted model before any update
-  c.eval.examples = 256         # validation examples decoded for ROUGE / BLEU
+  c.eval.examples = 256         # validation examples decoded for ROUGE / BLEU (corpora: held-out documents whose rows give the loss)
   c.eval.batch_size = 64        # batch of the eval loss and cached greedy decoding
   c.eval.max_decode_length = placeholder(int)  # unset: data.max_target_length
-  c.eval.best_metric = placeholder(str)  # keep best/ by this metric (unset: rougeLsum, or bleu)
+  c.eval.best_metric = placeholder(str)  # keep best/ by this metric (unset: rougeLsum, or bleu; corpora: loss, lowest kept)
   # ---- checkpoint ----
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every = 500      # steps between orbax checkpoints (async)
@@ -121,8 +131,20 @@ def validate(c: ml_collections.ConfigDict) -> None:
     bad("model.remat", f"choose from {REMATS}")
   if c.model.dtype not in DTYPES:
     bad("model.dtype", f"choose from {DTYPES}")
-  if d.dataset not in data.DATASETS:
-    bad("data.dataset", f"choose from {list(data.DATASETS)}")
+  if d.objective not in text_rows.OBJECTIVES:
+    bad("data.objective", f"choose from {text_rows.OBJECTIVES}")
+  if d.objective == "pairs" and d.dataset not in data.DATASETS:
+    bad("data.dataset", f"choose from {list(data.DATASETS)}"
+        + (" (a text corpus needs data.objective=span_corruption or causal_lm)"
+           if corpora.is_corpus(d.dataset) else ""))
+  if d.objective != "pairs" and not corpora.is_corpus(d.dataset):
+    bad("data.dataset", f"data.objective={d.objective} reads a text corpus: "
+                        f"{corpora.STDLIB}, tfds:NAME or a prepared corpus directory"
+        + (" (this is a task of input/target pairs: data.objective=pairs)"
+           if d.dataset in data.DATASETS else ""))
+  if d.objective == "causal_lm" and o.loss_on not in (None, "all"):
+    bad("optim.loss_on", "causal_lm trains on every token of the documents: leave it unset "
+                         "or 'all'")
   for key in ("optim.batch_size", "optim.grad_accum_steps", "optim.max_skipped_steps",
               "data.max_input_length",
               "data.max_target_length", "log_every", "eval.batch_size", "checkpoint.every",
@@ -142,6 +164,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
     bad("data.workers", "must be >= 0")
   if d.pack_window <= 0:
     bad("data.pack_window", "must be positive")
+  if d.objective == "span_corruption":
+    try:
+      text_rows.check_span_lengths(d.max_input_length, d.max_target_length)
+    except ValueError as e:
+      raise ValueError(str(e)) from None
   if d.pack and not variant.packs:
     bad("data.pack", f"{g.variant} chooses its heads per row, which packing would share across "
                      f"examples; train it unpacked")
