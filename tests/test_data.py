@@ -234,12 +234,12 @@ def test_rouge_uses_our_sentence_splitting():
   assert r["rouge1"] == 0.0
 
 
-def test_examples_per_row_counts_the_window_even_when_the_split_is_smaller():
+def test_rows_per_example_counts_the_window_even_when_the_split_is_smaller():
   """An epoch's length in packed rows is estimated from the first window, which the repeated
   stream fills with pack_window examples even from a 10-example split."""
   src = data.source("synthetic_translate", "train", 10)
   tok = tokenizers.ByteTokenizer()
   layout = pipeline.Layout(4, 256, 128, pack=True, pack_window=64)
   rows = len(pipeline.windows(src, tok, layout)[0]["inputs"])
-  assert pipeline.examples_per_row(src, tok, layout) == pytest.approx(64 / rows)
-  assert pipeline.examples_per_row(src, tok, pipeline.Layout(4, 256, 128)) == 1.0
+  assert pipeline.rows_per_example(src, tok, layout) == pytest.approx(rows / 64)
+  assert pipeline.rows_per_example(src, tok, pipeline.Layout(4, 256, 128)) == 1.0

@@ -179,7 +179,13 @@ def test_every_config_file_loads_and_validates():
     spec = importlib.util.spec_from_file_location("cfg", f)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    for arg in paper_args if f.endswith("paper.py") else [None]:
+    args = {"paper.py": paper_args,
+            "gqa_paper.py": ["gqa,tiny", "mha,tiny", "wgqa,xl", "gqa,xxl", "gqa,small",
+                             "gqa,xl,cnn_dailymail", "wgqa,tiny,synthetic_summarize"],
+            "llama_uptrain.py": ["tiny", "tiny,synthetic_summarize", "meta-llama/Llama-2-7b-hf",
+                                 "meta-llama/Llama-2-7b-hf,cnn_dailymail"],
+            }.get(os.path.basename(f), [None])
+    for arg in args:
       c = mod.get_config() if arg is None else mod.get_config(arg)
       validate(c)
     assert "python -m wgqa_jax.train --config=configs/" in mod.__doc__, f
@@ -188,6 +194,13 @@ def test_every_config_file_loads_and_validates():
   spec.loader.exec_module(paper)
   assert paper.get_config("simgqa200,base").grouping.regroup_every == 200
   assert paper.get_config("gqa,base").model.init_from == "t5-base"
+  spec = importlib.util.spec_from_file_location("gqa", os.path.join(repo, "configs", "gqa_paper.py"))
+  gqa = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(gqa)
+  c = gqa.get_config("gqa,xl")  # alpha x the T5.1.1 pretraining steps, alpha overridable
+  assert (c.optim.num_train_steps, c.data.objective) == (50_000, "span_corruption")
+  c.recipe.alpha = 0.1
+  assert c.optim.num_train_steps == 100_000
   with pytest.raises(ValueError, match="did you mean 'wgqa'"):
     validate(paper.get_config("wgq,small"))
 

@@ -228,7 +228,7 @@ def rows_per_example(source, tokenizer, layout: Layout) -> float:
     return 1.0
   rows = windows(source, tokenizer, layout)[0]
   if layout.documents:
-    return num_rows(rows) / min(layout.pack_window, len(source))
+    return num_rows(rows) / layout.pack_window  # the repeated stream fills every window
   return num_rows(rows) / float(rows["targets_segment_ids"].max(axis=1).sum())
 
 

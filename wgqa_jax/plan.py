@@ -75,9 +75,10 @@ def abstract_batch(c, mesh):
   import jax
   import jax.numpy as jnp
   from wgqa_jax import sharding
+  from wgqa_jax import text_rows
   d, b = c.data, c.optim.batch_size
-  lengths = {"inputs": d.max_input_length, "targets": d.max_target_length}
-  if d.pack:
+  lengths = text_rows.row_lengths(d.objective, d.max_input_length, d.max_target_length)
+  if d.pack and d.objective == "pairs":
     lengths.update({f"{side}_{kind}": lengths[side] for side in ("inputs", "targets")
                     for kind in ("segment_ids", "positions")})
   return {k: jax.ShapeDtypeStruct((b, n), jnp.int32, sharding=sharding.batch_sharding(mesh))

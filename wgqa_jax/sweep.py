@@ -23,7 +23,7 @@ import time
 from absl import flags
 from ml_collections import config_flags
 
-from wgqa_jax import analysis, cli, train
+from wgqa_jax import analysis, cli, corpora, train
 from wgqa_jax.train_config import validate
 
 DEFAULT_VARIANTS = "mha,mqa,gqa,wgqa,randwgqa,colwgqa,simgqa,kdgqa,dgqa,pgqa"
@@ -61,8 +61,9 @@ def uptrain(base, variant: str, init_from: str, pretrain_dir: str | None, steps:
 def report(results: dict, runs: dict, header: list[str], out: str) -> tuple[list[str], dict]:
   """results.md lines (table, orderings, WGQA t-tests) and results.json content; plots."""
   variants = list(results)
-  metric_names = [m for m in ("eval/rouge1", "eval/rouge2", "eval/rougeL", "eval/rougeLsum",
-                              "eval/bleu") if m in next(iter(results.values()))]
+  metric_names = [m for m in ("eval/perplexity", "eval/rouge1", "eval/rouge2", "eval/rougeL",
+                              "eval/rougeLsum", "eval/bleu")
+                  if m in next(iter(results.values()))]
   lines = header + [
       "| variant | eval loss | " + " | ".join(m.split("/")[1] for m in metric_names) + " |",
       "|---|---|" + "---|" * len(metric_names)]
@@ -71,13 +72,14 @@ def report(results: dict, runs: dict, header: list[str], out: str) -> tuple[list
     lines.append(f"| {v} | {r['eval/loss']:.4f} | " +
                  " | ".join(f"{r[m]:.2f}" for m in metric_names) + " |")
   main_metric = metric_names[0] if metric_names else "eval/loss"
-  order = sorted(variants, key=lambda v: -results[v][main_metric])
+  lower = main_metric in ("eval/loss", "eval/perplexity")  # else higher is better
+  order = sorted(variants, key=lambda v: results[v][main_metric] * (1 if lower else -1))
   by_loss = sorted(variants, key=lambda v: results[v]["eval/loss"])
   start = {v: next((r[main_metric] for r in analysis.read_metrics(runs[v])
                     if r.get("step") == 0 and main_metric in r), float("nan")) for v in variants}
   lines += ["", f"Right after conversion (step 0), {main_metric}: " + ", ".join(
       f"{v} {start[v]:.1f}" for v in variants)]
-  lines += ["", f"Ordering by {main_metric}: " + " > ".join(order),
+  lines += ["", f"Ordering by {main_metric}, best first: " + ", ".join(order),
             "Ordering by eval loss (lower is better; finer-grained when the metric saturates): "
             + " < ".join(by_loss)]
   analysed = analysis.analyse(list(runs.values()), os.path.join(out, "analysis"), main_metric)
@@ -119,15 +121,22 @@ def main(argv: list[str] | None = None) -> int:
 
   # ---- 3. table, curves, weights ----
   command = " ".join(argv if argv is not None else sys.argv[1:])
+  d = base.data
+  what = (f"{d.objective} on {corpora.describe(d.dataset)}" if d.objective != "pairs"
+          else f"pairs: {d.dataset}")
   header = [f"# Sweep: {', '.join(variants)}", "",
             f"Command: `python -m wgqa_jax.sweep {command}`",
+            f"Objective: {what}; eval on held-out data"
+            + (" (loss and perplexity of the same objective)" if d.objective != "pairs"
+               else ""),
             f"Every variant uptrained {args.steps} steps from the same MHA checkpoint "
             f"({init_from}); {time.time() - t0:.0f} s in all.", ""]
   lines, summary = report(results, runs, header, args.out)
   with open(os.path.join(args.out, "results.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
   with open(os.path.join(args.out, "results.json"), "w") as f:
-    json.dump({**summary, "init_from": init_from}, f, indent=1)
+    json.dump({**summary, "init_from": init_from, "objective": base.data.objective,
+               "dataset": corpora.describe(base.data.dataset)}, f, indent=1)
   print("\n".join(lines))
   return 0
 
