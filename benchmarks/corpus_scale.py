@@ -10,8 +10,11 @@ memory of the run over its first steps.
    c4-train.000NN-of-00016.json. Documents of C4 length (log-normal words, median 220, mean
    ~2.2 KB, heavy right tail), English-looking text: real function words and pseudo-words drawn
    from a Zipf law, sentences, commas, paragraphs ("\\n" between them), a few non-ASCII words.
-   Generated once (numpy blocks: vectorised word picks from a fixed table of word forms, one
-   join per block); kept and reused while `--dir`/generated.json matches --gb and --seed.
+   Generated once, at ~60-80 MB/s on one core (numpy blocks of ~8 MB: vectorised word picks
+   from a fixed table of word forms, gathered as bytes); kept and reused while
+   `--dir`/generated.json matches --gb, --seed and --words. `--words=cnn_dm` writes the same
+   records with wgqa_jax.local_tfds's syllable words instead, the text of the CNN/DailyMail-shaped
+   dataset behind the reference figure (its sentencepiece sample trains several times faster).
 2. One-time preparation: `python -m wgqa_jax.prepare_corpus` of the first file alone (`first`)
    and of all 16 (`full`); wall time and peak RSS of the process. Kept and reused (their
    recorded figures too) while the inputs are the same.
@@ -22,6 +25,11 @@ memory of the run over its first steps.
    targets 114 (causal: rows of 626), batch 8, 1 grain worker, a fresh workdir each run; the
    same settings as benchmarks/data_pipeline.py section 1 (CNN/DailyMail-shaped pairs) but for
    the objective.
+
+Results: --results (default benchmarks/RESULTS_corpus.md) and the raw numbers beside it (.json).
+A check at small scale, results kept out of the repo:
+    python benchmarks/corpus_scale.py --gb=0.03 --dir=/tmp/c4_small_check --steps=20 \
+        --results=/tmp/c4_small_check/RESULTS_corpus.md
 """
 from __future__ import annotations
 
@@ -32,7 +40,6 @@ import json
 import os
 import platform
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -95,13 +102,16 @@ class Vocabulary:
   lengths, and the length of each form in the document text), and a table of word ids
   distributed as a Zipf (Mandelbrot) law, indexed by uniform integers."""
 
-  def __init__(self, seed: int):
+  def __init__(self, seed: int, kind: str = "english"):
     rng = np.random.default_rng([seed, 7])
-    words = list(dict.fromkeys(FUNCTION_WORDS))
+    if kind == "cnn_dm":  # wgqa_jax.local_tfds's words (the CNN/DailyMail-shaped dataset's)
+      from wgqa_jax import local_tfds
+      words, extras = [str(w) for w in local_tfds._vocabulary(0)], []
+    else:
+      words, extras = list(dict.fromkeys(FUNCTION_WORDS)), NON_ASCII + NUMBERS
     seen = set(words)
-    extras = NON_ASCII + NUMBERS
     # longer pseudo-words further down the ranks, as in English
-    while len(words) < VOCAB - len(extras):
+    while kind == "english" and len(words) < VOCAB - len(extras):
       rank = len(words)
       syllables = 1 + int(rng.random() < min(0.7, rank / 3000)) + \
           int(rng.random() < min(0.25, rank / 30000))
@@ -133,7 +143,7 @@ class Vocabulary:
     counts = np.maximum(np.round(p / p.sum() * (1 << 22)).astype(np.int64), 1)
     self.sampler = np.repeat(np.arange(len(words), dtype=np.int64), counts)
     # url words: pseudo-words, no function words
-    self.url_words = np.array([w for w in words[len(FUNCTION_WORDS):]
+    self.url_words = np.array([w for w in words[len(FUNCTION_WORDS) if kind == "english" else 0:]
                                if w.isascii() and w.isalpha()], dtype=object)
 
   def mean_word_length(self) -> float:
@@ -216,15 +226,15 @@ def corpus_files(directory: str) -> list[str]:
   return [os.path.join(directory, f"c4-train.{i:05d}-of-{FILES:05d}.json") for i in range(FILES)]
 
 
-def generate(directory: str, gb: float, seed: int) -> dict:
+def generate(directory: str, gb: float, seed: int, words: str = "english") -> dict:
   """The corpus of `gb` GB of text in `directory`, generated unless already there."""
   record_path = os.path.join(directory, "generated.json")
   files = corpus_files(directory)
   if os.path.exists(record_path):
     with open(record_path) as f:
       record = json.load(f)
-    if (record.get("version"), record.get("gb"), record.get("seed")) == (GENERATOR_VERSION, gb,
-                                                                         seed) \
+    if (record.get("version"), record.get("gb"), record.get("seed"), record.get("words")) == \
+        (GENERATOR_VERSION, gb, seed, words) \
         and all(os.path.exists(p) and os.path.getsize(p) == r["file_bytes"]
                 for p, r in zip(files, record["files"])):
       print(f"corpus: {directory} already holds {record['text_bytes'] / 1e9:.2f} GB of text "
@@ -234,7 +244,7 @@ def generate(directory: str, gb: float, seed: int) -> dict:
   for stale in glob.glob(os.path.join(directory, "c4-train.*")):
     os.remove(stale)
   t0 = time.time()
-  vocab = Vocabulary(seed)
+  vocab = Vocabulary(seed, words)
   target = gb * 1e9
   per_file = target / FILES
   done, last_print, rows = 0, 0.0, []
@@ -265,12 +275,15 @@ def generate(directory: str, gb: float, seed: int) -> dict:
   seconds = time.time() - t0
   print(f"\rgenerated {directory}: {done / 1e9:.2f} GB of text in {seconds:.0f} s "
         f"({done / 1e6 / seconds:.0f} MB/s)" + " " * 20, file=sys.stderr, flush=True)
-  record = {"version": GENERATOR_VERSION, "gb": gb, "seed": seed, "files": rows,
+  record = {"version": GENERATOR_VERSION, "gb": gb, "seed": seed, "words": words,
+            "vocabulary": len(vocab.words), "mean_word_length": vocab.mean_word_length(),
+            "files": rows,
             "documents": sum(r["documents"] for r in rows), "text_bytes": done,
             "file_bytes": sum(r["file_bytes"] for r in rows), "seconds": seconds,
             "text_mb_s": done / 1e6 / seconds, "date": str(datetime.date.today()),
+            "id": datetime.datetime.now().isoformat(),
             "shape": {"median_words": MEDIAN_WORDS, "sigma": SIGMA, "min_words": MIN_WORDS,
-                      "max_words": MAX_WORDS, "vocabulary": VOCAB}}
+                      "max_words": MAX_WORDS}}
   with open(record_path, "w") as f:
     json.dump(record, f, indent=1)
   return dict(record, reused=False)
@@ -314,8 +327,10 @@ def run_measured(cmd: list[str], log_path: str) -> dict:
   return {"seconds": seconds, "peak_gb": max(peak, usage.ru_maxrss * 1024) / 2**30}
 
 
-def prepare(inputs: list[str], out: str) -> dict:
-  """`out` prepared from `inputs` (python -m wgqa_jax.prepare_corpus), unless already there."""
+def prepare(inputs: list[str], out: str, corpus_id: str) -> dict:
+  """`out` prepared from `inputs` (files or globs; python -m wgqa_jax.prepare_corpus), unless
+  already there from the same generated corpus (`corpus_id`)."""
+  files = [f for pattern in inputs for f in sorted(glob.glob(pattern))]
   record_path = out + ".stats.json"
   manifest_path = os.path.join(out, "corpus.json")
   if os.path.exists(record_path) and os.path.exists(manifest_path):
@@ -323,18 +338,19 @@ def prepare(inputs: list[str], out: str) -> dict:
       record = json.load(f)
     with open(manifest_path) as f:
       manifest = json.load(f)
-    if manifest["inputs"] == inputs and record.get("inputs") == inputs \
-        and record.get("input_bytes") == sum(os.path.getsize(p) for p in inputs):
+    if manifest["inputs"] == files == record.get("inputs") \
+        and record.get("corpus_id") == corpus_id:
       print(f"prepared: {out} already there (prepared {record['date']} in "
             f"{record['seconds']:.0f} s)", flush=True)
       return dict(record, reused=True)
-  cmd = [sys.executable, "-m", "wgqa_jax.prepare_corpus", f"--input={','.join(inputs)}",
+  cmd = [sys.executable, "-m", "wgqa_jax.prepare_corpus", *[f"--input={i}" for i in inputs],
          f"--out={out}", "--overwrite"]
   print(f"preparing: {' '.join(cmd[1:])}", flush=True)
   r = run_measured(cmd, out + ".log")
   with open(manifest_path) as f:
     splits = json.load(f)["splits"]
-  record = {"inputs": inputs, "input_bytes": sum(os.path.getsize(p) for p in inputs),
+  record = {"inputs": files, "corpus_id": corpus_id,
+            "input_bytes": sum(os.path.getsize(p) for p in files),
             "command": "python " + " ".join(cmd[1:]), "date": str(datetime.date.today()),
             "documents": sum(s["documents"] for s in splits.values()),
             "train_documents": splits["train"]["documents"],
@@ -404,13 +420,51 @@ def run_train(workdir: str, config: str, overrides: list[str], steps: int,
       raise RuntimeError(f"the run {'timed out' if proc.returncode == -9 else 'failed'} "
                          f"after {len(rows)} of {steps} steps:\n{f.read()[-3000:]}")
   steady = [r["train/steps_per_s"] for r in rows[3:]] or [r["train/steps_per_s"] for r in rows]
-  return {"command": "python " + " ".join(cmd[1:]), "first_step_s": first,
+  # where the start-up goes, from what train writes on its way (seconds since the start):
+  # config.json once the sources are open, spm.model once the tokenizer is trained,
+  # checkpoints/ once the model is built; the train step compiles at the first step
+  marks = {}
+  for key, name in (("sources_open_s", "config.json"), ("tokenizer_trained_s", "spm.model"),
+                    ("model_built_s", "checkpoints")):
+    if os.path.exists(os.path.join(workdir, name)):
+      marks[key] = os.path.getmtime(os.path.join(workdir, name)) - t0
+  if "tokenizer_trained_s" in marks and "sources_open_s" in marks:
+    marks["tokenizer_training_s"] = marks["tokenizer_trained_s"] - marks["sources_open_s"]
+  window = max(1, min(10, len(rss) // 4))
+  mean = lambda xs: sum(x["rss_gb"] for x in xs) / len(xs)  # noqa: E731
+  return {"command": "python " + " ".join(cmd[1:]), "first_step_s": first, **marks,
+          "rss_window": window, "rss_first_mean_gb": mean(rss[:window]),
+          "rss_last_mean_gb": mean(rss[-window:]),
           "peak_gb": peak / 2**30, "rss_first_gb": rss[0]["rss_gb"],
           "rss_last_gb": rss[-1]["rss_gb"], "rss_min_gb": min(r["rss_gb"] for r in rss),
           "rss_max_gb": max(r["rss_gb"] for r in rss), "steps": len(rows),
           "steps_per_s": sum(steady) / len(steady), "rss": rss,
           "loss_first": rows[0]["train/loss"], "loss_last": rows[-1]["train/loss"],
           "padding": sum(r["train/padding"] for r in rows) / len(rows)}
+
+
+def cnn_dm_rerun(data_dir: str, runs_dir: str, steps: int, timeout: float) -> dict:
+  """The reference measured again here (benchmarks/data_pipeline.py section 1's run): the
+  CNN/DailyMail-shaped TFDS dataset of `data_dir`/287k if there (data_pipeline.py builds it),
+  else `data_dir`/10k, built here if missing (python -m wgqa_jax.local_tfds)."""
+  d, label = os.path.join(data_dir, "287k"), "287k"
+  if not os.path.isdir(d):
+    d, label = os.path.join(data_dir, "10k"), "10k"
+    cmd = [sys.executable, "-m", "wgqa_jax.local_tfds", "--dataset=cnn_dailymail",
+           f"--data_dir={d}", "--train=10000", "--eval=1000"]
+    print(f"reference: building {d} (CNN/DailyMail-shaped, 10k articles) if missing ...",
+          flush=True)
+    subprocess.run(cmd, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+  over = ["--config.data.dataset=cnn_dailymail", "--config.data.max_input_length=512",
+          "--config.data.max_target_length=128", "--config.optim.batch_size=8",
+          "--config.eval.examples=16", "--config.data.workers=1",
+          f"--config.data.data_dir={d}"]
+  print(f"train: reference, tiny T5 on CNN/DailyMail-shaped pairs ({label}, {steps} steps) ...",
+        flush=True)
+  r = run_train(os.path.join(runs_dir, f"reference_cnn_dm_{label}_{int(time.time())}"),
+                "configs/tiny.py", over, steps, timeout)
+  r["label"] = label
+  return r
 
 
 def cnn_dm_reference() -> dict:
@@ -443,13 +497,19 @@ def device_line() -> str:
 
 
 def write_results(a, gen: dict, lengths: dict, prepared: dict, runs: dict, ref: dict,
-                  device: str, command: str, total_s: float) -> None:
+                  rerun: dict | None, device: str, command: str, total_s: float) -> None:
   gb = lambda b: b / 1e9  # noqa: E731
+  if gen["words"] == "english":
+    text = (f"drawn from a Zipf law over {gen['vocabulary']:,} words (English function words, "
+            "letter-level pseudo-words, numbers, a few non-ASCII)")
+  else:
+    text = (f"drawn from a Zipf law over wgqa_jax.local_tfds's {gen['vocabulary']:,} syllable "
+            "words (the CNN/DailyMail-shaped dataset's text)")
   lines = ["# Continued pretraining on a C4-shaped local corpus", "",
            f"Command: `{command}`  ", f"Device: {device}  ",
            f"Date: {datetime.date.today()} (the whole benchmark: {total_s / 60:.1f} min)", "",
            "## Corpus", "",
-           f"Generated by benchmarks/corpus_scale.py (seed {a.seed}; "
+           f"Generated by benchmarks/corpus_scale.py (seed {gen['seed']}; "
            f"{'reused from ' + gen['date'] if gen['reused'] else 'generated in this run'}): "
            f"{gen['documents']:,} documents, {gb(gen['text_bytes']):.2f} GB of text in "
            f"{FILES} JSON lines files of C4's records "
@@ -458,71 +518,96 @@ def write_results(a, gen: dict, lengths: dict, prepared: dict, runs: dict, ref: 
            f"text. Document text: mean {lengths['mean'] / 1e3:.2f} KB, median "
            f"{lengths['median'] / 1e3:.2f} KB, 99th percentile {lengths['p99'] / 1e3:.1f} KB, "
            f"longest {lengths['max'] / 1e3:.0f} KB (first {lengths['documents_read']:,} "
-           f"documents; C4 en: ~365M documents, ~2.2 KB mean). Words log-normal (median "
-           f"{MEDIAN_WORDS}, sigma {SIGMA}, {MIN_WORDS}..{MAX_WORDS}), drawn from a Zipf law over "
-           f"{VOCAB:,} words (English function words, pseudo-words, numbers, a few non-ASCII), "
-           "in sentences and paragraphs (\"\\n\" between them).", "",
+           f"documents; C4 en: ~365M documents, ~2.2 KB mean). Words log-normal per document "
+           f"(median {MEDIAN_WORDS}, sigma {SIGMA}, {MIN_WORDS}..{MAX_WORDS}), {text}, mean "
+           f"{gen['mean_word_length']:.1f} letters, in sentences and paragraphs (\"\\n\" "
+           "between them).", "",
            "## One-time preparation and start-up to the first train step", "",
            "Prepare: `python -m wgqa_jax.prepare_corpus --input=FILES --out=DIR` (streamed; "
            "array_record shards + corpus.json), wall time and peak RSS of the process. "
            "Start-up: `python -m wgqa_jax.train` from process start to the first finished "
-           "train step (sentencepiece vocabulary trained on the fly on a bounded sample, "
-           "inputs 512 / targets 114 (causal LM: rows of 626 tokens), batch 8, 1 grain worker, "
-           "a fresh workdir each time); peak: resident memory of the run and its worker over "
-           f"the start-up and {a.steps} logged steps; RSS at the first and the last of them "
-           "(flat memory: the corpus is read by random access, never loaded).", "",
+           "train step (sentencepiece vocabulary, 512 pieces + 100 sentinels for span "
+           "corruption, trained on the fly on a bounded sample (4M characters); inputs 512 / "
+           "targets 114 (causal LM: rows of 626 tokens), batch 8, 1 grain worker, a fresh "
+           "workdir each time). Peak: resident memory of the run and its worker over the "
+           f"start-up and {a.steps} logged steps; RSS at the first and the last logged step "
+           "(one sample each, when the step's metrics row appears), and its mean over the "
+           "first and the last steps: flat memory, the corpus is read by random access, never "
+           "loaded.", "",
            "| corpus | documents | text GB | prepare (one-time) | prepare peak RSS | "
-           "model, objective | start to first step | peak RSS | RSS at step 1 | "
-           f"RSS at step {a.steps} | steps/s |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "model, objective | start to first step | of which tokenizer training | peak RSS | "
+           f"RSS at step 1 | RSS at step {a.steps} | RSS mean, first / last steps | steps/s |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for label, p in prepared.items():
     for objective, r in runs.get(label, {}).items():
       model = OBJECTIVES[objective][1]
+      n = len(p["inputs"])
       lines.append(
-          f"| {label} ({len(p['inputs'])} file{'s' if len(p['inputs']) > 1 else ''}) | "
-          f"{p['documents']:,} | {gb(p['text_bytes']):.2f} | {p['seconds']:.0f} s "
-          f"({p['input_mb_s']:.0f} MB/s) | {p['peak_gb']:.2f} GB | {model}, {objective} | "
-          f"{r['first_step_s']:.1f} s | {r['peak_gb']:.2f} GB | {r['rss_first_gb']:.2f} GB | "
-          f"{r['rss_last_gb']:.2f} GB | {r['steps_per_s']:.1f} |")
+          f"| {label} ({n} file{'s' if n > 1 else ''}) | {p['documents']:,} | "
+          f"{gb(p['text_bytes']):.2f} | {p['seconds']:.0f} s ({p['input_mb_s']:.0f} MB/s) | "
+          f"{p['peak_gb']:.2f} GB | {model}, {objective} | {r['first_step_s']:.1f} s | "
+          f"{r.get('tokenizer_training_s', float('nan')):.1f} s | {r['peak_gb']:.2f} GB | "
+          f"{r['rss_first_gb']:.2f} GB | {r['rss_last_gb']:.2f} GB | "
+          f"{r['rss_first_mean_gb']:.2f} / {r['rss_last_mean_gb']:.2f} GB "
+          f"({r['rss_window']} steps) | {r['steps_per_s']:.1f} |")
   lines.append("")
   reused = [label for label, p in prepared.items() if p.get("reused")]
   if reused:
-    lines += [f"Preparation of {', '.join(reused)}: recorded when it was done "
-              f"({', '.join(prepared[x]['date'] for x in reused)}), reused here.", ""]
+    lines += [f"Preparation of {', '.join(reused)}: the figures recorded when it was done "
+              f"({', '.join(prepared[x]['date'] for x in reused)}); reused here.", ""]
   full = runs.get("full", {}).get("span_corruption")
   if full:
     within = full["first_step_s"] <= ref["first_step_s"]
-    growth = full["rss_last_gb"] - full["rss_first_gb"]
+    growth = full["rss_last_mean_gb"] - full["rss_first_mean_gb"]
     lines += [
         f"Against CNN/DailyMail-shaped pairs ({ref['source']}: {ref['label']} articles, tiny "
         f"T5, inputs 512 / targets 128, same batch, worker and tokenizer training; "
         f"{ref['first_step_s']} s to the first step, {ref['peak_gb']} GB peak"
-        f"{', device ' + ref['device'] if 'device' in ref else ''}): span corruption on the "
+        f"{'; device ' + ref['device'] if 'device' in ref else ''}): span corruption on the "
         f"{gb(prepared['full']['text_bytes']):.2f} GB corpus reaches its first step in "
         f"{full['first_step_s']:.1f} s ({full['first_step_s'] - ref['first_step_s']:+.1f} s, "
         f"{'within' if within else 'NOT within'} the CNN/DM figure) at "
-        f"{full['peak_gb']:.2f} GB peak ({full['peak_gb'] - ref['peak_gb']:+.2f} GB); RSS "
-        f"{full['rss_first_gb']:.2f} GB at step 1 and {full['rss_last_gb']:.2f} GB at step "
-        f"{full['steps']} ({growth * 1024:+.0f} MB; range over the steps "
-        f"{full['rss_min_gb']:.2f}..{full['rss_max_gb']:.2f} GB).", ""]
+        f"{full['peak_gb']:.2f} GB peak ({full['peak_gb'] - ref['peak_gb']:+.2f} GB); mean RSS "
+        f"{full['rss_first_mean_gb']:.2f} GB over the first {full['rss_window']} steps and "
+        f"{full['rss_last_mean_gb']:.2f} GB over the last {full['rss_window']} "
+        f"({growth * 1024:+.0f} MB; single samples {full['rss_min_gb']:.2f}..."
+        f"{full['rss_max_gb']:.2f} GB over the {full['steps']} steps).", ""]
+    if rerun:
+      lines += [
+          f"The reference measured again in this run, just before the full corpus's runs "
+          f"(CNN/DailyMail-shaped {rerun['label']} articles, the same command as "
+          f"benchmarks/data_pipeline.py section 1): {rerun['first_step_s']:.1f} s to the first "
+          f"step (tokenizer training {rerun.get('tokenizer_training_s', float('nan')):.1f} s), "
+          f"{rerun['peak_gb']:.2f} GB peak; span corruption on the full corpus: "
+          f"{full['first_step_s'] - rerun['first_step_s']:+.1f} s "
+          f"({'within' if full['first_step_s'] <= rerun['first_step_s'] else 'NOT within'}), "
+          f"{full['peak_gb'] - rerun['peak_gb']:+.2f} GB peak.", ""]
+    if "tokenizer_trained_s" in full:
+      lines += [
+          f"Where its start-up goes: sources open (imports, corpus index) at "
+          f"{full['sources_open_s']:.1f} s; sentencepiece trained on its sample by "
+          f"{full['tokenizer_trained_s']:.1f} s ({full['tokenizer_training_s']:.1f} s); eval "
+          f"rows and model built by {full.get('model_built_s', float('nan')):.1f} s; first "
+          f"batch and the train step's compilation to {full['first_step_s']:.1f} s.", ""]
   if "first" in runs and "full" in runs:
+    ratio = prepared["full"]["documents"] / prepared["first"]["documents"]
     for objective in runs["full"]:
       if objective in runs["first"]:
         s, f = runs["first"][objective], runs["full"][objective]
-        ratio = prepared["full"]["documents"] / prepared["first"]["documents"]
         lines.append(f"- {objective}: {ratio:.0f}x the documents, start-up "
                      f"{s['first_step_s']:.1f} -> {f['first_step_s']:.1f} s, peak "
                      f"{s['peak_gb']:.2f} -> {f['peak_gb']:.2f} GB.")
     lines.append("")
   lines += ["The page cache holds the prepared shards (written just before, or read by an "
             "earlier run): a first read from a cold disk is the disk's business. Timings on a "
-            "machine shared with other work vary by a few seconds; the load average at the "
-            "start is on the device line."]
+            "machine shared with other work vary by seconds; the load average at the start is "
+            "on the device line. Raw numbers (RSS at every step, commands): "
+            f"{os.path.basename(a.results_json)}."]
   with open(a.results, "w") as f:
     f.write("\n".join(lines) + "\n")
   raw = {"command": command, "device": device, "date": str(datetime.date.today()),
          "total_s": total_s, "corpus": gen, "document_lengths": lengths, "prepared": prepared,
-         "runs": runs, "cnn_dm_reference": ref}
+         "runs": runs, "cnn_dm_reference": ref, "cnn_dm_rerun": rerun}
   with open(a.results_json, "w") as f:
     json.dump(raw, f, indent=1)
   print(f"wrote {a.results} and {a.results_json}", flush=True)
@@ -534,10 +619,17 @@ def main() -> int:
   p.add_argument("--gb", type=float, default=2.1, help="GB (1e9 bytes) of document text")
   p.add_argument("--dir", default="/tmp/c4_shaped", help="corpus, prepared dirs and runs")
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--words", default="english", choices=["english", "cnn_dm"],
+                 help="english: function words and letter-level pseudo-words (default); "
+                      "cnn_dm: wgqa_jax.local_tfds's ~4,600 syllable words, the text of the "
+                      "CNN/DailyMail-shaped dataset (a sentencepiece sample as easy as its)")
   p.add_argument("--steps", type=int, default=60, help="logged steps per train run")
   p.add_argument("--objectives", default="span_corruption,causal_lm")
   p.add_argument("--corpora", default="first,full", help="first (file 1 of 16) and/or full")
   p.add_argument("--timeout", type=float, default=900, help="seconds per train run")
+  p.add_argument("--reference_dir", default=None,
+                 help="also measure the CNN/DailyMail-shaped reference again, here and now, on "
+                      "DIR/287k (benchmarks/data_pipeline.py's) or DIR/10k (built if missing)")
   p.add_argument("--generate_only", action="store_true", help="stop after the corpus")
   p.add_argument("--results", default=os.path.join(REPO, "benchmarks", "RESULTS_corpus.md"))
   p.add_argument("--results_json", default=None, help="default: --results with .json")
@@ -558,7 +650,7 @@ def main() -> int:
   phases = {}
 
   t = time.time()
-  gen = generate(a.dir, a.gb, a.seed)
+  gen = generate(a.dir, a.gb, a.seed, a.words)
   files = corpus_files(a.dir)
   lengths = document_lengths(files[0])
   phases["generate"] = time.time() - t
@@ -566,8 +658,10 @@ def main() -> int:
     return 0
 
   t = time.time()
-  inputs = {"first": files[:1], "full": files}
-  prepared = {c: prepare(inputs[c], os.path.join(a.dir, f"prepared{'' if c == 'full' else '_first'}"))
+  inputs = {"first": [files[0]],
+            "full": [os.path.join(a.dir, f"c4-train.*-of-{FILES:05d}.json")]}
+  prepared = {c: prepare(inputs[c], os.path.join(a.dir, "prepared" if c == "full" else
+                                                 "prepared_first"), gen["id"])
               for c in corpora_}
   phases["prepare"] = time.time() - t
 
@@ -575,7 +669,13 @@ def main() -> int:
   runs_dir = os.path.join(a.dir, "runs")
   os.makedirs(runs_dir, exist_ok=True)
   runs: dict = {}
+  rerun = None
   for c in corpora_:
+    if c == "full" and a.reference_dir:  # just before the full corpus's runs: same conditions
+      rerun = cnn_dm_rerun(os.path.abspath(a.reference_dir), runs_dir, a.steps, a.timeout)
+      print(f"  first step {rerun['first_step_s']:.1f} s (tokenizer training "
+            f"{rerun.get('tokenizer_training_s', float('nan')):.1f} s), peak "
+            f"{rerun['peak_gb']:.2f} GB", flush=True)
     dataset = os.path.join(a.dir, "prepared" if c == "full" else "prepared_first")
     for o in objectives:
       config, model, over = OBJECTIVES[o]
@@ -584,13 +684,15 @@ def main() -> int:
       r = run_train(workdir, config, over + COMMON + [f"--config.data.dataset={dataset}"],
                     a.steps, a.timeout)
       runs.setdefault(c, {})[o] = r
-      print(f"  first step {r['first_step_s']:.1f} s, peak {r['peak_gb']:.2f} GB, RSS step 1 "
-            f"{r['rss_first_gb']:.2f} GB -> step {r['steps']} {r['rss_last_gb']:.2f} GB, "
-            f"{r['steps_per_s']:.1f} steps/s", flush=True)
+      print(f"  first step {r['first_step_s']:.1f} s (tokenizer training "
+            f"{r.get('tokenizer_training_s', float('nan')):.1f} s), peak {r['peak_gb']:.2f} GB, "
+            f"RSS step 1 {r['rss_first_gb']:.2f} GB -> step {r['steps']} "
+            f"{r['rss_last_gb']:.2f} GB (means {r['rss_first_mean_gb']:.2f} -> "
+            f"{r['rss_last_mean_gb']:.2f} GB), {r['steps_per_s']:.1f} steps/s", flush=True)
   phases["train"] = time.time() - t
   for k, v in phases.items():
     print(f"phase {k}: {v:.1f} s", flush=True)
-  write_results(a, gen, lengths, prepared, runs, cnn_dm_reference(), device, command,
+  write_results(a, gen, lengths, prepared, runs, cnn_dm_reference(), rerun, device, command,
                 time.time() - t_start)
   return 0
 

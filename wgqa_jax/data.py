@@ -105,7 +105,8 @@ def open_tfds(name: str, split: str, data_dir: str | None):
         f"could not open TFDS {name!r} split {split!r} in data_dir={data_dir or 'the default'} "
         f"({type(e).__name__}: {first}). Prepare it where there is internet (tfds build {name} "
         f"--file_format=array_record) and pass its data_dir (train: --config.data.data_dir, "
-        f"evaluate: --data_dir), or use an offline dataset.") from e
+        f"evaluate: --data_dir), or use an offline dataset: synthetic_summarize, "
+        f"synthetic_translate (pairs) or python_stdlib (a corpus).") from e
 
 
 class TFDSPairs:

@@ -4,8 +4,8 @@
     python -m wgqa_jax.train --config=configs/gqa_paper.py:gqa,xl \
         --config.data.dataset=/data/c4_corpus --workdir=/tmp/gqa_xl_uptrain
 
-Inputs (one document per record; comma-separated globs): JSON lines (`.jsonl`, `.json`, each
-optionally `.gz`; the document is the `--text_field` of each object), Parquet (`.parquet`, the
+Inputs (one document per record; `--input=GLOB`, repeated for more): JSON lines (`.jsonl`,
+`.json`, each optionally `.gz`; the document is the `--text_field` of each object), Parquet (`.parquet`, the
 `--text_field` column, read batch by batch) and plain text (`.txt`, `.txt.gz`; `--text_unit`:
 one document per line, per blank-line-separated paragraph, or per file). Documents are streamed:
 memory stays flat whatever the size.
@@ -31,7 +31,8 @@ from tqdm import tqdm
 from wgqa_jax import cli, corpora
 
 FLAGS = cli.flag_set()
-flags.DEFINE_list("input", None, "input files: globs, comma-separated", flag_values=FLAGS)
+flags.DEFINE_multi_string("input", None, "input files: a glob (repeat the flag for more)",
+                          flag_values=FLAGS)
 flags.DEFINE_string("out", None, "the corpus directory to write", flag_values=FLAGS)
 flags.DEFINE_string("text_field", "text", "JSON lines / Parquet: the field holding the text",
                     flag_values=FLAGS)
@@ -172,10 +173,16 @@ def prepare(files: list[str], out: str, text_field: str = "text", text_unit: str
     writers = {split: ShardWriter(tmp, split, shard_mb << 20) for split in ("train",
                                                                            "validation")}
     n, empty = 0, 0
+    done = 0  # bytes of the files finished
     for path in files:
+      size_on_disk, read = os.path.getsize(path), 0
       try:
         for text, size in read_documents(path, text_field, text_unit):
-          bar.update(size)
+          # progress in bytes on disk: what is read (characters; decompressed for .gz) counts
+          # up to the file's size, and the file's end sets it exactly
+          step = min(size, size_on_disk - read)
+          read += step
+          bar.update(step)
           if not text.strip():
             empty += 1
             continue
@@ -184,6 +191,8 @@ def prepare(files: list[str], out: str, text_field: str = "text", text_unit: str
           n += 1
       except (OSError, EOFError, UnicodeDecodeError) as e:  # damaged gzip, bad bytes, ...
         raise ValueError(f"cannot read {path}: {type(e).__name__}: {e}") from None
+      done += size_on_disk
+      bar.update(done - bar.n)
     for w in writers.values():
       w.close()
     if writers["train"].documents == 0:
@@ -212,7 +221,7 @@ def prepare(files: list[str], out: str, text_field: str = "text", text_unit: str
 def main(argv: list[str] | None = None) -> int:
   a = cli.parse(FLAGS, argv, "wgqa_jax.prepare_corpus")
   if not a.input or not a.out:
-    raise ValueError("pass --input=FILES and --out=DIR")
+    raise ValueError("pass --input=GLOB (repeat for more) and --out=DIR")
   m = prepare(input_files(a.input), a.out, a.text_field, a.text_unit, a.validation_every,
               a.shard_mb, a.overwrite)
   s = m["splits"]

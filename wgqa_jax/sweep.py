@@ -107,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
   if args.pretrain_steps > 0:
     pre = os.path.join(args.out, "pretrain_mha")
     c = base.copy_and_resolve_references()
-    c.update(dict(grouping=dict(variant="mha"), eval=dict(every=0),
+    # held-out loss of a pretraining objective is cheap: show its curve; decoding is not
+    every = max(args.pretrain_steps // 4, 1) if c.data.objective != "pairs" else 0
+    c.update(dict(grouping=dict(variant="mha"), eval=dict(every=every),
                   optim=dict(num_train_steps=args.pretrain_steps, num_epochs=0)))
     print(f"== pretraining MHA for {args.pretrain_steps} steps -> {pre}")
     train.train(c, pre)
