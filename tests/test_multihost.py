@@ -21,11 +21,11 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def start(pid, n, port, workdir, devices, stop=20):
+def start(pid, n, port, workdir, devices, stop=20, objective="pairs"):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   return subprocess.Popen([sys.executable, WORKER, str(pid), str(n), str(port), str(workdir),
-                           str(devices), str(stop)], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+                           str(devices), str(stop), objective], cwd=REPO, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def result(proc, expect_in_output: str = "") -> dict:
@@ -63,3 +63,20 @@ def test_two_processes_train_like_one(tmp_path):
   assert resumed["step"] == 30 and resumed["devices"] == 2
   assert sorted(os.listdir(tmp_path / "multi" / "checkpoints"), key=int) == ["10", "20", "30"]
   assert (tmp_path / "multi" / "final" / "params.safetensors").exists()
+
+
+@pytest.mark.slow  # two processes compile the same step
+def test_two_processes_pretrain_on_their_own_documents(tmp_path):
+  """Causal LM on the standard-library corpus over two processes: each reads its own windows
+  of documents (disjoint, tests/test_text_rows.py), the held-out eval batch spans both hosts,
+  every process reports the same global numbers, and the checkpoint resumes in one process,
+  saying that the document order restarts."""
+  port = free_port()
+  procs = [start(i, 2, port, tmp_path / "multi", 2, objective="causal_lm") for i in range(2)]
+  multi = [result(p) for p in procs]
+  for k in ("train/loss", "train/grad_norm", "eval/loss", "eval/perplexity"):
+    assert multi[0][k] == multi[1][k], k
+  assert sorted(os.listdir(tmp_path / "multi" / "checkpoints")) == ["10", "20"]
+  resumed = result(start(0, 1, 0, tmp_path / "multi", 2, stop=30, objective="causal_lm"),
+                   "resumes on 1 processes instead of 2")
+  assert resumed["step"] == 30 and resumed["eval/loss"] < multi[0]["eval/loss"] + 0.5

@@ -45,6 +45,26 @@ def test_uptraining_on_the_stdlib_corpus_lowers_held_out_loss(tmp_path, objectiv
   assert last["eval/perplexity"] == pytest.approx(np.exp(last["eval/loss"]), rel=1e-6)
   best = json.load(open(tmp_path / "best_metric.json"))
   assert best["metric"] == "loss" and best["step"] == 40  # the lowest loss is kept
+  from wgqa_jax import evaluate  # decoding a corpus makes no sense: say where the loss is
+  with pytest.raises(ValueError, match="held-out loss and perplexity are in metrics.jsonl"):
+    evaluate.main([f"--checkpoint={tmp_path}"])
+
+
+def test_stage_two_fine_tunes_the_uptrained_model_with_its_vocabulary(tmp_path):
+  """The recipe's second stage: init_from the span-corruption run's final/ (its embeddings
+  include the sentinels) and its sentencepiece model, on a task of pairs."""
+  up = tmp_path / "uptrain"
+  train.train(pretrain("span_corruption", **{"optim.num_train_steps": 10}), str(up))
+  c = base_config()
+  c.update_from_flattened_dict({
+      "model.init_from": str(up / "final"), "data.tokenizer": str(up / "spm.model"),
+      "data.max_input_length": 64, "data.max_target_length": 16, "data.train_examples": 64,
+      "data.workers": 0, "optim.batch_size": 8, "optim.num_epochs": 0,
+      "optim.num_train_steps": 10, "eval.examples": 8, "eval.max_decode_length": 8,
+      "mesh.data": 1})
+  last = train.train(c, str(tmp_path / "finetune"))
+  assert np.isfinite(last["eval/loss"]) and "eval/rouge1" in last
+  assert not (tmp_path / "finetune" / "spm.model").exists()  # the uptraining's vocabulary
 
 
 def losses(workdir):

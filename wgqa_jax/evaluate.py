@@ -137,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     params, cfg = variants.fold(params, cfg)
   rd = {**base_config().data.to_dict(), **run.get("data", {})}  # the run's, else the defaults
   dataset = a.dataset or rd["dataset"]
+  if rd.get("objective", "pairs") != "pairs" and not a.dataset:
+    raise ValueError(f"{a.checkpoint} was trained with data.objective={rd['objective']} on "
+                     f"{rd['dataset']}: its held-out loss and perplexity are in metrics.jsonl. "
+                     f"evaluate decodes a task of pairs: pass --dataset=TASK")
   workdir = os.path.dirname(os.path.abspath(path)) if run else path
   tokenizer = tokenizers.get_tokenizer(a.tokenizer or rd["tokenizer"], workdir)
   max_in = a.max_input_length or rd["max_input_length"]

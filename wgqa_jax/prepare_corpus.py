@@ -40,7 +40,8 @@ flags.DEFINE_enum("text_unit", "line", ["line", "paragraph", "file"],
                   "plain text: what one document is", flag_values=FLAGS)
 flags.DEFINE_integer("validation_every", 200, "hold out every N-th document as validation",
                      flag_values=FLAGS)
-flags.DEFINE_integer("shard_mb", 1024, "train shard size (MB of text)", flag_values=FLAGS)
+# array_record reads slow down with the shard: 1 ms a document at 1 GB, 0.1 ms at 64 MB
+flags.DEFINE_integer("shard_mb", 64, "train shard size (MB of text)", flag_values=FLAGS)
 flags.DEFINE_bool("overwrite", False, "replace an existing --out", flag_values=FLAGS)
 
 KINDS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text"}
@@ -153,7 +154,7 @@ def input_files(patterns: list[str]) -> list[str]:
 
 
 def prepare(files: list[str], out: str, text_field: str = "text", text_unit: str = "line",
-            validation_every: int = 200, shard_mb: int = 1024, overwrite: bool = False,
+            validation_every: int = 200, shard_mb: int = 64, overwrite: bool = False,
             progress: bool = True) -> dict:
   """Write the corpus of `files` to `out`; returns its manifest."""
   if validation_every < 2:

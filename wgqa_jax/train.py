@@ -342,7 +342,10 @@ def open_tokenizer(c: ml_collections.ConfigDict, workdir: str, train_source=None
   are opened (and checked) before the workdir is written. Span corruption needs sentinels, and
   as many as a full row has spans."""
   d = c.data
-  extra_ids = SENTINELS if d.objective == "span_corruption" else 0
+  needed = span_corruption.spans_per_row(
+      span_corruption.random_spans_helper(d.max_input_length)[0])
+  # a vocabulary made here gets as many sentinels as a row can use (T5's 100, or more)
+  extra_ids = max(SENTINELS, needed) if d.objective == "span_corruption" else 0
   if d.tokenizer == "sentencepiece":
     if train_source is None:
       return None
@@ -357,9 +360,7 @@ def open_tokenizer(c: ml_collections.ConfigDict, workdir: str, train_source=None
   else:
     tokenizer = tokenizers.get_tokenizer(d.tokenizer, workdir, extra_ids=extra_ids)
   if d.objective == "span_corruption":
-    first, count = tokenizers.sentinels(tokenizer)
-    needed = span_corruption.spans_per_row(
-        span_corruption.random_spans_helper(d.max_input_length)[0])
+    _, count = tokenizers.sentinels(tokenizer)
     if count < needed:
       raise ValueError(f"tokenizer {d.tokenizer!r} has {count} sentinel ids but span "
                        f"corruption of {d.max_input_length} inputs needs {needed}")
