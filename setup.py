@@ -20,6 +20,7 @@ setup(
         "tensorflow-datasets>=4.9",
         "importlib_resources",  # TFDS's builders need it and do not declare it
         "array_record>=0.5",
+        "pyarrow>=14",  # Parquet inputs of wgqa_jax.prepare_corpus
         "grain>=0.2.10",
         "rouge-score>=0.1.2",
         "sacrebleu>=2.4",

@@ -27,7 +27,8 @@ import numpy as np
 from wgqa_jax import span_corruption
 
 OBJECTIVES = ("pairs", "span_corruption", "causal_lm")
-TEXT_OBJECTIVES = OBJECTIVES[1:]
+# the model family each pretraining objective is for: is it a decoder-only (causal) one?
+FOR_CAUSAL_MODELS = {"span_corruption": False, "causal_lm": True}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,8 +31,8 @@ import numpy as np
 from tqdm import tqdm
 
 from wgqa_jax import (analysis, checkpoints, cli, corpora, data, generation, metrics, models,
-                      params_io, pipeline, sharding, span_corruption, streaming, tokenizers,
-                      train_step as step_lib, variants)
+                      params_io, pipeline, sharding, span_corruption, streaming, text_rows,
+                      tokenizers, train_step as step_lib, variants)
 from wgqa_jax import evaluate as evaluate_lib
 from wgqa_jax.train_config import resume_differences, validate
 
@@ -95,10 +95,6 @@ def for_training(cfg, c: ml_collections.ConfigDict):
   return cfg.replace(remat=c.model.remat, scan_layers=c.model.scan_layers)
 
 
-# the model family each pretraining objective is for
-OBJECTIVE_FAMILY = {"span_corruption": False, "causal_lm": True}  # objective: is_causal
-
-
 def check_model(c: ml_collections.ConfigDict) -> None:
   """Fail now (nothing written yet) if the variant or the objective does not fit the model."""
   src, g = source_config(c), c.grouping
@@ -106,11 +102,13 @@ def check_model(c: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.optim.loss_on={c.optim.loss_on!r}: T5 always trains on its "
                      f"targets; loss_on is for decoder-only models")
   objective = c.data.objective
-  if objective in OBJECTIVE_FAMILY and OBJECTIVE_FAMILY[objective] != models.is_causal(src):
+  causal = text_rows.FOR_CAUSAL_MODELS.get(objective)
+  if causal is not None and causal != models.is_causal(src):
     family = "decoder-only" if models.is_causal(src) else "T5 (encoder-decoder)"
     right = "causal_lm" if models.is_causal(src) else "span_corruption"
-    raise ValueError(f"config.data.objective={objective!r} does not fit {c.model.init_from} "
-                     f"({family}): use data.objective={right} (or pairs)")
+    model = c.model.arch if c.model.init_from == "tiny-random" else c.model.init_from
+    raise ValueError(f"config.data.objective={objective!r} does not fit {model} ({family}): "
+                     f"use data.objective={right} (or pairs)")
   if variants.is_mha(src):
     variants.get(g.variant).grouping(src.num_heads, g.kv_heads, **grouping_options(c))
 
