@@ -98,3 +98,21 @@ def test_conversion_keeps_hf_generation_settings_through_export(tmp_path):
   back = json.load(open(tmp_path / "back" / "config.json"))
   assert back["task_specific_params"]["summarization"]["num_beams"] == 4
   assert json.load(open(tmp_path / "back" / "generation_config.json"))["num_beams"] == 2
+
+
+@pytest.mark.parametrize("flag,needle", [
+    ("--num_examples=-3", "--num_examples=-3: must be positive"),
+    ("--max_decode_length=0", "--max_decode_length=0: must be positive"),
+    ("--batch_size=0", "--batch_size=0: must be positive"),
+    ("--top_p=1.5", "must be in (0, 1]"),
+    ("--out={tmp}", "is a directory"),
+    ("--out={tmp}/missing/eval.json", "no directory"),
+])
+def test_bad_flags_are_refused_before_anything_is_decoded(workdir, tmp_path, flag, needle,
+                                                          monkeypatch):
+  decoded = []
+  monkeypatch.setattr(evaluate, "predict", lambda *a, **k: decoded.append(1) or [])
+  with pytest.raises(ValueError) as e:
+    evaluate.main([f"--checkpoint={workdir}", flag.format(tmp=tmp_path)])
+  assert needle in str(e.value) and not decoded
+  assert "\n" not in str(e.value)

@@ -228,3 +228,73 @@ def test_kill_9_and_resume_leaves_each_metrics_step_once(tmp_path):
   steps = [json.loads(l)["step"] for l in metrics.read_text().splitlines()
            if "train/loss" in json.loads(l)]
   assert steps == sorted(set(steps)) and steps[-1] == 60
+
+
+# ---- one writer per workdir; small files that survive a kill; the run's tokenizer ----
+def test_a_second_run_on_a_busy_workdir_refuses_naming_the_holder(tmp_path):
+  """Two real processes on one workdir: the second refuses in one line (PID and host of the
+  first), writes nothing; the first finishes with each metrics step once."""
+  import time
+  args = ["--config=configs/tiny.py", f"--workdir={tmp_path}", "--config.optim.num_train_steps=200",
+          "--config.checkpoint.every=100", "--config.eval.every=0", "--config.eval.examples=8",
+          "--config.log_every=5", "--config.optim.batch_size=8", "--config.mesh.data=1"]
+  env = {**os.environ, "XLA_FLAGS": ""}
+  first = subprocess.Popen([sys.executable, "-m", "wgqa_jax.train", *args], cwd=REPO, env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  metrics = tmp_path / "metrics.jsonl"
+  deadline = time.time() + 180
+  while time.time() < deadline and not (metrics.exists() and metrics.read_text().strip()):
+    time.sleep(0.05)
+  before = metrics.read_text()
+  second = run_cli(*args)
+  assert second.returncode == cli.EXIT_USER_ERROR, second.stderr[-2000:]
+  assert f"is in use by PID {first.pid} on" in second.stderr, second.stderr[-2000:]
+  assert "Traceback" not in second.stderr
+  assert first.wait(timeout=300) == 0
+  steps = [json.loads(l)["step"] for l in metrics.read_text().splitlines()
+           if "train/loss" in json.loads(l)]
+  assert steps == list(range(5, 201, 5)) and metrics.read_text().startswith(before)
+
+
+def test_the_lock_is_released_whatever_ends_a_run(tmp_path):
+  with pytest.raises(train.Preempted):
+    train.train(tiny(), str(tmp_path), stop_after=10)
+  train.train(tiny(), str(tmp_path))  # same process, same workdir: not "in use"
+
+
+def test_torn_metrics_line_and_empty_best_record_do_not_stop_a_resume(tmp_path):
+  with pytest.raises(train.Preempted):
+    train.train(tiny(), str(tmp_path), stop_after=10)
+  with open(tmp_path / "metrics.jsonl", "a") as f:
+    f.write('{"step": 15, "train/lo')  # a kill in the middle of a write
+  (tmp_path / "best_metric.json").write_text("")
+  train.train(tiny(), str(tmp_path))
+  rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  steps = [r["step"] for r in rows if "train/loss" in r]
+  assert steps == [5, 10, 15, 20]
+  assert json.load(open(tmp_path / "best_metric.json"))["step"] == 20
+
+
+def test_rerunning_a_finished_workdir_adds_no_eval_row(tmp_path):
+  first = train.train(tiny(), str(tmp_path))
+  again = train.train(tiny(), str(tmp_path))
+  rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows if "eval/loss" in r] == [20]
+  assert again["eval/loss"] == pytest.approx(first["eval/loss"])
+
+
+def test_a_changed_tokenizer_is_refused_on_resume(tmp_path):
+  """An edited spm.model that still parses (here: another vocabulary trained in its place)."""
+  from wgqa_jax import data, tokenizers
+  c = tiny(**{"data.tokenizer": "sentencepiece"})
+  with pytest.raises(train.Preempted):
+    train.train(c, str(tmp_path), stop_after=10)
+  os.remove(tmp_path / "spm.model")
+  tokenizers.get_tokenizer("sentencepiece", str(tmp_path),
+                           (t for p in data.load_examples("synthetic_translate", "train", 300)
+                            for t in p), vocab_size=300)
+  edited = (tmp_path / "spm.model").read_bytes()
+  with pytest.raises(ValueError, match="trained with another tokenizer"):
+    train.train(c, str(tmp_path))
+  assert (tmp_path / "spm.model").read_bytes() == edited
+  assert sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()) == [10]

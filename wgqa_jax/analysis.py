@@ -85,7 +85,8 @@ def read_metrics(workdir: str) -> list[dict]:
   path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{workdir} has no metrics.jsonl")
-  return [json.loads(line) for line in open(path) if line.strip()]
+  from wgqa_jax import workdir
+  return workdir.read_jsonl(path)
 
 
 def plot_curves(runs: dict[str, str], metric: str, out_png: str) -> str:

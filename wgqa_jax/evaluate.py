@@ -64,6 +64,28 @@ _i("bootstrap", 1000, "bootstrap resamples for the CIs")
 _d("out", None, "JSON path (default: <checkpoint>/eval_<split>.json)")
 
 
+def check_flags(a) -> None:
+  """Every numeric flag in range and the output path writable, before anything is loaded or
+  decoded (a bad value used to be ignored, or to fail after the whole decode)."""
+  for name in ("num_examples", "batch_size", "max_input_length", "max_decode_length",
+               "num_beams", "num_return_sequences", "top_k"):
+    if a[name].value is not None and a[name].value <= 0:
+      raise ValueError(f"--{name}={a[name].value}: must be positive")
+  for name in ("min_length", "min_new_tokens", "no_repeat_ngram_size", "bootstrap"):
+    if a[name].value is not None and a[name].value < 0:
+      raise ValueError(f"--{name}={a[name].value}: must be >= 0")
+  if a.temperature is not None and a.temperature <= 0:
+    raise ValueError(f"--temperature={a.temperature}: must be positive")
+  if a.top_p is not None and not 0 < a.top_p <= 1:
+    raise ValueError(f"--top_p={a.top_p}: must be in (0, 1]")
+  if a.out:
+    if os.path.isdir(a.out):
+      raise ValueError(f"--out={a.out} is a directory; pass a file path (e.g. {a.out}/eval.json)")
+    parent = os.path.dirname(os.path.abspath(a.out))
+    if not os.path.isdir(parent):
+      raise ValueError(f"--out={a.out}: no directory {parent}")
+
+
 def resolve(checkpoint: str) -> tuple[str, dict]:
   """(params dir or HF dir, the run's training config as a dict, or {})."""
   if not os.path.exists(checkpoint):
@@ -131,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
   a = cli.parse(FLAGS, argv, "wgqa_jax.evaluate")
   if not a.checkpoint:
     raise ValueError("pass --checkpoint=WORKDIR_OR_PARAMS_DIR")
+  check_flags(a)
   path, run = resolve(a.checkpoint)
   params, cfg = params_io.load_any(path)
   if a.fold:
@@ -169,8 +192,10 @@ def main(argv: list[str] | None = None) -> int:
             "scores": scores, "predictions": preds, "references": refs,
             "inputs": [s for s, _ in pairs]}
   out_path = a.out or os.path.join(path, f"eval_{a.split}.json")
-  with open(out_path, "w") as f:
+  tmp = f"{out_path}.tmp-{os.getpid()}"  # a kill while writing leaves no half a result
+  with open(tmp, "w") as f:
     json.dump(result, f, indent=1)
+  os.replace(tmp, out_path)
   for k, v in scores.items():
     ci = f"  (95% CI {v['ci95'][0]:.2f} - {v['ci95'][1]:.2f})" if v["ci95"] else ""
     print(f"{k:>10}: {v['mean']:6.2f}{ci}")

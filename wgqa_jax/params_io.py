@@ -2,6 +2,11 @@
 `wgqa_config.json` (the model config) and, when known, `generation.json` (the checkpoint's
 generation settings, wgqa_jax.generation), written by `save` and read by `load`.
 
+Verified: `save` writes a CRC-32 of every tensor into the safetensors header, and every read
+checks it and that the values are finite, so a damaged file is refused in one line instead of
+giving NaN or silently wrong outputs. `save` writes the directory beside its target and swaps it
+in: a target is always the old directory or the new one, complete.
+
     save(params, cfg, out_dir); params, cfg = load(out_dir)
     params, cfg = load_any(path_or_id)      # our params dir, or a HF checkpoint (dir or hub id)
 """
@@ -9,6 +14,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import zlib
 
 import numpy as np
 from flax import traverse_util
@@ -18,6 +25,11 @@ from wgqa_jax.tensor_files import SafetensorsFile
 
 CONFIG_FILE = "wgqa_config.json"
 PARAMS_FILE = "params.safetensors"
+CHECKSUMS = "wgqa_jax.crc32"  # safetensors header metadata: {key: CRC-32 of its bytes}
+
+
+def crc32(x: np.ndarray) -> int:
+  return zlib.crc32(np.ascontiguousarray(x).reshape(-1).view(np.uint8))
 
 
 def flatten(params) -> dict[str, np.ndarray]:
@@ -34,12 +46,34 @@ def is_params_dir(path: str) -> bool:
 
 
 def save(params, cfg, out_dir: str, generation_settings: dict | None = None) -> None:
+  """Write the params dir: into a temporary sibling, then swapped in for `out_dir` (whose old
+  contents, if any, are replaced whole; a save killed midway leaves `out_dir` as it was)."""
   from safetensors.numpy import save_file
-  os.makedirs(out_dir, exist_ok=True)
-  save_file(flatten(params), os.path.join(out_dir, PARAMS_FILE))
-  cfg.save(os.path.join(out_dir, CONFIG_FILE))
-  if generation_settings:
-    generation.save(generation_settings, out_dir)
+  out_dir = os.path.abspath(out_dir)
+  parent, name = os.path.dirname(out_dir), os.path.basename(out_dir)
+  os.makedirs(parent, exist_ok=True)
+  for stale in os.listdir(parent):  # what a killed save left behind
+    if stale.startswith(f".{name}.tmp-"):
+      shutil.rmtree(os.path.join(parent, stale), ignore_errors=True)
+  tmp = os.path.join(parent, f".{name}.tmp-{os.getpid()}")
+  os.makedirs(tmp)
+  try:
+    flat = flatten(params)
+    save_file(flat, os.path.join(tmp, PARAMS_FILE),
+              metadata={CHECKSUMS: json.dumps({k: crc32(v) for k, v in flat.items()})})
+    cfg.save(os.path.join(tmp, CONFIG_FILE))
+    if generation_settings:
+      generation.save(generation_settings, tmp)
+    if os.path.exists(out_dir):
+      old = tmp + ".old"
+      os.rename(out_dir, old)
+      os.rename(tmp, out_dir)
+      shutil.rmtree(old)
+    else:
+      os.rename(tmp, out_dir)
+  finally:
+    if os.path.exists(tmp):
+      shutil.rmtree(tmp, ignore_errors=True)
 
 
 def generation_settings_any(path_or_id: str) -> dict:
@@ -63,9 +97,24 @@ class Reader:
     self.cfg = _load_config(cfg_path)
     self.file = SafetensorsFile(params_path)
     check_shapes({k: self.file.shape(k) for k in self.file.keys()}, self.cfg)
+    try:  # params dirs written before checksums existed have none: finiteness is still checked
+      self.checksums = json.loads(self.file.metadata.get(CHECKSUMS, "{}"))
+    except ValueError:
+      raise ValueError(f"{params_path}: its checksums are unreadable: the file is damaged") from None
 
   def read(self, path: tuple[str, ...]) -> np.ndarray:
-    return np.array(self.file.view("/".join(path)))
+    """One param, verified: its CRC-32 (when the file has them) and finite values."""
+    key = "/".join(path)
+    x = np.array(self.file.view(key))
+    where = os.path.join(self.dir, PARAMS_FILE)
+    if key in self.checksums and crc32(x) != self.checksums[key]:
+      raise ValueError(f"{where} is damaged: {key} does not match the checksum written with it. "
+                       f"Use another copy (best/, final/ or a checkpoint of the run)")
+    if np.issubdtype(x.dtype, np.inexact) or x.dtype.name == "bfloat16":
+      if not np.isfinite(x.astype(np.float32)).all():
+        raise ValueError(f"{where}: {key} holds NaN or infinite values; these params cannot "
+                         f"be used")
+    return x
 
   def paths(self) -> list[tuple[str, ...]]:
     return [tuple(k.split("/")) for k in self.file.keys()]

@@ -37,7 +37,7 @@ class SafetensorsFile:
         header = json.loads(f.read(n))
       except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path} is not a safetensors file (unreadable header)") from e
-    header.pop("__metadata__", None)
+    self.metadata = header.pop("__metadata__", None) or {}  # str -> str, the writer's notes
     self._start = 8 + n
     self._tensors = header
     for key, t in header.items():

@@ -146,6 +146,21 @@ class SentencePieceTokenizer:
     return self.sp.decode([i for i in until_eos(ids, self.eos_id) if 2 < i < self.pieces])
 
 
+def fingerprint(tokenizer) -> str:
+  """A SHA-256 of everything that decides the ids: a resumed run must tokenize as it started."""
+  import hashlib
+  import json
+  h = hashlib.sha256(type(tokenizer).__name__.encode())
+  if isinstance(tokenizer, SentencePieceTokenizer):
+    h.update(tokenizer._proto + f"|extra_ids={tokenizer.extra_ids}".encode())
+  elif isinstance(tokenizer, HFTokenizer):
+    backend = getattr(tokenizer.tok, "backend_tokenizer", None)
+    h.update(backend.to_str().encode() if backend is not None else
+             json.dumps(sorted(tokenizer.tok.get_vocab().items())).encode())
+    h.update(f"|{tokenizer.eos_id}|{tokenizer.pad_id}|{tokenizer.prefix}".encode())
+  return h.hexdigest()
+
+
 def sentinels(tokenizer) -> tuple[int, int]:
   """(first sentinel id, number of sentinels) for span corruption: ids counting down from the
   first, T5's <extra_id_0>, <extra_id_1>, ... (HF) or the extra ids after our pieces."""

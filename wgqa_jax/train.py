@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from wgqa_jax import (analysis, checkpoints, cli, corpora, data, generation, metrics, models,
                       params_io, pipeline, sharding, span_corruption, streaming, text_rows,
-                      tokenizers, train_step as step_lib, variants)
+                      tokenizers, train_step as step_lib, variants, workdir as workdir_lib)
 from wgqa_jax import evaluate as evaluate_lib
 from wgqa_jax.train_config import resume_differences, validate
 
@@ -198,12 +198,15 @@ class MetricWriter:
   def __init__(self, workdir: str, start: int):
     self.path = os.path.join(workdir, "metrics.jsonl")
     self.tb = None
+    # step -> its eval row, on every process (a finished run is not evaluated again: all
+    # processes must agree, the eval is a collective)
+    rows = (workdir_lib.read_jsonl(self.path) if os.path.exists(self.path) else [])
+    rows = [r for r in rows if r["step"] <= start]
+    self.evals = {r["step"]: r for r in rows if "eval/loss" in r}
     if is_main_process():
       if os.path.exists(self.path):
-        with open(self.path) as f:
-          rows = [line for line in f if line.strip() and json.loads(line)["step"] <= start]
         with open(self.path + ".tmp", "w") as f:
-          f.writelines(rows)
+          f.writelines(json.dumps(r) + "\n" for r in rows)
         os.replace(self.path + ".tmp", self.path)
       from tensorboardX import SummaryWriter
       self.tb = SummaryWriter(os.path.join(workdir, "tb"))
@@ -234,9 +237,9 @@ class BestTracker:
     # stored and compared as "higher is better": a loss is kept negated
     self.sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
     self.value = -float("inf")
-    if os.path.exists(self.record):
-      with open(self.record) as f:
-        self.value = self.sign * json.load(f)["value"]
+    record = workdir_lib.read_json(self.record)
+    if record is not None:
+      self.value = self.sign * record["value"]
 
   def update(self, step: int, result: dict, params, cfg) -> None:
     value = result.get(f"eval/{self.metric}")
@@ -247,8 +250,7 @@ class BestTracker:
       return
     self.value = self.sign * value
     params_io.save(params, cfg, self.dir, self.generation_settings)
-    with open(self.record, "w") as f:
-      json.dump({"step": step, "metric": self.metric, "value": value}, f)
+    workdir_lib.write_json(self.record, {"step": step, "metric": self.metric, "value": value})
 
 
 class Preemption:
@@ -454,7 +456,32 @@ def train(c: ml_collections.ConfigDict, workdir: str, stop_after: int | None = N
   gives up, ValueError and friends on bad input (before the workdir is touched).
 
   stop_after: behave as if preempted once that many steps are done (save, raise Preempted).
+  One run writes a workdir at a time: a second one refuses (wgqa_jax.workdir.Lock).
   """
+  lock = workdir_lib.Lock(os.path.abspath(workdir))
+  try:
+    return _train(c, workdir, stop_after, lock)
+  finally:
+    lock.release()
+
+
+def check_tokenizer(workdir: str, tokenizer, resuming: bool) -> None:
+  """A resumed run must tokenize exactly as the run it continues: the tokenizer's fingerprint
+  is kept in WORKDIR/tokenizer.json and compared (an edited spm.model that still parses would
+  otherwise train on other ids)."""
+  path = os.path.join(workdir, "tokenizer.json")
+  now = {"tokenizer": getattr(tokenizer, "name", type(tokenizer).__name__),
+         "sha256": tokenizers.fingerprint(tokenizer)}
+  saved = workdir_lib.read_json(path)
+  if resuming and saved is not None and saved.get("sha256") != now["sha256"]:
+    raise ValueError(f"{workdir} was trained with another tokenizer than {now['tokenizer']} "
+                     f"(its fingerprint in {path} differs): resume with the same vocabulary, or "
+                     f"pass another --workdir")
+  if is_main_process() and saved != now:
+    workdir_lib.write_json(path, now)
+
+
+def _train(c, workdir: str, stop_after: int | None, lock: workdir_lib.Lock) -> dict:
   # ---- checks that can fail, before anything in the workdir is written ----
   validate(c)
   variant = variants.get(c.grouping.variant)
@@ -464,6 +491,8 @@ def train(c: ml_collections.ConfigDict, workdir: str, stop_after: int | None = N
   mesh = make_mesh(c)
   train_source, eval_source = open_sources(c)
   tokenizer = open_tokenizer(c, workdir)  # None until trained (sentencepiece), below
+  if is_main_process():
+    lock.acquire()  # creates the workdir
   os.makedirs(workdir, exist_ok=True)
   if is_main_process():
     with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -472,6 +501,7 @@ def train(c: ml_collections.ConfigDict, workdir: str, stop_after: int | None = N
   # ---- data ----
   tokenizer, eval_split, total_steps = prepare_data(c, workdir, train_source, eval_source,
                                                     tokenizer)
+  check_tokenizer(workdir, tokenizer, checkpoints.has_checkpoints(workdir))
 
   # ---- model, sharded state ----
   params, cfg = build_model(c, tokenizer, mesh)
@@ -576,9 +606,12 @@ def train(c: ml_collections.ConfigDict, workdir: str, stop_after: int | None = N
         stopped_at = done
         break
     else:
-      if start < total_steps or not last:
+      if start < total_steps or total_steps not in writer.evals:
         evaluate_and_log(total_steps)
-        last["step"] = total_steps
+      else:  # a finished run, rerun (or killed after its last eval): that eval stands
+        latest_eval.update({k: v for k, v in writer.evals[total_steps].items()
+                            if k not in ("step", "objective")})
+      last["step"] = total_steps
   ckpts.close()
   writer.close()
   batches.close()

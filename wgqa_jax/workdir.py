@@ -1,0 +1,91 @@
+"""The small files of a training workdir, written so that a kill at any moment leaves them
+readable, and the lock that keeps one writer per workdir.
+
+- `Lock`: an exclusive flock on WORKDIR/.lock, held while a run writes; a second run refuses in
+  one line naming the holder's PID and host. The kernel drops it when the holder dies (kill -9
+  included), so a stale lock never blocks a rerun.
+- `write_json`: a whole file via a temporary sibling and a rename.
+- `read_jsonl`: the rows of metrics.jsonl, dropping (with a warning) a trailing line a kill cut.
+- `read_json`: a small JSON file, None (with a warning) when it is empty or torn.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import time
+
+from tqdm import tqdm
+
+LOCK_FILE = ".lock"
+
+
+def warn(msg: str) -> None:
+  tqdm.write(f"warning: {msg}")
+
+
+class Lock:
+  """Exclusive ownership of a workdir; `acquire` creates the workdir if needed."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, LOCK_FILE)
+    self._fd = None
+
+  def acquire(self) -> None:
+    os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
+      os.close(fd)
+      raise ValueError(f"{os.path.dirname(self.path)} is in use by {holder}: one run writes a "
+                       f"workdir at a time (wait for it, stop it, or pass another --workdir)")
+    os.ftruncate(fd, 0)
+    os.write(fd, f"PID {os.getpid()} on {socket.gethostname()} (since "
+                 f"{time.strftime('%Y-%m-%d %H:%M:%S')})".encode())
+    self._fd = fd
+
+  def release(self) -> None:
+    if self._fd is not None:
+      os.close(self._fd)  # closing drops the flock
+      self._fd = None
+
+
+def write_json(path: str, obj) -> None:
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(obj, f)
+  os.replace(tmp, path)
+
+
+def read_json(path: str):
+  """The file's JSON, or None when it is missing, empty or torn (a warning says which)."""
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except ValueError:
+    warn(f"{path} is empty or torn (a run was killed while writing it); ignoring it")
+    return None
+
+
+def read_jsonl(path: str) -> list[dict]:
+  """metrics.jsonl's rows. A last line a kill cut short is dropped with a warning; a bad line
+  elsewhere is damage, not a torn write, and an error naming the line."""
+  with open(path) as f:
+    lines = f.read().split("\n")
+  rows = []
+  for n, line in enumerate(lines, start=1):
+    if not line.strip():
+      continue
+    try:
+      rows.append(json.loads(line))
+    except ValueError:
+      if all(not rest.strip() for rest in lines[n:]):
+        warn(f"{path}: dropped its last line, cut short by a kill: {line[:60]!r}")
+        continue
+      raise ValueError(f"{path}:{n} is not a JSON line; the file is damaged") from None
+  return rows
