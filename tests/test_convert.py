@@ -163,3 +163,70 @@ def test_config_files_of_the_flat_layout_still_load(tmp_path):
   del flat["grouping"]
   cfg = T5Config.from_dict(flat)
   assert cfg.grouping == Grouping(kv_heads=2, weights="row", group_encoder=True)
+
+
+# ------------------------------------------------------------------------- outputs ----
+def run_convert(*args):
+  return subprocess.run([sys.executable, "-m", "wgqa_jax.convert", *args], capture_output=True,
+                        text=True, env={**os.environ, "XLA_FLAGS": ""})
+
+
+def tree_bytes(d):
+  return {os.path.relpath(os.path.join(r, f), d): open(os.path.join(r, f), "rb").read()
+          for r, _, fs in os.walk(d) for f in fs}
+
+
+def test_outputs_are_never_clobbered_without_overwrite(tmp_path):
+  hf = make_hf_model(V10)
+  hf.save_pretrained(str(tmp_path / "hf"))
+  src = tree_bytes(tmp_path / "hf")
+  (tmp_path / "taken").mkdir()
+  (tmp_path / "taken" / "mine.txt").write_text("keep me")
+  (tmp_path / "file").write_text("a file")
+  cases = [([f"--out={tmp_path / 'hf'}", "--overwrite"], "would overwrite the input"),
+           ([f"--export_hf={tmp_path / 'hf'}", "--overwrite"], "would overwrite the input"),
+           ([f"--out={tmp_path / 'taken'}"], "exists; pass --overwrite"),
+           ([f"--export_hf={tmp_path / 'taken'}"], "exists; pass --overwrite"),
+           ([f"--out={tmp_path / 'file'}", "--overwrite"], "is a file"),
+           ([f"--out={tmp_path / 'a'}", f"--export_hf={tmp_path / 'a'}"], "same directory")]
+  for args, needle in cases:
+    r = run_convert(f"--hf={tmp_path / 'hf'}", "--variant=gqa", "--kv_heads=2", *args)
+    assert r.returncode == 2 and needle in r.stderr, (args, r.stderr[-1500:])
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+  assert tree_bytes(tmp_path / "hf") == src
+  assert tree_bytes(tmp_path / "taken") == {"mine.txt": b"keep me"}
+  assert not (tmp_path / "a").exists()
+
+
+def test_overwriting_an_export_replaces_it_whole(tmp_path):
+  """An old sharded export (index + shards) is replaced, not mixed: reading the new export
+  back gives the new weights."""
+  hf = make_hf_model(V10)
+  hf.save_pretrained(str(tmp_path / "hf"))
+  out = tmp_path / "export"
+  hf.save_pretrained(str(out), max_shard_size="20KB")  # an old, sharded export
+  assert any(f.endswith(".index.json") for f in os.listdir(out))
+  r = run_convert(f"--hf={tmp_path / 'hf'}", "--variant=mqa", f"--export_hf={out}",
+                  "--overwrite")
+  assert r.returncode == 0, r.stderr[-2000:]
+  files = sorted(os.listdir(out))
+  assert "model.safetensors" in files and not [f for f in files if "index" in f or "-of-" in f]
+  params, cfg = hf_io.from_hf(str(out))
+  mqa, mcfg = variants.from_mha(*hf_io.from_hf(str(tmp_path / "hf")), "mqa", 1)
+  expanded, _ = variants.expand_to_mha(mqa, mcfg)
+  got, want = params_io.flatten(params), params_io.flatten(expanded)
+  assert set(got) == set(want)
+  for k in got:
+    np.testing.assert_allclose(got[k], want[k], rtol=1e-6, err_msg=k)
+
+
+def test_an_export_hf_cannot_hold_is_refused_before_anything_is_written(tmp_path):
+  hf = make_hf_model(V10)
+  hf.save_pretrained(str(tmp_path / "hf"))
+  r = run_convert(f"--hf={tmp_path / 'hf'}", "--variant=kdgqa", "--kv_heads=2",
+                  f"--out={tmp_path / 'out'}", f"--export_hf={tmp_path / 'exp'}")
+  if r.returncode == 0:  # HF can hold this variant: both written
+    assert (tmp_path / "out").exists() and (tmp_path / "exp").exists()
+  else:
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / "out").exists() and not (tmp_path / "exp").exists()

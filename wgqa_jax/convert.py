@@ -8,6 +8,10 @@ fold; export. The family comes from the checkpoint's config.json.
     python -m wgqa_jax.convert --params=/tmp/llama_wgqa8 --fold --export_hf=/tmp/llama_gqa8
         # a native GQA Llama: num_key_value_heads=8, a KV cache of 8 heads in any server
 
+Outputs: an existing, non-empty --out or --export_hf is refused unless --overwrite; the input
+itself never is. Each is written beside its target and swapped in whole, and every check
+(including whether HF can hold the export) runs before anything is written.
+
 A checkpoint that is already GQA (a Llama with num_key_value_heads < H) is re-grouped to
 --kv_heads through its MHA equivalent.
 
@@ -17,6 +21,8 @@ fold, expand), wgqa_jax.params_io (our params directory).
 from __future__ import annotations
 
 from absl import flags
+import os
+
 import numpy as np
 
 from wgqa_jax import cli, hf, params_io, variants
@@ -40,6 +46,28 @@ flags.DEFINE_string("out", None, "write wgqa_jax params here", flag_values=FLAGS
 flags.DEFINE_string("export_hf", None, "write a transformers directory here (T5: KV heads "
                     "expanded to MHA; Llama: native GQA, num_key_value_heads=G)",
                     flag_values=FLAGS)
+flags.DEFINE_bool("overwrite", False, "replace an existing --out / --export_hf",
+                  flag_values=FLAGS)
+
+
+def check_outputs(a) -> None:
+  """Refuse an output that would clobber: the input itself, the other output, or anything that
+  exists (a file, a non-empty directory) without --overwrite."""
+  source = os.path.abspath(a.hf or a.params) if os.path.exists(a.hf or a.params) else None
+  targets = [(f, getattr(a, f)) for f in ("out", "export_hf") if getattr(a, f)]
+  if len(targets) == 2 and os.path.abspath(a.out) == os.path.abspath(a.export_hf):
+    raise ValueError("--out and --export_hf are the same directory; pass two")
+  for flag, path in targets:
+    full = os.path.abspath(path)
+    if source and (full == source or source.startswith(full + os.sep)
+                   or full.startswith(source + os.sep)):
+      raise ValueError(f"--{flag}={path} would overwrite the input {a.hf or a.params}; write "
+                       f"elsewhere")
+    if os.path.isfile(full) or (os.path.isdir(full) and os.listdir(full)):
+      if not a.overwrite:
+        raise ValueError(f"--{flag}={path} exists; pass --overwrite to replace it")
+      if os.path.isfile(full):
+        raise ValueError(f"--{flag}={path} is a file; pass a directory")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     raise ValueError("pass exactly one of --hf=DIR_OR_ID and --params=DIR")
   if not a.out and not a.export_hf:
     raise ValueError("nothing to write: pass --out and/or --export_hf")
+  check_outputs(a)
   if a.hf:
     print(f"loading HF checkpoint {a.hf} ...")
   params, cfg = hf.from_hf(a.hf) if a.hf else params_io.load(a.params)
@@ -64,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     params, cfg = variants.fold(params, cfg)
   n = sum(np.size(v) for v in params_io.flatten(params).values())
   print(f"model: {cfg.grouping.describe(cfg.num_heads)}, {n / 1e6:.2f}M params")
+  if a.export_hf:
+    hf.exportable(params, cfg)  # can HF hold it? refuse before writing anything
   if a.out:
     params_io.save(params, cfg, a.out, settings)
     print(f"wrote {a.out}")

@@ -337,16 +337,17 @@ def save_hf(params, cfg, out_dir: str, generation_settings: dict | None = None) 
   generation settings as generation_config.json / task_specific_params when given): T5 with MHA
   heads, Llama as a native GQA model with G heads."""
   from safetensors.numpy import save_file
-  os.makedirs(out_dir, exist_ok=True)
+  from wgqa_jax.workdir import writing_dir
   params, cfg = exportable(params, cfg)
-  save_file(params_to_hf(params, cfg), os.path.join(out_dir, "model.safetensors"),
-            metadata={"format": "pt"})
-  settings = generation_settings or {}
-  hf_cfg = cfg.to_hf()
-  if settings.get("task_specific_params"):
-    hf_cfg["task_specific_params"] = settings["task_specific_params"]
-  with open(os.path.join(out_dir, "config.json"), "w") as f:
-    json.dump(hf_cfg, f, indent=2)
-  if settings.get("generation_config"):
-    with open(os.path.join(out_dir, "generation_config.json"), "w") as f:
-      json.dump(settings["generation_config"], f, indent=2)
+  with writing_dir(out_dir) as tmp:  # an old export's shards and index go whole
+    save_file(params_to_hf(params, cfg), os.path.join(tmp, "model.safetensors"),
+              metadata={"format": "pt"})
+    settings = generation_settings or {}
+    hf_cfg = cfg.to_hf()
+    if settings.get("task_specific_params"):
+      hf_cfg["task_specific_params"] = settings["task_specific_params"]
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+      json.dump(hf_cfg, f, indent=2)
+    if settings.get("generation_config"):
+      with open(os.path.join(tmp, "generation_config.json"), "w") as f:
+        json.dump(settings["generation_config"], f, indent=2)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import zlib
 
 import numpy as np
@@ -49,31 +48,14 @@ def save(params, cfg, out_dir: str, generation_settings: dict | None = None) -> 
   """Write the params dir: into a temporary sibling, then swapped in for `out_dir` (whose old
   contents, if any, are replaced whole; a save killed midway leaves `out_dir` as it was)."""
   from safetensors.numpy import save_file
-  out_dir = os.path.abspath(out_dir)
-  parent, name = os.path.dirname(out_dir), os.path.basename(out_dir)
-  os.makedirs(parent, exist_ok=True)
-  for stale in os.listdir(parent):  # what a killed save left behind
-    if stale.startswith(f".{name}.tmp-"):
-      shutil.rmtree(os.path.join(parent, stale), ignore_errors=True)
-  tmp = os.path.join(parent, f".{name}.tmp-{os.getpid()}")
-  os.makedirs(tmp)
-  try:
+  from wgqa_jax.workdir import writing_dir
+  with writing_dir(out_dir) as tmp:
     flat = flatten(params)
     save_file(flat, os.path.join(tmp, PARAMS_FILE),
               metadata={CHECKSUMS: json.dumps({k: crc32(v) for k, v in flat.items()})})
     cfg.save(os.path.join(tmp, CONFIG_FILE))
     if generation_settings:
       generation.save(generation_settings, tmp)
-    if os.path.exists(out_dir):
-      old = tmp + ".old"
-      os.rename(out_dir, old)
-      os.rename(tmp, out_dir)
-      shutil.rmtree(old)
-    else:
-      os.rename(tmp, out_dir)
-  finally:
-    if os.path.exists(tmp):
-      shutil.rmtree(tmp, ignore_errors=True)
 
 
 def generation_settings_any(path_or_id: str) -> dict:

@@ -7,12 +7,15 @@ readable, and the lock that keeps one writer per workdir.
 - `write_json`: a whole file via a temporary sibling and a rename.
 - `read_jsonl`: the rows of metrics.jsonl, dropping (with a warning) a trailing line a kill cut.
 - `read_json`: a small JSON file, None (with a warning) when it is empty or torn.
+- `writing_dir`: an output directory written beside its target and swapped in whole.
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
+import shutil
 import socket
 import time
 
@@ -89,3 +92,30 @@ def read_jsonl(path: str) -> list[dict]:
         continue
       raise ValueError(f"{path}:{n} is not a JSON line; the file is damaged") from None
   return rows
+
+
+@contextlib.contextmanager
+def writing_dir(out_dir: str):
+  """`with writing_dir(out) as tmp:` write into tmp; on success tmp replaces `out` (its old
+  contents go whole), on failure `out` is left as it was. Leftovers of a killed write are
+  removed first."""
+  out_dir = os.path.abspath(out_dir)
+  parent, name = os.path.dirname(out_dir), os.path.basename(out_dir)
+  os.makedirs(parent, exist_ok=True)
+  for stale in os.listdir(parent):
+    if stale.startswith(f".{name}.tmp-"):
+      shutil.rmtree(os.path.join(parent, stale), ignore_errors=True)
+  tmp = os.path.join(parent, f".{name}.tmp-{os.getpid()}")
+  os.makedirs(tmp)
+  try:
+    yield tmp
+    if os.path.exists(out_dir):
+      old = tmp + ".old"
+      os.rename(out_dir, old)
+      os.rename(tmp, out_dir)
+      shutil.rmtree(old) if os.path.isdir(old) else os.remove(old)
+    else:
+      os.rename(tmp, out_dir)
+  finally:
+    if os.path.exists(tmp):
+      shutil.rmtree(tmp, ignore_errors=True)
