@@ -49,6 +49,10 @@ def parse(fv: flags.FlagValues, argv: list[str] | None, prog: str) -> flags.Flag
   except (AttributeError, TypeError) as e:  # a config key that does not exist, a bad value
     text = str(e).replace("\\n", " ").replace("\\", "").replace("'", "")
     raise ValueError(f"bad --config override: {' '.join(text.split())}") from e
+  except OSError as e:  # a config file that does not load, met while applying an override
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    name = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "")
+    raise ValueError(f"--config={name}: {lines[-1]}") from e
   except flags.Error as e:  # get_config(ARG) raised: absl quotes its whole traceback
     lines = [l.strip() for l in str(e).splitlines() if l.strip()]
     if len(lines) > 1 and any(l.startswith("Traceback") for l in lines):

@@ -92,7 +92,11 @@ class TFDSText:
     return len(self.source)
 
   def __getitem__(self, i: int) -> str:
-    text = self.source[i][self.field]
+    try:
+      text = self.source[i][self.field]
+    except RuntimeError as e:  # riegeli: a damaged array_record shard
+      raise ValueError(f"TFDS document {i} is damaged ({damage(e)}); prepare the dataset "
+                       f"again") from None
     return text.decode("utf-8") if isinstance(text, bytes) else str(text)
 
 
@@ -118,6 +122,11 @@ def read_manifest(directory: str) -> dict:
     raise ValueError(f"{path} is not a {FORMAT!r} manifest ({type(e).__name__})") from e
 
 
+def damage(e: Exception) -> str:
+  """The first line of a reader's complaint about damaged bytes."""
+  return (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+
+
 class PreparedCorpus:
   """Documents of a corpus written by wgqa_jax.prepare_corpus: array_record shards (one UTF-8
   record per document) read by grain's ArrayRecordDataSource, which pickles to workers."""
@@ -132,9 +141,13 @@ class PreparedCorpus:
     missing = [p for p in paths if not os.path.exists(p)]
     if missing:
       raise FileNotFoundError(f"corpus {directory} is incomplete: {missing[0]} is missing")
-    self.documents = manifest["splits"][split]["documents"]
-    self.source = grain.sources.ArrayRecordDataSource(paths) if paths else []
-    if len(self.source) != self.documents:
+    self.documents, self.directory = manifest["splits"][split]["documents"], directory
+    try:
+      self.source = grain.sources.ArrayRecordDataSource(paths) if paths else []
+      size = len(self.source)
+    except RuntimeError as e:  # riegeli: a damaged shard (its index or a block)
+      raise ValueError(f"corpus {directory} is damaged ({damage(e)}); prepare it again") from None
+    if size != self.documents:
       raise ValueError(f"corpus {directory} {split}: the shards hold {len(self.source)} "
                        f"documents, {MANIFEST} says {self.documents}")
 
@@ -142,7 +155,11 @@ class PreparedCorpus:
     return self.documents
 
   def __getitem__(self, i: int) -> str:
-    return self.source[i].decode("utf-8")
+    try:
+      return self.source[i].decode("utf-8")
+    except (RuntimeError, UnicodeDecodeError) as e:
+      raise ValueError(f"corpus {self.directory}: document {i} is damaged ({damage(e)}); "
+                       f"prepare it again") from None
 
 
 class Head:

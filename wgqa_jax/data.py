@@ -116,6 +116,7 @@ class TFDSPairs:
 
   def __init__(self, dataset: str, split: str, data_dir: str | None, limit: int | None = None):
     name, self.src, self.tgt, self.prefix = TASKS[dataset]
+    self.name = name
     self.translation = is_translation(dataset)
     self.source = open_tfds(name, split, data_dir)
     self.size = len(self.source) if limit is None else min(limit, len(self.source))
@@ -126,16 +127,26 @@ class TFDSPairs:
   def __getitem__(self, i: int) -> tuple[str, str]:
     if not 0 <= i < self.size:
       raise IndexError(i)
-    ex = self.source[i]
+    try:
+      ex = self.source[i]
+    except RuntimeError as e:  # riegeli: a damaged array_record shard
+      raise ValueError(f"TFDS {self.name!r}: example {i} is damaged "
+                       f"({str(e).strip().splitlines()[0][:160] if str(e).strip() else e!r}); "
+                       f"prepare the dataset again") from None
     if self.translation:
       ex = ex.get("translation", ex)
     text = lambda x: x.decode("utf-8") if isinstance(x, bytes) else str(x)
     return self.prefix + text(ex[self.src]), text(ex[self.tgt])
 
 
+SPLITS = ("train", "validation", "test")
+
+
 def source(dataset: str, split: str, n: int | None = None, data_dir: str | None = None):
   """Up to n (input text with prefix, target text) pairs of a split, as a random-access sequence
   (what grain reads): generated for the built-in tasks, a TFDS reader otherwise."""
+  if split not in SPLITS:
+    raise ValueError(f"unknown split {split!r}; choose from {list(SPLITS)}")
   if dataset in SYNTHETIC_TASKS:
     generate, train_size = SYNTHETIC_TASKS[dataset]
     size = {"train": train_size, "validation": 256, "test": 256}[split] if n is None else n

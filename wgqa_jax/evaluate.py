@@ -97,6 +97,10 @@ def resolve(checkpoint: str) -> tuple[str, dict]:
   for sub in ("best", "final"):
     if params_io.is_params_dir(os.path.join(checkpoint, sub)):
       return os.path.join(checkpoint, sub), run_config(checkpoint)
+  if any(os.path.exists(os.path.join(checkpoint, f))
+         for f in ("metrics.jsonl", "checkpoints", "tokenizer.json", ".lock")):
+    raise FileNotFoundError(f"{checkpoint} is a training workdir with no best/ or final/ yet: "
+                            f"evaluate one of its params dirs once the run has written it")
   if os.path.exists(os.path.join(checkpoint, "config.json")):  # a HF directory
     return checkpoint, {}
   raise FileNotFoundError(f"{checkpoint} is neither a training workdir (best/ or final/), a "

@@ -246,8 +246,12 @@ class Reader(Mapping):
     cfg_path = os.path.join(self.dir, "config.json")
     if not os.path.exists(cfg_path):
       raise FileNotFoundError(f"{self.dir} has no config.json: not a Hugging Face model directory")
-    with open(cfg_path) as f:
-      self.hf_config = json.load(f)
+    try:
+      with open(cfg_path) as f:
+        self.hf_config = json.load(f)
+      models.config_from_hf(self.hf_config)  # the family and its keys, before any weight
+    except ValueError as e:
+      raise ValueError(f"{cfg_path}: {e}") from None
     self._where: dict[str, Any] = {}
     for file in _weight_files(self.dir):
       if file.endswith(".safetensors"):
@@ -281,7 +285,17 @@ def _torch_state_dict(file: str) -> dict[str, np.ndarray]:
   except ImportError as e:
     raise ImportError(f"{file} is a PyTorch pickle; reading it needs torch "
                       f"(pip install 'wgqa_jax[torch]'), or convert it to safetensors") from e
-  state = torch.load(file, map_location="cpu", weights_only=True)
+  import pickle
+  try:  # weights_only: a pickle that would run code is refused, not executed
+    state = torch.load(file, map_location="cpu", weights_only=True)
+  except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
+    why = ("it holds Python objects beyond tensors, which could run code"
+           if "weights only" in str(e).lower() else
+           (str(e).strip().splitlines() or [type(e).__name__])[0][:160])
+    raise ValueError(f"{file} was refused: {why}. Convert it to safetensors with a tool you "
+                     f"trust, or use another checkpoint") from None
+  if not isinstance(state, dict):
+    raise ValueError(f"{file} holds a {type(state).__name__}, not a state dict")
   return {k: v.float().numpy() for k, v in state.items()}
 
 

@@ -36,9 +36,21 @@ def config_from_hf(hf: dict[str, Any]):
   """A model config from a HF config.json dict, by its model_type."""
   from wgqa_jax.models.llama_config import MODEL_TYPES, LlamaConfig
   from wgqa_jax.models.t5_config import T5Config
-  if hf.get("model_type") in MODEL_TYPES:
-    return LlamaConfig.from_hf(hf)
-  return T5Config.from_hf(hf)
+  if not isinstance(hf, dict):
+    raise ValueError(f"config.json holds a JSON {type(hf).__name__}, not an object")
+  kind = hf.get("model_type")
+  supported = ["t5", "mt5", *MODEL_TYPES]
+  if kind is not None and kind not in supported:
+    raise ValueError(f"model_type={kind!r} is not a family wgqa_jax has: {supported} "
+                     f"(T5, and Llama-architecture decoders)")
+  try:
+    if kind in MODEL_TYPES:
+      return LlamaConfig.from_hf(hf)
+    return T5Config.from_hf(hf)
+  except KeyError as e:
+    family = "Llama" if kind in MODEL_TYPES else "T5"
+    raise ValueError(f"config.json has no {e.args[0]!r}, which a {family} config needs"
+                     + ("" if kind else " (and no model_type: read as T5)")) from None
 
 
 def presets() -> dict[str, Any]:

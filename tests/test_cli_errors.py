@@ -1,0 +1,108 @@
+"""Damaged or wrong user input, injected for real at each boundary where it is read, gives one
+line and exit 2 (never a traceback), and writes nothing."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import V10, make_hf_model
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(module, *args):
+  return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                        cwd=REPO, env={**os.environ, "XLA_FLAGS": ""})
+
+
+def one_line(r, needle):
+  assert r.returncode == 2, r.stderr[-3000:]
+  lines = [l for l in r.stderr.splitlines() if l.strip() and "it/s]" not in l]
+  assert "Traceback" not in r.stderr and len(lines) == 1 and needle in lines[0], r.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+  d = tmp_path_factory.mktemp("hf") / "t5"
+  make_hf_model({**V10, "vocab_size": 260}).save_pretrained(str(d))
+  return d
+
+
+def variant_of(hf_dir, tmp_path, name, edit):
+  d = tmp_path / name
+  shutil.copytree(hf_dir, d)
+  edit(d)
+  return d
+
+
+def test_hf_checkpoints_that_cannot_be_used_are_named(hf_dir, tmp_path):
+  def config(value):
+    return lambda d: (d / "config.json").write_text(json.dumps(value))
+  base = json.loads((hf_dir / "config.json").read_text())
+
+  def evil_bin(d):
+    import torch
+
+    class Evil:
+      def __reduce__(self):
+        return (os.system, (f"touch {tmp_path / 'pwned'}",))
+    os.remove(d / "model.safetensors")
+    torch.save({"x": Evil()}, d / "pytorch_model.bin")
+
+  def truncated(d):
+    with open(d / "model.safetensors", "r+b") as f:
+      f.truncate(os.path.getsize(d / "model.safetensors") // 2)
+
+  cases = {
+      "list": (config([1, 2]), "config.json holds a JSON list"),
+      "nokey": (config({k: v for k, v in base.items() if k != "d_model"}),
+                "has no 'd_model', which a T5 config needs"),
+      "gpt2": (config({**base, "model_type": "gpt2"}), "is not a family wgqa_jax has"),
+      "bin": (evil_bin, "could run code"),
+      "truncated": (truncated, "runs past the end of the file"),
+  }
+  for name, (edit, needle) in cases.items():
+    d = variant_of(hf_dir, tmp_path, name, edit)
+    one_line(run("wgqa_jax.convert", f"--hf={d}", f"--out={tmp_path / ('out_' + name)}"), needle)
+    assert not (tmp_path / ("out_" + name)).exists()
+  assert not (tmp_path / "pwned").exists()  # refused, not executed
+
+
+def test_a_missing_config_file_with_overrides_is_one_line(tmp_path):
+  one_line(run("wgqa_jax.train", "--config=configs/nope.py", "--config.optim.batch_size=3",
+               f"--workdir={tmp_path / 'w'}"), "No such file or directory")
+  assert not (tmp_path / "w").exists()
+
+
+def test_evaluate_names_an_unknown_split_and_a_workdir_without_params(hf_dir, tmp_path):
+  one_line(run("wgqa_jax.evaluate", f"--checkpoint={hf_dir}", "--split=bogus",
+               "--tokenizer=bytes"), "unknown split 'bogus'")
+  w = tmp_path / "run"
+  w.mkdir()
+  (w / "config.json").write_text("{}")
+  (w / "metrics.jsonl").write_text("")
+  one_line(run("wgqa_jax.evaluate", f"--checkpoint={w}", "--tokenizer=bytes"),
+           "a training workdir with no best/ or final/ yet")
+
+
+def test_a_damaged_corpus_shard_and_sentencepiece_model_are_named(tmp_path):
+  from wgqa_jax import prepare_corpus
+  (tmp_path / "a.jsonl").write_text("".join(
+      json.dumps({"text": f"document {i} " * 30}) + "\n" for i in range(400)))
+  prepare_corpus.prepare([str(tmp_path / "a.jsonl")], str(tmp_path / "corpus"), progress=False)
+  shard = tmp_path / "corpus" / "train-00000.array_record"
+  with open(shard, "r+b") as f:
+    f.seek(os.path.getsize(shard) // 2)
+    f.write(os.urandom(4096))
+  one_line(run("wgqa_jax.train", "--config=configs/llama_uptrain.py:tiny",
+               f"--config.data.dataset={tmp_path / 'corpus'}", "--config.data.tokenizer=bytes",
+               f"--workdir={tmp_path / 'w'}"), "is damaged")
+  assert not (tmp_path / "w").exists()
+  spm = tmp_path / "spm.model"
+  spm.write_bytes(b"\x0a\x05garbage that is not a model proto" * 10)
+  one_line(run("wgqa_jax.train", "--config=configs/tiny.py", f"--config.data.tokenizer={spm}",
+               f"--workdir={tmp_path / 'w2'}"), "cannot read the sentencepiece model")
+  assert not (tmp_path / "w2").exists()
