@@ -106,3 +106,14 @@ def test_a_damaged_corpus_shard_and_sentencepiece_model_are_named(tmp_path):
   one_line(run("wgqa_jax.train", "--config=configs/tiny.py", f"--config.data.tokenizer={spm}",
                f"--workdir={tmp_path / 'w2'}"), "cannot read the sentencepiece model")
   assert not (tmp_path / "w2").exists()
+
+
+def test_a_damaged_init_from_fails_before_the_workdir_is_written(hf_dir, tmp_path):
+  def truncated(d):
+    with open(d / "model.safetensors", "r+b") as f:
+      f.truncate(os.path.getsize(d / "model.safetensors") - 100)
+  d = variant_of(hf_dir, tmp_path, "truncated", truncated)
+  one_line(run("wgqa_jax.train", "--config=configs/tiny.py", f"--config.model.init_from={d}",
+               "--config.data.tokenizer=sentencepiece", f"--workdir={tmp_path / 'w'}"),
+           "runs past the end of the file")
+  assert not (tmp_path / "w").exists()  # no config.json, no spm.model

@@ -298,3 +298,23 @@ def test_a_changed_tokenizer_is_refused_on_resume(tmp_path):
     train.train(c, str(tmp_path))
   assert (tmp_path / "spm.model").read_bytes() == edited
   assert sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()) == [10]
+
+
+def test_sigterm_during_start_up_exits_75_with_nothing_half_written(tmp_path):
+  """A preemption before the first step (here: during imports and start-up) is still a
+  preemption: exit 75, one line, no checkpoint, and the rerun completes."""
+  import signal
+  import time
+  args = ["--config=configs/tiny.py", f"--workdir={tmp_path}", "--config.optim.num_train_steps=10",
+          "--config.eval.examples=4", "--config.optim.batch_size=8", "--config.mesh.data=1"]
+  env = {**os.environ, "XLA_FLAGS": ""}
+  proc = subprocess.Popen([sys.executable, "-m", "wgqa_jax.train", *args], cwd=REPO, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  time.sleep(1.5)  # importing jax: long before any step
+  proc.send_signal(signal.SIGTERM)
+  out = proc.communicate(timeout=180)[0]
+  assert proc.returncode == cli.EXIT_PREEMPTED, out[-2000:]
+  assert "Traceback" not in out and "during start-up" in out, out[-2000:]
+  assert not (tmp_path / "checkpoints").exists() or not os.listdir(tmp_path / "checkpoints")
+  r = run_cli(*args)
+  assert r.returncode == 0, r.stderr[-2000:]

@@ -23,6 +23,13 @@ import os
 import signal
 import time
 
+# `python -m wgqa_jax.train`: a preemption (SIGTERM / SIGINT) is caught from the first moment,
+# before the heavy imports below; the run then stops cleanly with exit 75 (Preemption).
+_PENDING_SIGNALS: list[int] = []
+if __name__ == "__main__":
+  for _s in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(_s, lambda signum, _: _PENDING_SIGNALS.append(signum))
+
 from absl import flags, logging
 import jax
 import ml_collections
@@ -126,10 +133,19 @@ def check_resume(c: ml_collections.ConfigDict, workdir: str) -> None:
                      f"keep: {'; '.join(diffs)}. To start fresh, pass another --workdir.")
 
 
-def build_model(c: ml_collections.ConfigDict, tokenizer, mesh):
+def open_model_source(c: ml_collections.ConfigDict):
+  """The checkpoint model.init_from names, opened (headers, shapes, config; weights are read
+  later, tensor by tensor), or None for a random init: a damaged checkpoint fails here, before
+  the workdir is written."""
+  if c.model.init_from == "tiny-random":
+    return None
+  return streaming.open_source(c.model.init_from)
+
+
+def build_model(c: ml_collections.ConfigDict, tokenizer, mesh, source=None):
   """(params placed on `mesh` as the state shards them, model config): a random init or a
   checkpoint read tensor by tensor (wgqa_jax.streaming), converted to the variant one attention
-  module at a time, never whole in host memory."""
+  module at a time, never whole in host memory. source: open_model_source(c), if opened."""
   m, g = c.model, c.grouping
   vocab_size = tokenizer.vocab_size
   if m.init_from == "tiny-random":
@@ -141,7 +157,7 @@ def build_model(c: ml_collections.ConfigDict, tokenizer, mesh):
     source = streaming.MemorySource(
         jax.device_get(models.module_of(cfg).init_params(cfg, jax.random.PRNGKey(c.seed))), cfg)
   else:
-    source = streaming.open_source(m.init_from)
+    source = source or streaming.open_source(m.init_from)
     cfg = source.cfg
   if vocab_size > cfg.vocab_size:
     raise ValueError(f"tokenizer {c.data.tokenizer!r} has {vocab_size} ids but the model only "
@@ -254,14 +270,21 @@ class BestTracker:
 
 
 class Preemption:
-  """SIGTERM/SIGINT set a flag (the loop saves, then stops) instead of killing the process."""
+  """SIGTERM/SIGINT set a flag (the loop saves, then stops) instead of killing the process.
+  Installed for the whole run: a signal during start-up stops it at the next check, before
+  any step (nothing to save: the rerun starts where this one would have)."""
 
   def __init__(self):
-    self.signal = None
+    self.signal = _PENDING_SIGNALS[0] if _PENDING_SIGNALS else None
 
   def __enter__(self):
     self._old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     return self
+
+  def check_startup(self, workdir: str) -> None:
+    if self.signal:
+      raise Preempted(f"signal {self.signal} during start-up, before any step: nothing to "
+                      f"save; run the same command again to start ({workdir})", {})
 
   def _on_signal(self, signum, _):
     self.signal = signum
@@ -460,7 +483,8 @@ def train(c: ml_collections.ConfigDict, workdir: str, stop_after: int | None = N
   """
   lock = workdir_lib.Lock(os.path.abspath(workdir))
   try:
-    return _train(c, workdir, stop_after, lock)
+    with Preemption() as preempted:
+      return _train(c, workdir, stop_after, lock, preempted)
   finally:
     lock.release()
 
@@ -481,7 +505,8 @@ def check_tokenizer(workdir: str, tokenizer, resuming: bool) -> None:
     workdir_lib.write_json(path, now)
 
 
-def _train(c, workdir: str, stop_after: int | None, lock: workdir_lib.Lock) -> dict:
+def _train(c, workdir: str, stop_after: int | None, lock: workdir_lib.Lock,
+           preempted: Preemption) -> dict:
   # ---- checks that can fail, before anything in the workdir is written ----
   validate(c)
   variant = variants.get(c.grouping.variant)
@@ -491,6 +516,7 @@ def _train(c, workdir: str, stop_after: int | None, lock: workdir_lib.Lock) -> d
   mesh = make_mesh(c)
   train_source, eval_source = open_sources(c)
   tokenizer = open_tokenizer(c, workdir)  # None until trained (sentencepiece), below
+  model_source = open_model_source(c)
   if is_main_process():
     lock.acquire()  # creates the workdir
   os.makedirs(workdir, exist_ok=True)
@@ -502,9 +528,11 @@ def _train(c, workdir: str, stop_after: int | None, lock: workdir_lib.Lock) -> d
   tokenizer, eval_split, total_steps = prepare_data(c, workdir, train_source, eval_source,
                                                     tokenizer)
   check_tokenizer(workdir, tokenizer, checkpoints.has_checkpoints(workdir))
+  preempted.check_startup(workdir)
 
   # ---- model, sharded state ----
-  params, cfg = build_model(c, tokenizer, mesh)
+  params, cfg = build_model(c, tokenizer, mesh, model_source)
+  del model_source
   train_cfg = for_training(cfg, c)
   tx, schedule = step_lib.make_optimizer(c.optim, total_steps)
   state_shard = step_lib.state_shardings(cfg, tx, mesh)
@@ -516,6 +544,7 @@ def _train(c, workdir: str, stop_after: int | None, lock: workdir_lib.Lock) -> d
       f"{c.optim.batch_size} {rows_kind(c)} from {len(train_source)} "
       f"{'documents of ' + corpora.describe(c.data.dataset) if c.data.objective != 'pairs' else 'examples'}"
       f" | workdir {workdir}")
+  preempted.check_startup(workdir)  # the model is built: the last stop before files open
 
   # ---- checkpoints: resume from the newest good one, if any ----
   ckpts = checkpoints.Checkpoints(workdir, c.checkpoint.keep)
@@ -558,7 +587,7 @@ def _train(c, workdir: str, stop_after: int | None, lock: workdir_lib.Lock) -> d
              disable=not is_main_process(), dynamic_ncols=True)
   previous = None  # (step, its "skipped" flag), read one step late to keep the device busy
   padding = []  # padding fraction of each batch since the last log
-  with Preemption() as preempted, jax.set_mesh(mesh):
+  with jax.set_mesh(mesh):
     if c.eval.at_start and start == 0:
       evaluate_and_log(0)
     for step in bar:
