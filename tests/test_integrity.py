@@ -318,3 +318,33 @@ def test_sigterm_during_start_up_exits_75_with_nothing_half_written(tmp_path):
   assert not (tmp_path / "checkpoints").exists() or not os.listdir(tmp_path / "checkpoints")
   r = run_cli(*args)
   assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_a_full_disk_stops_in_one_line_and_the_run_resumes_once_space_is_freed(tmp_path):
+  """A real tmpfs that fills up while checkpoints are written (needs mount rights; skipped
+  without them): exit 74, one line naming the last good checkpoint, which is where the rerun
+  resumes once there is room."""
+  import re
+  disk = tmp_path / "small"
+  disk.mkdir()
+  mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12M", "tmpfs", str(disk)],
+                           capture_output=True)
+  if mounted.returncode != 0:
+    pytest.skip("cannot mount a tmpfs here")
+  try:
+    args = ["--config=configs/tiny.py", f"--workdir={disk / 'w'}",
+            "--config.optim.num_train_steps=60", "--config.checkpoint.every=10",
+            "--config.checkpoint.keep=10", "--config.eval.every=0", "--config.eval.examples=4",
+            "--config.log_every=5"]
+    r = run_cli(*args)
+    assert r.returncode == cli.EXIT_DISK_FULL, r.stderr[-3000:]
+    lines = [l for l in r.stderr.splitlines() if l.strip() and not l.startswith("train:")]
+    assert len(lines) == 1 and lines[0].startswith("disk full:"), r.stderr[:3000]
+    good = re.search(r"the last good checkpoint is step (\d+)", lines[0])
+    assert good, lines[0]
+    subprocess.run(["mount", "-o", "remount,size=64M", str(disk)], check=True)
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"resumed from step {good.group(1)}" in r.stdout + r.stderr
+  finally:
+    subprocess.run(["umount", "-l", str(disk)], capture_output=True)

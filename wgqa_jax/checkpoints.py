@@ -14,6 +14,7 @@ with one clear error.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -26,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+
+from wgqa_jax import cli
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +88,55 @@ def has_checkpoints(workdir: str) -> bool:
   return os.path.isdir(ckpt_dir) and any(name.isdigit() for name in os.listdir(ckpt_dir))
 
 
+class DiskFull(cli.Failure):
+  """A checkpoint could not be written: no space left (or quota). The run stops (exit 74,
+  cli.EXIT_DISK_FULL) naming the last good checkpoint; freeing space and rerunning resumes."""
+  exit_code = cli.EXIT_DISK_FULL
+  exit_now = True  # orbax's save threads, stuck on the full disk, would spew at shutdown
+  label = "disk full"
+
+
+def is_disk_full(e: BaseException) -> bool:
+  text = str(e)
+  return getattr(e, "errno", None) in (28, 122) or "No space left on device" in text \
+      or "os_error_code='28'" in text or "Disk quota exceeded" in text
+
+
+class _DropDiskFullLogs(logging.Filter):
+  """orbax logs each failed write of an asynchronous save with its traceback (hundreds of
+  lines); DiskFull says it in one."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    return not (is_disk_full(Exception(record.getMessage()))
+                or (error is not None and is_disk_full(error)))
+
+
+def quiet_disk_full_logs() -> None:
+  """Drop the library noise of a full disk (the run reports it itself, once): orbax's logged
+  tracebacks, and tensorstore callbacks that report "Event loop is closed" when a failed
+  save's event loop is gone."""
+  from absl import logging as absl_logging
+  drop = _DropDiskFullLogs()
+  for handler in [absl_logging.get_absl_handler(), *logging.getLogger().handlers]:
+    handler.addFilter(drop)
+  logging.getLogger("asyncio").addFilter(drop)
+  closed_loop = lambda e: isinstance(e, RuntimeError) and str(e) == "Event loop is closed"
+  previous, previous_unraisable = sys.excepthook, sys.unraisablehook
+
+  def excepthook(kind, value, tb):
+    if not closed_loop(value):
+      previous(kind, value, tb)
+
+  def unraisablehook(unraisable):  # what a C callback reports (no "Exception ignored" line)
+    if not closed_loop(unraisable.exc_value):
+      previous_unraisable(unraisable)
+  sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
+
+
 class Checkpoints:
-  """Save / verified restore of the train state under workdir."""
+  """Save / verified restore of the train state under workdir. An asynchronous save that fails
+  for lack of space is reported (DiskFull) at the next `check`, `save` or `close`."""
 
   def __init__(self, workdir: str, keep: int):
     self.workdir = workdir
@@ -109,14 +159,55 @@ class Checkpoints:
     data_state = data_state or {}
     record = _flat_fingerprint(state)  # every process: a collective on multi-host
     record[DATA_KEY] = data_state
-    if jax.process_index() == 0:  # written before orbax finalises the step
-      os.makedirs(self.integrity_dir, exist_ok=True)
-      tmp = self._record(step) + ".tmp"
-      with open(tmp, "w") as f:
-        json.dump(record, f)
-      os.replace(tmp, self._record(step))
-    self.mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                 data=ocp.args.JsonSave(data_state)))
+    with self._reporting_disk_full(step):
+      if jax.process_index() == 0:  # written before orbax finalises the step
+        os.makedirs(self.integrity_dir, exist_ok=True)
+        tmp = self._record(step) + ".tmp"
+        with open(tmp, "w") as f:
+          json.dump(record, f)
+        os.replace(tmp, self._record(step))
+      self.mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                   data=ocp.args.JsonSave(data_state)))
+    self._saving = step
+
+  def check(self) -> None:
+    """Raise DiskFull now if the last asynchronous save failed for lack of space."""
+    with self._reporting_disk_full(getattr(self, "_saving", None)):
+      self.mngr.check_for_errors()
+
+  @contextlib.contextmanager
+  def _reporting_disk_full(self, step):
+    try:
+      yield
+    except Exception as e:  # orbax wraps the OS error in its own types: look at the message
+      if not is_disk_full(e):
+        raise
+      raise self.disk_full(e, step) from None
+
+  def disk_full(self, e: BaseException, step=None) -> DiskFull:
+    """The DiskFull to raise for error `e` (met while saving `step`, or writing anything else
+    in the workdir), naming the last good checkpoint."""
+    self.failed = True
+    in_flight = getattr(self, "_saving", None)
+    try:  # did the asynchronous save in flight finish after all?
+      self.mngr.wait_until_finished()
+      self.mngr.check_for_errors()
+      in_flight = None
+    except Exception:  # it failed too (or cannot tell): not a good checkpoint
+      pass
+    # the step being saved, and an unconfirmed one in flight, may be incomplete
+    unconfirmed = [x for x in (step, in_flight) if x is not None]
+    step = step if step is not None else getattr(self, "_saving", None)
+    limit = min(unconfirmed) if unconfirmed else float("inf")
+    failed = re.search(r"checkpoints/(\d+)\.orbax-checkpoint-tmp", str(e))
+    step = int(failed.group(1)) if failed else step
+    good = [s for s in self.mngr.all_steps() if s < limit and os.path.exists(self._record(s))]
+    what = (f"writing {e.filename}" if getattr(e, "filename", None) else
+            f"saving checkpoint {step}" if step is not None else "saving a checkpoint")
+    return DiskFull(
+        f"no space left on the device of {self.workdir} while {what}; the last good "
+        f"checkpoint is {'step ' + str(max(good)) if good else 'none'}. Free space and run "
+        f"the same command again to resume")
 
   def steps(self) -> list[int]:
     return list(self.mngr.all_steps())
@@ -199,6 +290,10 @@ class Checkpoints:
         os.remove(os.path.join(self.integrity_dir, name))
 
   def close(self) -> None:
-    self.mngr.wait_until_finished()
+    if getattr(self, "failed", False):  # a failed save: nothing more to finish or prune
+      return
+    with self._reporting_disk_full(getattr(self, "_saving", None)):
+      self.mngr.wait_until_finished()
+      self.mngr.check_for_errors()
     self.prune_records()
     self.mngr.close()

@@ -6,10 +6,13 @@
 - From the command line (`run`), a user error prints one line and exits 2, a run that stops for
   a reason it explains (`Failure`: diverged, ...) prints that line and exits with its code;
   `--debug` shows the traceback instead. Exit codes: 0 done, 1 crash (a bug: traceback),
-  2 user error, 3 diverged, 75 preempted after saving a checkpoint (rerun to resume).
+  2 user error, 3 diverged, 74 disk full (free space, rerun to resume), 75 preempted after
+  saving a checkpoint (rerun to resume).
 """
 from __future__ import annotations
 
+import errno
+import os
 import sys
 from typing import Callable
 
@@ -18,6 +21,7 @@ from absl import flags
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError, ImportError, flags.Error)
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
+EXIT_DISK_FULL = 74  # EX_IOERR: no space left; free some and rerun to resume
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: saved, try again
 
 
@@ -87,5 +91,16 @@ def run(main: Callable[[list[str] | None], int], fv: flags.FlagValues) -> None:
     if fv.is_parsed() and fv["debug"].value:
       raise
     print(f"{getattr(e, 'label', 'error')}: {_message(e)}", file=sys.stderr)
-    sys.exit(e.exit_code if isinstance(e, Failure) else EXIT_USER_ERROR)
+    code = e.exit_code if isinstance(e, Failure) else EXIT_USER_ERROR
+    if getattr(e, "exit_now", False):  # library threads that cannot finish would print
+      sys.stdout.flush()               # tracebacks while the interpreter shuts down
+      sys.stderr.flush()
+      os._exit(code)
+    sys.exit(code)
+  except OSError as e:  # only a full disk (or quota) is the machine's state, not a bug
+    if e.errno not in (errno.ENOSPC, errno.EDQUOT) or (fv.is_parsed() and fv["debug"].value):
+      raise
+    print(f"disk full: writing {e.filename or 'a file'} failed ({e.strerror}); free space and "
+          f"run the same command again", file=sys.stderr)
+    sys.exit(EXIT_DISK_FULL)
   sys.exit(code or 0)

@@ -18,6 +18,7 @@ config.json, best/ and final/ (wgqa_jax params dirs: python -m wgqa_jax.convert 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -587,61 +588,70 @@ def _train(c, workdir: str, stop_after: int | None, lock: workdir_lib.Lock,
              disable=not is_main_process(), dynamic_ncols=True)
   previous = None  # (step, its "skipped" flag), read one step late to keep the device busy
   padding = []  # padding fraction of each batch since the last log
-  with jax.set_mesh(mesh):
-    if c.eval.at_start and start == 0:
-      evaluate_and_log(0)
-    for step in bar:
-      batch = next(batches)
-      state, out = train_step(state, sharding.put_process_batch(batch, mesh),
-                              jax.random.fold_in(rng, step))
-      padding.append(pipeline.padding_fraction(batch, tokenizer.pad_id))
-      done = step + 1
-      try:
-        if previous is not None:
-          guard.observe(previous[0], bool(sharding.to_host(previous[1])), ckpts)
-        previous = (done, out["skipped"])
-        if done == total_steps:
-          guard.observe(done, bool(sharding.to_host(out["skipped"])), ckpts)
-      except Diverged:
-        ckpts.close()  # pending saves finish; nothing more is written
-        writer.close()
-        batches.close()
-        raise
-      if done % c.log_every == 0 or done == total_steps:
-        out = sharding.to_host(out)
-        dt, tokens = time.time() - t0, float(out["tokens"]) * (done - t0_step)
-        last = {"train/loss": float(out["loss"]), "train/nll": float(out["nll"]),
-                "train/grad_norm": float(out["grad_norm"]), "train/lr": float(schedule(step)),
-                "train/skipped": float(out["skipped"]),
-                "train/target_tokens_per_s": tokens / max(dt, 1e-9),
-                "train/steps_per_s": (done - t0_step) / max(dt, 1e-9),
-                "train/padding": sum(padding) / len(padding)}
-        padding = []
-        writer.write(done, last)
-        last["step"] = done
-        bar.set_postfix(loss=f"{last['train/loss']:.3f}",
-                        tok_s=f"{last['train/target_tokens_per_s']:.0f}")
-        t0, t0_step = time.time(), done
-      if variant.regroups and c.grouping.regroup_every and done % c.grouping.regroup_every == 0 \
-          and done != total_steps:
-        state = jax.device_put(variant.regroup(sharding.to_host(state), cfg), state_shard)
-      if c.eval.every > 0 and done % c.eval.every == 0 and done != total_steps:
-        evaluate_and_log(done)
-      if stop_after is not None and done >= stop_after:
-        preempted.signal = signal.SIGTERM
-      if done % c.checkpoint.every == 0 or done == total_steps or preempted.signal:
-        ckpts.save(done, state, data_state(batches))
-      if preempted.signal:
-        stopped_at = done
-        break
-    else:
-      if start < total_steps or total_steps not in writer.evals:
-        evaluate_and_log(total_steps)
-      else:  # a finished run, rerun (or killed after its last eval): that eval stands
-        latest_eval.update({k: v for k, v in writer.evals[total_steps].items()
-                            if k not in ("step", "objective")})
-      last["step"] = total_steps
-  ckpts.close()
+  try:
+    with jax.set_mesh(mesh):
+      if c.eval.at_start and start == 0:
+        evaluate_and_log(0)
+      for step in bar:
+        batch = next(batches)
+        state, out = train_step(state, sharding.put_process_batch(batch, mesh),
+                                jax.random.fold_in(rng, step))
+        padding.append(pipeline.padding_fraction(batch, tokenizer.pad_id))
+        done = step + 1
+        try:
+          if previous is not None:
+            guard.observe(previous[0], bool(sharding.to_host(previous[1])), ckpts)
+          previous = (done, out["skipped"])
+          if done == total_steps:
+            guard.observe(done, bool(sharding.to_host(out["skipped"])), ckpts)
+        except Diverged:
+          ckpts.close()  # pending saves finish; nothing more is written
+          writer.close()
+          batches.close()
+          raise
+        if done % c.log_every == 0 or done == total_steps:
+          out = sharding.to_host(out)
+          dt, tokens = time.time() - t0, float(out["tokens"]) * (done - t0_step)
+          last = {"train/loss": float(out["loss"]), "train/nll": float(out["nll"]),
+                  "train/grad_norm": float(out["grad_norm"]), "train/lr": float(schedule(step)),
+                  "train/skipped": float(out["skipped"]),
+                  "train/target_tokens_per_s": tokens / max(dt, 1e-9),
+                  "train/steps_per_s": (done - t0_step) / max(dt, 1e-9),
+                  "train/padding": sum(padding) / len(padding)}
+          padding = []
+          writer.write(done, last)
+          ckpts.check()  # an asynchronous save that failed for lack of space stops the run now
+          last["step"] = done
+          bar.set_postfix(loss=f"{last['train/loss']:.3f}",
+                          tok_s=f"{last['train/target_tokens_per_s']:.0f}")
+          t0, t0_step = time.time(), done
+        if variant.regroups and c.grouping.regroup_every and done % c.grouping.regroup_every == 0 \
+            and done != total_steps:
+          state = jax.device_put(variant.regroup(sharding.to_host(state), cfg), state_shard)
+        if c.eval.every > 0 and done % c.eval.every == 0 and done != total_steps:
+          evaluate_and_log(done)
+        if stop_after is not None and done >= stop_after:
+          preempted.signal = signal.SIGTERM
+        if done % c.checkpoint.every == 0 or done == total_steps or preempted.signal:
+          ckpts.save(done, state, data_state(batches))
+        if preempted.signal:
+          stopped_at = done
+          break
+      else:
+        if start < total_steps or total_steps not in writer.evals:
+          evaluate_and_log(total_steps)
+        else:  # a finished run, rerun (or killed after its last eval): that eval stands
+          latest_eval.update({k: v for k, v in writer.evals[total_steps].items()
+                              if k not in ("step", "objective")})
+        last["step"] = total_steps
+    ckpts.close()
+  except (checkpoints.DiskFull, OSError) as e:  # the run stops; what was saved stays good
+    if not isinstance(e, checkpoints.DiskFull) and not checkpoints.is_disk_full(e):
+      raise
+    for close in (writer.close, batches.close):
+      with contextlib.suppress(OSError):  # the disk is full: buffered events are lost
+        close()
+    raise e if isinstance(e, checkpoints.DiskFull) else ckpts.disk_full(e) from None
   writer.close()
   batches.close()
   last = {**latest_eval, **last}
@@ -680,6 +690,7 @@ def main(argv: list[str] | None = None) -> int:
   workdir = _WORKDIR.value or os.path.join(
       "workdirs", os.path.splitext(os.path.basename(config_file))[0])
   logging.set_verbosity(logging.WARNING)  # orbax is chatty at INFO; our progress is printed
+  checkpoints.quiet_disk_full_logs()  # a full disk is reported once, as DiskFull
   initialize_distributed()
   train(_CONFIG.value, workdir)
   return 0
