@@ -232,8 +232,8 @@ def resolve_hf_dir(path_or_id: str, config_only: bool = False) -> str:
   except Exception as e:  # offline, unknown repo, auth ...
     raise FileNotFoundError(
         f"{path_or_id!r} is not a local directory and could not be fetched from the Hugging "
-        f"Face hub ({type(e).__name__}: {e}). Download it where there is internet and pass the "
-        f"directory instead.") from e
+        f"Face hub ({type(e).__name__}: {' '.join(str(e).split())[:240]}). Download it where "
+        f"there is internet and pass the directory instead.") from e
 
 
 class Reader(Mapping):
