@@ -22,13 +22,13 @@ import glob
 import gzip
 import json
 import os
-import shutil
 import sys
 
 from absl import flags
 from tqdm import tqdm
 
 from wgqa_jax import cli, corpora
+from wgqa_jax.workdir import writing_dir
 
 FLAGS = cli.flag_set()
 flags.DEFINE_multi_string("input", None, "input files: a glob (repeat the flag for more)",
@@ -164,59 +164,47 @@ def prepare(files: list[str], out: str, text_field: str = "text", text_unit: str
     raise ValueError(f"--out={out} exists; pass --overwrite to replace it")
   if any(os.path.abspath(f).startswith(out + os.sep) for f in files):
     raise ValueError(f"--out={out} holds inputs; write the corpus elsewhere")
-  parent = os.path.dirname(out)
-  os.makedirs(parent, exist_ok=True)
-  tmp = os.path.join(parent, f".{os.path.basename(out)}.tmp-{os.getpid()}")
-  os.makedirs(tmp)
   bar = tqdm(total=sum(os.path.getsize(f) for f in files), unit="B", unit_scale=True,
              desc="preparing corpus", disable=not progress, dynamic_ncols=True, leave=False)
   try:
-    writers = {split: ShardWriter(tmp, split, shard_mb << 20) for split in ("train",
-                                                                           "validation")}
-    n, empty = 0, 0
-    done = 0  # bytes of the files finished
-    for path in files:
-      size_on_disk, read = os.path.getsize(path), 0
-      try:
-        for text, size in read_documents(path, text_field, text_unit):
-          # progress in bytes on disk: what is read (characters; decompressed for .gz) counts
-          # up to the file's size, and the file's end sets it exactly
-          step = min(size, size_on_disk - read)
-          read += step
-          bar.update(step)
-          if not text.strip():
-            empty += 1
-            continue
-          split = "validation" if n % validation_every == 0 else "train"
-          writers[split].write(text.encode("utf-8"))
-          n += 1
-      except (OSError, EOFError, UnicodeDecodeError) as e:  # damaged gzip, bad bytes, ...
-        raise ValueError(f"cannot read {path}: {type(e).__name__}: {e}") from None
-      done += size_on_disk
-      bar.update(done - bar.n)
-    for w in writers.values():
-      w.close()
-    if writers["train"].documents == 0:
-      raise ValueError(f"{', '.join(files[:3])}{' ...' if len(files) > 3 else ''}: "
-                       f"{n} non-empty document(s); a corpus needs at least 2 (one is held out)")
-    manifest = {"format": corpora.FORMAT, "splits": {k: w.summary() for k, w in writers.items()},
-                "inputs": files, "text_field": text_field, "text_unit": text_unit,
-                "validation_every": validation_every, "empty_documents_skipped": empty,
-                "created": datetime.datetime.now(datetime.timezone.utc).isoformat()}
-    with open(os.path.join(tmp, corpora.MANIFEST), "w") as f:
-      json.dump(manifest, f, indent=1)
-    if os.path.exists(out):  # --overwrite: swap, so `out` is always whole
-      old = tmp + ".old"
-      os.rename(out, old)
-      os.rename(tmp, out)
-      shutil.rmtree(old) if os.path.isdir(old) else os.remove(old)
-    else:
-      os.rename(tmp, out)
+    with writing_dir(out) as tmp:  # `out` is always whole: the old corpus or the new one
+      writers = {split: ShardWriter(tmp, split, shard_mb << 20)
+                 for split in ("train", "validation")}
+      n, empty = 0, 0
+      done = 0  # bytes of the files finished
+      for path in files:
+        size_on_disk, read = os.path.getsize(path), 0
+        try:
+          for text, size in read_documents(path, text_field, text_unit):
+            # progress in bytes on disk: what is read (characters; decompressed for .gz) counts
+            # up to the file's size, and the file's end sets it exactly
+            step = min(size, size_on_disk - read)
+            read += step
+            bar.update(step)
+            if not text.strip():
+              empty += 1
+              continue
+            split = "validation" if n % validation_every == 0 else "train"
+            writers[split].write(text.encode("utf-8"))
+            n += 1
+        except (OSError, EOFError, UnicodeDecodeError) as e:  # damaged gzip, bad bytes, ...
+          raise ValueError(f"cannot read {path}: {type(e).__name__}: {e}") from None
+        done += size_on_disk
+        bar.update(done - bar.n)
+      for w in writers.values():
+        w.close()
+      if writers["train"].documents == 0:
+        raise ValueError(f"{', '.join(files[:3])}{' ...' if len(files) > 3 else ''}: {n} "
+                         f"non-empty document(s); a corpus needs at least 2 (one is held out)")
+      manifest = {"format": corpora.FORMAT,
+                  "splits": {k: w.summary() for k, w in writers.items()}, "inputs": files, "text_field": text_field, "text_unit": text_unit,
+                  "validation_every": validation_every, "empty_documents_skipped": empty,
+                  "created": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+      with open(os.path.join(tmp, corpora.MANIFEST), "w") as f:
+        json.dump(manifest, f, indent=1)
     return manifest
   finally:
     bar.close()
-    if os.path.exists(tmp):
-      shutil.rmtree(tmp)
 
 
 def main(argv: list[str] | None = None) -> int:

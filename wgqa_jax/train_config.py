@@ -165,10 +165,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if d.pack_window <= 0:
     bad("data.pack_window", "must be positive")
   if d.objective == "span_corruption":
-    try:
-      text_rows.check_span_lengths(d.max_input_length, d.max_target_length)
-    except ValueError as e:
-      raise ValueError(str(e)) from None
+    text_rows.check_span_lengths(d.max_input_length, d.max_target_length)
   if d.pack and not variant.packs:
     bad("data.pack", f"{g.variant} chooses its heads per row, which packing would share across "
                      f"examples; train it unpacked")
