@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from wgqa_jax import cli
+from wgqa_jax import cli, workdir as workdir_lib
 
 log = logging.getLogger(__name__)
 
@@ -162,10 +162,7 @@ class Checkpoints:
     with self._reporting_disk_full(step):
       if jax.process_index() == 0:  # written before orbax finalises the step
         os.makedirs(self.integrity_dir, exist_ok=True)
-        tmp = self._record(step) + ".tmp"
-        with open(tmp, "w") as f:
-          json.dump(record, f)
-        os.replace(tmp, self._record(step))
+        workdir_lib.write_json(self._record(step), record)
       self.mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                    data=ocp.args.JsonSave(data_state)))
     self._saving = step

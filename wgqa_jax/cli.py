@@ -78,6 +78,13 @@ def parse(fv: flags.FlagValues, argv: list[str] | None, prog: str) -> flags.Flag
   return fv
 
 
+def first_line(e: BaseException, limit: int = 200) -> str:
+  """A library error's first non-empty line, cut to `limit` characters (its type's name when
+  it has no message): what a one-line user error quotes of it."""
+  lines = str(e).strip().splitlines()
+  return lines[0][:limit] if lines else type(e).__name__
+
+
 def _message(e: BaseException) -> str:
   return str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
 

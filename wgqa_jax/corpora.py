@@ -21,6 +21,8 @@ import os
 import sysconfig
 import zlib
 
+from wgqa_jax import cli
+
 STDLIB = "python_stdlib"
 TFDS_PREFIX = "tfds:"
 MANIFEST = "corpus.json"
@@ -95,8 +97,8 @@ class TFDSText:
     try:
       text = self.source[i][self.field]
     except RuntimeError as e:  # riegeli: a damaged array_record shard
-      raise ValueError(f"TFDS document {i} is damaged ({damage(e)}); prepare the dataset "
-                       f"again") from None
+      raise ValueError(f"TFDS document {i} is damaged ({cli.first_line(e, 160)}); prepare "
+                       f"the dataset again") from None
     return text.decode("utf-8") if isinstance(text, bytes) else str(text)
 
 
@@ -122,11 +124,6 @@ def read_manifest(directory: str) -> dict:
     raise ValueError(f"{path} is not a {FORMAT!r} manifest ({type(e).__name__})") from e
 
 
-def damage(e: Exception) -> str:
-  """The first line of a reader's complaint about damaged bytes."""
-  return (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-
-
 class PreparedCorpus:
   """Documents of a corpus written by wgqa_jax.prepare_corpus: array_record shards (one UTF-8
   record per document) read by grain's ArrayRecordDataSource, which pickles to workers."""
@@ -146,7 +143,8 @@ class PreparedCorpus:
       self.source = grain.sources.ArrayRecordDataSource(paths) if paths else []
       size = len(self.source)
     except RuntimeError as e:  # riegeli: a damaged shard (its index or a block)
-      raise ValueError(f"corpus {directory} is damaged ({damage(e)}); prepare it again") from None
+      raise ValueError(f"corpus {directory} is damaged ({cli.first_line(e, 160)}); prepare it "
+                       f"again") from None
     if size != self.documents:
       raise ValueError(f"corpus {directory} {split}: the shards hold {len(self.source)} "
                        f"documents, {MANIFEST} says {self.documents}")
@@ -158,7 +156,8 @@ class PreparedCorpus:
     try:
       return self.source[i].decode("utf-8")
     except (RuntimeError, UnicodeDecodeError) as e:
-      raise ValueError(f"corpus {self.directory}: document {i} is damaged ({damage(e)}); "
+      raise ValueError(f"corpus {self.directory}: document {i} is damaged "
+                       f"({cli.first_line(e, 160)}); "
                        f"prepare it again") from None
 
 

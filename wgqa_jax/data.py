@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from wgqa_jax import cli
+
 TASKS = {
     # name: (tfds name, input field, target field, prefix)
     "cnn_dailymail": ("cnn_dailymail", "article", "highlights", "summarize: "),
@@ -100,12 +102,11 @@ def open_tfds(name: str, split: str, data_dir: str | None):
     # download=False: a run reads prepared data; building it here would hang offline
     return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
   except Exception as e:  # TFDS lists every dataset it knows in some of these: keep one line
-    first = (str(e).strip().splitlines() or [""])[0][:200]
     raise FileNotFoundError(
         f"could not open TFDS {name!r} split {split!r} in data_dir={data_dir or 'the default'} "
-        f"({type(e).__name__}: {first}). Prepare it where there is internet (tfds build {name} "
-        f"--file_format=array_record) and pass its data_dir (train: --config.data.data_dir, "
-        f"evaluate: --data_dir), or use an offline dataset: synthetic_summarize, "
+        f"({type(e).__name__}: {cli.first_line(e)}). Prepare it where there is internet "
+        f"(tfds build {name} --file_format=array_record) and pass its data_dir (train: "
+        f"--config.data.data_dir, evaluate: --data_dir), or use an offline dataset: synthetic_summarize, "
         f"synthetic_translate (pairs) or python_stdlib (a corpus).") from e
 
 
@@ -131,7 +132,7 @@ class TFDSPairs:
       ex = self.source[i]
     except RuntimeError as e:  # riegeli: a damaged array_record shard
       raise ValueError(f"TFDS {self.name!r}: example {i} is damaged "
-                       f"({str(e).strip().splitlines()[0][:160] if str(e).strip() else e!r}); "
+                       f"({cli.first_line(e, 160)}); "
                        f"prepare the dataset again") from None
     if self.translation:
       ex = ex.get("translation", ex)

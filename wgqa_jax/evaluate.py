@@ -24,7 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from wgqa_jax import (cli, data, decode, decode_causal, generation, metrics, models, params_io,
-                      pipeline, sharding, tokenizers, variants)
+                      pipeline, sharding, tokenizers, variants, workdir as workdir_lib)
 from wgqa_jax.generation import GenerationConfig
 from wgqa_jax.train_config import base_config
 
@@ -196,10 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             "scores": scores, "predictions": preds, "references": refs,
             "inputs": [s for s, _ in pairs]}
   out_path = a.out or os.path.join(path, f"eval_{a.split}.json")
-  tmp = f"{out_path}.tmp-{os.getpid()}"  # a kill while writing leaves no half a result
-  with open(tmp, "w") as f:
-    json.dump(result, f, indent=1)
-  os.replace(tmp, out_path)
+  workdir_lib.write_json(out_path, result, indent=1)  # a kill while writing leaves no half a result
   for k, v in scores.items():
     ci = f"  (95% CI {v['ci95'][0]:.2f} - {v['ci95'][1]:.2f})" if v["ci95"] else ""
     print(f"{k:>10}: {v['mean']:6.2f}{ci}")

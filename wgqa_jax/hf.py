@@ -27,7 +27,7 @@ from typing import Any, Iterator, NamedTuple
 import numpy as np
 from flax import traverse_util
 
-from wgqa_jax import generation, variants
+from wgqa_jax import cli, generation, variants
 from wgqa_jax import models
 from wgqa_jax.models.llama_config import LlamaConfig
 from wgqa_jax.models.t5_config import T5Config
@@ -291,7 +291,7 @@ def _torch_state_dict(file: str) -> dict[str, np.ndarray]:
   except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
     why = ("it holds Python objects beyond tensors, which could run code"
            if "weights only" in str(e).lower() else
-           (str(e).strip().splitlines() or [type(e).__name__])[0][:160])
+           cli.first_line(e, 160))
     raise ValueError(f"{file} was refused: {why}. Convert it to safetensors with a tool you "
                      f"trust, or use another checkpoint") from None
   if not isinstance(state, dict):

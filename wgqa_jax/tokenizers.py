@@ -11,6 +11,8 @@ import os
 import re
 from typing import Iterable
 
+from wgqa_jax import cli
+
 PAD, EOS, UNK = 0, 1, 2
 
 
@@ -106,7 +108,7 @@ class SentencePieceTokenizer:
       self._load()
     except (OSError, RuntimeError) as e:
       raise ValueError(f"cannot read the sentencepiece model {model_file}: "
-                       f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+                       f"{cli.first_line(e)}") from e
 
   def _load(self):
     import sentencepiece as spm

@@ -56,10 +56,10 @@ class Lock:
       self._fd = None
 
 
-def write_json(path: str, obj) -> None:
+def write_json(path: str, obj, indent: int | None = None) -> None:
   tmp = f"{path}.tmp-{os.getpid()}"
   with open(tmp, "w") as f:
-    json.dump(obj, f)
+    json.dump(obj, f, indent=indent)
   os.replace(tmp, path)
 
 
