@@ -35,8 +35,9 @@ setup(
         # unpinned torch pulls a multi-GB CUDA build.
         "torch": ["torch==2.13.0", "transformers>=4.40", "safetensors>=0.4"],
         "tf": ["tensorflow-cpu"],
-        "test": ["pytest>=8", "torch==2.13.0", "transformers>=4.40", "nbclient>=0.9",
-                 "nbformat>=5.9", "ipykernel>=6.25"],
+        # pytest-xdist: the suite runs as two workers, one test file each at a time (CI: 2 cores)
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0", "transformers>=4.40",
+                 "nbclient>=0.9", "nbformat>=5.9", "ipykernel>=6.25"],
         "gpu": ["jax[cuda12]"],
     },
 )

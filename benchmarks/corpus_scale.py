@@ -33,7 +33,6 @@ A check at small scale, results kept out of the repo:
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import glob
 import json
@@ -48,10 +47,12 @@ import time
 import numpy as np
 import psutil
 
+from absl import flags
+
+from data_pipeline import tree_rss  # benchmarks/data_pipeline.py, beside this script
+from wgqa_jax import cli
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from data_pipeline import tree_rss  # noqa: E402  (benchmarks/data_pipeline.py)
 
 # the CNN/DailyMail-shaped figure (benchmarks/RESULTS_data.md section 1, 287k articles),
 # read from that file when it is there
@@ -614,29 +615,42 @@ def write_results(a, gen: dict, lengths: dict, prepared: dict, runs: dict, ref: 
   print(f"wrote {a.results} and {a.results_json}", flush=True)
 
 
-def main() -> int:
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--gb", type=float, default=2.1, help="GB (1e9 bytes) of document text")
-  p.add_argument("--dir", default="/tmp/c4_shaped", help="corpus, prepared dirs and runs")
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--words", default="english", choices=["english", "cnn_dm"],
-                 help="english: function words and letter-level pseudo-words (default); "
-                      "cnn_dm: wgqa_jax.local_tfds's ~4,600 syllable words, the text of the "
-                      "CNN/DailyMail-shaped dataset (a sentencepiece sample as easy as its)")
-  p.add_argument("--steps", type=int, default=60, help="logged steps per train run")
-  p.add_argument("--objectives", default="span_corruption,causal_lm")
-  p.add_argument("--corpora", default="first,full", help="first (file 1 of 16) and/or full")
-  p.add_argument("--timeout", type=float, default=900, help="seconds per train run")
-  p.add_argument("--reference_dir", default=None,
-                 help="also measure the CNN/DailyMail-shaped reference again, here and now, on "
-                      "DIR/287k (benchmarks/data_pipeline.py's) or DIR/10k (built if missing)")
-  p.add_argument("--generate_only", action="store_true", help="stop after the corpus")
-  p.add_argument("--results", default=os.path.join(REPO, "benchmarks", "RESULTS_corpus.md"))
-  p.add_argument("--results_json", default=None, help="default: --results with .json")
-  a = p.parse_args()
-  a.dir = os.path.abspath(os.path.expanduser(a.dir))
-  a.results_json = a.results_json or os.path.splitext(a.results)[0] + ".json"
+FLAGS = cli.flag_set()
+flags.DEFINE_float("gb", 2.1, "GB (1e9 bytes) of document text", flag_values=FLAGS)
+flags.DEFINE_string("dir", "/tmp/c4_shaped", "corpus, prepared dirs and runs", flag_values=FLAGS)
+flags.DEFINE_integer("seed", 0, "corpus seed", flag_values=FLAGS)
+flags.DEFINE_enum("words", "english", ["english", "cnn_dm"],
+                  "english: function words and letter-level pseudo-words (default); cnn_dm: "
+                  "wgqa_jax.local_tfds's ~4,600 syllable words, the text of the "
+                  "CNN/DailyMail-shaped dataset (a sentencepiece sample as easy as its)",
+                  flag_values=FLAGS)
+flags.DEFINE_integer("steps", 60, "logged steps per train run", flag_values=FLAGS)
+flags.DEFINE_string("objectives", "span_corruption,causal_lm", "objectives to run",
+                    flag_values=FLAGS)
+flags.DEFINE_string("corpora", "first,full", "first (file 1 of 16) and/or full",
+                    flag_values=FLAGS)
+flags.DEFINE_float("timeout", 900, "seconds per train run", flag_values=FLAGS)
+flags.DEFINE_string("reference_dir", None, "also measure the CNN/DailyMail-shaped reference "
+                    "again, here and now, on DIR/287k (benchmarks/data_pipeline.py's) or DIR/10k "
+                    "(built if missing)", flag_values=FLAGS)
+flags.DEFINE_bool("generate_only", False, "stop after the corpus", flag_values=FLAGS)
+flags.DEFINE_string("results", os.path.join(REPO, "benchmarks", "RESULTS_corpus.md"),
+                    "results file", flag_values=FLAGS)
+flags.DEFINE_string("results_json", None, "default: --results with .json", flag_values=FLAGS)
+
+
+class Args:
+  """The parsed flags, with the paths made absolute (the functions below take it as `a`)."""
+
+  def __init__(self, fv):
+    for name in fv:
+      setattr(self, name, fv[name].value)
+    self.dir = os.path.abspath(os.path.expanduser(self.dir))
+    self.results_json = self.results_json or os.path.splitext(self.results)[0] + ".json"
+
+
+def main(argv: list[str] | None = None) -> int:
+  a = Args(cli.parse(FLAGS, argv, "benchmarks/corpus_scale.py"))
   objectives = [o for o in a.objectives.split(",") if o]
   corpora_ = [c for c in a.corpora.split(",") if c]
   for o in objectives:
@@ -699,4 +713,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.run(main, FLAGS)

@@ -11,7 +11,6 @@
 3. Packing: padding fraction and target tokens/s of training, packed vs unpacked, on the offline
    task and on the CNN/DailyMail-shaped one.
 """
-import argparse
 import datetime
 import json
 import os
@@ -23,8 +22,11 @@ import time
 
 import psutil
 
+from absl import flags
+
+from wgqa_jax import cli
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 
 def build(data_dir: str) -> dict[str, str]:
@@ -105,13 +107,17 @@ def pipeline_rate(data_dir: str, spm_dir: str, workers: int, pack: bool, seconds
   return {"rows_s": rows / dt, "examples_s": examples / dt}
 
 
-def main() -> int:
-  p = argparse.ArgumentParser()
-  p.add_argument("--data_dir", default="/tmp/bench_tfds")
-  p.add_argument("--steps", type=int, default=20)
-  p.add_argument("--seconds", type=float, default=20.0)
-  p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "RESULTS_data.md"))
-  a = p.parse_args()
+FLAGS = cli.flag_set()
+flags.DEFINE_string("data_dir", "/tmp/bench_tfds", "where the datasets are built",
+                    flag_values=FLAGS)
+flags.DEFINE_integer("steps", 20, "train steps per run", flag_values=FLAGS)
+flags.DEFINE_float("seconds", 20.0, "seconds of input-only reading", flag_values=FLAGS)
+flags.DEFINE_string("out", os.path.join(REPO, "benchmarks", "RESULTS_data.md"), "results file",
+                    flag_values=FLAGS)
+
+
+def main(argv: list[str] | None = None) -> int:
+  a = cli.parse(FLAGS, argv, "benchmarks/data_pipeline.py")
   dirs = build(a.data_dir)
   work = os.path.join(a.data_dir, "runs")
   os.makedirs(work, exist_ok=True)
@@ -195,4 +201,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.run(main, FLAGS)

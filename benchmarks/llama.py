@@ -9,19 +9,20 @@
 2. Train step (causal LM loss, backward, AdamW) of ours vs HF PyTorch LlamaForCausalLM on the
    same batch and weights, float32.
 """
-import argparse
 import datetime
 import os
 import platform
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from absl import flags
+
+from wgqa_jax import cli
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 SHAPES = {  # a Llama-shaped model small enough for 2 CPU cores
     "cpu": dict(vocab_size=8000, hidden_size=512, intermediate_size=1376, num_hidden_layers=4,
@@ -144,11 +145,15 @@ def train_section(spec, batch, length):
           f"| HF PyTorch LlamaForCausalLM | {t_hf:.3f} | 1.00x |"]
 
 
-def main() -> int:
-  p = argparse.ArgumentParser()
-  p.add_argument("--smoke", action="store_true")
-  p.add_argument("--out", default=None)
-  a = p.parse_args()
+FLAGS = cli.flag_set()
+flags.DEFINE_bool("smoke", False, "a seconds-long run on a tiny shape (tests run it)",
+                  flag_values=FLAGS)
+flags.DEFINE_string("out", None, "default: benchmarks/RESULTS_llama.md (RESULTS_llama_smoke.md)",
+                    flag_values=FLAGS)
+
+
+def main(argv: list[str] | None = None) -> int:
+  a = cli.parse(FLAGS, argv, "benchmarks/llama.py")
   spec = SHAPES["smoke" if a.smoke else "cpu"]
   contexts, batch, new = ((32,), 2, 4) if a.smoke else ((512, 2048, 4096), 4, 32)
   out = a.out or os.path.join(REPO, "benchmarks",
@@ -176,4 +181,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.run(main, FLAGS)

@@ -13,12 +13,10 @@ Random weights throughout (speed does not depend on them). Timings never live in
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import functools
 import os
 import platform
-import sys
 import time
 
 import jax
@@ -26,12 +24,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from wgqa_jax import decode, objectives, train_step, variants  # noqa: E402
-from wgqa_jax import hf as hf_io  # noqa: E402
-from wgqa_jax.models import t5  # noqa: E402
-from wgqa_jax.generation import GenerationConfig  # noqa: E402
-from wgqa_jax.models.t5_config import preset  # noqa: E402
+from absl import flags
+
+from wgqa_jax import cli, decoding, objectives, train_step, variants
+from wgqa_jax import hf as hf_io
+from wgqa_jax.decoding import GenerationConfig
+from wgqa_jax.models import t5
+from wgqa_jax.models.t5_config import preset
 
 PRESETS = {
     # a seconds-long run of every section on the tiny architecture: tests/ runs it (no timings)
@@ -293,7 +292,7 @@ def bench_decode(p, log):
           run()
           times.append(time.perf_counter() - t)
         rate = b * n_tok / float(np.median(times))
-        nbytes = decode.cache_bytes(cfg, b, s, n_tok)
+        nbytes = decoding.cache_bytes(cfg, b, s, n_tok)
         if name == "MHA":
           mha_rate, mha_bytes = rate, nbytes
         log(f"| {s} | {b} | {name} | {human_bytes(nbytes)} | {nbytes / mha_bytes:.3f} | "
@@ -323,8 +322,8 @@ def bench_generate(p, log):
     gen = GenerationConfig(max_new_tokens=n, num_beams=beams, early_stopping=beams > 1)
     hf_kw = dict(num_beams=beams, do_sample=False, decoder_start_token_id=0,
                  early_stopping=beams > 1)
-    t_ours = timeit(lambda: sync(decode.generate(params, jnp.asarray(ids, jnp.int32), timed,
-                                                 gen)), 3)
+    t_ours = timeit(lambda: sync(decoding.generate(params, timed, jnp.asarray(ids, jnp.int32),
+                                                   gen)), 3)
 
     def theirs():
       with torch.no_grad():
@@ -333,8 +332,8 @@ def bench_generate(p, log):
         torch.cuda.synchronize()
     t_hf = timeit(theirs, 3)
     check = GenerationConfig(max_new_tokens=16, num_beams=beams, early_stopping=beams > 1)
-    same = decode.strip(decode.generate(params, jnp.asarray(ids[:2], jnp.int32), cfg, check)) \
-        == decode.strip(hf.generate(input_ids=ti[:2], max_new_tokens=16, **hf_kw)
+    same = decoding.strip(decoding.generate(params, cfg, jnp.asarray(ids[:2], jnp.int32), check)) \
+        == decoding.strip(hf.generate(input_ids=ti[:2], max_new_tokens=16, **hf_kw)
                         .cpu().numpy()[:, 1:])
     search = "greedy" if beams == 1 else f"{beams} beams"
     for name, sec in (("ours (cached, jitted)", t_ours), ("HF generate()", t_hf)):
@@ -343,18 +342,21 @@ def bench_generate(p, log):
   log("\nSame tokens: 2 sequences x 16 tokens with the model's own EOS.")
 
 
-def main():
-  ap = argparse.ArgumentParser()
-  ap.add_argument("--preset", default="gpu" if jax.default_backend() == "gpu" else "cpu",
-                  choices=sorted(PRESETS))
-  ap.add_argument("--only", default="train,decode,generate")
-  ap.add_argument("--out", default=None,
-                  help="default: benchmarks/RESULTS.md (cpu preset), RESULTS_gpu.md (gpu preset)")
-  args = ap.parse_args()
+FLAGS = cli.flag_set()
+flags.DEFINE_enum("preset", None, sorted(PRESETS), "default: gpu on a GPU, else cpu",
+                  flag_values=FLAGS)
+flags.DEFINE_string("only", "train,decode,generate", "sections to run", flag_values=FLAGS)
+flags.DEFINE_string("out", None, "default: benchmarks/RESULTS.md (cpu preset), RESULTS_gpu.md "
+                    "(gpu preset)", flag_values=FLAGS)
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = cli.parse(FLAGS, argv, "benchmarks/run.py")
+  preset_name = args.preset or ("gpu" if jax.default_backend() == "gpu" else "cpu")
   here = os.path.dirname(os.path.abspath(__file__))
-  args.out = args.out or os.path.join(
-      here, "RESULTS.md" if args.preset == "cpu" else f"RESULTS_{args.preset}.md")
-  p = PRESETS[args.preset]
+  out = args.out or os.path.join(
+      here, "RESULTS.md" if preset_name == "cpu" else f"RESULTS_{preset_name}.md")
+  p = PRESETS[preset_name]
   lines: list[str] = []
 
   def log(line=""):
@@ -363,17 +365,18 @@ def main():
 
   dev = jax.devices()[0]
   log("# Benchmarks\n")
-  log(f"Command: `python benchmarks/run.py --preset={args.preset}"
+  log(f"Command: `python benchmarks/run.py --preset={preset_name}"
       + (f" --only={args.only}`" if args.only != "train,decode,generate" else "`"))
   log(f"Date: {datetime.date.today().isoformat()} | device: {dev.device_kind} "
       f"({jax.default_backend()}, {jax.device_count()} device(s)) | host: {platform.processor() or platform.machine()}, "
       f"{os.cpu_count()} cores | jax {jax.__version__}")
   for part in args.only.split(","):
     {"train": bench_train, "decode": bench_decode, "generate": bench_generate}[part](p, log)
-  with open(args.out, "w") as f:
+  with open(out, "w") as f:
     f.write("\n".join(lines) + "\n")
-  print(f"\nwrote {args.out}")
+  print(f"\nwrote {out}")
+  return 0
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main, FLAGS)

@@ -100,7 +100,7 @@ notebook("03_weights_and_kv_cache.ipynb", [
     "# 3. Learned WGQA weights and KV-cache savings",
     '''import tempfile
 import matplotlib.pyplot as plt
-from wgqa_jax import analysis, decode, train
+from wgqa_jax import analysis, decoding, train
 from wgqa_jax.models.t5_config import preset
 from wgqa_jax.train_config import base_config
 from wgqa_jax.variants import Grouping
@@ -124,7 +124,7 @@ lengths = [512, 1024, 2048, 4096]
 fig, ax = plt.subplots(figsize=(6, 3.5))
 for name, g in (("MHA", 8), ("GQA-4", 4), ("GQA-2", 2), ("MQA", 1)):
     c = cfg.replace(grouping=Grouping(kv_heads=g))
-    ax.plot(lengths, [decode.cache_bytes(c, 8, s, 256) / 2**20 for s in lengths], marker="o", label=name)
+    ax.plot(lengths, [decoding.cache_bytes(c, 8, s, 256) / 2**20 for s in lengths], marker="o", label=name)
 ax.set_xlabel("source length"); ax.set_ylabel("cache MiB (batch 8, 256 new tokens)"); ax.legend()
 plt.show()''',
 ])

@@ -60,3 +60,16 @@ def batch(vocab: int, b: int = 3, s: int = 13, t: int = 9, seed: int = 0):
   ids[1, s - 4:] = 0
   dec = rng.randint(2, vocab, (b, t))
   return ids, mask, dec
+
+
+SMALL = {"train": 120, "validation": 10, "test": 10}
+
+
+@pytest.fixture(scope="session")
+def tfds_dir(tmp_path_factory):
+  """A TFDS data_dir holding every built-in dataset shape, built by the real builders."""
+  from wgqa_jax import local_tfds
+  d = str(tmp_path_factory.mktemp("tfds"))
+  for name in local_tfds.SHAPES:
+    local_tfds.build(name, d, SMALL)
+  return d

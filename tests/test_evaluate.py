@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from wgqa_jax import evaluate, metrics, train
+from wgqa_jax import decoding, evaluate, metrics, train
 from test_train import tiny
 
 
@@ -56,7 +56,7 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
 
 def test_evaluate_uses_the_checkpoints_generation_settings_and_flags_override(workdir, tmp_path,
                                                                              capsys):
-  from wgqa_jax import generation
+  from wgqa_jax.decoding import settings as generation
   assert generation.load(str(workdir / "best")) == generation.OFFLINE_DEFAULT  # kept by train
   out = tmp_path / "d.json"
   common = [f"--checkpoint={workdir}", "--split=test", "--num_examples=8", "--batch_size=8",
@@ -78,7 +78,8 @@ def test_conversion_keeps_hf_generation_settings_through_export(tmp_path):
   import subprocess
   import sys
   from conftest import V10, make_hf_model
-  from wgqa_jax import generation, params_io
+  from wgqa_jax import params_io
+  from wgqa_jax.decoding import settings as generation
   hf = make_hf_model(V10)
   hf.config.task_specific_params = {"summarization": dict(
       early_stopping=True, length_penalty=2.0, max_length=200, min_length=30,
@@ -111,7 +112,7 @@ def test_conversion_keeps_hf_generation_settings_through_export(tmp_path):
 def test_bad_flags_are_refused_before_anything_is_decoded(workdir, tmp_path, flag, needle,
                                                           monkeypatch):
   decoded = []
-  monkeypatch.setattr(evaluate, "predict", lambda *a, **k: decoded.append(1) or [])
+  monkeypatch.setattr(decoding, "predict", lambda *a, **k: decoded.append(1) or [])
   with pytest.raises(ValueError) as e:
     evaluate.main([f"--checkpoint={workdir}", flag.format(tmp=tmp_path)])
   assert needle in str(e.value) and not decoded

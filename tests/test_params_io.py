@@ -9,7 +9,10 @@ import jax
 import numpy as np
 import pytest
 
-from wgqa_jax import models, params_io
+from conftest import V10, make_hf_model
+from wgqa_jax import hf as hf_io
+from wgqa_jax import models, params_io, variants
+from wgqa_jax.variants import Grouping
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -81,3 +84,27 @@ def test_a_save_swaps_the_directory_whole_and_cleans_a_killed_one(saved):
   params_io.save(params, cfg, str(out))
   assert not (out / "generation.json").exists()
   assert sorted(os.listdir(out.parent)) == [out.name]
+
+
+def test_our_format_round_trip(tmp_path):
+  hf = make_hf_model(V10)
+  hf.save_pretrained(str(tmp_path / "hf"))
+  params, cfg = variants.from_mha(*hf_io.from_hf(str(tmp_path / "hf")), "randwgqa", 2, seed=7)
+  params_io.save(params, cfg, str(tmp_path / "ours"))
+  params2, cfg2 = params_io.load(str(tmp_path / "ours"))
+  assert cfg2 == cfg
+  flat, flat2 = params_io.flatten(params), params_io.flatten(params2)
+  assert set(flat) == set(flat2)
+  for k in flat:
+    np.testing.assert_array_equal(flat[k], flat2[k])
+
+
+def test_error_params_do_not_match_config(tmp_path):
+  hf = make_hf_model(V10)
+  hf.save_pretrained(str(tmp_path / "hf"))
+  params, cfg = variants.from_mha(*hf_io.from_hf(str(tmp_path / "hf")), "gqa", 2)
+  params_io.save(params, cfg.replace(grouping=Grouping(kv_heads=4)), str(tmp_path / "bad"))
+  with pytest.raises(ValueError, match=r"k: has \(32, 2, 12\), config implies \(32, 4, 12\)"):
+    params_io.load(str(tmp_path / "bad"))
+  with pytest.raises(FileNotFoundError, match="not a wgqa_jax params directory"):
+    params_io.load(str(tmp_path / "hf"))

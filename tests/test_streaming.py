@@ -1,6 +1,5 @@
 """Streamed, sharded loading: checkpoints read tensor by tensor (memory-mapped, bfloat16 too),
 converted one attention module at a time and placed into FSDP shardings, equal to loading whole."""
-import json
 import os
 import subprocess
 import sys
@@ -11,7 +10,7 @@ import pytest
 import torch
 from flax import traverse_util
 
-from test_llama import hf_model, save
+from hf_llama import hf_model, save
 from wgqa_jax import hf, params_io, sharding, streaming, train_step, variants
 from wgqa_jax.models import llama
 from wgqa_jax.tensor_files import SafetensorsFile

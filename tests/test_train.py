@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from wgqa_jax import objectives, params_io, train, train_step, variants
+from wgqa_jax import params_io, train, train_step, variants
 from wgqa_jax.train_config import base_config
 
 
@@ -263,24 +263,6 @@ def _tiny_model_and_batch():
   return cfg, params, batch
 
 
-def test_loss_with_label_smoothing_and_z_loss_matches_numpy():
-  from wgqa_jax.models import t5
-  cfg, params, batch = _tiny_model_and_batch()
-  dec_in = t5.shift_right(batch["targets"])
-  logits = np.asarray(t5.T5(cfg).apply({"params": params}, batch["inputs"], dec_in),
-                      np.float64)
-  logz = np.log(np.exp(logits).sum(-1))
-  logp = logits - logz[..., None]
-  nll = -np.take_along_axis(logp, batch["targets"][..., None], -1)[..., 0]
-  ls, z = 0.1, 1e-3
-  want = ((1 - ls) * nll - ls * logp.mean(-1) + z * logz ** 2)
-  w = batch["targets"] != 0
-  lsum, n, nllsum = objectives.loss_sums(params, batch, None, cfg, ls, z, False)
-  assert float(n) == w.sum() == 8
-  np.testing.assert_allclose(float(lsum), want[w].sum(), rtol=1e-5)
-  np.testing.assert_allclose(float(nllsum), nll[w].sum(), rtol=1e-5)
-
-
 def test_nan_guard_skips_the_update():
   import optax
   cfg, params, batch = _tiny_model_and_batch()
@@ -301,52 +283,6 @@ def test_nan_guard_skips_the_update():
     np.testing.assert_array_equal(a, b)  # untouched (NaN stays NaN, nothing else moved)
   for a, b in zip(jax.tree.leaves(new["opt_state"]), jax.tree.leaves(state["opt_state"])):
     np.testing.assert_array_equal(a, b)
-
-
-# ------------------------------------------------------------------- packing ----
-@pytest.mark.parametrize("variant", ["wgqa", "asymgqa", "dgqa"])
-def test_packed_rows_give_each_example_its_unpacked_loss(variant):
-  """Several examples per row, segment ids keeping them apart in the encoder, the decoder's
-  self- and cross-attention and the relative position bias: each example's summed token loss
-  equals its loss alone in a padded row (numbers of a random v1.1 model, f32)."""
-  from wgqa_jax import data, pipeline, tokenizers
-  from wgqa_jax.models import t5
-  from wgqa_jax.models.t5_config import preset
-  cfg = preset("tiny", vocab_size=300)
-  params = t5.init_params(cfg, jax.random.PRNGKey(0))
-  sizes = (1, 3) if variant == "asymgqa" else None
-  params, cfg = variants.from_mha(params, cfg, variant, 2, group_sizes=sizes, seed=1)
-  tok = tokenizers.ByteTokenizer()
-  examples = [pipeline.Tokenize(tok, 160, 96).map(p)
-              for p in data.source("synthetic_translate", "train", 24)]
-  packed = pipeline.pack_rows(examples, 160, 96, tok.pad_id)
-  assert packed["inputs_segment_ids"].max() >= 2  # rows really hold several examples
-  nll = jax.jit(lambda batch: objectives.loss_sums(params, batch, None, cfg, 0.0, 0.0, False)[2])
-  per_row = jax.vmap(lambda row: nll(jax.tree.map(lambda x: x[None], row)))
-  alone = per_row(pipeline.pad_rows(examples, 160, 96, tok.pad_id))  # one example per row
-  # each example's loss inside its packed row: mask the row's other segments out of the sum
-  got = []
-  for r in range(len(packed["inputs"])):
-    for seg in range(1, packed["targets_segment_ids"][r].max() + 1):
-      row = {k: v[r:r + 1] for k, v in packed.items()}
-      keep = row["targets_segment_ids"] == seg
-      got.append(float(nll({**row, "targets": np.where(
-          keep | (row["targets_segment_ids"] == 0), row["targets"], 0)})))
-  want = [float(alone[i]) for i in _packing_order(examples, packed)]
-  np.testing.assert_allclose(got, want, rtol=2e-5)
-  np.testing.assert_allclose(float(nll(packed)), float(np.sum(alone)), rtol=2e-5)
-
-
-def _packing_order(examples, packed):
-  """Indices of `examples` in the order pack_rows placed them (row by row, segment by segment)."""
-  key = {(a.tobytes(), b.tobytes()): i for i, (a, b) in enumerate(examples)}
-  order = []
-  for r in range(len(packed["inputs"])):
-    for seg in range(1, packed["targets_segment_ids"][r].max() + 1):
-      inp = packed["inputs"][r][packed["inputs_segment_ids"][r] == seg]
-      tgt = packed["targets"][r][packed["targets_segment_ids"][r] == seg]
-      order.append(key[(inp.tobytes(), tgt.tobytes())])
-  return order
 
 
 def test_packed_run_learns_with_less_padding_and_resumes_exactly(tmp_path):

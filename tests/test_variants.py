@@ -1,20 +1,127 @@
-"""Grouping variants from the literature, each against its defining property / a numpy reference:
-SimGQA, AsymGQA (unequal static groups), KDGQA / DGQA (key-norm allocation), PGQA (noise)."""
+"""The variants (wgqa_jax.variants): MHA -> GQA / MQA / WGQA against HF with numpy-pooled heads,
+fold, init; and the variants from the literature, each against its defining property / a numpy
+reference: SimGQA, AsymGQA (unequal static groups), KDGQA / DGQA (key-norm allocation), PGQA
+(noise)."""
+import copy
+
 import flax.linen as nn
 import jax
 import numpy as np
 import pytest
 
-from conftest import V10, batch, hf_logits
-from test_grouping import v10  # noqa: F401  (module fixture: tiny HF v1.0 + our MHA params)
-import copy
-
-from wgqa_jax import grouping, variants
+from conftest import V10, batch, hf_logits, make_hf_model
+from test_kv_merge import ref_mean_pool
+from wgqa_jax import kv_merge, params_io, variants
 from wgqa_jax import hf as hf_io
 from wgqa_jax.models import t5
 from wgqa_jax.models.t5_config import T5Config
 from wgqa_jax.variants import Grouping
 
+
+# ------------------------------------------- MHA -> each variant, against HF and numpy ----
+@pytest.fixture(scope="module")
+def v10():
+  hf = make_hf_model(V10)
+  cfg = hf_io.config_from_hf(hf.config.to_dict(), {})
+  sd = {k: v.numpy() for k, v in hf.state_dict().items()}
+  return hf, hf_io.hf_to_params(sd, cfg), cfg
+
+
+def _logits(params, cfg, seed=0):
+  ids, mask, dec = batch(cfg.vocab_size, seed=seed)
+  return np.asarray(t5.T5(cfg).apply({"params": params}, ids, dec, mask))
+
+
+def test_kv_heads_equal_heads_is_exactly_mha(v10):
+  _, params, cfg = v10
+  gparams, gcfg = variants.from_mha(params, cfg, "gqa", cfg.num_heads)
+  np.testing.assert_array_equal(_logits(gparams, gcfg), _logits(params, cfg))
+
+
+@pytest.mark.parametrize("variant,g", [("gqa", 2), ("mqa", None)])
+def test_gqa_mqa_conversion_equals_hf_with_numpy_pooled_heads(v10, variant, g):
+  """Our G-head model == HF T5 whose decoder K/V heads were mean-pooled by numpy and repeated."""
+  import torch
+  hf, params, cfg = v10
+  gparams, gcfg = variants.from_mha(params, cfg, variant, g)
+  g = gcfg.kv_heads
+  h, dk, d = cfg.num_heads, cfg.d_kv, cfg.d_model
+  ref = make_hf_model(V10)
+  ref.load_state_dict(hf.state_dict())
+  with torch.no_grad():
+    for name, p in ref.named_parameters():
+      if name.startswith("decoder.") and name.endswith((".k.weight", ".v.weight")):
+        w = p.numpy().T.reshape(d, h, dk)               # HF [out, in] -> (d, H, dk)
+        pooled = ref_mean_pool(w, g)
+        rep = np.stack([pooled[:, head // (h // g)] for head in range(h)], axis=1)
+        p.copy_(torch.tensor(rep.reshape(d, h * dk).T.astype(np.float32)))
+  ids, mask, dec = batch(cfg.vocab_size)
+  got = np.asarray(t5.T5(gcfg).apply({"params": gparams}, ids, dec, mask))
+  np.testing.assert_allclose(got, hf_logits(ref, ids, dec, mask), rtol=1e-5, atol=1e-5)
+  # The grouped model really holds G heads: K/V kernels are (d, G, dk).
+  assert gparams["decoder"]["layers_0"]["self_attention"]["k"].shape == (d, g, dk)
+  assert gparams["encoder"]["layers_0"]["attention"]["k"].shape == (d, h, dk)
+
+
+@pytest.mark.parametrize("g", [1, 2])
+def test_wgqa_with_weights_one_over_group_size_equals_gqa(v10, g):
+  _, params, cfg = v10
+  wparams, wcfg = variants.from_mha(params, cfg, "wgqa", g)
+  for stack, layer, module in variants.grouped_paths(wcfg):
+    for name in ("wk", "wv"):
+      wparams[stack][layer][module][name] = np.full((cfg.num_heads,), g / cfg.num_heads,
+                                                    np.float32)
+  gparams, gcfg = variants.from_mha(params, cfg, "gqa", g)
+  np.testing.assert_allclose(_logits(wparams, wcfg), _logits(gparams, gcfg), rtol=1e-5, atol=1e-5)
+
+
+def test_wgqa_init_half_with_two_heads_per_group_starts_at_gqa(v10):
+  _, params, cfg = v10  # 4 heads, G = 2: 0.5 * (K_a + K_b) is the mean
+  wparams, wcfg = variants.from_mha(params, cfg, "wgqa", 2)
+  gparams, gcfg = variants.from_mha(params, cfg, "gqa", 2)
+  np.testing.assert_allclose(_logits(wparams, wcfg), _logits(gparams, gcfg), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["wgqa", "randwgqa", "colwgqa", "colrandwgqa"])
+def test_folded_wgqa_equals_unfolded(v10, variant):
+  _, params, cfg = v10
+  wparams, wcfg = variants.from_mha(params, cfg, variant, 2, group_encoder=True, seed=3)
+  rng = np.random.RandomState(0)
+  for stack, layer, module in variants.grouped_paths(wcfg):  # as if uptrained: uneven weights
+    p = wparams[stack][layer][module]
+    p["wk"] = p["wk"] + rng.randn(*p["wk"].shape).astype(np.float32) * 0.3
+  fparams, fcfg = variants.fold(wparams, wcfg)
+  assert fcfg.grouping.weights == "none" and fcfg.kv_heads == 2
+  assert "wk" not in fparams["decoder"]["layers_0"]["cross_attention"]
+  assert fparams["encoder"]["layers_0"]["attention"]["k"].shape == (cfg.d_model, 2, cfg.d_kv)
+  params_io.check_params(fparams, fcfg)
+  np.testing.assert_allclose(_logits(fparams, fcfg), _logits(wparams, wcfg), rtol=1e-5,
+                             atol=1e-5)
+
+
+def test_randwgqa_init_is_standard_normal_and_row_col_shapes(v10):
+  _, params, cfg = v10
+  wparams, wcfg = variants.from_mha(params, cfg, "randwgqa", 2)
+  ws = np.concatenate([wparams[s][l][m][n] for s, l, m in variants.grouped_paths(wcfg)
+                       for n in ("wk", "wv")])
+  assert ws.shape == (2 * 2 * cfg.num_decoder_layers * cfg.num_heads,)
+  assert abs(ws.mean()) < 0.6 and 0.5 < ws.std() < 1.6  # 48 draws from N(0, 1)
+  cparams, _ = variants.from_mha(params, cfg, "colwgqa", 2)
+  w = cparams["decoder"]["layers_1"]["self_attention"]["wv"]
+  assert w.shape == (cfg.num_heads, cfg.d_kv) and np.all(w == 0.5)
+
+
+def test_flax_init_creates_the_same_tree_as_conversion(v10):
+  _, params, cfg = v10
+  for variant in ("gqa", "wgqa", "colrandwgqa"):
+    gparams, gcfg = variants.from_mha(params, cfg, variant, 2)
+    fresh = t5.init_params(gcfg, jax.random.PRNGKey(0))
+    assert jax.tree.map(np.shape, fresh) == jax.tree.map(np.shape, gparams)
+    if gcfg.grouping.weights != "none" and gcfg.grouping.weights_init == "constant":
+      assert np.all(np.asarray(fresh["decoder"]["layers_0"]["self_attention"]["wk"]) == 0.5)
+
+
+# ------------------------------------------------------- the variants from the literature ----
 
 def ref_allocate(norms, h):
   """Plain-python KDGQA allocation: one query each, the rest by largest remainder."""
@@ -52,9 +159,9 @@ def test_allocation_matches_reference():
     g = rng.randint(1, 6)
     h = g * rng.randint(1, 4) + rng.randint(0, 3)
     norms = rng.rand(g) + 0.01
-    got = np.asarray(grouping.allocate_queries(norms[None], h))[0]
+    got = np.asarray(kv_merge.allocate_queries(norms[None], h))[0]
     assert got.tolist() == ref_allocate(norms.tolist(), h)
-    idx = np.asarray(grouping.kv_index_from_counts(got[None], h))[0]
+    idx = np.asarray(kv_merge.kv_index_from_counts(got[None], h))[0]
     assert idx.tolist() == [i for i, n in enumerate(got) for _ in range(n)]
 
 
@@ -102,9 +209,9 @@ def test_equal_norms_allocate_like_gqa():
 
 def test_pgqa_noise_only_while_training():
   cfg = T5Config(d_model=16, d_kv=4, num_heads=6, dropout_rate=0.0,
-                 grouping=Grouping(kv_heads=2, noise=0.5))
+                 grouping=Grouping(kv_heads=2, attention_noise=0.5))
   attn, p, xq, xkv, bias = module(cfg)
-  plain = t5.attention(cfg.replace(grouping=cfg.grouping.replace(noise=0.0)), "decoder")
+  plain = t5.attention(cfg.replace(grouping=cfg.grouping.replace(attention_noise=0.0)), "decoder")
   np.testing.assert_array_equal(attn.apply({"params": p}, xq, xkv, bias),
                                 plain.apply({"params": p}, xq, xkv, bias))
   run = lambda seed: np.asarray(attn.apply({"params": p}, xq, xkv, bias, False,
@@ -135,7 +242,7 @@ def test_head_permutation_keeps_the_mha_function(v10):
   only_cross = copy.deepcopy(params)
   for (s, l, m), _ in cfg.attention_modules():
     if m == "cross_attention":
-      only_cross[s][l][m] = grouping.permute_heads(only_cross[s][l][m], [2, 0, 3, 1])
+      only_cross[s][l][m] = kv_merge.permute_heads(only_cross[s][l][m], [2, 0, 3, 1])
   np.testing.assert_allclose(_logits(only_cross, cfg), _logits(params, cfg), rtol=1e-5, atol=1e-5)
 
 
@@ -143,9 +250,9 @@ def test_similarity_groups_put_identical_heads_together():
   rng = np.random.RandomState(0)
   base = rng.randn(8, 4, 3)
   q = base[:, [0, 1, 2, 3, 0, 2, 1, 3]] + 1e-3 * rng.randn(8, 8, 3)  # twins: (0,4) (1,6) (2,5) (3,7)
-  groups = grouping.similarity_groups(q, 4)
+  groups = kv_merge.similarity_groups(q, 4)
   assert sorted(groups) == [[0, 4], [1, 6], [2, 5], [3, 7]]
-  sim = grouping.query_similarity(q)
+  sim = kv_merge.query_similarity(q)
   assert np.allclose(np.diag(sim), 1.0) and sim[0, 4] > 0.99
 
 
@@ -154,7 +261,7 @@ def test_simgqa_conversion_pools_similar_heads(v10):
   sparams, scfg = variants.from_mha(params, cfg, "simgqa", 2)
   for s, l, m in variants.grouped_paths(scfg):
     p = params[s][l][m]
-    groups = grouping.similarity_groups(p["q"], 2)
+    groups = kv_merge.similarity_groups(p["q"], 2)
     order = [h for grp in groups for h in grp]
     np.testing.assert_allclose(sparams[s][l][m]["q"], p["q"][:, order])
     np.testing.assert_allclose(sparams[s][l][m]["o"], p["o"][order])

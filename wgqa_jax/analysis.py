@@ -23,12 +23,6 @@ flags.DEFINE_string("out", None, "output directory", flag_values=FLAGS)
 flags.DEFINE_string("metric", "eval/rougeLsum", "eval metric of the curves", flag_values=FLAGS)
 
 
-def wgqa_weights(params) -> np.ndarray:
-  """All WGQA weights of a params tree, flattened (empty if the model has none)."""
-  leaves = [np.asarray(v).ravel() for _, v in sorted(variants.weights_of(params).items())]
-  return np.concatenate(leaves) if leaves else np.zeros(0, np.float32)
-
-
 def weights_by_step(workdir: str) -> dict[int, np.ndarray]:
   """{step: flat WGQA weights} for every checkpoint kept in workdir/checkpoints that verifies
   (wgqa_jax.checkpoints; one that does not is skipped with a warning, and left where it is)."""
@@ -43,7 +37,7 @@ def weights_by_step(workdir: str) -> dict[int, np.ndarray]:
     if problem:
       print(f"warning: checkpoint step {step} {problem}; skipped")
       continue
-    out[int(step)] = wgqa_weights(restored[0]["params"])
+    out[int(step)] = variants.weights_flat(restored[0]["params"])
   ckpts.mngr.close()
   return out
 

@@ -12,7 +12,7 @@ the merged R*t rows, benchmarks/attention_layout.py, so we keep the merged form.
   grouped kernels are weighted sums formed on the fly. `variants.fold` bakes the weights in.
 - unequal groups (AsymGQA sizes, KDGQA/DGQA key-norm allocation): each query head gathers its KV
   head (activations only).
-- PGQA `noise`: Gaussian noise subtracted from the logits while training.
+- PGQA `attention_noise`: Gaussian noise subtracted from the logits while training.
 
 T5 uses none of the two position options (its init absorbs 1/sqrt(d), its position bias is
 additive and comes from the caller); Llama sets `query_scale` = head_dim^-0.5 and `rope_theta`
@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wgqa_jax import grouping as G_math
+from wgqa_jax import kv_merge
 from wgqa_jax.ops import dense
 from wgqa_jax.sharding import constrain
 from wgqa_jax.variants import MHA, Grouping
@@ -70,7 +70,7 @@ class Attention(nn.Module):
     self.v = self.param("v", part(normal(d ** -0.5), kv_axes), kv_shape, pdt)
     if weighted:
       grp = self.grouping
-      shape = G_math.wgqa_weight_shape(grp.weights, h, dk)
+      shape = kv_merge.wgqa_weight_shape(grp.weights, h, dk)
       axes = ("heads",) if grp.weights == "row" else ("heads", "kv")
       init = (nn.initializers.normal(stddev=1.0) if grp.weights_init == "normal"
               else nn.initializers.constant(grp.weights_init_value))
@@ -87,7 +87,7 @@ class Attention(nn.Module):
     if self.grouping.weights == "none":
       return self.k, self.v
     g = self.num_kv_heads
-    return (G_math.weighted_sum(self.k, self.wk, g), G_math.weighted_sum(self.v, self.wv, g))
+    return (kv_merge.weighted_sum(self.k, self.wk, g), kv_merge.weighted_sum(self.v, self.wv, g))
 
   def project_kv(self, inputs_kv, positions=None):
     """(b, s, d_model) -> K, V each (b, s, G, d_kv): what a decode cache stores (K rotated when
@@ -124,10 +124,10 @@ class Attention(nn.Module):
     return self._out(out.reshape(b, g, r, t, dk).transpose(0, 3, 1, 2, 4).reshape(b, t, h, dk))
 
   def _softmax(self, logits, deterministic):
-    if self.grouping.noise > 0 and not deterministic:
+    if self.grouping.attention_noise > 0 and not deterministic:
       # PGQA: perturb the attention maps of the grouped modules while uptraining.
-      logits = logits - self.grouping.noise * jax.random.normal(self.make_rng("dropout"),
-                                                                logits.shape)
+      noise = jax.random.normal(self.make_rng("dropout"), logits.shape)
+      logits = logits - self.grouping.attention_noise * noise
     weights = jax.nn.softmax(logits, axis=-1)
     return self.dropout(weights, deterministic=deterministic)
 
@@ -144,8 +144,8 @@ class Attention(nn.Module):
       norms = jnp.sqrt(jnp.sum(jnp.square(k.astype(jnp.float32)), axis=(1, 3)))  # (b, G)
     else:  # DGQA: the K kernels, which move as uptraining goes on
       norms = jnp.sqrt(jnp.sum(jnp.square(self.grouped_kv_kernels()[0]), axis=(0, 2)))  # (G,)
-    counts = G_math.allocate_queries(jax.lax.stop_gradient(norms), h)
-    return G_math.kv_index_from_counts(counts, h)
+    counts = kv_merge.allocate_queries(jax.lax.stop_gradient(norms), h)
+    return kv_merge.kv_index_from_counts(counts, h)
 
   def _attend_gathered(self, q, k, v, bias, deterministic):
     """Unequal groups: gather each query head's KV head (activations only; caches keep G)."""

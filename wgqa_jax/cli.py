@@ -1,4 +1,5 @@
-"""The one convention of every entry point (train, convert, evaluate, sweep, analysis).
+"""The one convention of every entry point (train, evaluate, convert, sweep, analysis, plan,
+prepare_corpus, local_tfds).
 
 - absl flags, `--name=value`; configs as `--config=FILE[:ARG]` plus `--config.section.key=value`.
 - Each module owns its flag set (so train, sweep and evaluate can be imported together), and
@@ -42,7 +43,8 @@ def parse(fv: flags.FlagValues, argv: list[str] | None, prog: str) -> flags.Flag
   """Parse argv (without the program name; None: sys.argv[1:]) into fv, afresh each call."""
   argv = sys.argv[1:] if argv is None else list(argv)
   if "--help" in argv or "-h" in argv:
-    print(f"usage: python -m {prog} [flags]\n\n{fv.get_help()}")
+    command = f"python {prog}" if prog.endswith(".py") else f"python -m {prog}"
+    print(f"usage: {command} [flags]\n\n{fv.get_help()}")
     raise SystemExit(0)
   fv.unparse_flags()
   # ml_collections' config flags find their --config.KEY overrides in sys.argv, not in the list

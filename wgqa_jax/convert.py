@@ -86,9 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"re-grouping {cfg.grouping.describe(cfg.num_heads)} through its MHA equivalent")
     params, cfg = variants.expand_to_mha(params, cfg)
   if a.variant:
-    params, cfg = variants.from_mha(
-        params, cfg, a.variant, a.kv_heads, group_encoder=a.group_encoder, seed=a.seed,
-        group_sizes=[int(x) for x in a.group_sizes] if a.group_sizes else None)
+    flags_ = {"group_encoder": a.group_encoder,
+              "group_sizes": [int(x) for x in a.group_sizes] if a.group_sizes else None}
+    params, cfg = variants.from_mha(params, cfg, a.variant, a.kv_heads, seed=a.seed,
+                                    **variants.options(flags_))
   if a.fold:
     params, cfg = variants.fold(params, cfg)
   n = sum(np.size(v) for v in params_io.flatten(params).values())

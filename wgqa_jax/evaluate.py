@@ -20,12 +20,11 @@ import time
 
 from absl import flags
 import jax
-import numpy as np
-from tqdm import tqdm
 
-from wgqa_jax import (cli, data, decode, decode_causal, generation, metrics, models, params_io,
-                      pipeline, sharding, tokenizers, variants, workdir as workdir_lib)
-from wgqa_jax.generation import GenerationConfig
+from wgqa_jax import (cli, data, decoding, metrics, params_io, pipeline, tokenizers, variants,
+                      workdir as workdir_lib)
+from wgqa_jax.decoding import settings as generation_settings_file
+from wgqa_jax.decoding.settings import GenerationConfig
 from wgqa_jax.train_config import base_config
 
 FLAGS = cli.flag_set()
@@ -107,35 +106,6 @@ def resolve(checkpoint: str) -> tuple[str, dict]:
                           f"wgqa_jax params dir nor a HF T5 / Llama directory")
 
 
-def decode_batches(params, cfg, split, tokenizer, batch_size: int, gen: GenerationConfig,
-                   mesh=None, desc: str | None = None, rng=None):
-  """Yield (batch on devices, its detokenized predictions) over a tokenized split, in order,
-  decoded as `gen` says (the first of num_return_sequences per input). The last batch is padded
-  to batch_size; its padding rows get all-pad targets (they weigh nothing in a loss) and no
-  prediction.
-
-  mesh: place batches sharded over its data axis (train); desc: show a progress bar."""
-  generate = decode_causal.generate_from_rows if models.is_causal(cfg) else decode.generate
-  batches = pipeline.eval_batches(split, batch_size)
-  if desc:
-    batches = tqdm(batches, desc=desc, total=-(-len(split) // batch_size), leave=False)
-  for b in batches:
-    valid = b.pop("valid")
-    b["targets"] = np.where(valid[:, None], b["targets"], 0)
-    if mesh is not None:
-      b = sharding.put_batch(b, mesh)
-    out = generate(params, b["inputs"], cfg, gen, rng)
-    rows = sharding.to_host(out)[::gen.num_return_sequences]
-    yield b, [tokenizer.decode(r) for r, v in zip(rows, valid) if v]
-
-
-def predict(params, cfg, split, tokenizer, batch_size: int, gen: GenerationConfig,
-            desc: str | None = None, rng=None) -> list[str]:
-  """Every example's prediction, in order."""
-  return [p for _, texts in decode_batches(params, cfg, split, tokenizer, batch_size, gen,
-                                           desc=desc, rng=rng) for p in texts]
-
-
 def generation_config(a, settings: dict, task: str, default_max: int) -> GenerationConfig:
   """The checkpoint's settings for `task`, flags overriding; max_new_tokens from the flag, the
   settings' max_length, or the run's target length, in that order."""
@@ -143,7 +113,7 @@ def generation_config(a, settings: dict, task: str, default_max: int) -> Generat
   if "early_stopping" in overrides:
     overrides["early_stopping"] = {"true": True, "false": False}.get(
         overrides["early_stopping"], "never")
-  gen = generation.for_task(settings, task, **overrides)
+  gen = generation_settings_file.for_task(settings, task, **overrides)
   known = {**settings.get("generation_config", {}),
            **settings.get("task_specific_params", {}).get(task, {})}
   if a.max_decode_length:
@@ -186,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(f"{k}={v}" for k, v in changed.items()))
 
   t0 = time.time()
-  preds = predict(params, cfg, split, tokenizer, a.batch_size, gen, desc="decode",
+  preds = decoding.predict(params, cfg, split, tokenizer, a.batch_size, gen, desc="decode",
                   rng=jax.random.PRNGKey(a.seed))
   seconds = time.time() - t0
   refs = [t for _, t in pairs]

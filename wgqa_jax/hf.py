@@ -27,7 +27,8 @@ from typing import Any, Iterator, NamedTuple
 import numpy as np
 from flax import traverse_util
 
-from wgqa_jax import cli, generation, variants
+from wgqa_jax import cli, variants
+from wgqa_jax.decoding import settings as generation_settings_file
 from wgqa_jax import models
 from wgqa_jax.models.llama_config import LlamaConfig
 from wgqa_jax.models.t5_config import T5Config
@@ -101,13 +102,13 @@ def llama_table(cfg: LlamaConfig) -> Iterator[Row]:
 
 
 def table(cfg) -> Iterator[Row]:
-  return llama_table(cfg) if isinstance(cfg, LlamaConfig) else t5_table(cfg)
+  return llama_table(cfg) if models.is_causal(cfg) else t5_table(cfg)
 
 
 def _hf_holds(cfg) -> bool:
   """Whether HF's architecture can hold cfg's grouping as it is: T5 only MHA heads, Llama
   plain equal groups (num_key_value_heads)."""
-  if isinstance(cfg, LlamaConfig):
+  if models.is_causal(cfg):
     g = cfg.grouping
     return g.weights == "none" and not g.unequal and g.allocation == "static"
   return variants.is_mha(cfg)
@@ -191,7 +192,7 @@ def hf_to_params(sd: Mapping[str, Any], cfg) -> dict:
 def exportable(params, cfg):
   """(params, cfg) in the grouping HF holds: T5 expanded to MHA heads; Llama with WGQA weights
   folded, its G heads kept (a native GQA checkpoint)."""
-  if isinstance(cfg, LlamaConfig):
+  if models.is_causal(cfg):
     params, cfg = variants.fold(params, cfg)
     if not _hf_holds(cfg):
       raise ValueError(f"{cfg.grouping.describe(cfg.num_heads)}: HF Llama holds equal groups "
@@ -319,11 +320,12 @@ def _weight_files(path: str) -> list[str]:
 
 
 def config_from_hf(hf_cfg: dict[str, Any], sd: dict[str, Any]):
-  """The model config of a HF checkpoint, by its model_type: LlamaConfig, or T5Config. transformers >= 5 writes tie_word_embeddings=true even for an
-  untied v1.1 model and saves lm_head.weight only when it differs from the embedding, so the
-  weights, not the config, say whether the output projection is shared."""
+  """The model config of a HF checkpoint, by its model_type: LlamaConfig, or T5Config.
+  transformers >= 5 writes tie_word_embeddings=true even for an untied v1.1 model and saves
+  lm_head.weight only when it differs from the embedding, so the weights, not the config, say
+  whether a T5 output projection is shared."""
   cfg = models.config_from_hf(hf_cfg)
-  if isinstance(cfg, LlamaConfig):
+  if models.is_causal(cfg):
     return cfg
   head, shared = sd.get("lm_head.weight"), sd.get("shared.weight")
   if (cfg.tie_word_embeddings and head is not None and shared is not None
@@ -340,10 +342,10 @@ def from_hf(path_or_id: str):
 
 
 def generation_settings(path_or_id: str) -> dict[str, Any]:
-  """A HF checkpoint's generation settings (wgqa_jax.generation.from_hf_dir)."""
+  """A HF checkpoint's generation settings (wgqa_jax.decoding.settings.from_hf_dir)."""
   path = resolve_hf_dir(path_or_id)
   with open(os.path.join(path, "config.json")) as f:
-    return generation.from_hf_dir(path, json.load(f))
+    return generation_settings_file.from_hf_dir(path, json.load(f))
 
 
 def save_hf(params, cfg, out_dir: str, generation_settings: dict | None = None) -> None:

@@ -17,9 +17,12 @@ datasets: CNN/DailyMail articles ~690 (train 287,113), highlights ~52; Multi-New
 from __future__ import annotations
 
 import os
-import sys
 
+
+from absl import flags
 import numpy as np
+
+from wgqa_jax import cli
 
 # dataset -> (TFDS name, builder config, median words of input, of target, sizes per split)
 SHAPES = {
@@ -113,15 +116,22 @@ def build(dataset: str, data_dir: str, sizes: dict[str, int] | None = None,
   return builder.data_dir
 
 
-def main(argv=None) -> int:
-  import argparse
-  p = argparse.ArgumentParser(prog="python -m wgqa_jax.local_tfds", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--dataset", choices=sorted(SHAPES), default="cnn_dailymail")
-  p.add_argument("--data_dir", required=True)
-  p.add_argument("--train", type=int, default=None, help="train examples (default: the real count)")
-  p.add_argument("--eval", type=int, default=None, help="validation and test examples")
-  a = p.parse_args(argv)
+FLAGS = cli.flag_set()
+flags.DEFINE_enum("dataset", "cnn_dailymail", sorted(SHAPES), "the dataset whose shape to build",
+                  flag_values=FLAGS)
+flags.DEFINE_string("data_dir", None, "TFDS data_dir to build into", flag_values=FLAGS)
+flags.DEFINE_integer("train", None, "train examples (default: the real count)", flag_values=FLAGS)
+flags.DEFINE_integer("eval", None, "validation and test examples (default: the real counts)",
+                     flag_values=FLAGS)
+
+
+def main(argv: list[str] | None = None) -> int:
+  a = cli.parse(FLAGS, argv, "wgqa_jax.local_tfds")
+  if not a.data_dir:
+    raise ValueError("pass --data_dir=DIR")
+  for name in ("train", "eval"):
+    if a[name].value is not None and a[name].value < 1:
+      raise ValueError(f"--{name}={a[name].value}: must be positive")
   sizes = dict(SHAPES[a.dataset][4])
   if a.train is not None:
     sizes["train"] = a.train
@@ -132,4 +142,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.run(main, FLAGS)

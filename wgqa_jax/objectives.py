@@ -1,14 +1,14 @@
 """Training losses per model family, as sums over tokens (the train step divides by the token
 count, so gradient accumulation and packing weigh every token alike).
 
-- seq2seq (T5): the decoder predicts `targets` from `inputs`; loss on the target tokens.
-- causal (decoder-only): each example is one sequence `[BOS] input EOS target EOS`
+- t5 (encoder-decoder): the decoder predicts `targets` from `inputs`; loss on the target tokens.
+- llama (decoder-only): each example is one sequence `[BOS] input EOS target EOS`
   (wgqa_jax.causal_view); next-token loss on every token ("all": language modelling on the
   text) or on the target tokens only ("answer": instruction-style tuning). Eval loss is always
   the answer's, the same quantity T5 reports.
-- causal, pretraining (data.objective=causal_lm): rows of documents already are sequences
+- llama, pretraining (data.objective=causal_lm): rows of documents already are sequences
   ({tokens, segment_ids, positions}: wgqa_jax.text_rows); loss on every token.
-- span corruption (T5 pretraining) is seq2seq: its rows are inputs and targets.
+- span corruption (T5 pretraining) is T5's loss: its rows are inputs and targets.
 """
 from __future__ import annotations
 
@@ -34,19 +34,20 @@ def token_loss_sums(logits, labels, weights, label_smoothing: float, z_loss: flo
   return (loss * weights).sum(), weights.sum(), (nll * weights).sum()
 
 
-def seq2seq_loss_sums(params, batch, rng, cfg, label_smoothing, z_loss, train):
+def t5_loss_sums(params, batch, rng, cfg, label_smoothing, z_loss, train):
   targets, inputs = batch["targets"], batch["inputs"]
   enc_seg, dec_seg = batch.get("inputs_segment_ids"), batch.get("targets_segment_ids")  # packed
   dec_in = t5.shift_right(targets, cfg.decoder_start_token_id, cfg.pad_token_id, dec_seg)
   logits = t5.T5(cfg).apply(
       {"params": layers.module_params(params, cfg)}, inputs, dec_in,
       (inputs != cfg.pad_token_id).astype(jnp.int32), deterministic=not train,
-      rngs={"dropout": rng} if train else None, encoder_segment_ids=enc_seg, decoder_segment_ids=dec_seg)
+      rngs={"dropout": rng} if train else None, encoder_segment_ids=enc_seg,
+      decoder_segment_ids=dec_seg)
   weights = (targets != cfg.pad_token_id).astype(jnp.float32)
   return token_loss_sums(logits, targets, weights, label_smoothing, z_loss)
 
 
-def causal_loss_sums(params, batch, cfg, label_smoothing, z_loss, loss_on: str):
+def llama_loss_sums(params, batch, cfg, label_smoothing, z_loss, loss_on: str):
   # rows of documents are sequences already; rows of pairs are compacted into sequences
   s = batch if "tokens" in batch else causal_view.sequences(batch, cfg.eos_token_id)
   seg = s["segment_ids"]
@@ -65,10 +66,10 @@ def loss_sums(params, batch, rng, cfg, label_smoothing: float, z_loss: float, tr
   """(sum of token losses, number of loss tokens, sum of log-likelihood-only losses) of `cfg`'s
   family. loss_on: decoder-only only, "all" (default) or "answer"."""
   if models.is_causal(cfg):
-    return causal_loss_sums(params, batch, cfg, label_smoothing, z_loss, loss_on or "all")
+    return llama_loss_sums(params, batch, cfg, label_smoothing, z_loss, loss_on or "all")
   if loss_on is not None:
     raise ValueError(f"loss_on={loss_on!r} is for decoder-only models; T5 trains on its targets")
-  return seq2seq_loss_sums(params, batch, rng, cfg, label_smoothing, z_loss, train)
+  return t5_loss_sums(params, batch, rng, cfg, label_smoothing, z_loss, train)
 
 
 def eval_loss_on(cfg) -> str | None:

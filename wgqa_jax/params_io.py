@@ -1,6 +1,6 @@
 """Our params directory: `params.safetensors` (keys are '/'-joined tree paths),
 `wgqa_config.json` (the model config) and, when known, `generation.json` (the checkpoint's
-generation settings, wgqa_jax.generation), written by `save` and read by `load`.
+generation settings, wgqa_jax.decoding.settings), written by `save` and read by `load`.
 
 Verified: `save` writes a CRC-32 of every tensor into the safetensors header, and every read
 checks it and that the values are finite, so a damaged file is refused in one line instead of
@@ -19,7 +19,8 @@ import zlib
 import numpy as np
 from flax import traverse_util
 
-from wgqa_jax import generation, models
+from wgqa_jax import models
+from wgqa_jax.decoding import settings as generation_settings_file
 from wgqa_jax.tensor_files import SafetensorsFile
 
 CONFIG_FILE = "wgqa_config.json"
@@ -55,13 +56,13 @@ def save(params, cfg, out_dir: str, generation_settings: dict | None = None) -> 
               metadata={CHECKSUMS: json.dumps({k: crc32(v) for k, v in flat.items()})})
     cfg.save(os.path.join(tmp, CONFIG_FILE))
     if generation_settings:
-      generation.save(generation_settings, tmp)
+      generation_settings_file.save(generation_settings, tmp)
 
 
 def generation_settings_any(path_or_id: str) -> dict:
   """The generation settings kept with our params dir or a HF checkpoint ({} if none)."""
   if is_params_dir(path_or_id):
-    return generation.load(path_or_id)
+    return generation_settings_file.load(path_or_id)
   from wgqa_jax import hf
   return hf.generation_settings(path_or_id)
 

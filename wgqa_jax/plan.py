@@ -57,15 +57,15 @@ def use_fake_devices(n: int) -> None:
     pass
 
 
-def model_config(c):
+def model_config(c, source_cfg):
   """The model config the run would train, from shapes alone: the source's (preset, our params
   dir, HF config.json), grouped as the config says, with the run's numerics and layer options.
   The planned program is the accelerator's: no CPU-only matmul layout."""
   from wgqa_jax import train, variants
-  cfg = train.source_config(c)
+  cfg = source_cfg
   if variants.is_mha(cfg):
     cfg = variants.grouped_config(cfg, c.grouping.variant, c.grouping.kv_heads,
-                                  **train.grouping_options(c))
+                                  **variants.options(c.grouping))
   cfg = train.for_training(train.with_run_numerics(cfg, c), c)
   return cfg.replace(transpose_weight_grad_on_cpu=False)
 
@@ -88,11 +88,12 @@ def abstract_batch(c, mesh):
 def plan(c, device_memory_gib: float = 80.0, usable_fraction: float = 0.9) -> dict:
   """Compile the train step of config `c` on this process's devices; the planner's result."""
   import jax
-  from wgqa_jax import train, train_step
+  from wgqa_jax import model_source, train, train_step
   from wgqa_jax.train_config import validate
   validate(c)
-  train.check_model(c)
-  cfg = model_config(c)
+  source = model_source.open_source(c.model, weights=False)  # a hub id: config.json alone
+  train.check_model(c, source.cfg)
+  cfg = model_config(c, source.cfg)
   mesh = train.make_mesh(c)
   tx, _ = train_step.make_optimizer(c.optim, c.optim.num_train_steps or 1000)
   shardings = train_step.state_shardings(cfg, tx, mesh)
@@ -112,7 +113,7 @@ def plan(c, device_memory_gib: float = 80.0, usable_fraction: float = 0.9) -> di
       math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(tree))
   usable = device_memory_gib * usable_fraction * GIB
   return {
-      "model": f"{c.model.arch if c.model.init_from == 'tiny-random' else c.model.init_from}",
+      "model": c.model.arch if source.is_random else c.model.init_from,
       "grouping": cfg.grouping.describe(cfg.num_heads),
       "params": n_params,
       "mesh": dict(mesh.shape),

@@ -22,7 +22,6 @@ import glob
 import gzip
 import json
 import os
-import sys
 
 from absl import flags
 from tqdm import tqdm

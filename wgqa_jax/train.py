@@ -38,10 +38,11 @@ from ml_collections import config_flags
 import numpy as np
 from tqdm import tqdm
 
-from wgqa_jax import (analysis, checkpoints, cli, corpora, data, generation, metrics, models,
-                      params_io, pipeline, sharding, span_corruption, streaming, text_rows,
-                      tokenizers, train_step as step_lib, variants, workdir as workdir_lib)
-from wgqa_jax import evaluate as evaluate_lib
+from wgqa_jax import (checkpoints, cli, corpora, data, decoding, metrics, models, params_io,
+                      pipeline, sharding, span_corruption, streaming, text_rows, tokenizers,
+                      train_step as step_lib, variants, workdir as workdir_lib)
+from wgqa_jax import model_source as model_source_lib
+from wgqa_jax.model_source import ModelSource, open_source
 from wgqa_jax.train_config import resume_differences, validate
 
 FLAGS = cli.flag_set()
@@ -70,26 +71,6 @@ class Preempted(cli.Failure):
     self.metrics = metrics
 
 
-def generation_settings(c: ml_collections.ConfigDict) -> dict:
-  """The generation settings best/ and final/ keep: the checkpoint's, or the offline default."""
-  if c.model.init_from == "tiny-random":
-    return generation.OFFLINE_DEFAULT
-  return params_io.generation_settings_any(c.model.init_from)
-
-
-def source_config(c: ml_collections.ConfigDict):
-  """The model config of model.init_from, read without its weights."""
-  if c.model.init_from == "tiny-random":
-    return models.preset(c.model.arch)
-  return params_io.load_config_any(c.model.init_from)
-
-
-def grouping_options(c: ml_collections.ConfigDict) -> dict:
-  """The grouping section's options, as variants' grouping / converter functions take them."""
-  g = c.grouping
-  return dict(group_encoder=g.group_encoder, group_sizes=g.group_sizes, noise=g.attention_noise)
-
-
 def with_run_numerics(cfg, c: ml_collections.ConfigDict):
   """cfg with the run's compute dtype and, when set, dropout (what best/ and final/ keep)."""
   changes = dict(dtype=c.model.dtype)
@@ -103,9 +84,10 @@ def for_training(cfg, c: ml_collections.ConfigDict):
   return cfg.replace(remat=c.model.remat, scan_layers=c.model.scan_layers)
 
 
-def check_model(c: ml_collections.ConfigDict) -> None:
-  """Fail now (nothing written yet) if the variant or the objective does not fit the model."""
-  src, g = source_config(c), c.grouping
+def check_model(c: ml_collections.ConfigDict, src) -> None:
+  """Fail now (nothing written yet) if the variant or the objective does not fit the model
+  (src: the model config of model.init_from)."""
+  g = c.grouping
   if c.optim.loss_on is not None and not models.is_causal(src):
     raise ValueError(f"config.optim.loss_on={c.optim.loss_on!r}: T5 always trains on its "
                      f"targets; loss_on is for decoder-only models")
@@ -114,11 +96,11 @@ def check_model(c: ml_collections.ConfigDict) -> None:
   if causal is not None and causal != models.is_causal(src):
     family = "decoder-only" if models.is_causal(src) else "T5 (encoder-decoder)"
     right = "causal_lm" if models.is_causal(src) else "span_corruption"
-    model = c.model.arch if c.model.init_from == "tiny-random" else c.model.init_from
+    model = c.model.arch if c.model.init_from == model_source_lib.RANDOM else c.model.init_from
     raise ValueError(f"config.data.objective={objective!r} does not fit {model} ({family}): "
                      f"use data.objective={right} (or pairs)")
   if variants.is_mha(src):
-    variants.get(g.variant).grouping(src.num_heads, g.kv_heads, **grouping_options(c))
+    variants.get(g.variant).grouping(src.num_heads, g.kv_heads, **variants.options(g))
 
 
 def check_resume(c: ml_collections.ConfigDict, workdir: str) -> None:
@@ -134,52 +116,42 @@ def check_resume(c: ml_collections.ConfigDict, workdir: str) -> None:
                      f"keep: {'; '.join(diffs)}. To start fresh, pass another --workdir.")
 
 
-def open_model_source(c: ml_collections.ConfigDict):
-  """The checkpoint model.init_from names, opened (headers, shapes, config; weights are read
-  later, tensor by tensor), or None for a random init: a damaged checkpoint fails here, before
-  the workdir is written."""
-  if c.model.init_from == "tiny-random":
-    return None
-  return streaming.open_source(c.model.init_from)
-
-
-def build_model(c: ml_collections.ConfigDict, tokenizer, mesh, source=None):
+def build_model(c: ml_collections.ConfigDict, tokenizer, mesh, source: ModelSource):
   """(params placed on `mesh` as the state shards them, model config): a random init or a
   checkpoint read tensor by tensor (wgqa_jax.streaming), converted to the variant one attention
-  module at a time, never whole in host memory. source: open_model_source(c), if opened."""
+  module at a time, never whole in host memory."""
   m, g = c.model, c.grouping
   vocab_size = tokenizer.vocab_size
-  if m.init_from == "tiny-random":
-    arch = models.preset(m.arch)
+  if source.is_random:
+    arch = source.cfg
     ids = dict(pad_token_id=tokenizer.pad_id, eos_token_id=tokenizer.eos_id,
                bos_token_id=(tokenizer.prefix or (tokenizer.eos_id,))[0]) \
         if models.is_causal(arch) else {}  # a random decoder-only model takes the data's ids
     cfg = arch.replace(vocab_size=max(vocab_size, arch.vocab_size), **ids)
-    source = streaming.MemorySource(
+    reader = streaming.MemorySource(
         jax.device_get(models.module_of(cfg).init_params(cfg, jax.random.PRNGKey(c.seed))), cfg)
   else:
-    source = source or streaming.open_source(m.init_from)
-    cfg = source.cfg
+    reader, cfg = source.reader, source.cfg
   if vocab_size > cfg.vocab_size:
     raise ValueError(f"tokenizer {c.data.tokenizer!r} has {vocab_size} ids but the model only "
                      f"{cfg.vocab_size} embeddings")
   if models.is_causal(cfg) and tokenizer.eos_id != cfg.eos_token_id:
     raise ValueError(f"tokenizer {c.data.tokenizer!r} ends examples with id {tokenizer.eos_id} "
                      f"but the model's eos_token_id is {cfg.eos_token_id}: train with the "
-                     f"checkpoint's own tokenizer (config.data.tokenizer={m.init_from})")
+                     f"checkpoint's own tokenizer (config.data.tokenizer="
+                     f"{source.tokenizer or m.init_from})")
   convert = None
   if variants.is_mha(cfg):  # a grouped params dir is uptrained as it is
-    cfg, convert = variants.converter(cfg, g.variant, g.kv_heads, **grouping_options(c),
+    cfg, convert = variants.converter(cfg, g.variant, g.kv_heads, **variants.options(g),
                                       seed=c.seed)
   cfg = with_run_numerics(cfg, c)
-  params = streaming.load_sharded(source, cfg, step_lib.param_shardings(cfg, mesh), convert,
-                                  desc=None if m.init_from == "tiny-random" else
-                                  f"loading {m.init_from}")
+  params = streaming.load_sharded(reader, cfg, step_lib.param_shardings(cfg, mesh), convert,
+                                  desc=None if source.is_random else f"loading {m.init_from}")
   return params, cfg
 
 
 def wgqa_weight_stats(params) -> dict[str, float]:
-  ws = analysis.wgqa_weights(params)
+  ws = variants.weights_flat(params)
   if not len(ws):
     return {}
   return {"wgqa/mean": float(ws.mean()), "wgqa/std": float(ws.std()),
@@ -460,10 +432,10 @@ def run_eval(params, cfg, c, split, tokenizer, mesh, eval_step) -> tuple[dict, l
       nll, n = nll + float(b_nll), n + float(b_n)
     loss = nll / max(n, 1.0)
     return {"eval/loss": loss, "eval/perplexity": float(np.exp(min(loss, 80.0)))}, []
-  gen = generation.GenerationConfig(
+  gen = decoding.GenerationConfig(
       max_new_tokens=c.eval.max_decode_length or c.data.max_target_length)
-  for batch, texts in evaluate_lib.decode_batches(params, cfg, split, tokenizer,
-                                                  c.eval.batch_size, gen, mesh=mesh):
+  for batch, texts in decoding.decode_batches(params, cfg, split, tokenizer, c.eval.batch_size,
+                                              gen, mesh=mesh):
     b_nll, b_n = eval_step(params, batch)
     nll, n, preds = nll + float(b_nll), n + float(b_n), preds + texts
   scores = metrics.score(preds, [t for _, t in split.texts], data.metric_of(c.data.dataset))
@@ -513,11 +485,11 @@ def _train(c, workdir: str, stop_after: int | None, lock: workdir_lib.Lock,
   variant = variants.get(c.grouping.variant)
   workdir = os.path.abspath(workdir)
   check_resume(c, workdir)
-  check_model(c)
+  model_source = open_source(c.model)  # a damaged checkpoint fails here
+  check_model(c, model_source.cfg)
   mesh = make_mesh(c)
   train_source, eval_source = open_sources(c)
   tokenizer = open_tokenizer(c, workdir)  # None until trained (sentencepiece), below
-  model_source = open_model_source(c)
   if is_main_process():
     lock.acquire()  # creates the workdir
   os.makedirs(workdir, exist_ok=True)
@@ -533,18 +505,20 @@ def _train(c, workdir: str, stop_after: int | None, lock: workdir_lib.Lock,
 
   # ---- model, sharded state ----
   params, cfg = build_model(c, tokenizer, mesh, model_source)
-  del model_source
+  settings = model_source.generation_settings
+  del model_source  # its memory-mapped files
   train_cfg = for_training(cfg, c)
   tx, schedule = step_lib.make_optimizer(c.optim, total_steps)
   state_shard = step_lib.state_shardings(cfg, tx, mesh)
   state = step_lib.init_state(params, tx, state_shard)
   del params
   n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
+  source_kind = ("examples" if c.data.objective == "pairs"
+                 else f"documents of {corpora.describe(c.data.dataset)}")
   say(f"model: {c.grouping.variant}: {cfg.grouping.describe(cfg.num_heads)}, "
       f"{n_params / 1e6:.2f}M params | mesh {dict(mesh.shape)} | {total_steps} steps of "
-      f"{c.optim.batch_size} {rows_kind(c)} from {len(train_source)} "
-      f"{'documents of ' + corpora.describe(c.data.dataset) if c.data.objective != 'pairs' else 'examples'}"
-      f" | workdir {workdir}")
+      f"{c.optim.batch_size} {rows_kind(c)} from {len(train_source)} {source_kind} "
+      f"| workdir {workdir}")
   preempted.check_startup(workdir)  # the model is built: the last stop before files open
 
   # ---- checkpoints: resume from the newest good one, if any ----
@@ -564,7 +538,6 @@ def _train(c, workdir: str, stop_after: int | None, lock: workdir_lib.Lock,
   eval_step = step_lib.make_eval_step(train_cfg)
   writer = MetricWriter(workdir, start)
   guard = SkipGuard(c.optim.max_skipped_steps)
-  settings = generation_settings(c)
   best = BestTracker(workdir, best_metric(c), settings)
 
   latest_eval: dict = {}
@@ -598,17 +571,11 @@ def _train(c, workdir: str, stop_after: int | None, lock: workdir_lib.Lock,
                                 jax.random.fold_in(rng, step))
         padding.append(pipeline.padding_fraction(batch, tokenizer.pad_id))
         done = step + 1
-        try:
-          if previous is not None:
-            guard.observe(previous[0], bool(sharding.to_host(previous[1])), ckpts)
-          previous = (done, out["skipped"])
-          if done == total_steps:
-            guard.observe(done, bool(sharding.to_host(out["skipped"])), ckpts)
-        except Diverged:
-          ckpts.close()  # pending saves finish; nothing more is written
-          writer.close()
-          batches.close()
-          raise
+        if previous is not None:  # Diverged stops the run; pending saves finish (finally)
+          guard.observe(previous[0], bool(sharding.to_host(previous[1])), ckpts)
+        previous = (done, out["skipped"])
+        if done == total_steps:
+          guard.observe(done, bool(sharding.to_host(out["skipped"])), ckpts)
         if done % c.log_every == 0 or done == total_steps:
           out = sharding.to_host(out)
           dt, tokens = time.time() - t0, float(out["tokens"]) * (done - t0_step)
@@ -644,16 +611,15 @@ def _train(c, workdir: str, stop_after: int | None, lock: workdir_lib.Lock,
           latest_eval.update({k: v for k, v in writer.evals[total_steps].items()
                               if k not in ("step", "objective")})
         last["step"] = total_steps
-    ckpts.close()
-  except (checkpoints.DiskFull, OSError) as e:  # the run stops; what was saved stays good
-    if not isinstance(e, checkpoints.DiskFull) and not checkpoints.is_disk_full(e):
+  except OSError as e:  # a full disk stops the run; what was saved stays good
+    if not checkpoints.is_disk_full(e):
       raise
+    raise ckpts.disk_full(e) from None
+  finally:  # whatever ends the loop: a finish, a preemption, divergence, a full disk, a crash
     for close in (writer.close, batches.close):
-      with contextlib.suppress(OSError):  # the disk is full: buffered events are lost
+      with contextlib.suppress(OSError):  # on a full disk, buffered events are lost
         close()
-    raise e if isinstance(e, checkpoints.DiskFull) else ckpts.disk_full(e) from None
-  writer.close()
-  batches.close()
+    ckpts.close()  # pending saves finish (nothing to do after a failed one)
   last = {**latest_eval, **last}
   if preempted.signal:
     raise Preempted(f"signal {preempted.signal}: saved step {stopped_at} in "

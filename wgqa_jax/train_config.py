@@ -15,9 +15,8 @@ from flax import traverse_util
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from wgqa_jax import corpora, data, models, objectives, text_rows, variants
-from wgqa_jax.models.config_file import REMATS
-from wgqa_jax.models.t5_config import DTYPES
+from wgqa_jax import corpora, data, model_source, models, objectives, text_rows, variants
+from wgqa_jax.models.config_file import DTYPES, REMATS
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -119,11 +118,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
   except ValueError as e:
     bad("grouping.variant", str(e).split(": ", 1)[-1])
   try:
-    variant.check(group_sizes=g.group_sizes, noise=g.attention_noise,
-                  regroup_every=g.regroup_every)
+    variant.check(**variants.options(g), regroup_every=g.regroup_every)
   except ValueError as e:
     bad("grouping.variant", str(e))
-  if c.model.init_from == "tiny-random" and c.model.arch not in models.presets():
+  if c.model.init_from == model_source.RANDOM and c.model.arch not in models.presets():
     bad("model.arch", f"choose from {sorted(models.presets())}")
   if o.loss_on is not None and o.loss_on not in objectives.LOSS_ON:
     bad("optim.loss_on", f"choose from {objectives.LOSS_ON} (or leave it unset)")

@@ -33,7 +33,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from wgqa_jax import grouping as G_math
+from wgqa_jax import kv_merge
 
 WEIGHT_MODES = ("none", "row", "col")
 WEIGHT_INITS = ("constant", "normal")
@@ -61,11 +61,19 @@ class Grouping:
   # of each forward pass's keys) or "kernel_norm" (DGQA: from the K kernels' norms).
   allocation: str = "static"
   # PGQA: std of Gaussian noise subtracted from the attention logits while training.
-  noise: float = 0.0
+  attention_noise: float = 0.0
 
   def __post_init__(self):
     if self.group_sizes is not None:  # lists from JSON become tuples (hashable: jit-static)
       object.__setattr__(self, "group_sizes", tuple(int(x) for x in self.group_sizes))
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> "Grouping":
+    """From a saved config's grouping section (files written before the rename say `noise`)."""
+    d = dict(d)
+    if "noise" in d:
+      d["attention_noise"] = d.pop("noise")
+    return cls(**d)
 
   def num_kv_heads(self, num_heads: int) -> int:
     return num_heads if self.kv_heads is None else self.kv_heads
@@ -99,12 +107,12 @@ class Grouping:
           f"{[d for d in range(1, num_heads + 1) if num_heads % d == 0]}")
     if self.allocation != "static" and self.weights != "none":
       bad("WGQA weights assume static contiguous groups; use allocation='static'")
-    if self.noise < 0:
-      bad(f"noise must be >= 0, got {self.noise}")
+    if self.attention_noise < 0:
+      bad(f"attention_noise must be >= 0, got {self.attention_noise}")
 
   def kv_index(self, num_heads: int) -> np.ndarray:
     """(H,) KV head of each query head under static allocation."""
-    return G_math.kv_index(num_heads, self.num_kv_heads(num_heads), self.group_sizes)
+    return kv_merge.kv_index(num_heads, self.num_kv_heads(num_heads), self.group_sizes)
 
   def replace(self, **changes) -> "Grouping":
     return dataclasses.replace(self, **changes)
@@ -117,14 +125,24 @@ class Grouping:
       parts.append(f"group sizes {list(self.group_sizes)}")
     if self.allocation != "static":
       parts.append(f"{self.allocation} allocation")
-    if self.noise:
-      parts.append(f"logit noise {self.noise}")
+    if self.attention_noise:
+      parts.append(f"logit noise {self.attention_noise}")
     if self.group_encoder:
       parts.append("encoder grouped")
     return ", ".join(parts)
 
 
 MHA = Grouping()
+
+# The grouping options a run's config section (and convert's flags) give every variant function,
+# by the names those functions take: `options(c.grouping)` is the one place they are read.
+OPTIONS = ("group_encoder", "group_sizes", "attention_noise")
+
+
+def options(section) -> dict[str, Any]:
+  """The grouping options set in a config section (a mapping; unset or missing keys left out),
+  as keyword arguments of Variant.grouping, from_mha, converter and grouped_config."""
+  return {k: section.get(k) for k in OPTIONS if section.get(k) is not None}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -141,32 +159,34 @@ class Variant:
       raise ValueError(f"variant {self.name!r} needs kv_heads (the number of groups G)")
     return requested
 
-  def check(self, *, group_sizes=None, noise: float | None = None, regroup_every: int = 0):
-    """Options this variant does not take are errors, raised before any work is done."""
+  def check(self, *, group_encoder: bool = False, group_sizes=None,
+            attention_noise: float | None = None, regroup_every: int = 0):
+    """Options this variant does not take are errors, raised before any work is done (every
+    variant may group the encoder)."""
     if group_sizes:
       raise ValueError(f"group_sizes only apply to asymgqa, not {self.name!r}")
-    if noise is not None:
+    if attention_noise is not None:
       raise ValueError(f"attention noise only applies to pgqa, not {self.name!r}")
     if regroup_every and not self.regroups:
       raise ValueError(f"{self.name!r} does not regroup during training (simgqa does)")
 
   def grouping(self, num_heads: int, kv_heads: int | None = None, *, group_encoder=False,
-               group_sizes=None, noise: float | None = None) -> Grouping:
+               group_sizes=None, attention_noise: float | None = None) -> Grouping:
     """The model config's grouping section for this variant (validated)."""
-    self.check(group_sizes=group_sizes, noise=noise)
+    self.check(group_sizes=group_sizes, attention_noise=attention_noise)
     g = self.kv_heads(num_heads, kv_heads, group_sizes)
-    out = self._grouping(g, group_encoder, group_sizes, noise)
+    out = self._grouping(g, group_encoder, group_sizes, attention_noise)
     out.validate(num_heads)
     return out
 
-  def _grouping(self, g: int, group_encoder: bool, group_sizes, noise) -> Grouping:
+  def _grouping(self, g: int, group_encoder: bool, group_sizes, attention_noise) -> Grouping:
     return Grouping(kv_heads=g, group_encoder=group_encoder)
 
   def convert_module(self, module: dict, grouping: Grouping, rng) -> dict:
     """One attention module's MHA params {q, k, v, o} -> this variant's."""
     g = grouping.kv_heads
-    return {**module, "k": G_math.mean_pool(np.asarray(module["k"]), g, grouping.group_sizes),
-            "v": G_math.mean_pool(np.asarray(module["v"]), g, grouping.group_sizes)}
+    return {**module, "k": kv_merge.mean_pool(np.asarray(module["k"]), g, grouping.group_sizes),
+            "v": kv_merge.mean_pool(np.asarray(module["v"]), g, grouping.group_sizes)}
 
   # ---- training hooks ----
   regroups = False  # SimGQA: the train loop calls regroup() every `regroup_every` steps
@@ -183,7 +203,7 @@ class MHAVariant(Variant):
   def kv_heads(self, num_heads, requested, group_sizes):
     return num_heads
 
-  def _grouping(self, g, group_encoder, group_sizes, noise):
+  def _grouping(self, g, group_encoder, group_sizes, attention_noise):
     return Grouping(group_encoder=group_encoder)
 
   def convert_module(self, module, grouping, rng):
@@ -205,13 +225,13 @@ class WGQA(Variant):
   mode: str = "row"        # "row": one weight per head; "col": per head and d_kv column
   init: str = "constant"   # "constant" 0.5 (WGQA) | "normal" N(0, 1) (RandWGQA)
 
-  def _grouping(self, g, group_encoder, group_sizes, noise):
+  def _grouping(self, g, group_encoder, group_sizes, attention_noise):
     return Grouping(kv_heads=g, group_encoder=group_encoder, weights=self.mode,
                     weights_init=self.init)
 
   def convert_module(self, module, grouping, rng):
     h, dk = np.shape(module["k"])[1:]
-    w = lambda: G_math.wgqa_init_weights(self.mode, h, dk, self.init,
+    w = lambda: kv_merge.wgqa_init_weights(self.mode, h, dk, self.init,
                                          grouping.weights_init_value, rng)
     return {**module, "wk": w(), "wv": w()}  # all H K/V kernels stay, and stay trainable
 
@@ -224,8 +244,8 @@ class SimGQA(Variant):
   regroups = True
 
   def convert_module(self, module, grouping, rng):
-    groups = G_math.similarity_groups(module["q"], grouping.kv_heads)
-    module = G_math.permute_heads(module, [h for grp in groups for h in grp])
+    groups = kv_merge.similarity_groups(module["q"], grouping.kv_heads)
+    module = kv_merge.permute_heads(module, [h for grp in groups for h in grp])
     return super().convert_module(module, grouping, rng)
 
   def regroup(self, state, cfg):
@@ -237,7 +257,7 @@ class SimGQA(Variant):
     size = cfg.num_heads // g
     flat, perms = traverse_util.flatten_dict(state["params"]), {}
     for path in grouped_paths(cfg):
-      groups = G_math.similarity_groups(flat[path + ("q",)], g)
+      groups = kv_merge.similarity_groups(flat[path + ("q",)], g)
       slots, order = list(range(g)), [None] * g
       for grp in sorted(groups, key=lambda gr: -max(np.bincount(np.array(gr) // size))):
         votes = np.bincount(np.array(grp) // size, minlength=g)
@@ -265,11 +285,12 @@ class AsymGQA(Variant):
       raise ValueError("asymgqa needs group_sizes, e.g. (3, 1, 2, 2)")
     return len(group_sizes)
 
-  def check(self, *, group_sizes=None, noise=None, regroup_every=0):
-    super().check(noise=noise, regroup_every=regroup_every)
+  def check(self, *, group_encoder=False, group_sizes=None, attention_noise=None,
+            regroup_every=0):
+    super().check(attention_noise=attention_noise, regroup_every=regroup_every)
     self.kv_heads(0, None, group_sizes)
 
-  def _grouping(self, g, group_encoder, group_sizes, noise):
+  def _grouping(self, g, group_encoder, group_sizes, attention_noise):
     return Grouping(kv_heads=g, group_encoder=group_encoder, group_sizes=tuple(group_sizes))
 
 
@@ -283,22 +304,23 @@ class KeyNormGQA(Variant):
   def packs(self) -> bool:  # KDGQA allocates heads from a whole row's keys
     return self.allocation != "key_norm"
 
-  def _grouping(self, g, group_encoder, group_sizes, noise):
+  def _grouping(self, g, group_encoder, group_sizes, attention_noise):
     return Grouping(kv_heads=g, group_encoder=group_encoder, allocation=self.allocation)
 
 
 @dataclasses.dataclass(frozen=True)
 class PGQA(Variant):
   """PGQA: GQA with Gaussian noise subtracted from the grouped modules' attention logits while
-  training (std `noise`, 0.1 unless given)."""
+  training (std `attention_noise`, 0.1 unless given)."""
   default_noise: float = 0.1
 
-  def check(self, *, group_sizes=None, noise=None, regroup_every=0):
+  def check(self, *, group_encoder=False, group_sizes=None, attention_noise=None,
+            regroup_every=0):
     super().check(group_sizes=group_sizes, regroup_every=regroup_every)
 
-  def _grouping(self, g, group_encoder, group_sizes, noise):
-    return Grouping(kv_heads=g, group_encoder=group_encoder,
-                    noise=self.default_noise if noise is None else noise)
+  def _grouping(self, g, group_encoder, group_sizes, attention_noise):
+    noise = self.default_noise if attention_noise is None else attention_noise
+    return Grouping(kv_heads=g, group_encoder=group_encoder, attention_noise=noise)
 
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
@@ -344,37 +366,39 @@ def is_mha(cfg) -> bool:
 
 
 def from_mha(params, cfg, variant: str, kv_heads: int | None = None, *,
-             group_encoder: bool = False, group_sizes=None, noise: float | None = None,
+             group_encoder: bool = False, group_sizes=None, attention_noise: float | None = None,
              seed: int = 0):
   """MHA params -> `variant` with G = kv_heads groups. Returns (params, cfg).
 
-  group_sizes: AsymGQA's contiguous group sizes. noise: PGQA's logit noise std (default 0.1).
+  group_sizes: AsymGQA's contiguous group sizes. attention_noise: PGQA's logit noise std
+  (default 0.1).
   seed: RandWGQA's weight init."""
   new_cfg, convert = converter(cfg, variant, kv_heads, group_encoder=group_encoder,
-                               group_sizes=group_sizes, noise=noise, seed=seed)
+                               group_sizes=group_sizes, attention_noise=attention_noise, seed=seed)
   return map_modules(params, grouped_paths(new_cfg), convert), new_cfg
 
 
 def converter(cfg, variant: str, kv_heads: int | None = None, *, group_encoder: bool = False,
-              group_sizes=None, noise: float | None = None, seed: int = 0):
+              group_sizes=None, attention_noise: float | None = None, seed: int = 0):
   """(the variant's config, convert): convert(module dict) turns one grouped attention module's
   MHA params into the variant's. Called on grouped_paths(config) in order it gives what
   from_mha gives (RandWGQA draws its weights in that order); wgqa_jax.streaming converts a
   checkpoint so, one module at a time."""
   new_cfg = grouped_config(cfg, variant, kv_heads, group_encoder=group_encoder,
-                           group_sizes=group_sizes, noise=noise)
+                           group_sizes=group_sizes, attention_noise=attention_noise)
   v, rng = get(variant), np.random.default_rng(seed)
   return new_cfg, lambda m: v.convert_module(m, new_cfg.grouping, rng)
 
 
 def grouped_config(cfg, variant: str, kv_heads: int | None = None, *, group_encoder=False,
-                   group_sizes=None, noise: float | None = None):
+                   group_sizes=None, attention_noise: float | None = None):
   """The model config from_mha() gives, without any params (the planner sizes runs from it)."""
   if not is_mha(cfg):
     raise ValueError(f"from_mha() needs MHA params; these have "
                      f"{cfg.grouping.describe(cfg.num_heads)} (fold/expand them first)")
   return cfg.replace(grouping=get(variant).grouping(
-      cfg.num_heads, kv_heads, group_encoder=group_encoder, group_sizes=group_sizes, noise=noise))
+      cfg.num_heads, kv_heads, group_encoder=group_encoder, group_sizes=group_sizes,
+      attention_noise=attention_noise))
 
 
 def fold(params, cfg):
@@ -386,7 +410,7 @@ def fold(params, cfg):
   def fold_module(m):
     m = dict(m)
     for kernel, w in (("k", "wk"), ("v", "wv")):
-      m[kernel] = G_math.weighted_sum(np.asarray(m[kernel]), np.asarray(m.pop(w)), grp.kv_heads)
+      m[kernel] = kv_merge.weighted_sum(np.asarray(m[kernel]), np.asarray(m.pop(w)), grp.kv_heads)
     return m
   return map_modules(params, grouped_paths(cfg), fold_module), cfg.replace(
       grouping=grp.replace(weights="none", weights_init="constant"))
@@ -402,8 +426,8 @@ def expand_to_mha(params, cfg):
   if grp.num_kv_heads(cfg.num_heads) == cfg.num_heads and grp.group_sizes is None:
     return params, cfg.replace(grouping=MHA.replace(group_encoder=grp.group_encoder))
   h = cfg.num_heads
-  expand = lambda m: {**m, "k": G_math.expand(np.asarray(m["k"]), h, grp.group_sizes),
-                      "v": G_math.expand(np.asarray(m["v"]), h, grp.group_sizes)}
+  expand = lambda m: {**m, "k": kv_merge.expand(np.asarray(m["k"]), h, grp.group_sizes),
+                      "v": kv_merge.expand(np.asarray(m["v"]), h, grp.group_sizes)}
   return map_modules(params, grouped_paths(cfg), expand), cfg.replace(
       grouping=MHA.replace(group_encoder=grp.group_encoder))
 
@@ -411,3 +435,9 @@ def expand_to_mha(params, cfg):
 def weights_of(params) -> dict[tuple[str, ...], Any]:
   """Every WGQA weight leaf ({path: array}) of a params tree."""
   return {k: v for k, v in traverse_util.flatten_dict(params).items() if k[-1] in ("wk", "wv")}
+
+
+def weights_flat(params) -> np.ndarray:
+  """All WGQA weights of a params tree, flattened in path order (empty if it has none)."""
+  leaves = [np.asarray(v).ravel() for _, v in sorted(weights_of(params).items())]
+  return np.concatenate(leaves) if leaves else np.zeros(0, np.float32)

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 REMATS = ("none", "full", "dots")  # models.layers.REMAT_POLICIES (configs stay free of flax)
+DTYPES = ("float32", "bfloat16", "float16")  # compute and param dtypes every family accepts
 
 
 class ConfigFile:

@@ -9,8 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from wgqa_jax.models.config_file import REMATS, ConfigFile
-from wgqa_jax.models.t5_config import DTYPES
+from wgqa_jax.models.config_file import DTYPES, REMATS, ConfigFile
 from wgqa_jax.variants import MHA, Grouping
 
 MODEL_TYPES = ("llama", "mistral")
@@ -58,7 +57,7 @@ class LlamaConfig(ConfigFile):
     if self.model_type not in MODEL_TYPES:
       raise ValueError(f"LlamaConfig: model_type must be one of {MODEL_TYPES}")
     if isinstance(self.grouping, dict):  # from JSON
-      object.__setattr__(self, "grouping", Grouping(**self.grouping))
+      object.__setattr__(self, "grouping", Grouping.from_dict(self.grouping))
     self.grouping.validate(self.num_heads)
     for name in ("dtype", "param_dtype"):
       if getattr(self, name) not in DTYPES:

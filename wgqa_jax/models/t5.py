@@ -1,6 +1,6 @@
 """Flax T5 encoder-decoder (v1.0 relu/tied and v1.1/flan gated-gelu/untied) with grouped KV heads.
 
-Numerically equal to Hugging Face PyTorch T5 on converted weights (tests/test_hf_equivalence.py).
+Numerically equal to Hugging Face PyTorch T5 on converted weights (tests/test_models_t5.py).
 Params are float32 (config.param_dtype), activations config.dtype; layer norms and softmax run in
 float32. Every param carries logical axis names (embed, heads, kv_heads, kv, mlp, vocab,
 relpos_buckets) that wgqa_jax.sharding maps onto a device mesh.

@@ -6,14 +6,12 @@ uptraining: only `grouping` differs (wgqa_jax.variants.Grouping).
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any
 
-from wgqa_jax.models.config_file import REMATS, ConfigFile
+from wgqa_jax.models.config_file import DTYPES, REMATS, ConfigFile
 from wgqa_jax.variants import MHA, Grouping
 
 ACTIVATIONS = ("relu", "gelu", "gelu_new", "silu")
-DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +50,8 @@ class T5Config(ConfigFile):
   remat: str = "none"        # none | full | dots (wgqa_jax.models.layers.REMAT_POLICIES)
   scan_layers: bool = False  # each stack one scanned layer: compile time flat in depth
 
+  family = "t5"
+
   def __post_init__(self):
     def bad(msg):
       raise ValueError(f"T5Config: {msg}")
@@ -66,7 +66,7 @@ class T5Config(ConfigFile):
       bad(f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
     self.ffn_activation  # validates feed_forward_proj
     if isinstance(self.grouping, dict):  # from JSON
-      object.__setattr__(self, "grouping", Grouping(**self.grouping))
+      object.__setattr__(self, "grouping", Grouping.from_dict(self.grouping))
     self.grouping.validate(self.num_heads)
     for name in ("dtype", "param_dtype"):
       if getattr(self, name) not in DTYPES:
@@ -133,11 +133,6 @@ class T5Config(ConfigFile):
     return _upgrade_flat_grouping(d)
 
   @classmethod
-  def load(cls, path: str) -> "T5Config":
-    with open(path) as f:
-      return cls.from_dict(json.load(f))
-
-  @classmethod
   def from_hf(cls, hf: dict[str, Any], **overrides) -> "T5Config":
     """From a Hugging Face T5 config.json dict (any transformers version)."""
     if hf.get("model_type", "t5") not in ("t5", "mt5"):
@@ -198,7 +193,7 @@ class T5Config(ConfigFile):
 _FLAT_GROUPING_KEYS = {"num_kv_heads": "kv_heads", "group_encoder": "group_encoder",
                        "wgqa": "weights", "wgqa_init": "weights_init",
                        "wgqa_init_value": "weights_init_value", "kv_group_sizes": "group_sizes",
-                       "kv_allocation": "allocation", "attention_noise": "noise"}
+                       "kv_allocation": "allocation", "attention_noise": "attention_noise"}
 
 
 def _upgrade_flat_grouping(d: dict[str, Any]) -> dict[str, Any]:

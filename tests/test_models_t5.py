@@ -1,11 +1,15 @@
-"""Our Flax T5 equals Hugging Face PyTorch T5 on converted weights (float32, CPU)."""
+"""Our Flax T5 (wgqa_jax.models.t5) equals Hugging Face PyTorch T5 on converted weights (float32,
+CPU); its config refuses bad values and still reads files of older layouts."""
 import numpy as np
 import pytest
 
 from conftest import batch, hf_logits
 from wgqa_jax import hf as hf_io
 from wgqa_jax.models import t5
+from wgqa_jax import variants
 from wgqa_jax.models.t5 import relative_position_bucket
+from wgqa_jax.models.t5_config import T5Config
+from wgqa_jax.variants import Grouping
 
 
 def ours(params, cfg, ids, dec, mask=None, dec_mask=None):
@@ -79,3 +83,40 @@ def test_bfloat16_compute_stays_close(hf_checkpoint):
   # bf16 has ~3 significant digits; argmax agreement is what matters for decoding.
   assert np.mean(got.argmax(-1) == want.argmax(-1)) > 0.9
   assert np.abs(got - want).max() < 0.1 * np.abs(want).max()
+
+
+def test_error_bad_config_values():
+  with pytest.raises(ValueError, match="unknown keys"):
+    T5Config.from_dict({"d_model": 8, "num_kv_head": 2})
+  with pytest.raises(ValueError, match="weights must be one of"):
+    T5Config(grouping=Grouping(weights="diagonal"))
+  with pytest.raises(ValueError, match="feed_forward_proj"):
+    T5Config(feed_forward_proj="gated-gelu-x")
+  with pytest.raises(ValueError, match="needs MHA params"):
+    variants.from_mha({}, T5Config(grouping=Grouping(kv_heads=2)), "gqa", 2)
+  with pytest.raises(ValueError, match=r"unknown variant 'sgqa' \(did you mean 'gqa'\?\)"):
+    variants.get("sgqa")
+
+
+def test_config_files_of_the_flat_layout_still_load(tmp_path):
+  """wgqa_config.json written before the grouping section (flat num_kv_heads, wgqa, ...)."""
+  flat = {**T5Config().to_dict(), "num_kv_heads": 2, "wgqa": "row", "kv_group_sizes": None,
+          "group_encoder": True}
+  del flat["grouping"]
+  cfg = T5Config.from_dict(flat)
+  assert cfg.grouping == Grouping(kv_heads=2, weights="row", group_encoder=True)
+
+
+def test_param_axes_name_kv_heads():
+  cfg = T5Config(**{**dict(vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_heads=4,
+                           num_encoder_layers=1, num_decoder_layers=1)},
+                 grouping=Grouping(kv_heads=2))
+  axes = t5.param_axes(cfg)
+  assert tuple(axes["decoder"]["layers_0"]["self_attention"]["k"]) == ("embed", "kv_heads", "kv")
+  assert tuple(axes["encoder"]["layers_0"]["attention"]["k"]) == ("embed", "kv_heads", "kv")
+  assert tuple(axes["shared"]["embedding"]) == ("vocab", "embed")
+  assert tuple(axes["decoder"]["layers_0"]["mlp"]["wi"]) == ("embed", "mlp")
+  wcfg = cfg.replace(grouping=cfg.grouping.replace(weights="row"))
+  axes = t5.param_axes(wcfg)
+  assert tuple(axes["decoder"]["layers_0"]["cross_attention"]["k"]) == ("embed", "heads", "kv")
+  assert tuple(axes["decoder"]["layers_0"]["cross_attention"]["wk"]) == ("heads",)

@@ -1,12 +1,14 @@
-"""KV-cached decoding: equals uncached decoding, equals HF generate, caches only G heads."""
+"""T5 through the decoding package (wgqa_jax.decoding.t5): KV-cached decoding equals uncached
+decoding and HF generate, and caches only G heads."""
 import jax
 import numpy as np
 import pytest
 
 from conftest import V10, V11, batch, make_hf_model
-from wgqa_jax import decode, variants
-from wgqa_jax.generation import GenerationConfig
+from wgqa_jax import decoding, variants
 from wgqa_jax import hf as hf_io
+from wgqa_jax.decoding import GenerationConfig, search, strip
+from wgqa_jax.decoding import t5 as t5_decoding
 from wgqa_jax.models import t5
 
 
@@ -23,6 +25,10 @@ def converted(spec, eos_boost=3.0):
   return hf, hf_io.hf_to_params(sd, cfg), cfg
 
 
+def greedy(params, cfg, ids, max_new_tokens):
+  return decoding.generate(params, cfg, ids, GenerationConfig(max_new_tokens=max_new_tokens))
+
+
 def hf_generate(hf, ids, mask, max_len, **kw):
   import torch
   # use_cache=False: transformers sizes its cache by the encoder depth, and these tiny models
@@ -30,7 +36,7 @@ def hf_generate(hf, ids, mask, max_len, **kw):
   out = hf.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
                     max_new_tokens=max_len, do_sample=False, min_length=0,
                     decoder_start_token_id=0, use_cache=False, **kw)
-  return decode.strip(out.numpy()[:, 1:])
+  return strip(out.numpy()[:, 1:])
 
 
 @pytest.fixture(scope="module", params=["v1.0", "v1.1"])
@@ -41,7 +47,7 @@ def tiny(request):
 def test_greedy_equals_hf_generate(tiny):
   hf, params, cfg = tiny
   ids, mask, _ = batch(cfg.vocab_size, b=4, s=13)
-  ours = decode.strip(decode.greedy(params, ids, cfg, 12))
+  ours = strip(greedy(params, cfg, ids, 12))
   assert ours == hf_generate(hf, ids, mask, 12, num_beams=1)
 
 
@@ -49,7 +55,7 @@ def test_greedy_equals_hf_generate(tiny):
 def test_beam_search_equals_hf_generate(tiny, beams, alpha):
   hf, params, cfg = tiny
   ids, mask, _ = batch(cfg.vocab_size, b=4, s=13, seed=1)
-  ours = decode.strip(decode.beam_search(params, ids, cfg, GenerationConfig(
+  ours = strip(decoding.generate(params, cfg, ids, GenerationConfig(
       max_new_tokens=10, num_beams=beams, length_penalty=alpha)))
   assert ours == hf_generate(hf, ids, mask, 10, num_beams=beams, length_penalty=alpha,
                              early_stopping=False)
@@ -58,7 +64,7 @@ def test_beam_search_equals_hf_generate(tiny, beams, alpha):
 def test_some_sequences_end_early_so_eos_handling_is_exercised():
   _, params, cfg = converted(V11)
   ids, _, _ = batch(cfg.vocab_size, b=4, s=13)
-  rows = decode.strip(decode.greedy(params, ids, cfg, 12))
+  rows = strip(greedy(params, cfg, ids, 12))
   assert any(r[-1] == cfg.eos_token_id and len(r) < 12 for r in rows), rows
 
 
@@ -68,8 +74,8 @@ def test_cached_equals_uncached(variant, g, enc):
   _, params, cfg = converted(V11)
   params, cfg = variants.from_mha(params, cfg, variant, g, group_encoder=enc, seed=1)
   ids, _, _ = batch(cfg.vocab_size, b=3, s=11, seed=2)
-  np.testing.assert_array_equal(decode.greedy(params, ids, cfg, 10),
-                                decode.greedy_uncached(params, ids, cfg, 10))
+  np.testing.assert_array_equal(greedy(params, cfg, ids, 10),
+                                t5_decoding.greedy_uncached(params, ids, cfg, 10))
 
 
 def test_cache_holds_only_the_kv_heads():
@@ -84,7 +90,7 @@ def test_cache_holds_only_the_kv_heads():
     assert cache[0]["self_k"].shape == (2, 7, g, cfg.d_kv)
     assert cache[0]["cross_v"].shape == (2, 11, g, cfg.d_kv)
     actual = sum(x.nbytes for x in jax.tree.leaves(cache))
-    assert actual == decode.cache_bytes(c, 2, 11, 7)
+    assert actual == decoding.cache_bytes(c, 2, 11, 7)
     sizes[g] = actual
   assert sizes[3] * h == sizes[h] * 3 and sizes[1] * h == sizes[h]
 
@@ -93,16 +99,25 @@ def test_sampling_top_k_1_is_greedy_and_seeded():
   _, params, cfg = converted(V11)
   ids, _, _ = batch(cfg.vocab_size, b=3, s=11)
   key = jax.random.PRNGKey(5)
-  sampled = lambda **kw: decode.sample(params, ids, cfg, GenerationConfig(
+  sampled = lambda **kw: decoding.generate(params, cfg, ids, GenerationConfig(
       max_new_tokens=10, do_sample=True, **kw), key)
-  np.testing.assert_array_equal(sampled(top_k=1), decode.greedy(params, ids, cfg, 10))
+  np.testing.assert_array_equal(sampled(top_k=1), greedy(params, cfg, ids, 10))
   a = sampled(temperature=1.5, top_k=0)
   np.testing.assert_array_equal(a, sampled(temperature=1.5, top_k=0))
-  assert not np.array_equal(a, decode.greedy(params, ids, cfg, 10))
+  assert not np.array_equal(a, greedy(params, cfg, ids, 10))
 
 
-def test_one_beam_is_greedy():
+def test_the_beam_loop_with_one_beam_is_greedy():
+  """generate() sends num_beams=1 to the sample loop; the beam loop run with one beam must
+  agree with it."""
   _, params, cfg = converted(V10)
   ids, _, _ = batch(cfg.vocab_size, b=3, s=11)
-  assert (decode.strip(decode.beam_search(params, ids, cfg, GenerationConfig(max_new_tokens=9)))
-          == decode.strip(decode.greedy(params, ids, cfg, 9)))
+  gen = GenerationConfig(max_new_tokens=9)
+
+  @jax.jit
+  def one_beam(params, ids):
+    dec = t5_decoding.begin(params, cfg, ids, None, 1, gen.max_new_tokens)
+    return search.beam(dec, ids.shape[0], gen, cfg.eos_token_id, cfg.pad_token_id,
+                       cfg.vocab_size)
+
+  assert strip(one_beam(params, ids)) == strip(greedy(params, cfg, ids, 9))
