@@ -655,11 +655,11 @@ def main(argv: list[str] | None = None) -> int:
   corpora_ = [c for c in a.corpora.split(",") if c]
   for o in objectives:
     if o not in OBJECTIVES:
-      p.error(f"--objectives: {o!r} is not one of {sorted(OBJECTIVES)}")
+      raise ValueError(f"--objectives: {o!r} is not one of {sorted(OBJECTIVES)}")
   for c in corpora_:
     if c not in ("first", "full"):
-      p.error(f"--corpora: {c!r} is not first or full")
-  command = "python benchmarks/corpus_scale.py " + " ".join(sys.argv[1:])
+      raise ValueError(f"--corpora: {c!r} is not first or full")
+  command = "python benchmarks/corpus_scale.py " + " ".join(sys.argv[1:] if argv is None else argv)
   device = device_line()
   t_start = time.time()
   phases = {}

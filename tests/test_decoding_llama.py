@@ -125,3 +125,26 @@ def test_cache_holds_only_the_kv_heads(tmp_path):
     sizes[g] = sum(x.nbytes for x in jax.tree.leaves(cache))
     assert sizes[g] == decoding.cache_bytes(c, 2, 7, 5)
   assert sizes[2] * 2 == sizes[4] and sizes[1] * 4 == sizes[4]
+
+
+def test_copies_share_one_prefill_and_a_one_token_prompt_equals_hf(tmp_path):
+  """Sampled copies read the prompt's cache filled once (top_k=1: each is the greedy sequence),
+  and a prompt of one token (nothing to prefill) decodes as HF's generate()."""
+  from transformers import AutoModelForCausalLM
+  params, cfg = hf.from_hf(save(hf_model("llama", 4), tmp_path / "hf"))
+  params, cfg = variants.from_mha(params, cfg, "gqa", 2)
+  hf.save_hf(params, cfg, str(tmp_path / "export"))
+  ref = AutoModelForCausalLM.from_pretrained(str(tmp_path / "export")).eval()
+  ids, mask = batch()
+  mask = np.ones_like(mask)
+  greedy = np.asarray(decoding.generate(params, cfg, ids.astype(np.int32),
+                                        GenerationConfig(max_new_tokens=8), attention_mask=mask))
+  gen = GenerationConfig(max_new_tokens=8, do_sample=True, top_k=1, num_return_sequences=2)
+  copies = np.asarray(decoding.generate(params, cfg, ids.astype(np.int32), gen,
+                                        jax.random.PRNGKey(1), attention_mask=mask))
+  np.testing.assert_array_equal(copies, np.repeat(greedy, 2, 0))
+  one = ids[:, :1]
+  got = decoding.generate(params, cfg, one.astype(np.int32), GenerationConfig(max_new_tokens=8),
+                          attention_mask=np.ones_like(one))
+  np.testing.assert_array_equal(np.asarray(got), hf_greedy(ref, one, np.ones_like(one), 8,
+                                                           eos=cfg.eos_token_id))

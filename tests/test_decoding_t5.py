@@ -121,3 +121,13 @@ def test_the_beam_loop_with_one_beam_is_greedy():
                        cfg.vocab_size)
 
   assert strip(one_beam(params, ids)) == strip(greedy(params, cfg, ids, 9))
+
+
+def test_several_samples_share_one_encoding_and_top_k_1_gives_greedy_each_time():
+  """num_return_sequences copies read one encoder output and one cross K/V per input: with
+  top_k=1 every copy is the greedy sequence of its input."""
+  _, params, cfg = converted(V11)
+  ids, _, _ = batch(cfg.vocab_size, b=3, s=11)
+  gen = GenerationConfig(max_new_tokens=10, do_sample=True, top_k=1, num_return_sequences=3)
+  got = np.asarray(decoding.generate(params, cfg, ids, gen, jax.random.PRNGKey(2)))
+  np.testing.assert_array_equal(got, np.repeat(np.asarray(greedy(params, cfg, ids, 10)), 3, 0))

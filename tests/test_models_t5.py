@@ -120,3 +120,15 @@ def test_param_axes_name_kv_heads():
   axes = t5.param_axes(wcfg)
   assert tuple(axes["decoder"]["layers_0"]["cross_attention"]["k"]) == ("embed", "heads", "kv")
   assert tuple(axes["decoder"]["layers_0"]["cross_attention"]["wk"]) == ("heads",)
+
+
+def test_config_files_that_say_noise_still_load():
+  """Grouping's PGQA field was `noise` before it took the run config's name, attention_noise."""
+  from wgqa_jax.models.llama_config import LlamaConfig
+  nested = {**T5Config().to_dict(), "grouping": {"kv_heads": 2, "noise": 0.3}}
+  assert T5Config.from_dict(nested).grouping == Grouping(kv_heads=2, attention_noise=0.3)
+  flat = {**T5Config().to_dict(), "num_kv_heads": 2, "attention_noise": 0.2}
+  del flat["grouping"]
+  assert T5Config.from_dict(flat).grouping.attention_noise == 0.2
+  llama = {**LlamaConfig().to_dict(), "grouping": {"kv_heads": 2, "noise": 0.1}}
+  assert LlamaConfig.from_dict(llama).grouping.attention_noise == 0.1

@@ -63,6 +63,6 @@ def test_the_model_config_is_the_runs_grouped_config_with_the_accelerators_matmu
   c = base_config()
   c.model.arch, c.model.remat, c.model.scan_layers = "llama-2-7b", "dots", True
   c.grouping.variant, c.grouping.kv_heads = "wgqa", 8
-  cfg = plan.model_config(c, model_source.open_source(c.model, weights=False).cfg)
+  cfg = plan.model_config(c, model_source.open_source(c.model).cfg)
   assert cfg.kv_heads == 8 and cfg.grouping.weights == "row" and cfg.num_layers == 32
   assert cfg.remat == "dots" and cfg.scan_layers and not cfg.transpose_weight_grad_on_cpu

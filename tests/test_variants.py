@@ -296,3 +296,21 @@ def test_variant_errors():
     variants.from_mha({}, T5Config(), "asymgqa")
   with pytest.raises(ValueError, match="no fixed MHA equivalent"):
     variants.expand_to_mha({}, T5Config(grouping=Grouping(kv_heads=2, allocation="key_norm")))
+
+
+def test_options_are_read_from_a_config_section_or_flags_by_the_same_names():
+  """variants.options: the one place a run's grouping section becomes keyword arguments; unset
+  keys are left out, so each variant's defaults (PGQA's noise 0.1) apply."""
+  from wgqa_jax.train_config import base_config
+  g = base_config().grouping
+  assert variants.options(g) == {"group_encoder": False}
+  assert variants.get("pgqa").grouping(4, 2, **variants.options(g)).attention_noise == 0.1
+  g.unlock()
+  g.attention_noise, g.group_sizes = 0.25, (1, 3)
+  assert variants.options(g) == {"group_encoder": False, "group_sizes": (1, 3),
+                                 "attention_noise": 0.25}
+  assert variants.options({"group_encoder": True, "group_sizes": None}) == {"group_encoder": True}
+  with pytest.raises(ValueError, match="group_sizes only apply to asymgqa"):
+    variants.get("gqa").check(**variants.options(g))
+  with pytest.raises(ValueError, match="attention noise only applies to pgqa"):
+    variants.get("asymgqa").check(**variants.options(g))

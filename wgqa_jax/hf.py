@@ -228,8 +228,9 @@ def resolve_hf_dir(path_or_id: str, config_only: bool = False) -> str:
   try:
     from huggingface_hub import snapshot_download
     return snapshot_download(path_or_id, allow_patterns=["config.json"] if config_only else [
-        "config.json", "*.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-        "pytorch_model.bin.index.json", "spiece.model", "tokenizer*", "special_tokens_map.json"])
+        "config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
+        "pytorch_model.bin", "pytorch_model.bin.index.json", "spiece.model", "tokenizer*",
+        "special_tokens_map.json"])
   except Exception as e:  # offline, unknown repo, auth ...
     raise FileNotFoundError(
         f"{path_or_id!r} is not a local directory and could not be fetched from the Hugging "

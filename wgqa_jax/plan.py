@@ -91,7 +91,7 @@ def plan(c, device_memory_gib: float = 80.0, usable_fraction: float = 0.9) -> di
   from wgqa_jax import model_source, train, train_step
   from wgqa_jax.train_config import validate
   validate(c)
-  source = model_source.open_source(c.model, weights=False)  # a hub id: config.json alone
+  source = model_source.open_source(c.model)  # the config alone (a hub id: config.json)
   train.check_model(c, source.cfg)
   cfg = model_config(c, source.cfg)
   mesh = train.make_mesh(c)

@@ -18,7 +18,6 @@ config.json, best/ and final/ (wgqa_jax params dirs: python -m wgqa_jax.convert 
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -41,8 +40,7 @@ from tqdm import tqdm
 from wgqa_jax import (checkpoints, cli, corpora, data, decoding, metrics, models, params_io,
                       pipeline, sharding, span_corruption, streaming, text_rows, tokenizers,
                       train_step as step_lib, variants, workdir as workdir_lib)
-from wgqa_jax import model_source as model_source_lib
-from wgqa_jax.model_source import ModelSource, open_source
+from wgqa_jax.model_source import RANDOM, ModelSource, open_source
 from wgqa_jax.train_config import resume_differences, validate
 
 FLAGS = cli.flag_set()
@@ -96,7 +94,7 @@ def check_model(c: ml_collections.ConfigDict, src) -> None:
   if causal is not None and causal != models.is_causal(src):
     family = "decoder-only" if models.is_causal(src) else "T5 (encoder-decoder)"
     right = "causal_lm" if models.is_causal(src) else "span_corruption"
-    model = c.model.arch if c.model.init_from == model_source_lib.RANDOM else c.model.init_from
+    model = c.model.arch if c.model.init_from == RANDOM else c.model.init_from
     raise ValueError(f"config.data.objective={objective!r} does not fit {model} ({family}): "
                      f"use data.objective={right} (or pairs)")
   if variants.is_mha(src):
@@ -131,7 +129,8 @@ def build_model(c: ml_collections.ConfigDict, tokenizer, mesh, source: ModelSour
     reader = streaming.MemorySource(
         jax.device_get(models.module_of(cfg).init_params(cfg, jax.random.PRNGKey(c.seed))), cfg)
   else:
-    reader, cfg = source.reader, source.cfg
+    reader = source.open_weights()
+    cfg = source.cfg
   if vocab_size > cfg.vocab_size:
     raise ValueError(f"tokenizer {c.data.tokenizer!r} has {vocab_size} ids but the model only "
                      f"{cfg.vocab_size} embeddings")
@@ -485,11 +484,12 @@ def _train(c, workdir: str, stop_after: int | None, lock: workdir_lib.Lock,
   variant = variants.get(c.grouping.variant)
   workdir = os.path.abspath(workdir)
   check_resume(c, workdir)
-  model_source = open_source(c.model)  # a damaged checkpoint fails here
+  model_source = open_source(c.model)  # its config (a hub id: config.json alone)
   check_model(c, model_source.cfg)
   mesh = make_mesh(c)
   train_source, eval_source = open_sources(c)
   tokenizer = open_tokenizer(c, workdir)  # None until trained (sentencepiece), below
+  model_source.open_weights()  # last: a download, once the checks passed; damage fails here
   if is_main_process():
     lock.acquire()  # creates the workdir
   os.makedirs(workdir, exist_ok=True)
@@ -571,7 +571,7 @@ def _train(c, workdir: str, stop_after: int | None, lock: workdir_lib.Lock,
                                 jax.random.fold_in(rng, step))
         padding.append(pipeline.padding_fraction(batch, tokenizer.pad_id))
         done = step + 1
-        if previous is not None:  # Diverged stops the run; pending saves finish (finally)
+        if previous is not None:  # Diverged stops the run (below)
           guard.observe(previous[0], bool(sharding.to_host(previous[1])), ckpts)
         previous = (done, out["skipped"])
         if done == total_steps:
@@ -611,15 +611,18 @@ def _train(c, workdir: str, stop_after: int | None, lock: workdir_lib.Lock,
           latest_eval.update({k: v for k, v in writer.evals[total_steps].items()
                               if k not in ("step", "objective")})
         last["step"] = total_steps
+  except Diverged:
+    ckpts.close()  # pending saves finish; nothing more is written
+    raise
   except OSError as e:  # a full disk stops the run; what was saved stays good
     if not checkpoints.is_disk_full(e):
       raise
     raise ckpts.disk_full(e) from None
-  finally:  # whatever ends the loop: a finish, a preemption, divergence, a full disk, a crash
+  else:  # finished or preempted: pending saves finish (a failed one raises DiskFull)
+    ckpts.close()
+  finally:  # whatever ended the loop
     for close in (writer.close, batches.close):
-      with contextlib.suppress(OSError):  # on a full disk, buffered events are lost
-        close()
-    ckpts.close()  # pending saves finish (nothing to do after a failed one)
+      close_unless_disk_full(close)
   last = {**latest_eval, **last}
   if preempted.signal:
     raise Preempted(f"signal {preempted.signal}: saved step {stopped_at} in "
@@ -634,6 +637,15 @@ def _train(c, workdir: str, stop_after: int | None, lock: workdir_lib.Lock,
     say(f"done: {workdir}/final (fold WGQA: python -m wgqa_jax.convert "
         f"--params={workdir}/final --fold --out={workdir}/folded)")
   return last
+
+
+def close_unless_disk_full(close) -> None:
+  """close(), where a full disk (the buffered events it would write are lost) is no error."""
+  try:
+    close()
+  except OSError as e:
+    if not checkpoints.is_disk_full(e):
+      raise
 
 
 def initialize_distributed() -> None:

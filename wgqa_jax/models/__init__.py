@@ -6,6 +6,9 @@ code (wgqa_jax.attention, wgqa_jax.variants) is shared by all of them.
 - llama: Llama-architecture decoder, Llama / Mistral (models/llama.py, models/llama_config.py).
 - layers: what the families share besides attention (RMSNorm).
 
+A config's `family` class attribute ("t5", "llama") names it in saved files and picks its
+decoding adapter (wgqa_jax/decoding/<family>.py).
+
 Architecture presets (`preset(name)`, the training config's model.arch) are named across the
 families: "tiny" and "t5-*" are T5, "llama-*" Llama.
 """
