@@ -6,8 +6,17 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN = [sys.executable, "-m", "wgqa_jax.train"]
+# a training subprocess sees one CPU device, as a user's run does (not the tests' 8 fake ones)
+TRAIN_ENV = {**os.environ, "XLA_FLAGS": ""}
 
 # Tiny architectures that exercise the awkward cases: d_kv * H != d_model, unequal depths.
 V10 = dict(vocab_size=97, d_model=32, d_kv=12, d_ff=48, num_layers=2, num_decoder_layers=3,
@@ -73,3 +82,22 @@ def tfds_dir(tmp_path_factory):
   for name in local_tfds.SHAPES:
     local_tfds.build(name, d, SMALL)
   return d
+
+
+# ---- `python -m wgqa_jax.train` as a real process: to the end, or in the background ----
+def run_train(*args, timeout=300):
+  return subprocess.run([*TRAIN, *args], cwd=REPO, env=TRAIN_ENV, capture_output=True, text=True,
+                        timeout=timeout)
+
+
+def start_train(*args, **popen_kw):
+  """A training process in the background (output discarded unless popen_kw says otherwise)."""
+  popen_kw = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, **popen_kw}
+  return subprocess.Popen([*TRAIN, *args], cwd=REPO, env=TRAIN_ENV, **popen_kw)
+
+
+def wait_until(ready, seconds: float, poll: float = 0.05) -> None:
+  """Poll ready() until it is true or `seconds` have passed (the caller asserts what it needs)."""
+  deadline = time.time() + seconds
+  while time.time() < deadline and not ready():
+    time.sleep(poll)

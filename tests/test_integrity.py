@@ -4,23 +4,16 @@ its exit code, and that nothing good was lost."""
 import json
 import os
 import subprocess
-import sys
 
 import jax
 import numpy as np
 import optax
 import pytest
 
+from conftest import run_train as run_cli
+from conftest import start_train, wait_until
 from test_train import losses, tiny
 from wgqa_jax import checkpoints, cli, train, train_step
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run_cli(*args, timeout=300):
-  env = {**os.environ, "XLA_FLAGS": ""}
-  return subprocess.run([sys.executable, "-m", "wgqa_jax.train", *args], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=timeout)
 
 
 def snapshot(workdir):
@@ -204,19 +197,14 @@ def test_kill_9_and_resume_leaves_each_metrics_step_once(tmp_path):
   """A real SIGKILL between checkpoints: the rerun replays the steps after the last checkpoint,
   and metrics.jsonl still holds each step once."""
   import signal
-  import time
   args = ["--config=configs/tiny.py", f"--workdir={tmp_path}", "--config.optim.num_train_steps=60",
           "--config.checkpoint.every=20", "--config.eval.every=0", "--config.eval.examples=8",
           "--config.log_every=5", "--config.optim.batch_size=8", "--config.mesh.data=1"]
-  env = {**os.environ, "XLA_FLAGS": ""}
-  proc = subprocess.Popen([sys.executable, "-m", "wgqa_jax.train", *args], cwd=REPO, env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  proc = start_train(*args)
   metrics = tmp_path / "metrics.jsonl"
   ckpt = tmp_path / "checkpoints" / "20"
-  deadline = time.time() + 180
-  while time.time() < deadline and not (
-      ckpt.exists() and metrics.exists() and '"step": 30' in metrics.read_text()):
-    time.sleep(0.05)
+  wait_until(lambda: ckpt.exists() and metrics.exists() and '"step": 30' in metrics.read_text(),
+             180)
   proc.send_signal(signal.SIGKILL)
   proc.wait(timeout=60)
   written = [json.loads(l)["step"] for l in metrics.read_text().splitlines() if l.strip()]
@@ -234,17 +222,12 @@ def test_kill_9_and_resume_leaves_each_metrics_step_once(tmp_path):
 def test_a_second_run_on_a_busy_workdir_refuses_naming_the_holder(tmp_path):
   """Two real processes on one workdir: the second refuses in one line (PID and host of the
   first), writes nothing; the first finishes with each metrics step once."""
-  import time
   args = ["--config=configs/tiny.py", f"--workdir={tmp_path}", "--config.optim.num_train_steps=200",
           "--config.checkpoint.every=100", "--config.eval.every=0", "--config.eval.examples=8",
           "--config.log_every=5", "--config.optim.batch_size=8", "--config.mesh.data=1"]
-  env = {**os.environ, "XLA_FLAGS": ""}
-  first = subprocess.Popen([sys.executable, "-m", "wgqa_jax.train", *args], cwd=REPO, env=env,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  first = start_train(*args)
   metrics = tmp_path / "metrics.jsonl"
-  deadline = time.time() + 180
-  while time.time() < deadline and not (metrics.exists() and metrics.read_text().strip()):
-    time.sleep(0.05)
+  wait_until(lambda: metrics.exists() and metrics.read_text().strip(), 180)
   before = metrics.read_text()
   second = run_cli(*args)
   assert second.returncode == cli.EXIT_USER_ERROR, second.stderr[-2000:]
@@ -307,9 +290,7 @@ def test_sigterm_during_start_up_exits_75_with_nothing_half_written(tmp_path):
   import time
   args = ["--config=configs/tiny.py", f"--workdir={tmp_path}", "--config.optim.num_train_steps=10",
           "--config.eval.examples=4", "--config.optim.batch_size=8", "--config.mesh.data=1"]
-  env = {**os.environ, "XLA_FLAGS": ""}
-  proc = subprocess.Popen([sys.executable, "-m", "wgqa_jax.train", *args], cwd=REPO, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  proc = start_train(*args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   time.sleep(1.5)  # importing jax: long before any step
   proc.send_signal(signal.SIGTERM)
   out = proc.communicate(timeout=180)[0]

@@ -3,17 +3,13 @@ library corpus): held-out loss falls, kill -9 mid-epoch resumes exactly, bad inp
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 
+from conftest import run_train, start_train, wait_until
 from wgqa_jax import cli, train
 from wgqa_jax.train_config import base_config
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def pretrain(objective, **flat):
@@ -85,29 +81,20 @@ def test_kill_9_mid_epoch_resumes_the_uninterrupted_run_exactly(tmp_path):
           "eval.batch_size": 16, "checkpoint.every": 20, "mesh.data": 1}
   args = ["--config=configs/llama_uptrain.py:tiny", f"--workdir={cut}"] + [
       f"--config.{k}={v}" for k, v in same.items()]
-  env = {**os.environ, "XLA_FLAGS": ""}
-  proc = subprocess.Popen([sys.executable, "-m", "wgqa_jax.train", *args], cwd=REPO, env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.time() + 240
-  while time.time() < deadline and not ((cut / "checkpoints" / "20").exists() and (
-      cut / "metrics.jsonl").exists() and '"step": 25' in (cut / "metrics.jsonl").read_text()):
-    time.sleep(0.05)
+  proc = start_train(*args)
+  metrics = cut / "metrics.jsonl"
+  wait_until(lambda: (cut / "checkpoints" / "20").exists() and metrics.exists()
+             and '"step": 25' in metrics.read_text(), 240)
   proc.send_signal(signal.SIGKILL)
   proc.wait(timeout=60)
   assert not (cut / "final").exists()
-  r = subprocess.run([sys.executable, "-m", "wgqa_jax.train", *args], cwd=REPO, env=env,
-                     capture_output=True, text=True, timeout=300)
+  r = run_train(*args)
   assert r.returncode == 0, r.stderr[-2000:]
   assert "resumed from step 20" in r.stdout + r.stderr
   a, b = losses(full), losses(str(cut))
   assert sorted(a) == sorted(b)
   np.testing.assert_allclose([b[k] for k in (25, 30, 35, 40)], [a[k] for k in (25, 30, 35, 40)],
                              rtol=1e-5)
-
-
-def run_cli(*args):
-  return subprocess.run([sys.executable, "-m", "wgqa_jax.train", *args], capture_output=True,
-                        text=True, cwd=REPO, env={**os.environ, "XLA_FLAGS": ""})
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -131,7 +118,7 @@ def run_cli(*args):
      "choose from"),
 ])
 def test_objective_errors_are_one_line_and_write_nothing(tmp_path, args, needle):
-  r = run_cli(*args, f"--workdir={tmp_path / 'w'}")
+  r = run_train(*args, f"--workdir={tmp_path / 'w'}")
   assert r.returncode == cli.EXIT_USER_ERROR, r.stderr[-3000:]
   assert "Traceback" not in r.stderr and needle in r.stderr, r.stderr[-3000:]
   assert len(r.stderr.strip().splitlines()) <= 3, r.stderr

@@ -124,18 +124,14 @@ def test_cli_rejects_unknown_config_key(tmp_path):
 def test_sigterm_saves_a_checkpoint_and_the_rerun_finishes(tmp_path):
   """A real preemption: SIGTERM mid-run -> checkpoint at the current step -> resume completes."""
   import signal
-  import time
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  cmd = [sys.executable, "-m", "wgqa_jax.train", "--config=configs/tiny.py",
-         f"--workdir={tmp_path}", "--config.optim.num_train_steps=400",
-         "--config.checkpoint.every=1000", "--config.eval.every=0", "--config.eval.examples=8",
-         "--config.log_every=5", "--config.optim.batch_size=8", "--config.mesh.data=1"]
-  env = {**os.environ, "XLA_FLAGS": ""}
-  proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  from conftest import run_train, start_train, wait_until
+  args = ["--config=configs/tiny.py", f"--workdir={tmp_path}",
+          "--config.optim.num_train_steps=400", "--config.checkpoint.every=1000",
+          "--config.eval.every=0", "--config.eval.examples=8", "--config.log_every=5",
+          "--config.optim.batch_size=8", "--config.mesh.data=1"]
+  proc = start_train(*args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
   metrics = tmp_path / "metrics.jsonl"
-  deadline = time.time() + 120
-  while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
-    time.sleep(0.2)
+  wait_until(lambda: metrics.exists() and metrics.read_text().count("\n") >= 2, 120, poll=0.2)
   proc.send_signal(signal.SIGTERM)
   out = proc.communicate(timeout=120)[0].decode()
   assert proc.returncode == 75, out  # preempted after saving: a scheduler should rerun it
@@ -143,8 +139,7 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_finishes(tmp_path):
   saved = sorted(int(p) for p in os.listdir(tmp_path / "checkpoints") if p.isdigit())
   assert saved and 10 <= saved[-1] < 400
   assert not (tmp_path / "final").exists()
-  r = subprocess.run(cmd + ["--config.optim.num_train_steps=400"], cwd=repo, env=env,
-                     capture_output=True, text=True, timeout=300)
+  r = run_train(*args, "--config.optim.num_train_steps=400")
   assert r.returncode == 0, r.stderr[-2000:]
   assert f"resumed from step {saved[-1]}" in r.stdout + r.stderr
   assert (tmp_path / "final" / params_io.PARAMS_FILE).exists()
