@@ -14,6 +14,9 @@ the merged R*t rows, benchmarks/attention_layout.py, so we keep the merged form.
   head (activations only).
 - PGQA `attention_noise`: Gaussian noise subtracted from the logits while training.
 
+With the `calibration` collection mutable, each module also sows its K/V inputs and which keys
+some query reads: the statistics the calibrated merges need (wgqa_jax.calibration).
+
 T5 uses none of the two position options (its init absorbs 1/sqrt(d), its position bias is
 additive and comes from the caller); Llama sets `query_scale` = head_dim^-0.5 and `rope_theta`
 (rotary embeddings, HF's rotate-half convention, applied to q in `attend` and to k in
@@ -32,6 +35,9 @@ from wgqa_jax.sharding import constrain
 from wgqa_jax.variants import MHA, Grouping
 
 NEG_INF = float(np.finfo(np.float32).min)
+# The variable collection in which each module sows its K/V inputs and which of its keys are
+# read, when a caller makes it mutable (wgqa_jax.calibration); otherwise nothing is computed.
+CALIBRATION = "calibration"
 
 
 class Attention(nn.Module):
@@ -92,6 +98,8 @@ class Attention(nn.Module):
   def project_kv(self, inputs_kv, positions=None):
     """(b, s, d_model) -> K, V each (b, s, G, d_kv): what a decode cache stores (K rotated when
     the module uses rotary embeddings; positions (b, s) or (s,))."""
+    if self.is_mutable_collection(CALIBRATION):  # what K and V are made of (pre-rotary)
+      self.sow(CALIBRATION, "inputs", inputs_kv)
     k_kernel, v_kernel = self.grouped_kv_kernels()
     k = self._dense(inputs_kv, k_kernel)
     if self.rope_theta is not None:
@@ -103,6 +111,10 @@ class Attention(nn.Module):
     positions (b, t) or (t,) of the queries, for rotary embeddings."""
     b, t, _ = inputs_q.shape
     h, g, dk = self.num_heads, self.num_kv_heads, self.head_dim
+    if self.is_mutable_collection(CALIBRATION):  # keys no query reads (padding) do not count
+      read = (jnp.ones((1, k.shape[1]), bool) if bias is None
+              else jnp.any(jnp.asarray(bias) > NEG_INF / 2, axis=(1, 2)))
+      self.sow(CALIBRATION, "keys_read", jnp.broadcast_to(read, k.shape[:2]))
     q = self._dense(inputs_q, self.q)  # (b, t, H, d_kv)
     if self.rope_theta is not None:
       q = rotary(q, positions, self.rope_theta)

@@ -47,6 +47,8 @@ def parse(fv: flags.FlagValues, argv: list[str] | None, prog: str) -> flags.Flag
     print(f"usage: {command} [flags]\n\n{fv.get_help()}")
     raise SystemExit(0)
   fv.unparse_flags()
+  for name in [n for n in fv if "." in n]:  # a previous call's --config.KEY override flags
+    delattr(fv, name)
   # ml_collections' config flags find their --config.KEY overrides in sys.argv, not in the list
   # being parsed: show them this argv while parsing.
   saved, sys.argv = sys.argv, [prog] + argv

@@ -58,7 +58,7 @@ def place(x: np.ndarray, shape, sharding) -> jax.Array:
 def load_sharded(source, cfg, shardings, convert: Callable[[dict], dict] | None = None,
                  desc: str | None = "loading params") -> dict:
   """Params of `cfg` (global arrays placed with `shardings`, a params-shaped tree) from `source`,
-  whose cfg is `cfg` itself or, with `convert`, the MHA config it converts: convert(module dict)
+  whose cfg is `cfg` itself or, with `convert`, the MHA config it converts: convert(module, path)
   gives each grouped attention module's params (variants.converter)."""
   shapes = traverse_util.flatten_dict(models.module_of(cfg).param_shapes(cfg))
   flat_shardings = traverse_util.flatten_dict(shardings)
@@ -74,7 +74,7 @@ def load_sharded(source, cfg, shardings, convert: Callable[[dict], dict] | None 
     module = {name: source.read(module_path + (name,)) for name in names}
     done_src.update(module_path + (name,) for name in names)
     if grouped and convert is not None:
-      module = convert(module)
+      module = convert(module, module_path)
     for name, x in module.items():
       path = module_path + (name,)
       placed[path] = place(np.asarray(x), shapes[path], flat_shardings[path])

@@ -38,24 +38,55 @@ flags.DEFINE_integer("pretrain_steps", 1000, "train a random MHA this long first
 flags.DEFINE_integer("steps", 120, "uptraining steps per variant", flag_values=FLAGS)
 
 
-def uptrain(base, variant: str, init_from: str, pretrain_dir: str | None, steps: int,
-            workdir: str) -> dict:
-  """Uptrain one variant from the MHA checkpoint; returns its final eval metrics."""
+def uptrain(base, grouping: dict, init_from: str, pretrain_dir: str | None, steps: int,
+            workdir: str, evals: int = 3) -> dict:
+  """Uptrain one grouping (the config's grouping section, e.g. {"variant": "gqa"}) from the MHA
+  checkpoint for `steps`, evaluating at the start and `evals` times; returns its final eval
+  metrics. A run that already finished (with this config) is read back, not started."""
   c = base.copy_and_resolve_references()
-  checkpoints = max(steps // 3, 1)  # three "epochs" of weights for the plots
-  c.update(dict(model=dict(init_from=init_from), grouping=dict(variant=variant),
+  every = max(steps // evals, 1)  # three "epochs" of weights for the plots by default
+  c.update(dict(model=dict(init_from=init_from), grouping=grouping,
                 optim=dict(num_train_steps=steps, num_epochs=0,
                            warmup_steps=min(c.optim.warmup_steps, steps // 10)),
-                eval=dict(every=checkpoints, at_start=True),
-                checkpoint=dict(every=checkpoints, keep=10)))
+                eval=dict(every=every, at_start=True),
+                checkpoint=dict(every=every, keep=10)))
+  train.check_resume(c, workdir)  # results of another config are not reused
+  done = finished(workdir, steps)
+  if done is not None:
+    return done
   if pretrain_dir and c.data.tokenizer == "sentencepiece":  # the MHA checkpoint's vocabulary
     os.makedirs(workdir, exist_ok=True)
     if not os.path.exists(os.path.join(workdir, "spm.model")):
       shutil.copy(os.path.join(pretrain_dir, "spm.model"), os.path.join(workdir, "spm.model"))
-  print(f"== {variant}: {steps} steps from {init_from} -> {workdir}")
+  print(f"== {', '.join(f'{k}={v}' for k, v in grouping.items())}: {steps} steps from "
+        f"{init_from} -> {workdir}")
   train.train(c, workdir)
-  return [r for r in analysis.read_metrics(workdir)
-          if r.get("step") == steps and "eval/loss" in r][-1]
+  return finished(workdir, steps)
+
+
+def finished(workdir: str, steps: int) -> dict | None:
+  """The final eval metrics of a run that reached `steps`, else None."""
+  if not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+    return None
+  rows = [r for r in analysis.read_metrics(workdir) if r.get("step") == steps and "eval/loss" in r]
+  return rows[-1] if rows else None
+
+
+def mha_checkpoint(base, out: str, pretrain_steps: int) -> tuple[str, str | None]:
+  """(init_from, pretraining workdir or None): with pretrain_steps > 0 a random model of the
+  config's architecture trained as MHA into OUT/pretrain_mha (resumed if there), standing in
+  for a pretrained checkpoint; else the config's model.init_from."""
+  if pretrain_steps <= 0:
+    return base.model.init_from, None
+  pre = os.path.join(out, "pretrain_mha")
+  c = base.copy_and_resolve_references()
+  # held-out loss of a pretraining objective is cheap: show its curve; decoding is not
+  every = max(pretrain_steps // 4, 1) if c.data.objective != "pairs" else 0
+  c.update(dict(grouping=dict(variant="mha"), eval=dict(every=every),
+                optim=dict(num_train_steps=pretrain_steps, num_epochs=0)))
+  print(f"== pretraining MHA for {pretrain_steps} steps -> {pre}")
+  train.train(c, pre)
+  return os.path.join(pre, "final"), pre
 
 
 def report(results: dict, runs: dict, header: list[str], out: str) -> tuple[list[str], dict]:
@@ -104,22 +135,12 @@ def main(argv: list[str] | None = None) -> int:
   t0 = time.time()
 
   # ---- 1. the MHA checkpoint ----
-  if args.pretrain_steps > 0:
-    pre = os.path.join(args.out, "pretrain_mha")
-    c = base.copy_and_resolve_references()
-    # held-out loss of a pretraining objective is cheap: show its curve; decoding is not
-    every = max(args.pretrain_steps // 4, 1) if c.data.objective != "pairs" else 0
-    c.update(dict(grouping=dict(variant="mha"), eval=dict(every=every),
-                  optim=dict(num_train_steps=args.pretrain_steps, num_epochs=0)))
-    print(f"== pretraining MHA for {args.pretrain_steps} steps -> {pre}")
-    train.train(c, pre)
-    init_from = os.path.join(pre, "final")
-  else:
-    init_from, pre = base.model.init_from, None
+  init_from, pre = mha_checkpoint(base, args.out, args.pretrain_steps)
 
   # ---- 2. uptrain every variant with the same budget ----
   runs = {v: os.path.join(args.out, v) for v in variants}
-  results = {v: uptrain(base, v, init_from, pre, args.steps, runs[v]) for v in variants}
+  results = {v: uptrain(base, dict(variant=v), init_from, pre, args.steps, runs[v])
+             for v in variants}
 
   # ---- 3. table, curves, weights ----
   command = " ".join(argv if argv is not None else sys.argv[1:])

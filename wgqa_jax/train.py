@@ -37,9 +37,9 @@ from ml_collections import config_flags
 import numpy as np
 from tqdm import tqdm
 
-from wgqa_jax import (checkpoints, cli, corpora, data, decoding, metrics, models, params_io,
-                      pipeline, sharding, span_corruption, streaming, text_rows, tokenizers,
-                      train_step as step_lib, variants, workdir as workdir_lib)
+from wgqa_jax import (calibration, checkpoints, cli, corpora, data, decoding, metrics, models,
+                      params_io, pipeline, sharding, span_corruption, streaming, text_rows,
+                      tokenizers, train_step as step_lib, variants, workdir as workdir_lib)
 from wgqa_jax.model_source import RANDOM, ModelSource, open_source
 from wgqa_jax.train_config import resume_differences, validate
 
@@ -114,10 +114,12 @@ def check_resume(c: ml_collections.ConfigDict, workdir: str) -> None:
                      f"keep: {'; '.join(diffs)}. To start fresh, pass another --workdir.")
 
 
-def build_model(c: ml_collections.ConfigDict, tokenizer, mesh, source: ModelSource):
+def build_model(c: ml_collections.ConfigDict, tokenizer, mesh, source: ModelSource,
+                calibration_data=None, workdir: str | None = None):
   """(params placed on `mesh` as the state shards them, model config): a random init or a
   checkpoint read tensor by tensor (wgqa_jax.streaming), converted to the variant one attention
-  module at a time, never whole in host memory."""
+  module at a time, never whole in host memory. A calibrated variant first runs the MHA model
+  on `calibration_data()` (an iterator of this process's training rows; see calibrate)."""
   m, g = c.model, c.grouping
   vocab_size = tokenizer.vocab_size
   if source.is_random:
@@ -141,12 +143,40 @@ def build_model(c: ml_collections.ConfigDict, tokenizer, mesh, source: ModelSour
                      f"{source.tokenizer or m.init_from})")
   convert = None
   if variants.is_mha(cfg):  # a grouped params dir is uptrained as it is
+    stats = None
+    if variants.get(g.variant).calibrated:
+      stats = calibrate(c, reader, cfg, mesh, calibration_data, workdir)
     cfg, convert = variants.converter(cfg, g.variant, g.kv_heads, **variants.options(g),
-                                      seed=c.seed)
+                                      seed=c.seed, calibration=stats)
   cfg = with_run_numerics(cfg, c)
   params = streaming.load_sharded(reader, cfg, step_lib.param_shardings(cfg, mesh), convert,
                                   desc=None if source.is_random else f"loading {m.init_from}")
   return params, cfg
+
+
+def calibrate(c: ml_collections.ConfigDict, reader, cfg, mesh, calibration_data,
+              workdir: str) -> calibration.Statistics:
+  """The MHA model's calibration statistics over the first grouping.calibration_batches
+  training batches, kept in WORKDIR/calibration.npz: a resumed run reads them back, so its
+  conversion is the one the run started from."""
+  path = os.path.join(workdir, calibration.FILE)
+  if os.path.exists(path):
+    return calibration.load(path, cfg)
+  run_cfg = with_run_numerics(cfg, c)
+  params = streaming.load_sharded(reader, run_cfg, step_lib.param_shardings(run_cfg, mesh),
+                                  desc="calibration: loading the MHA model")
+  rows = calibration_data()
+  try:
+    placed = (sharding.put_process_batch(batch, mesh) for batch in rows)
+    stats = calibration.collect(params, run_cfg, placed, c.grouping.calibration_batches)
+  finally:
+    rows.close()
+  del params
+  if is_main_process():
+    calibration.save(path, stats)
+  n = next(iter(stats.tokens.values()))
+  say(f"calibration: {stats.batches} batches, {n} tokens per module -> {path}")
+  return stats
 
 
 def wgqa_weight_stats(params) -> dict[str, float]:
@@ -504,7 +534,10 @@ def _train(c, workdir: str, stop_after: int | None, lock: workdir_lib.Lock,
   preempted.check_startup(workdir)
 
   # ---- model, sharded state ----
-  params, cfg = build_model(c, tokenizer, mesh, model_source)
+  params, cfg = build_model(
+      c, tokenizer, mesh, model_source, workdir=workdir,
+      calibration_data=lambda: pipeline.TrainBatches(  # the run's first batches, from the start
+          train_source, tokenizer, layout_of(c), jax.process_index(), jax.process_count()))
   settings = model_source.generation_settings
   del model_source  # its memory-mapped files
   train_cfg = for_training(cfg, c)
@@ -634,8 +667,9 @@ def _train(c, workdir: str, stop_after: int | None, lock: workdir_lib.Lock,
     raise Diverged("the final params are not finite; final/ was not written")
   if is_main_process():
     params_io.save(final_params, cfg, os.path.join(workdir, "final"), settings)
-    say(f"done: {workdir}/final (fold WGQA: python -m wgqa_jax.convert "
-        f"--params={workdir}/final --fold --out={workdir}/folded)")
+    fold = (f" (fold WGQA: python -m wgqa_jax.convert --params={workdir}/final --fold "
+            f"--out={workdir}/folded)" if cfg.grouping.weights != "none" else "")
+    say(f"done: {workdir}/final{fold}")
   return last
 
 

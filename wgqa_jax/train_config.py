@@ -37,13 +37,16 @@ def base_config() -> ml_collections.ConfigDict:
   # ---- grouping ----
   c.grouping = ml_collections.ConfigDict()
   # mha | mqa | gqa | wgqa | randwgqa | colwgqa | colrandwgqa | simgqa | asymgqa | kdgqa | dgqa
-  # | pgqa (wgqa_jax/variants.py; README: attention variants)
+  # | pgqa | aligned | svd (wgqa_jax/variants.py; README: attention variants)
   c.grouping.variant = "wgqa"
   c.grouping.kv_heads = 2       # G (mha and mqa fix it themselves)
   c.grouping.group_encoder = False  # papers: decoder self- and cross-attention only
   c.grouping.group_sizes = placeholder(tuple)  # asymgqa: contiguous group sizes, e.g. (3, 1, 2, 2)
   c.grouping.attention_noise = placeholder(float)  # pgqa: logit noise std (unset: the variant's 0.1)
   c.grouping.regroup_every = 0  # simgqa: regroup query heads by similarity every N steps (0: off)
+  # aligned / svd: training batches the MHA model runs on to calibrate the merge (the run's
+  # first batches; kept in WORKDIR/calibration.npz)
+  c.grouping.calibration_batches = 16
   # ---- data ----
   c.data = ml_collections.ConfigDict()
   # what the model learns: "pairs" (input -> target tasks), or continued pretraining on a text
@@ -121,6 +124,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
     variant.check(**variants.options(g), regroup_every=g.regroup_every)
   except ValueError as e:
     bad("grouping.variant", str(e))
+  if variant.calibrated and g.calibration_batches < 1:
+    bad("grouping.calibration_batches", f"{g.variant} calibrates its merge on training "
+                                        f"batches: give at least 1")
   if c.model.init_from == model_source.RANDOM and c.model.arch not in models.presets():
     bad("model.arch", f"choose from {sorted(models.presets())}")
   if o.loss_on is not None and o.loss_on not in objectives.LOSS_ON:

@@ -18,6 +18,13 @@ A model config holds one `Grouping` (how its grouped attention modules share K/V
 | asymgqa            | len(sizes)  | mean over contiguous groups of unequal sizes |                       |
 | kdgqa, dgqa        | kv_heads    | mean (GQA); queries allocated by key norms   |                       |
 | pgqa               | kv_heads    | mean (GQA)                                   | noise on the logits   |
+| aligned            | kv_heads    | mean after rotating heads toward their group |                       |
+| svd                | kv_heads    | top principal subspace of the group's heads  |                       |
+| search             | kv_heads    | svd, over groups searched to keep heads best |                       |
+
+aligned, svd and search are calibrated: they read the MHA model's K/V input statistics
+(wgqa_jax.calibration) and absorb each head's map into its q / o kernels
+(wgqa_jax.calibrated_merge); the result is plain GQA.
 
 Which attention modules are grouped is the model family's knowledge (`cfg.attention_modules()`:
 T5 groups decoder self- and cross-attention, and the encoder with `group_encoder`); everything
@@ -33,7 +40,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from wgqa_jax import kv_merge
+from wgqa_jax import calibrated_merge, kv_merge
 
 WEIGHT_MODES = ("none", "row", "col")
 WEIGHT_INITS = ("constant", "normal")
@@ -182,11 +189,14 @@ class Variant:
   def _grouping(self, g: int, group_encoder: bool, group_sizes, attention_noise) -> Grouping:
     return Grouping(kv_heads=g, group_encoder=group_encoder)
 
-  def convert_module(self, module: dict, grouping: Grouping, rng) -> dict:
-    """One attention module's MHA params {q, k, v, o} -> this variant's."""
+  def convert_module(self, module: dict, grouping: Grouping, rng, calibration=None) -> dict:
+    """One attention module's MHA params {q, k, v, o} -> this variant's. calibration: the
+    module's calibrated_merge.ModuleInputs, for calibrated variants."""
     g = grouping.kv_heads
     return {**module, "k": kv_merge.mean_pool(np.asarray(module["k"]), g, grouping.group_sizes),
             "v": kv_merge.mean_pool(np.asarray(module["v"]), g, grouping.group_sizes)}
+
+  calibrated = False  # needs the MHA model's calibration statistics (wgqa_jax.calibration)
 
   # ---- training hooks ----
   regroups = False  # SimGQA: the train loop calls regroup() every `regroup_every` steps
@@ -206,7 +216,7 @@ class MHAVariant(Variant):
   def _grouping(self, g, group_encoder, group_sizes, attention_noise):
     return Grouping(group_encoder=group_encoder)
 
-  def convert_module(self, module, grouping, rng):
+  def convert_module(self, module, grouping, rng, calibration=None):
     return module
 
 
@@ -229,7 +239,7 @@ class WGQA(Variant):
     return Grouping(kv_heads=g, group_encoder=group_encoder, weights=self.mode,
                     weights_init=self.init)
 
-  def convert_module(self, module, grouping, rng):
+  def convert_module(self, module, grouping, rng, calibration=None):
     h, dk = np.shape(module["k"])[1:]
     w = lambda: kv_merge.wgqa_init_weights(self.mode, h, dk, self.init,
                                          grouping.weights_init_value, rng)
@@ -243,7 +253,7 @@ class SimGQA(Variant):
   (as in the seed repository), so a moved head reads another head's bias row."""
   regroups = True
 
-  def convert_module(self, module, grouping, rng):
+  def convert_module(self, module, grouping, rng, calibration=None):
     groups = kv_merge.similarity_groups(module["q"], grouping.kv_heads)
     module = kv_merge.permute_heads(module, [h for grp in groups for h in grp])
     return super().convert_module(module, grouping, rng)
@@ -323,13 +333,31 @@ class PGQA(Variant):
     return Grouping(kv_heads=g, group_encoder=group_encoder, attention_noise=noise)
 
 
+@dataclasses.dataclass(frozen=True)
+class CalibratedGQA(Variant):
+  """GQA whose grouped heads come from what the MHA heads compute on calibration data:
+  "aligned" (rotate each head toward its group, then mean-pool), "svd" (the group's top
+  principal subspace) or "search" (svd over searched groups), the maps absorbed into q and o
+  (wgqa_jax.calibrated_merge)."""
+  method: str = "svd"
+  calibrated = True
+
+  def convert_module(self, module, grouping, rng, calibration=None):
+    if calibration is None:
+      raise ValueError(f"{self.name!r} needs calibration statistics of the MHA model")
+    return calibrated_merge.merge(self.method, module, calibration.gram,
+                                  grouping.kv_index(np.shape(module["q"])[1]),
+                                  calibration.rotary, calibration.reorderable)
+
+
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
     MHAVariant("mha"), MQA("mqa"), Variant("gqa"),
     WGQA("wgqa"), WGQA("randwgqa", init="normal"),
     WGQA("colwgqa", mode="col"), WGQA("colrandwgqa", mode="col", init="normal"),
     SimGQA("simgqa"), AsymGQA("asymgqa"),
     KeyNormGQA("kdgqa", allocation="key_norm"), KeyNormGQA("dgqa", allocation="kernel_norm"),
-    PGQA("pgqa"),
+    PGQA("pgqa"), CalibratedGQA("aligned", method="aligned"), CalibratedGQA("svd", method="svd"),
+    CalibratedGQA("search", method="search"),
 )}
 
 
@@ -350,13 +378,13 @@ def grouped_paths(cfg) -> list[tuple[str, ...]]:
   return [path for path, grouped in cfg.attention_modules() if grouped]
 
 
-def map_modules(params, paths: Iterable[tuple[str, ...]], fn: Callable[[dict], dict]):
-  """A new params tree in which the module at each path is replaced by fn(module dict)."""
+def map_modules(params, paths: Iterable[tuple[str, ...]], fn: Callable[[dict, tuple], dict]):
+  """A new params tree in which the module at each path is replaced by fn(module dict, path)."""
   flat = traverse_util.flatten_dict(params)
   for path in paths:
     n = len(path)
     module = {k[n]: flat.pop(k) for k in [k for k in flat if k[:n] == path]}
-    flat.update({path + (name,): v for name, v in fn(module).items()})
+    flat.update({path + (name,): v for name, v in fn(module, path).items()})
   return traverse_util.unflatten_dict(flat)
 
 
@@ -367,27 +395,39 @@ def is_mha(cfg) -> bool:
 
 def from_mha(params, cfg, variant: str, kv_heads: int | None = None, *,
              group_encoder: bool = False, group_sizes=None, attention_noise: float | None = None,
-             seed: int = 0):
+             seed: int = 0, calibration=None):
   """MHA params -> `variant` with G = kv_heads groups. Returns (params, cfg).
 
   group_sizes: AsymGQA's contiguous group sizes. attention_noise: PGQA's logit noise std
   (default 0.1).
-  seed: RandWGQA's weight init."""
+  seed: RandWGQA's weight init. calibration: the MHA model's wgqa_jax.calibration.Statistics,
+  which calibrated variants (aligned, svd) need."""
   new_cfg, convert = converter(cfg, variant, kv_heads, group_encoder=group_encoder,
-                               group_sizes=group_sizes, attention_noise=attention_noise, seed=seed)
+                               group_sizes=group_sizes, attention_noise=attention_noise, seed=seed,
+                               calibration=calibration)
   return map_modules(params, grouped_paths(new_cfg), convert), new_cfg
 
 
 def converter(cfg, variant: str, kv_heads: int | None = None, *, group_encoder: bool = False,
-              group_sizes=None, attention_noise: float | None = None, seed: int = 0):
-  """(the variant's config, convert): convert(module dict) turns one grouped attention module's
-  MHA params into the variant's. Called on grouped_paths(config) in order it gives what
-  from_mha gives (RandWGQA draws its weights in that order); wgqa_jax.streaming converts a
-  checkpoint so, one module at a time."""
+              group_sizes=None, attention_noise: float | None = None, seed: int = 0,
+              calibration=None):
+  """(the variant's config, convert): convert(module dict, its path) turns one grouped
+  attention module's MHA params into the variant's. Called on grouped_paths(config) in order
+  it gives what from_mha gives (RandWGQA draws its weights in that order); wgqa_jax.streaming
+  converts a checkpoint so, one module at a time."""
   new_cfg = grouped_config(cfg, variant, kv_heads, group_encoder=group_encoder,
                            group_sizes=group_sizes, attention_noise=attention_noise)
   v, rng = get(variant), np.random.default_rng(seed)
-  return new_cfg, lambda m: v.convert_module(m, new_cfg.grouping, rng)
+  if v.calibrated and calibration is None:
+    raise ValueError(f"variant {variant!r} needs calibration statistics of the MHA model "
+                     f"(wgqa_jax.calibration; wgqa_jax.train collects them)")
+  rotary = getattr(cfg, "rope_theta", None) is not None  # keys rotated by position (Llama)
+
+  def convert(module, path):
+    inputs = calibrated_merge.ModuleInputs(calibration.gram(path), rotary,
+                                           cfg.reorderable_heads(path)) if v.calibrated else None
+    return v.convert_module(module, new_cfg.grouping, rng, inputs)
+  return new_cfg, convert
 
 
 def grouped_config(cfg, variant: str, kv_heads: int | None = None, *, group_encoder=False,
@@ -407,7 +447,7 @@ def fold(params, cfg):
   if grp.weights == "none":
     return params, cfg
 
-  def fold_module(m):
+  def fold_module(m, _path):
     m = dict(m)
     for kernel, w in (("k", "wk"), ("v", "wv")):
       m[kernel] = kv_merge.weighted_sum(np.asarray(m[kernel]), np.asarray(m.pop(w)), grp.kv_heads)
@@ -426,7 +466,7 @@ def expand_to_mha(params, cfg):
   if grp.num_kv_heads(cfg.num_heads) == cfg.num_heads and grp.group_sizes is None:
     return params, cfg.replace(grouping=MHA.replace(group_encoder=grp.group_encoder))
   h = cfg.num_heads
-  expand = lambda m: {**m, "k": kv_merge.expand(np.asarray(m["k"]), h, grp.group_sizes),
+  expand = lambda m, _path: {**m, "k": kv_merge.expand(np.asarray(m["k"]), h, grp.group_sizes),
                       "v": kv_merge.expand(np.asarray(m["v"]), h, grp.group_sizes)}
   return map_modules(params, grouped_paths(cfg), expand), cfg.replace(
       grouping=MHA.replace(group_encoder=grp.group_encoder))

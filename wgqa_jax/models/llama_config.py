@@ -79,6 +79,11 @@ class LlamaConfig(ConfigFile):
   def kv_heads_of(self, stack: str = "decoder") -> int:
     return self.kv_heads
 
+  def reorderable_heads(self, path: tuple[str, ...]) -> bool:
+    """Whether an attention module's heads may be reordered without changing the model: yes,
+    no Llama parameter is tied to a head's position."""
+    return True
+
   def attention_modules(self):
     """(param path, grouped) of every attention module: what wgqa_jax.variants converts."""
     for i in range(self.num_layers):
@@ -151,6 +156,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # the offline decoder-only default (configs/llama_tiny.py)
     "llama-tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=160, num_layers=2,
                        num_heads=4, head_dim=16, max_position_embeddings=512),
+    # the conversion lab's offline MHA model (benchmarks/pareto): 8 heads, so KV budgets go
+    # down to 1/8, and enough width and depth for the heads to specialise
+    "llama-tiny-8head": dict(vocab_size=512, hidden_size=128, intermediate_size=320,
+                             num_layers=4, num_heads=8, head_dim=16, max_position_embeddings=512),
     # real shapes, as MHA checkpoints to uptrain (the planner, configs/scale.py). Llama-2-70B
     # itself ships with 8 KV heads: its GQA-8 rows are the released model's shape.
     "llama-2-7b": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008,

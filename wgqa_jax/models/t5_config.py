@@ -116,6 +116,11 @@ class T5Config(ConfigFile):
     """KV heads of `stack`'s attention modules (what its decode cache holds)."""
     return self.grouping_of(stack).num_kv_heads(self.num_heads)
 
+  def reorderable_heads(self, path: tuple[str, ...]) -> bool:
+    """Whether an attention module's heads may be reordered without changing the model: not
+    in self-attention, whose relative position bias (one table per stack) is per head."""
+    return path[-1] == "cross_attention"
+
   def attention_modules(self):
     """(param path, grouped) of every attention module: what wgqa_jax.variants converts."""
     for i in range(self.num_encoder_layers):
@@ -211,6 +216,9 @@ def _first(x):
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(vocab_size=512, d_model=64, d_kv=16, d_ff=128, num_heads=4,
                  num_encoder_layers=2, num_decoder_layers=2, dropout_rate=0.0),
+    # the conversion lab's offline MHA model (benchmarks/pareto): 8 heads, budgets down to 1/8
+    "tiny-8head": dict(vocab_size=512, d_model=128, d_kv=16, d_ff=256, num_heads=8,
+                       num_encoder_layers=3, num_decoder_layers=3, dropout_rate=0.0),
     "t5-small": dict(d_model=512, d_kv=64, d_ff=2048, num_heads=8,
                      num_encoder_layers=6, num_decoder_layers=6),
     "t5-base": dict(d_model=768, d_kv=64, d_ff=3072, num_heads=12,
