@@ -32,7 +32,7 @@ def test_attention_module_matches_numpy_reference(g, wgqa):
   rng = np.random.RandomState(2)
   xq, xkv = rng.randn(2, 5, 16).astype(np.float32), rng.randn(2, 7, 16).astype(np.float32)
   bias = rng.randn(1, 6, 5, 7).astype(np.float32)
-  attn = t5.attention(cfg, "decoder")
+  attn = t5.attention(cfg, ("decoder", "layers_0", "self_attention"))
   params = nn.unbox(attn.init(jax.random.PRNGKey(0), xq, xkv, bias)["params"])
   params = jax.tree.map(np.asarray, params)
   got = np.asarray(attn.apply({"params": params}, xq, xkv, bias))

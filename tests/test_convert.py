@@ -131,3 +131,27 @@ def test_convert_cli_uptrain_ready_wgqa_then_fold_and_export(tmp_path):
   # the exported GQA-2 checkpoint re-groups to MQA
   assert convert.main([f"--hf={out}", "--variant=mqa", f"--out={tmp_path / 'mqa'}"]) == 0
   assert params_io.load(str(tmp_path / "mqa"))[1].kv_heads == 1
+
+
+def test_calibrated_variant_converts_from_a_statistics_file_and_needs_one(tmp_path):
+  import pytest
+  from wgqa_jax import calibration, convert
+  hf = make_hf_model(V10)
+  hf.save_pretrained(str(tmp_path / "hf"))
+  params, cfg = hf_io.from_hf(str(tmp_path / "hf"))
+  ids, _, dec = batch(cfg.vocab_size)
+  stats = calibration.collect(params, cfg, iter([{"inputs": ids.astype(np.int32),
+                                                  "targets": dec.astype(np.int32)}]), 1, desc=None)
+  calibration.save(str(tmp_path / "calibration.npz"), stats)
+  args = [f"--hf={tmp_path / 'hf'}", f"--out={tmp_path / 'svd'}", "--variant=svd", "--kv_heads=2"]
+  with pytest.raises(ValueError, match="--variant=svd merges by what the heads compute: pass "
+                                       "--calibration=WORKDIR/calibration.npz"):
+    convert.main(args)
+  assert not (tmp_path / "svd").exists()
+  assert convert.main(args + [f"--calibration={tmp_path / 'calibration.npz'}"]) == 0
+  got, got_cfg = params_io.load(str(tmp_path / "svd"))
+  want, want_cfg = variants.from_mha(params, cfg, "svd", 2, calibration=stats)
+  assert got_cfg == want_cfg
+  flat_got, flat_want = params_io.flatten(got), params_io.flatten(want)
+  for k in flat_want:
+    np.testing.assert_allclose(flat_got[k], flat_want[k], rtol=1e-6, err_msg=str(k))

@@ -16,13 +16,17 @@ SETS = ["--config.data.max_input_length=48", "--config.data.max_target_length=16
 
 def test_pareto_runs_every_method_and_budget_and_resumes(tmp_path):
   out = tmp_path / "pareto"
-  args = ["--config=configs/llama_uptrain.py:tiny", f"--out={out}", "--methods=mean,svd,search",
+  args = ["--config=configs/llama_uptrain.py:tiny", f"--out={out}",
+          "--methods=mean,svd,search,allocated",
           "--budgets=1/2,1/4", "--pretrain_steps=8", "--steps=3", *SETS]
   assert pareto.main(args) == 0
   r = json.load(open(out / "results.json"))
   points = {(p["method"], p["kv_heads"]): p for p in r["points"]}
-  assert set(points) == {("mha", 4), ("mean", 2), ("svd", 2), ("search", 2), ("mean", 1),
-                         ("svd", 1), ("search", 1)}
+  assert set(points) == {("mha", 4), ("mean", 2), ("svd", 2), ("search", 2), ("allocated", 2),
+                         ("mean", 1), ("svd", 1), ("search", 1), ("allocated", 1)}
+  # allocated: the same heads in all (here 2 x 2 or 1 x 2), spread over the two layers
+  for g in (2, 1):
+    assert points["allocated", g]["bytes_per_token"] <= points["svd", g]["bytes_per_token"]
   # llama-tiny: 2 layers x K and V x G heads x 16 dims x 4 bytes
   assert points["mha", 4]["bytes_per_token"] == 2 * 2 * 4 * 16 * 4
   assert points["svd", 1]["bytes_per_token"] == 2 * 2 * 1 * 16 * 4
@@ -60,6 +64,10 @@ def test_frontier_marks_the_dominated_points():
     (["--methods=svd", "--config.grouping.calibration_batches=0"],
      "config.grouping.calibration_batches=0: svd calibrates its merge on training batches"),
     (["--steps=0"], "--steps=0: at least 1"),
+    (["--methods=allocated", "--config.model.scan_layers=True"],
+     "cannot be scanned: set model.scan_layers=False"),
+    (["--methods=mean", "--config.grouping.layer_budget=proxy"],
+     "spreading KV heads by calibration error needs a calibrated variant"),
     (["--pretrain_steps=0"], "pareto converts one MHA checkpoint: pass "
                              "--config.model.init_from=DIR"),
 ])

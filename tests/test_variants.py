@@ -145,7 +145,7 @@ def ref_gathered_attention(xq, xkv, q, k, v, o, bias, index):
 
 
 def module(cfg):
-  attn = t5.attention(cfg, "decoder")
+  attn = t5.attention(cfg, ("decoder", "layers_0", "self_attention"))
   rng = np.random.RandomState(0)
   xq, xkv = rng.randn(2, 5, 16).astype(np.float32), rng.randn(2, 7, 16).astype(np.float32)
   bias = rng.randn(1, cfg.num_heads, 5, 7).astype(np.float32)
@@ -203,7 +203,9 @@ def test_equal_norms_allocate_like_gqa():
   attn, p, xq, xkv, bias = module(cfg)
   p["k"] = np.repeat(p["k"][:, :1], 3, axis=1)  # identical kernels -> equal norms -> 2 each
   got = attn.apply({"params": p}, xq, xkv, bias)
-  gqa = t5.attention(cfg.replace(grouping=cfg.grouping.replace(allocation="static")), "decoder")
+  self_attention = ("decoder", "layers_0", "self_attention")
+  gqa = t5.attention(cfg.replace(grouping=cfg.grouping.replace(allocation="static")),
+                     self_attention)
   np.testing.assert_allclose(got, gqa.apply({"params": p}, xq, xkv, bias), rtol=1e-5, atol=1e-6)
 
 
@@ -211,7 +213,8 @@ def test_pgqa_noise_only_while_training():
   cfg = T5Config(d_model=16, d_kv=4, num_heads=6, dropout_rate=0.0,
                  grouping=Grouping(kv_heads=2, attention_noise=0.5))
   attn, p, xq, xkv, bias = module(cfg)
-  plain = t5.attention(cfg.replace(grouping=cfg.grouping.replace(attention_noise=0.0)), "decoder")
+  plain = t5.attention(cfg.replace(grouping=cfg.grouping.replace(attention_noise=0.0)),
+                       ("decoder", "layers_0", "self_attention"))
   np.testing.assert_array_equal(attn.apply({"params": p}, xq, xkv, bias),
                                 plain.apply({"params": p}, xq, xkv, bias))
   run = lambda seed: np.asarray(attn.apply({"params": p}, xq, xkv, bias, False,
@@ -219,7 +222,7 @@ def test_pgqa_noise_only_while_training():
   np.testing.assert_array_equal(run(0), run(0))
   assert np.abs(run(0) - run(1)).max() > 1e-3
   # an ungrouped (encoder) module never gets noise
-  enc = t5.attention(cfg, "encoder")
+  enc = t5.attention(cfg, ("encoder", "layers_0", "attention"))
   np.testing.assert_array_equal(enc.apply({"params": p | {"k": np.repeat(p["k"], 3, 1),
                                                           "v": np.repeat(p["v"], 3, 1)}},
                                           xq, xkv, bias, False,

@@ -25,7 +25,7 @@ import os
 
 import numpy as np
 
-from wgqa_jax import cli, hf, params_io, variants
+from wgqa_jax import calibration, cli, hf, params_io, variants
 
 FLAGS = cli.flag_set()
 flags.DEFINE_string("hf", None, "HF checkpoint (T5, Llama, Mistral): local directory or hub id",
@@ -41,6 +41,9 @@ flags.DEFINE_list("group_sizes", None, "asymgqa: contiguous group sizes, e.g. 3,
 flags.DEFINE_bool("group_encoder", False, "group the encoder self-attention too (default: "
                   "decoder only)", flag_values=FLAGS)
 flags.DEFINE_integer("seed", 0, "RandWGQA init seed", flag_values=FLAGS)
+flags.DEFINE_string("calibration", None, "aligned / svd / search: the MHA model's calibration "
+                    "statistics (the calibration.npz a training run with that variant writes "
+                    "in its workdir)", flag_values=FLAGS)
 flags.DEFINE_bool("fold", False, "fold WGQA weights into plain GQA kernels", flag_values=FLAGS)
 flags.DEFINE_string("out", None, "write wgqa_jax params here", flag_values=FLAGS)
 flags.DEFINE_string("export_hf", None, "write a transformers directory here (T5: KV heads "
@@ -77,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
   if not a.out and not a.export_hf:
     raise ValueError("nothing to write: pass --out and/or --export_hf")
   check_outputs(a)
+  if a.variant and variants.get(a.variant).calibrated and not a.calibration:
+    raise ValueError(f"--variant={a.variant} merges by what the heads compute: pass "
+                     f"--calibration=WORKDIR/calibration.npz (written by python -m wgqa_jax.train "
+                     f"with this variant)")
   if a.hf:
     print(f"loading HF checkpoint {a.hf} ...")
   params, cfg = hf.from_hf(a.hf) if a.hf else params_io.load(a.params)
@@ -88,8 +95,9 @@ def main(argv: list[str] | None = None) -> int:
   if a.variant:
     flags_ = {"group_encoder": a.group_encoder,
               "group_sizes": [int(x) for x in a.group_sizes] if a.group_sizes else None}
+    stats = calibration.load(a.calibration, cfg) if a.calibration else None
     params, cfg = variants.from_mha(params, cfg, a.variant, a.kv_heads, seed=a.seed,
-                                    **variants.options(flags_))
+                                    calibration=stats, **variants.options(flags_))
   if a.fold:
     params, cfg = variants.fold(params, cfg)
   n = sum(np.size(v) for v in params_io.flatten(params).values())

@@ -8,8 +8,10 @@ checkpoint, right after conversion and after the same uptraining for all.
 
 --config and --config.SECTION.KEY=VALUE overrides work as in wgqa_jax.train and apply to every
 run. A budget is the share of the MHA model's KV heads kept in every grouped module (1/4 of 8
-heads: G = 2). Methods: mean (GQA mean-pooling), wgqa, aligned, svd (calibrated merges), or any
-other variant that takes kv_heads. The MHA model itself is uptrained the same way as the
+heads: G = 2), or in all of them together. Methods: mean (GQA mean-pooling), wgqa, aligned,
+svd, search (calibrated merges), allocated (svd with the budget's heads spread over the
+modules by calibration error: per-module G, the same bytes), or any other variant that takes
+kv_heads. The MHA model itself is uptrained the same way as the
 reference point.
 
 Every run's workdir is OUT/<method>_kv<G> (OUT/mha): held-out eval at step 0 is the quality
@@ -28,11 +30,14 @@ import time
 from absl import flags
 from ml_collections import config_flags
 
-from wgqa_jax import cli, corpora, decoding, model_source, sweep, variants, workdir as workdir_lib
+from wgqa_jax import (cli, corpora, decoding, model_source, streaming, sweep, variants,
+                      workdir as workdir_lib)
 from wgqa_jax.train_config import validate
 
-# method name -> variant (the others are variants of the same name)
-METHODS = {"mean": "gqa"}
+# method name -> its grouping section (any other name: the variant of that name)
+METHODS = {"mean": {"variant": "gqa"},
+           # svd with the budget spread over modules by calibration error (wgqa_jax.kv_budget)
+           "allocated": {"variant": "svd", "layer_budget": "proxy"}}
 NOT_BUDGETED = ("mha", "mqa", "asymgqa")  # variants that fix G themselves
 
 FLAGS = cli.flag_set()
@@ -59,13 +64,15 @@ class Point:
   workdir: str
 
 
-def variant_of(method: str) -> str:
-  name = METHODS.get(method, method)
-  variants.get(name)  # unknown names fail with the closest one
-  if name in NOT_BUDGETED:
+def grouping_of(method: str) -> dict:
+  """The config's grouping section of a method (without kv_heads)."""
+  grouping = METHODS.get(method, {"variant": method})
+  variants.get(grouping["variant"])  # unknown names fail with the closest one
+  if grouping["variant"] in NOT_BUDGETED:
     raise ValueError(f"method {method!r} fixes its own KV heads; a KV budget needs one of "
-                     f"mean, wgqa, aligned, svd or another variant that takes kv_heads")
-  return name
+                     f"mean, wgqa, aligned, svd, search, allocated or another variant that "
+                     f"takes kv_heads")
+  return dict(grouping)
 
 
 def kv_heads_of(budget: str, num_heads: int) -> int:
@@ -179,13 +186,13 @@ def check(base, methods: list[str], budgets: list[str], args) -> tuple[object, d
                      f"({cfg.grouping.describe(cfg.num_heads)}): pareto converts an MHA model")
   heads = {}
   for m in methods:
-    v = variant_of(m)
+    grouping = grouping_of(m)
     for b in budgets:
       g = kv_heads_of(b, cfg.num_heads)
       c = base.copy_and_resolve_references()
-      c.grouping.variant, c.grouping.kv_heads = v, g
+      c.grouping.update(dict(grouping, kv_heads=g))
       validate(c)
-      variants.grouped_config(cfg, v, g, **variants.options(c.grouping))
+      variants.grouped_config(cfg, grouping["variant"], g, **variants.options(c.grouping))
       heads[m, b] = g
   return cfg, heads
 
@@ -205,15 +212,14 @@ def main(argv: list[str] | None = None) -> int:
   def run(method: str, grouping: dict, g: int, budget: str) -> Point:
     workdir = os.path.join(args.out, "mha" if method == "mha" else f"{method}_kv{g}")
     sweep.uptrain(base, grouping, init_from, pre, args.steps, workdir, evals=1)
-    grouped = cfg if method == "mha" else variants.grouped_config(
-        cfg, grouping["variant"], g, **variants.options(base.grouping))
+    grouped = streaming.open_source(os.path.join(workdir, "final")).cfg  # as converted
     return Point(method, g, budget, bytes_per_token(grouped, base.model.dtype),
                  quality(workdir, 0), quality(workdir, args.steps), workdir)
 
   points = [run("mha", dict(variant="mha"), cfg.num_heads, "1")]
   for b in budgets:
     for m in methods:
-      points.append(run(m, dict(variant=variant_of(m), kv_heads=heads[m, b]), heads[m, b], b))
+      points.append(run(m, dict(grouping_of(m), kv_heads=heads[m, b]), heads[m, b], b))
       write(points, methods, args, argv, init_from, base, time.time() - t0)
   write(points, methods, args, argv, init_from, base, time.time() - t0)
   print(open(os.path.join(args.out, "results.md")).read())

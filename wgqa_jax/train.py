@@ -37,9 +37,10 @@ from ml_collections import config_flags
 import numpy as np
 from tqdm import tqdm
 
-from wgqa_jax import (calibration, checkpoints, cli, corpora, data, decoding, metrics, models,
-                      params_io, pipeline, sharding, span_corruption, streaming, text_rows,
-                      tokenizers, train_step as step_lib, variants, workdir as workdir_lib)
+from wgqa_jax import (calibration, checkpoints, cli, corpora, data, decoding, kv_budget, metrics,
+                      models, params_io, pipeline, sharding, span_corruption, streaming,
+                      text_rows, tokenizers, train_step as step_lib, variants,
+                      workdir as workdir_lib)
 from wgqa_jax.model_source import RANDOM, ModelSource, open_source
 from wgqa_jax.train_config import resume_differences, validate
 
@@ -143,11 +144,16 @@ def build_model(c: ml_collections.ConfigDict, tokenizer, mesh, source: ModelSour
                      f"{source.tokenizer or m.init_from})")
   convert = None
   if variants.is_mha(cfg):  # a grouped params dir is uptrained as it is
-    stats = None
+    stats, module_kv_heads = None, None
     if variants.get(g.variant).calibrated:
       stats = calibrate(c, reader, cfg, mesh, calibration_data, workdir)
+    if g.layer_budget == "proxy":  # the same KV heads in all, spread by calibration error
+      module_kv_heads = kv_budget.by_proxy(reader.read, cfg, stats, g.variant, g.kv_heads)
+      say(f"KV heads per module: {','.join(map(str, module_kv_heads.values()))} "
+          f"({sum(module_kv_heads.values())} in all, as {g.kv_heads} in each)")
     cfg, convert = variants.converter(cfg, g.variant, g.kv_heads, **variants.options(g),
-                                      seed=c.seed, calibration=stats)
+                                      seed=c.seed, calibration=stats,
+                                      module_kv_heads=module_kv_heads)
   cfg = with_run_numerics(cfg, c)
   params = streaming.load_sharded(reader, cfg, step_lib.param_shardings(cfg, mesh), convert,
                                   desc=None if source.is_random else f"loading {m.init_from}")

@@ -47,6 +47,10 @@ def base_config() -> ml_collections.ConfigDict:
   # aligned / svd: training batches the MHA model runs on to calibrate the merge (the run's
   # first batches; kept in WORKDIR/calibration.npz)
   c.grouping.calibration_batches = 16
+  # "uniform": kv_heads in every module; "proxy" (aligned / svd / search): the same KV heads in
+  # all, spread over the cached attention modules where the calibration error drops most
+  # (wgqa_jax/kv_budget.py)
+  c.grouping.layer_budget = "uniform"
   # ---- data ----
   c.data = ml_collections.ConfigDict()
   # what the model learns: "pairs" (input -> target tasks), or continued pretraining on a text
@@ -127,6 +131,14 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if variant.calibrated and g.calibration_batches < 1:
     bad("grouping.calibration_batches", f"{g.variant} calibrates its merge on training "
                                         f"batches: give at least 1")
+  if g.layer_budget not in LAYER_BUDGETS:
+    bad("grouping.layer_budget", f"choose from {LAYER_BUDGETS}")
+  if g.layer_budget == "proxy" and not variant.calibrated:
+    bad("grouping.layer_budget", f"spreading KV heads by calibration error needs a calibrated "
+                                 f"variant (aligned, svd, search), not {g.variant!r}")
+  if g.layer_budget == "proxy" and c.model.scan_layers:
+    bad("grouping.layer_budget", "per-module KV heads give the layers different shapes, which "
+                                 "cannot be scanned: set model.scan_layers=False")
   if c.model.init_from == model_source.RANDOM and c.model.arch not in models.presets():
     bad("model.arch", f"choose from {sorted(models.presets())}")
   if o.loss_on is not None and o.loss_on not in objectives.LOSS_ON:
@@ -179,6 +191,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
 # checkpoint restores onto any mesh), remat, scanned layers and gradient accumulation (the same
 # step either way) and where TFDS data lives and how many processes read it. Every other key
 # shapes the model, the data or the optimizer schedule.
+LAYER_BUDGETS = ("uniform", "proxy")
 RESUMABLE_CHANGES = ("log_every", "mesh.data", "mesh.fsdp", "mesh.model", "model.remat",
                      "model.scan_layers", "optim.grad_accum_steps",
                      "optim.max_skipped_steps", "data.data_dir", "data.workers", "eval.every", "eval.at_start",

@@ -69,10 +69,32 @@ class Grouping:
   allocation: str = "static"
   # PGQA: std of Gaussian noise subtracted from the attention logits while training.
   attention_noise: float = 0.0
+  # A KV budget allocated across modules: (module path "decoder/layers_0/self_attention", G)
+  # pairs, each module's own G; the modules not named have kv_heads. Static equal groups only.
+  module_kv_heads: tuple[tuple[str, int], ...] | None = None
 
   def __post_init__(self):
     if self.group_sizes is not None:  # lists from JSON become tuples (hashable: jit-static)
       object.__setattr__(self, "group_sizes", tuple(int(x) for x in self.group_sizes))
+    if self.module_kv_heads is not None:
+      pairs = (self.module_kv_heads.items() if isinstance(self.module_kv_heads, dict)
+               else self.module_kv_heads)
+      object.__setattr__(self, "module_kv_heads", tuple(
+          ("/".join(p) if isinstance(p, (tuple, list)) else str(p), int(g)) for p, g in pairs))
+
+  def at(self, path: tuple[str, ...]) -> "Grouping":
+    """The grouping of the attention module at `path`: its own G when module_kv_heads names
+    it. What the module, its params and its decode cache are built from."""
+    if self.module_kv_heads is None:
+      return self
+    g = dict(self.module_kv_heads).get("/".join(path), self.kv_heads)
+    return dataclasses.replace(self, kv_heads=g, module_kv_heads=None)
+
+  @property
+  def per_module(self) -> bool:
+    """Some module has its own G (a KV budget allocated across modules)."""
+    return bool(self.module_kv_heads) and any(g != self.kv_heads
+                                              for _, g in self.module_kv_heads)
 
   @classmethod
   def from_dict(cls, d: dict[str, Any]) -> "Grouping":
@@ -116,6 +138,11 @@ class Grouping:
       bad("WGQA weights assume static contiguous groups; use allocation='static'")
     if self.attention_noise < 0:
       bad(f"attention_noise must be >= 0, got {self.attention_noise}")
+    for path, gm in self.module_kv_heads or ():
+      if gm <= 0 or num_heads % gm:
+        bad(f"module {path} has {gm} KV heads, which do not divide num_heads={num_heads}")
+    if self.per_module and self.unequal:
+      bad("per-module KV heads take static, equal, contiguous groups")
 
   def kv_index(self, num_heads: int) -> np.ndarray:
     """(H,) KV head of each query head under static allocation."""
@@ -126,6 +153,10 @@ class Grouping:
 
   def describe(self, num_heads: int) -> str:
     parts = [f"{num_heads} heads, {self.num_kv_heads(num_heads)} KV heads"]
+    if self.per_module:
+      heads = [g for _, g in self.module_kv_heads]
+      parts[0] = (f"{num_heads} heads, KV heads per module {','.join(map(str, heads))} "
+                  f"({sum(heads)} in all)")
     if self.weights != "none":
       parts.append(f"WGQA {self.weights} weights")
     if self.group_sizes:
@@ -390,33 +421,35 @@ def map_modules(params, paths: Iterable[tuple[str, ...]], fn: Callable[[dict, tu
 
 def is_mha(cfg) -> bool:
   return cfg.grouping.kv_heads in (None, cfg.num_heads) and cfg.grouping.weights == "none" \
-      and not cfg.grouping.unequal
+      and not cfg.grouping.unequal and not cfg.grouping.per_module
 
 
 def from_mha(params, cfg, variant: str, kv_heads: int | None = None, *,
              group_encoder: bool = False, group_sizes=None, attention_noise: float | None = None,
-             seed: int = 0, calibration=None):
+             seed: int = 0, calibration=None, module_kv_heads=None):
   """MHA params -> `variant` with G = kv_heads groups. Returns (params, cfg).
 
   group_sizes: AsymGQA's contiguous group sizes. attention_noise: PGQA's logit noise std
   (default 0.1).
   seed: RandWGQA's weight init. calibration: the MHA model's wgqa_jax.calibration.Statistics,
-  which calibrated variants (aligned, svd) need."""
+  which calibrated variants (aligned, svd, search) need. module_kv_heads: {module path: G} of
+  modules with their own G (a KV budget allocated across modules, wgqa_jax.kv_budget)."""
   new_cfg, convert = converter(cfg, variant, kv_heads, group_encoder=group_encoder,
                                group_sizes=group_sizes, attention_noise=attention_noise, seed=seed,
-                               calibration=calibration)
+                               calibration=calibration, module_kv_heads=module_kv_heads)
   return map_modules(params, grouped_paths(new_cfg), convert), new_cfg
 
 
 def converter(cfg, variant: str, kv_heads: int | None = None, *, group_encoder: bool = False,
               group_sizes=None, attention_noise: float | None = None, seed: int = 0,
-              calibration=None):
+              calibration=None, module_kv_heads=None):
   """(the variant's config, convert): convert(module dict, its path) turns one grouped
   attention module's MHA params into the variant's. Called on grouped_paths(config) in order
   it gives what from_mha gives (RandWGQA draws its weights in that order); wgqa_jax.streaming
   converts a checkpoint so, one module at a time."""
   new_cfg = grouped_config(cfg, variant, kv_heads, group_encoder=group_encoder,
-                           group_sizes=group_sizes, attention_noise=attention_noise)
+                           group_sizes=group_sizes, attention_noise=attention_noise,
+                           module_kv_heads=module_kv_heads)
   v, rng = get(variant), np.random.default_rng(seed)
   if v.calibrated and calibration is None:
     raise ValueError(f"variant {variant!r} needs calibration statistics of the MHA model "
@@ -426,19 +459,32 @@ def converter(cfg, variant: str, kv_heads: int | None = None, *, group_encoder: 
   def convert(module, path):
     inputs = calibrated_merge.ModuleInputs(calibration.gram(path), rotary,
                                            cfg.reorderable_heads(path)) if v.calibrated else None
-    return v.convert_module(module, new_cfg.grouping, rng, inputs)
+    return v.convert_module(module, new_cfg.grouping_at(path), rng, inputs)
   return new_cfg, convert
 
 
 def grouped_config(cfg, variant: str, kv_heads: int | None = None, *, group_encoder=False,
-                   group_sizes=None, attention_noise: float | None = None):
+                   group_sizes=None, attention_noise: float | None = None,
+                   module_kv_heads=None):
   """The model config from_mha() gives, without any params (the planner sizes runs from it)."""
   if not is_mha(cfg):
     raise ValueError(f"from_mha() needs MHA params; these have "
                      f"{cfg.grouping.describe(cfg.num_heads)} (fold/expand them first)")
-  return cfg.replace(grouping=get(variant).grouping(
-      cfg.num_heads, kv_heads, group_encoder=group_encoder, group_sizes=group_sizes,
-      attention_noise=attention_noise))
+  grouping = get(variant).grouping(cfg.num_heads, kv_heads, group_encoder=group_encoder,
+                                   group_sizes=group_sizes, attention_noise=attention_noise)
+  if module_kv_heads:
+    if variant in ("mha", "mqa") or get(variant).regroups:
+      raise ValueError(f"{variant!r} takes no per-module KV heads")
+    grouped = [path for path, is_grouped in cfg.replace(grouping=grouping).attention_modules()
+               if is_grouped]
+    unknown = sorted(set(map(tuple, module_kv_heads)) - set(grouped))
+    if unknown:
+      raise ValueError(f"module_kv_heads names {'/'.join(unknown[0])}, which is not a grouped "
+                       f"attention module of this model")
+    grouping = grouping.replace(module_kv_heads=tuple(
+        ("/".join(p), int(module_kv_heads[p])) for p in grouped if p in module_kv_heads))
+    grouping.validate(cfg.num_heads)
+  return cfg.replace(grouping=grouping)
 
 
 def fold(params, cfg):
@@ -447,10 +493,10 @@ def fold(params, cfg):
   if grp.weights == "none":
     return params, cfg
 
-  def fold_module(m, _path):
-    m = dict(m)
+  def fold_module(m, path):
+    m, g = dict(m), cfg.kv_heads_at(path)
     for kernel, w in (("k", "wk"), ("v", "wv")):
-      m[kernel] = kv_merge.weighted_sum(np.asarray(m[kernel]), np.asarray(m.pop(w)), grp.kv_heads)
+      m[kernel] = kv_merge.weighted_sum(np.asarray(m[kernel]), np.asarray(m.pop(w)), g)
     return m
   return map_modules(params, grouped_paths(cfg), fold_module), cfg.replace(
       grouping=grp.replace(weights="none", weights_init="constant"))
@@ -463,11 +509,12 @@ def expand_to_mha(params, cfg):
   if grp.allocation != "static":
     raise ValueError(f"allocation={grp.allocation!r} decides the grouping at run time; it has no "
                      f"fixed MHA equivalent to export")
-  if grp.num_kv_heads(cfg.num_heads) == cfg.num_heads and grp.group_sizes is None:
+  if is_mha(cfg):
     return params, cfg.replace(grouping=MHA.replace(group_encoder=grp.group_encoder))
   h = cfg.num_heads
-  expand = lambda m, _path: {**m, "k": kv_merge.expand(np.asarray(m["k"]), h, grp.group_sizes),
-                      "v": kv_merge.expand(np.asarray(m["v"]), h, grp.group_sizes)}
+  expand = lambda m, path: {
+      name: kv_merge.expand(np.asarray(m[name]), h, grp.group_sizes)
+      if name in ("k", "v") and np.shape(m[name])[1] != h else m[name] for name in m}
   return map_modules(params, grouped_paths(cfg), expand), cfg.replace(
       grouping=MHA.replace(group_encoder=grp.group_encoder))
 

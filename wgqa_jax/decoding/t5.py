@@ -47,10 +47,13 @@ def begin(params, cfg: T5Config, inputs, attention_mask, copies: int, max_new_to
 
 
 def cache_bytes(cfg: T5Config, batch: int, src_len: int, max_len: int) -> int:
-  """Bytes of the decode cache: self K/V (max_len) + cross K/V (src_len), all decoder layers."""
-  g = cfg.kv_heads_of("decoder")
-  per_token = 2 * g * cfg.d_kv * jnp.dtype(cfg.dtype).itemsize
-  return int(cfg.num_decoder_layers * batch * (max_len + src_len) * per_token)
+  """Bytes of the decode cache: self K/V (max_len) + cross K/V (src_len), all decoder layers
+  (each module with its own G)."""
+  per_head = 2 * cfg.d_kv * jnp.dtype(cfg.dtype).itemsize
+  heads = sum(max_len * cfg.kv_heads_at(("decoder", f"layers_{i}", "self_attention"))
+              + src_len * cfg.kv_heads_at(("decoder", f"layers_{i}", "cross_attention"))
+              for i in range(cfg.num_decoder_layers))
+  return int(batch * heads * per_head)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "max_len"))

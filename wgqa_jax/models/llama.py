@@ -56,10 +56,11 @@ class MLP(nn.Module):
     return _dense(cfg, h, down)
 
 
-def attention(cfg: LlamaConfig, name: str | None = None) -> Attention:
-  """The one place Llama builds an attention module: 1/sqrt(head_dim) and RoPE."""
+def attention(cfg: LlamaConfig, path: tuple[str, ...], name: str | None = None) -> Attention:
+  """The one place Llama builds an attention module (at param path `path`, with its grouping):
+  1/sqrt(head_dim) and RoPE."""
   return Attention(num_heads=cfg.num_heads, head_dim=cfg.head_dim, d_model=cfg.hidden_size,
-                   grouping=cfg.grouping, dropout_rate=0.0, dtype=cfg.dtype,
+                   grouping=cfg.grouping_at(path), dropout_rate=0.0, dtype=cfg.dtype,
                    param_dtype=cfg.param_dtype,
                    transpose_weight_grad_on_cpu=cfg.transpose_weight_grad_on_cpu,
                    query_scale=cfg.head_dim ** -0.5, rope_theta=cfg.rope_theta, name=name)
@@ -71,7 +72,7 @@ class DecoderLayer(nn.Module):
   def setup(self):
     cfg = self.config
     self.input_norm = RMSNorm(cfg)
-    self.attention = attention(cfg)
+    self.attention = attention(cfg, (self.name, "attention"))
     self.post_attention_norm = RMSNorm(cfg)
     self.mlp = MLP(cfg)
 
@@ -140,10 +141,11 @@ class Llama(nn.Module):
     return self.logits(x)
 
   def init_cache(self, batch: int, max_len: int):
-    """Per layer an empty K/V cache of G heads: {"k", "v"} (batch, max_len, G, head_dim)."""
+    """Per layer an empty K/V cache of its G heads: {"k", "v"} (batch, max_len, G, head_dim)."""
     cfg = self.config
-    zeros = jnp.zeros((batch, max_len, cfg.kv_heads, cfg.head_dim), jnp.dtype(cfg.dtype))
-    return [{"k": zeros, "v": zeros} for _ in range(cfg.num_layers)]
+    zeros = lambda i: jnp.zeros((batch, max_len, cfg.kv_heads_at((f"layers_{i}", "attention")),
+                                 cfg.head_dim), jnp.dtype(cfg.dtype))
+    return [{"k": zeros(i), "v": zeros(i)} for i in range(cfg.num_layers)]
 
   def extend(self, input_ids, positions, cache, index, key_mask):
     """Cached forward of input_ids (b, t) at cache slots index..index+t-1 (a prompt, or one new

@@ -64,6 +64,9 @@ class LlamaConfig(ConfigFile):
         raise ValueError(f"LlamaConfig: {name} must be one of {DTYPES}")
     if self.remat not in REMATS:
       raise ValueError(f"LlamaConfig: remat must be one of {REMATS}, got {self.remat!r}")
+    if self.scan_layers and self.grouping.per_module:
+      raise ValueError("LlamaConfig: per-layer KV heads give the layers different shapes: they "
+                       "cannot be scanned (scan_layers=False)")
 
   # ---- grouping, as T5Config ----
   @property
@@ -73,11 +76,14 @@ class LlamaConfig(ConfigFile):
   def is_grouped(self, stack: str = "decoder") -> bool:
     return True
 
-  def grouping_of(self, stack: str = "decoder") -> Grouping:
-    return self.grouping
+  def grouping_at(self, path: tuple[str, ...]) -> Grouping:
+    """The grouping of the attention module at param path `path` (its own G when the KV
+    budget is allocated per layer)."""
+    return self.grouping.at(path)
 
-  def kv_heads_of(self, stack: str = "decoder") -> int:
-    return self.kv_heads
+  def kv_heads_at(self, path: tuple[str, ...]) -> int:
+    """KV heads of one layer's attention (what its params and decode cache hold)."""
+    return self.grouping_at(path).num_kv_heads(self.num_heads)
 
   def reorderable_heads(self, path: tuple[str, ...]) -> bool:
     """Whether an attention module's heads may be reordered without changing the model: yes,
@@ -137,6 +143,11 @@ class LlamaConfig(ConfigFile):
     if self.grouping.weights != "none" or self.grouping.unequal:
       raise ValueError("fold WGQA weights (and keep equal groups) before exporting: HF Llama "
                        "has plain equal groups")
+    if self.grouping.per_module:
+      raise ValueError(f"this model has per-layer KV heads "
+                       f"({','.join(str(g) for _, g in self.grouping.module_kv_heads)}), and a "
+                       f"Hugging Face Llama has one num_key_value_heads for every layer: keep "
+                       f"the wgqa_jax params dir, or convert with one G for all layers")
     arch = "MistralForCausalLM" if self.model_type == "mistral" else "LlamaForCausalLM"
     out = {"architectures": [arch], "model_type": self.model_type,
            "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,

@@ -42,10 +42,11 @@ def _dense(cfg: T5Config, x, kernel, n_in: int = 1):
                transpose_weight_grad_on_cpu=cfg.transpose_weight_grad_on_cpu)
 
 
-def attention(cfg: T5Config, stack: str, name: str | None = None) -> Attention:
-  """An attention module of `stack` with that stack's grouping (the one place T5 decides it)."""
+def attention(cfg: T5Config, path: tuple[str, ...], name: str | None = None) -> Attention:
+  """The attention module at param path `path`, with its grouping (the one place T5 decides
+  it; a scanned stack's one layer is "layers", which per-module KV heads refuse)."""
   return Attention(num_heads=cfg.num_heads, head_dim=cfg.d_kv, d_model=cfg.d_model,
-                   grouping=cfg.grouping_of(stack), dropout_rate=cfg.dropout_rate,
+                   grouping=cfg.grouping_at(path), dropout_rate=cfg.dropout_rate,
                    dtype=cfg.dtype, param_dtype=cfg.param_dtype,
                    transpose_weight_grad_on_cpu=cfg.transpose_weight_grad_on_cpu, name=name)
 
@@ -137,7 +138,8 @@ class EncoderLayer(nn.Module):
   def __call__(self, x, bias, deterministic: bool):
     cfg = self.config
     h = RMSNorm(cfg, name="attention_norm")(x)
-    h = attention(cfg, "encoder", name="attention")(h, h, bias, deterministic)
+    h = attention(cfg, ("encoder", self.name, "attention"), name="attention")(h, h, bias,
+                                                                             deterministic)
     x = _residual(cfg, x, h, deterministic)
     h = MLP(cfg, name="mlp")(RMSNorm(cfg, name="mlp_norm")(x), deterministic)
     return constrain(_residual(cfg, x, h, deterministic), ("batch", "length", "embed")), None
@@ -149,9 +151,9 @@ class DecoderLayer(nn.Module):
   def setup(self):
     cfg = self.config
     self.self_attention_norm = RMSNorm(cfg)
-    self.self_attention = attention(cfg, "decoder")
+    self.self_attention = attention(cfg, ("decoder", self.name, "self_attention"))
     self.cross_attention_norm = RMSNorm(cfg)
-    self.cross_attention = attention(cfg, "decoder")
+    self.cross_attention = attention(cfg, ("decoder", self.name, "cross_attention"))
     self.mlp_norm = RMSNorm(cfg)
     self.mlp = MLP(cfg)
     self.dropout = nn.Dropout(cfg.dropout_rate)
@@ -284,12 +286,12 @@ class Decoder(nn.Module):
     """Per layer: cross K/V of `encoded` (one per input) and an empty self-attention cache for
     `beams` hypotheses per input, all with G heads."""
     b = encoded.shape[0] * beams
-    g, dk = self.config.kv_heads_of("decoder"), self.config.d_kv
     dtype = jnp.dtype(self.config.dtype)
     cache = []
-    for layer in self.layers:
+    for i, layer in enumerate(self.layers):
       ck, cv = layer.cross_kv(encoded)
-      zeros = jnp.zeros((b, max_len, g, dk), dtype)
+      g = self.config.kv_heads_at(("decoder", f"layers_{i}", "self_attention"))
+      zeros = jnp.zeros((b, max_len, g, self.config.d_kv), dtype)
       cache.append({"self_k": zeros, "self_v": zeros, "cross_k": ck, "cross_v": cv})
     return cache
 

@@ -73,6 +73,9 @@ class T5Config(ConfigFile):
         bad(f"{name} must be one of {DTYPES}, got {getattr(self, name)!r}")
     if self.remat not in REMATS:
       bad(f"remat must be one of {REMATS}, got {self.remat!r}")
+    if self.scan_layers and self.grouping.per_module:
+      bad("per-module KV heads give the layers different shapes: they cannot be scanned "
+          "(scan_layers=False)")
 
   # ---- derived ----
   @property
@@ -112,9 +115,16 @@ class T5Config(ConfigFile):
   def grouping_of(self, stack: str) -> Grouping:
     return self.grouping if self.is_grouped(stack) else MHA
 
-  def kv_heads_of(self, stack: str) -> int:
-    """KV heads of `stack`'s attention modules (what its decode cache holds)."""
-    return self.grouping_of(stack).num_kv_heads(self.num_heads)
+  def grouping_at(self, path: tuple[str, ...]) -> Grouping:
+    """The grouping of the attention module at param path `path`: its stack's, with the
+    module's own G when the KV budget is allocated per module."""
+    if path[0] not in ("encoder", "decoder"):
+      raise ValueError(f"{path!r} is not a T5 attention module path")
+    return self.grouping_of(path[0]).at(path)
+
+  def kv_heads_at(self, path: tuple[str, ...]) -> int:
+    """KV heads of one attention module (what its params and decode cache hold)."""
+    return self.grouping_at(path).num_kv_heads(self.num_heads)
 
   def reorderable_heads(self, path: tuple[str, ...]) -> bool:
     """Whether an attention module's heads may be reordered without changing the model: not
