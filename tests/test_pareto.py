@@ -41,6 +41,10 @@ def test_pareto_runs_every_method_and_budget_and_resumes(tmp_path):
   assert "### Right after conversion" in table and "### After 3 uptraining steps" in table
   assert "| 2 (1/2) | 512 |" in table and "nan" not in table
   assert os.path.getsize(out / "pareto.png") > 10_000
+  # the calibration error: svd keeps the heads at least as well as mean-pooling, search as svd
+  assert "Spearman rho" in table and points["mha", 4]["proxy"] == 0
+  for g in (2, 1):
+    assert points["search", g]["proxy"] <= points["svd", g]["proxy"] <= points["mean", g]["proxy"]
   assert (out / "svd_kv1" / "calibration.npz").exists()
   # a second run reads every point back instead of training again
   stamps = {d: os.path.getmtime(out / d / "metrics.jsonl") for d in ("mha", "svd_kv1")}

@@ -207,10 +207,14 @@ def relative_error(gram, kernel, groups, enc, dec) -> float:
   return float(err / np.einsum("dhk,de,ehk->", w, c, w))
 
 
-def proxy_error(method: str, module: dict, gram, kv_index, rotary: bool) -> float:
-  """The calibration error of a merge: the mean of the keys' and the values' relative
-  reconstruction errors (0: the merged model reproduces every head). A cheap stand-in for the
-  loss right after conversion (benchmarks/pareto reports how well it ranks)."""
+def proxy_error(method: str, module: dict, gram, kv_index, rotary: bool,
+                reorderable: bool = False) -> float:
+  """The calibration error of a merge ("mean", "aligned", "svd", "search"): the mean of the
+  keys' and the values' relative reconstruction errors (0: the merged model reproduces every
+  head). A cheap stand-in for the loss right after conversion (benchmarks/pareto reports how
+  well it ranks)."""
+  if method == "search":
+    module, method = searched(module, gram, kv_index, rotary, reorderable), "svd"
   groups = head_groups(kv_index)
   errs = [relative_error(gram, module[name], groups,
                          *encode_decode(method, gram, module[name], groups, rot))
@@ -248,17 +252,23 @@ def search_groups(module: dict, gram, num_groups: int, rotary: bool) -> list[lis
     costs[a], costs[b] = cost(ga), cost(gb)
 
 
+def searched(module: dict, gram, kv_index, rotary: bool, reorderable: bool) -> dict:
+  """The module with its heads reordered so that search_groups' groups are contiguous (left
+  as it is where heads may not be reordered, or there is nothing to choose)."""
+  g, h = int(np.max(kv_index)) + 1, len(kv_index)
+  if not reorderable or g in (1, h):
+    return module
+  return permute_heads(module, [i for grp in search_groups(module, gram, g, rotary) for i in grp])
+
+
 def merge(method: str, module: dict, gram, kv_index, rotary: bool, reorderable: bool = False
           ) -> dict:
   """One attention module's MHA params -> GQA params with `kv_index` (H,) groups, by
   `method` ("aligned", "svd", or "search": svd after search_groups, where the module's heads
   may be `reorderable`), from the module's calibration `gram`."""
-  groups = head_groups(kv_index)
   if method == "search":
-    if reorderable and len(groups) < len(kv_index) and len(groups) > 1:
-      order = [i for g in search_groups(module, gram, len(groups), rotary) for i in g]
-      module = permute_heads(module, order)
-    method = "svd"
+    module, method = searched(module, gram, kv_index, rotary, reorderable), "svd"
+  groups = head_groups(kv_index)
   if method == "aligned":
     qk = aligned_maps(gram, module["k"], groups, rotary)
     pv = aligned_maps(gram, module["v"], groups)

@@ -29,9 +29,10 @@ import time
 
 from absl import flags
 from ml_collections import config_flags
+import numpy as np
 
-from wgqa_jax import (cli, corpora, decoding, model_source, streaming, sweep, variants,
-                      workdir as workdir_lib)
+from wgqa_jax import (calibrated_merge, cli, corpora, decoding, kv_merge, model_source, streaming,
+                      sweep, variants, workdir as workdir_lib)
 from wgqa_jax.train_config import validate
 
 # method name -> its grouping section (any other name: the variant of that name)
@@ -53,6 +54,11 @@ flags.DEFINE_integer("pretrain_steps", 0, "train a random MHA this long first (0
 flags.DEFINE_string("out", None, "results directory", flag_values=FLAGS)
 
 
+# method -> the merge whose calibration error (calibrated_merge.proxy_error) scores it
+PROXY_MERGE = {"mha": "mean", "mean": "mean", "gqa": "mean", "aligned": "aligned", "svd": "svd",
+               "search": "search", "allocated": "svd"}
+
+
 @dataclasses.dataclass
 class Point:
   method: str
@@ -62,6 +68,45 @@ class Point:
   at_conversion: dict
   after: dict
   workdir: str
+  proxy: float | None = None  # calibration error of the merge, mean over cached modules
+
+
+def proxies(points: list[Point], init_from: str) -> None:
+  """Each point's calibration error (its merge's, on the MHA model's calibration statistics
+  from any calibrated run), where the method has one; sets Point.proxy."""
+  from wgqa_jax import calibration, kv_budget
+  stats_file = next((os.path.join(p.workdir, calibration.FILE) for p in points
+                     if os.path.exists(os.path.join(p.workdir, calibration.FILE))), None)
+  if stats_file is None:
+    return
+  reader = streaming.open_source(init_from)
+  stats = calibration.load(stats_file, reader.cfg)
+  rotary = getattr(reader.cfg, "rope_theta", None) is not None
+  modules = {path: {n: np.asarray(reader.read(path + (n,)), np.float64) for n in "qkvo"}
+             for path in kv_budget.cached_modules(reader.cfg)}
+  for p in points:
+    merge = PROXY_MERGE.get(p.method)
+    if merge is None:
+      continue
+    grouped = streaming.open_source(os.path.join(p.workdir, "final")).cfg
+    p.proxy = float(np.mean([calibrated_merge.proxy_error(
+        merge, m, stats.gram(path), kv_merge.kv_index(grouped.num_heads,
+                                                      grouped.kv_heads_at(path)),
+        rotary, reader.cfg.reorderable_heads(path)) for path, m in modules.items()]))
+
+
+def proxy_ranking(points: list[Point]) -> str | None:
+  """How well the calibration error ranks the loss right after conversion (Spearman)."""
+  from scipy import stats
+  scored = [p for p in points if p.proxy is not None]
+  if len(scored) < 3:
+    return None
+  rho, pval = stats.spearmanr([p.proxy for p in scored],
+                              [p.at_conversion["loss"] for p in scored])
+  return (f"Calibration error (the merge's relative K/V reconstruction error, computed without "
+          f"running the model) against the loss right after conversion: Spearman rho = "
+          f"{rho:.2f} (p = {pval:.2g}) over {len(scored)} points "
+          f"({', '.join(sorted({p.method for p in scored}))}).")
 
 
 def grouping_of(method: str) -> dict:
@@ -116,18 +161,23 @@ def dominated(points: list[Point], key: str) -> set[int]:
   return out
 
 
-def table(points: list[Point], methods: list[str], key: str, title: str) -> list[str]:
-  """Rows: KV budgets (most bytes first); columns: methods; `*`: on the frontier."""
-  off = dominated(points, key)
-  cell = {(p.method, p.kv_heads): (f"{getattr(p, key)['loss']:.4f}"
-                                   + ("" if i in off else " *")) for i, p in enumerate(points)}
+def table(points: list[Point], methods: list[str], title: str, cell) -> list[str]:
+  """Rows: KV budgets (most bytes first); columns: methods; cell(index, point) -> text."""
+  cells = {(p.method, p.kv_heads): cell(i, p) for i, p in enumerate(points)}
   rows = sorted({(p.kv_heads, p.budget, p.bytes_per_token) for p in points}, reverse=True)
   lines = [f"### {title}", "", "| KV heads (budget) | bytes / token | " + " | ".join(methods)
            + " |", "|---|---|" + "---|" * len(methods)]
   for g, budget, nbytes in rows:
     lines.append(f"| {g} ({budget}) | {nbytes} | "
-                 + " | ".join(cell.get((m, g), "") for m in methods) + " |")
+                 + " | ".join(cells.get((m, g), "") for m in methods) + " |")
   return lines + [""]
+
+
+def loss_table(points: list[Point], methods: list[str], key: str, title: str) -> list[str]:
+  """Held-out loss per budget and method; `*`: on the frontier."""
+  off = dominated(points, key)
+  return table(points, methods, title, lambda i, p: f"{getattr(p, key)['loss']:.4f}"
+               + ("" if i in off else " *"))
 
 
 def plot(points: list[Point], out_png: str, steps: int) -> None:
@@ -221,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     for m in methods:
       points.append(run(m, dict(grouping_of(m), kv_heads=heads[m, b]), heads[m, b], b))
       write(points, methods, args, argv, init_from, base, time.time() - t0)
+  proxies(points, init_from)
   write(points, methods, args, argv, init_from, base, time.time() - t0)
   print(open(os.path.join(args.out, "results.md")).read())
   return 0
@@ -238,8 +289,13 @@ def write(points, methods, args, argv, init_from, base, seconds) -> None:
            f"objective; every point uptrained {args.steps} steps with one config; "
            f"{seconds:.0f} s in all. `*`: on the frontier (no point has fewer or equal bytes "
            f"and a lower loss). KV cache in {base.model.dtype}.", ""]
-  lines += table(points, ["mha"] + methods, "at_conversion", "Right after conversion")
-  lines += table(points, ["mha"] + methods, "after", f"After {args.steps} uptraining steps")
+  lines += loss_table(points, ["mha"] + methods, "at_conversion", "Right after conversion")
+  lines += loss_table(points, ["mha"] + methods, "after", f"After {args.steps} uptraining steps")
+  ranking = proxy_ranking(points)
+  if ranking:
+    lines += table(points, ["mha"] + methods, "Calibration error of the merge (lower keeps the "
+                   "heads better)", lambda i, p: "" if p.proxy is None else f"{p.proxy:.4f}")
+    lines += [ranking, ""]
   extra = sorted({k for p in points for k in p.after} - {"loss", "perplexity"})
   if extra:
     lines += [f"Other metrics after {args.steps} steps:", "",
