@@ -203,7 +203,7 @@ def test_rotating_every_head_of_a_real_model_leaves_its_logits(arch):
 
   def rotate(constrained):
     def fn(m, _path):
-      qk = np.stack([cm._plane_rotation(rng.standard_normal((dk, dk)), constrained)
+      qk = np.stack([cm.procrustes(rng.standard_normal((dk, dk)), constrained)
                      for _ in range(h)])
       pv = np.stack([np.linalg.qr(rng.standard_normal((dk, dk)))[0] for _ in range(h)])
       return cm.rotate({k: np.asarray(v) for k, v in m.items()}, qk, pv)

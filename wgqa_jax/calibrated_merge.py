@@ -61,16 +61,12 @@ class ModuleInputs(NamedTuple):
 # ----------------------------------------------------------------------------------------------
 # Maps per head
 # ----------------------------------------------------------------------------------------------
-def _polar(m: np.ndarray) -> np.ndarray:
-  """The orthogonal Q maximising trace(Q^T m) (Procrustes)."""
-  u, _, vt = np.linalg.svd(m)
-  return u @ vt
-
-
-def _plane_rotation(m: np.ndarray, rotary: bool) -> np.ndarray:
-  """Procrustes restricted, with rotary embeddings, to one rotation per plane."""
+def procrustes(m: np.ndarray, rotary: bool) -> np.ndarray:
+  """The orthogonal Q maximising trace(Q^T m); with rotary embeddings, restricted to one
+  rotation per plane (which commutes with them)."""
   if not rotary:
-    return _polar(m)
+    u, _, vt = np.linalg.svd(m)
+    return u @ vt
   q = np.zeros_like(m)
   for a, b in planes(m.shape[0]):
     theta = np.arctan2(m[b, a] - m[a, b], m[a, a] + m[b, b])
@@ -93,18 +89,13 @@ def aligned_maps(gram, kernel, groups, rotary: bool = False, iters: int = 30) ->
     cw = {i: c @ w[:, i] for i in group}  # (d, dk)
     for _ in range(iters):
       target = np.mean([w[:, i] @ q[i] for i in group], axis=0)  # (d, dk)
-      new = {i: _plane_rotation(cw[i].T @ target, rotary) for i in group}
+      new = {i: procrustes(cw[i].T @ target, rotary) for i in group}
       moved = max(np.abs(new[i] - q[i]).max() for i in group)
       for i in group:
         q[i] = new[i]
       if moved < 1e-10:
         break
   return q
-
-
-def _complex_plane(m: np.ndarray) -> complex:
-  """(2, 2) real matrix of a scaled rotation [[re, im], [-im, re]] -> re + i im."""
-  return complex(m[0, 0], m[0, 1])
 
 
 def _as_plane_map(u: complex) -> np.ndarray:
@@ -123,7 +114,6 @@ def pca_maps(gram, kernel, groups, rotary: bool = False) -> np.ndarray:
   h, dk = w.shape[1], w.shape[2]
   u = np.zeros((h, dk, dk))
   for group in groups:
-    r = len(group)
     if not rotary:
       stacked = np.concatenate([w[:, i] for i in group], axis=1)  # (d, r dk)
       _, vecs = np.linalg.eigh(stacked.T @ c @ stacked)

@@ -80,19 +80,20 @@ def proxies(points: list[Point], init_from: str) -> None:
   if stats_file is None:
     return
   reader = streaming.open_source(init_from)
-  stats = calibration.load(stats_file, reader.cfg)
-  rotary = getattr(reader.cfg, "rope_theta", None) is not None
-  modules = {path: {n: np.asarray(reader.read(path + (n,)), np.float64) for n in "qkvo"}
-             for path in kv_budget.cached_modules(reader.cfg)}
-  for p in points:
-    merge = PROXY_MERGE.get(p.method)
-    if merge is None:
-      continue
-    grouped = streaming.open_source(os.path.join(p.workdir, "final")).cfg
-    p.proxy = float(np.mean([calibrated_merge.proxy_error(
-        merge, m, stats.gram(path), kv_merge.kv_index(grouped.num_heads,
-                                                      grouped.kv_heads_at(path)),
-        rotary, reader.cfg.reorderable_heads(path)) for path, m in modules.items()]))
+  cfg = reader.cfg
+  stats = calibration.load(stats_file, cfg)
+  rotary = getattr(cfg, "rope_theta", None) is not None
+  scored = {i: (PROXY_MERGE[p.method], streaming.open_source(os.path.join(p.workdir, "final")).cfg)
+            for i, p in enumerate(points) if p.method in PROXY_MERGE}
+  errors = {i: [] for i in scored}
+  for path in kv_budget.cached_modules(cfg):  # one module in memory at a time
+    module = {n: np.asarray(reader.read(path + (n,)), np.float64) for n in "qkvo"}
+    for i, (merge, grouped) in scored.items():
+      index = kv_merge.kv_index(cfg.num_heads, grouped.kv_heads_at(path))
+      errors[i].append(calibrated_merge.proxy_error(merge, module, stats.gram(path), index,
+                                                    rotary, cfg.reorderable_heads(path)))
+  for i, errs in errors.items():
+    points[i].proxy = float(np.mean(errs))
 
 
 def proxy_ranking(points: list[Point]) -> str | None:
