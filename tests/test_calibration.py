@@ -120,3 +120,18 @@ def test_calibrated_merge_beats_mean_pooling_on_held_in_loss():
   svd = drift(*variants.from_mha(params, cfg, "svd", 1, calibration=stats))
   mean = drift(*variants.from_mha(params, cfg, "gqa", 1))
   assert svd < mean
+
+
+@pytest.mark.parametrize("arch", ["tiny", "llama-tiny"])
+def test_scanned_layers_give_the_same_statistics(arch):
+  """A run with scanned layers calibrates them scanned (one layer's weights gathered at a
+  time); the per-layer statistics equal the unrolled model's."""
+  cfg, params = random_model(arch)
+  batch = llama_batch(cfg) if models.is_causal(cfg) else t5_batch(cfg)
+  plain = calibration.collect(params, cfg, iter([batch]), 1, desc=None)
+  scanned = calibration.collect(params, cfg.replace(scan_layers=True), iter([batch]), 1,
+                                desc=None)
+  assert set(scanned.grams) == set(plain.grams) and scanned.tokens == plain.tokens
+  for p in plain.grams:
+    np.testing.assert_allclose(scanned.gram(p), plain.gram(p), rtol=1e-5,
+                               atol=1e-5 * np.abs(plain.gram(p)).max())

@@ -66,3 +66,23 @@ def test_the_model_config_is_the_runs_grouped_config_with_the_accelerators_matmu
   cfg = plan.model_config(c, model_source.open_source(c.model).cfg)
   assert cfg.kv_heads == 8 and cfg.grouping.weights == "row" and cfg.num_layers == 32
   assert cfg.remat == "dots" and cfg.scan_layers and not cfg.transpose_weight_grad_on_cpu
+
+
+def test_a_calibrated_variant_is_planned_with_its_calibration_step():
+  """svd first runs the MHA model on a batch: the planner compiles that step too (scanned when
+  the run's layers are), and a run fits only if both steps do."""
+  def config(**model):
+    c = tiny_config()
+    c.optim.batch_size = 8
+    c.mesh.update(data=1, fsdp=8)
+    c.grouping.variant = "svd"
+    c.model.update(model)
+    return c
+  r = plan.plan(config())
+  assert plan.plan(config(scan_layers=True))["calibration_per_device_bytes"] > 0
+  assert plan.plan(tiny_config())["calibration_per_device_bytes"] is None  # wgqa: none
+  assert "calibration / device" in plan.table(r)
+  calib, peak = r["calibration_per_device_bytes"], max(r["per_device_bytes"]["total"],
+                                                       r["calibration_per_device_bytes"])
+  assert plan.plan(config(), peak * 1.01 / plan.GIB, 1.0)["fits"]
+  assert not plan.plan(config(), calib * 0.99 / plan.GIB, 1.0)["fits"]

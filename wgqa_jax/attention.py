@@ -14,8 +14,8 @@ the merged R*t rows, benchmarks/attention_layout.py, so we keep the merged form.
   head (activations only).
 - PGQA `attention_noise`: Gaussian noise subtracted from the logits while training.
 
-With the `calibration` collection mutable, each module also sows its K/V inputs and which keys
-some query reads: the statistics the calibrated merges need (wgqa_jax.calibration).
+With the `calibration` collection mutable, each module also keeps the gram sum of its K/V inputs
+over the keys some query reads: the statistics the calibrated merges need (wgqa_jax.calibration).
 
 T5 uses none of the two position options (its init absorbs 1/sqrt(d), its position bias is
 additive and comes from the caller); Llama sets `query_scale` = head_dim^-0.5 and `rope_theta`
@@ -99,7 +99,7 @@ class Attention(nn.Module):
     """(b, s, d_model) -> K, V each (b, s, G, d_kv): what a decode cache stores (K rotated when
     the module uses rotary embeddings; positions (b, s) or (s,))."""
     if self.is_mutable_collection(CALIBRATION):  # what K and V are made of (pre-rotary)
-      self.sow(CALIBRATION, "inputs", inputs_kv)
+      self.put_variable(CALIBRATION, "inputs", inputs_kv)
     k_kernel, v_kernel = self.grouped_kv_kernels()
     k = self._dense(inputs_kv, k_kernel)
     if self.rope_theta is not None:
@@ -111,10 +111,8 @@ class Attention(nn.Module):
     positions (b, t) or (t,) of the queries, for rotary embeddings."""
     b, t, _ = inputs_q.shape
     h, g, dk = self.num_heads, self.num_kv_heads, self.head_dim
-    if self.is_mutable_collection(CALIBRATION):  # keys no query reads (padding) do not count
-      read = (jnp.ones((1, k.shape[1]), bool) if bias is None
-              else jnp.any(jnp.asarray(bias) > NEG_INF / 2, axis=(1, 2)))
-      self.sow(CALIBRATION, "keys_read", jnp.broadcast_to(read, k.shape[:2]))
+    if self.is_mutable_collection(CALIBRATION):
+      self._calibrate(bias, k.shape[:2])
     q = self._dense(inputs_q, self.q)  # (b, t, H, d_kv)
     if self.rope_theta is not None:
       q = rotary(q, positions, self.rope_theta)
@@ -134,6 +132,18 @@ class Attention(nn.Module):
     weights = self._softmax(logits, deterministic).astype(v.dtype).reshape(b, g, r * t, s)
     out = jnp.einsum("bgqs,bsgd->bgqd", weights, v)
     return self._out(out.reshape(b, g, r, t, dk).transpose(0, 3, 1, 2, 4).reshape(b, t, h, dk))
+
+  def _calibrate(self, bias, key_shape):
+    """Replace the K/V inputs project_kv kept by their gram sum x x^T over the keys some query
+    reads (padding does not count) and that count: (d, d) per module, whatever the batch, so
+    no module's inputs outlive its attention."""
+    read = (jnp.ones((1, key_shape[1]), bool) if bias is None
+            else jnp.any(jnp.asarray(bias) > NEG_INF / 2, axis=(1, 2)))
+    m = jnp.broadcast_to(read, key_shape).astype(jnp.float32)
+    x = self.get_variable(CALIBRATION, "inputs").astype(jnp.float32)
+    self.put_variable(CALIBRATION, "inputs", jnp.zeros((), jnp.float32))
+    self.put_variable(CALIBRATION, "gram", jnp.einsum("bsd,bs,bse->de", x, m, x))
+    self.put_variable(CALIBRATION, "tokens", m.sum())
 
   def _softmax(self, logits, deterministic):
     if self.grouping.attention_noise > 0 and not deterministic:

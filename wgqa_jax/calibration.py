@@ -17,14 +17,12 @@ import dataclasses
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 from tqdm import tqdm
 
 from wgqa_jax import models, objectives
 from wgqa_jax.attention import CALIBRATION
-from wgqa_jax.models import layers
 
 FILE = "calibration.npz"
 
@@ -49,23 +47,34 @@ class Statistics:
 
 
 def module_grams(params, batch, cfg) -> dict[tuple[str, ...], tuple[jax.Array, jax.Array]]:
-  """{attention module path: (gram (d, d), tokens)} of one batch (jit it)."""
+  """{attention module path: (gram (d, d), tokens)} of one batch (jit it: grams_step)."""
   _, sown = objectives.forward(params, batch, cfg, mutable=[CALIBRATION])
   flat = traverse_util.flatten_dict(sown[CALIBRATION])
   out = {}
   for path in {p[:-1] for p in flat}:
-    (x,), (read,) = flat[path + ("inputs",)], flat[path + ("keys_read",)]
-    x = x.astype(jnp.float32)
-    m = read.astype(jnp.float32)
-    out[path] = (jnp.einsum("bsd,bs,bse->de", x, m, x), m.sum())
+    gram, tokens = flat[path + ("gram",)], flat[path + ("tokens",)]
+    if "layers" not in path:
+      out[path] = (gram, tokens)
+      continue
+    i = path.index("layers")  # a scanned stack: one leading axis over its layers
+    for n in range(gram.shape[0]):
+      out[path[:i] + (f"layers_{n}",) + path[i + 1:]] = (gram[n], tokens[n])
   return out
+
+
+def grams_step(cfg):
+  """The compiled calibration step of `cfg`'s MHA model: (params in the per-layer layout,
+  batch) -> module_grams. Its logits are never computed (nothing reads them); with
+  cfg.scan_layers the layers run as one scanned layer, so each layer's weights are gathered
+  only while it runs. wgqa_jax.plan sizes it."""
+  return jax.jit(lambda p, b: module_grams(p, b, cfg.replace(remat="none")))
 
 
 def collect(params, cfg, batches, num_batches: int, desc: str | None = "calibrating"
             ) -> Statistics:
   """Statistics of `cfg`'s MHA model over `num_batches` batches of `batches` (an iterator of
   model inputs, on the params' mesh)."""
-  step = jax.jit(lambda p, b: module_grams(p, b, layers.plain(cfg)))
+  step = grams_step(cfg)
   stats = Statistics({}, {})
   for batch in tqdm(batches, total=num_batches, desc=desc, leave=False,
                     disable=desc is None or jax.process_index() != 0):

@@ -88,7 +88,7 @@ def abstract_batch(c, mesh):
 def plan(c, device_memory_gib: float = 80.0, usable_fraction: float = 0.9) -> dict:
   """Compile the train step of config `c` on this process's devices; the planner's result."""
   import jax
-  from wgqa_jax import model_source, train, train_step
+  from wgqa_jax import model_source, train, train_step, variants
   from wgqa_jax.train_config import validate
   validate(c)
   source = model_source.open_source(c.model)  # the config alone (a hub id: config.json)
@@ -104,10 +104,11 @@ def plan(c, device_memory_gib: float = 80.0, usable_fraction: float = 0.9) -> di
   with jax.set_mesh(mesh):
     compiled = step.lower(state, batch, jax.ShapeDtypeStruct((2,), jax.numpy.uint32)).compile()
   compile_s = time.time() - t0
-  mem = compiled.memory_analysis()
-  arguments, temp = mem.argument_size_in_bytes, mem.temp_size_in_bytes
-  outputs = mem.output_size_in_bytes - mem.alias_size_in_bytes  # not written in place
+  arguments, temp, outputs = peak_bytes(compiled)
   total = arguments + temp + outputs
+  calibration = None
+  if variants.get(c.grouping.variant).calibrated and variants.is_mha(source.cfg):
+    calibration = sum(calibration_peak(c, source.cfg, mesh, batch))
   n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(state["params"]))
   per_device = lambda tree: sum(
       math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(tree))
@@ -124,10 +125,33 @@ def plan(c, device_memory_gib: float = 80.0, usable_fraction: float = 0.9) -> di
                            "opt_state": per_device(state["opt_state"]),
                            "arguments": arguments, "temp": temp, "outputs": outputs,
                            "total": total},
+      # a calibrated variant first runs the MHA model on a batch (wgqa_jax.calibration)
+      "calibration_per_device_bytes": calibration,
       "compile_s": round(compile_s, 1),
       "device_memory_gib": device_memory_gib, "usable_fraction": usable_fraction,
-      "fits": bool(total <= usable),
+      "fits": bool(max(total, calibration or 0) <= usable),
   }
+
+
+def peak_bytes(compiled) -> tuple[int, int, int]:
+  """(arguments, temporaries, outputs not written in place) one device holds at a compiled
+  program's peak, from XLA's memory analysis."""
+  mem = compiled.memory_analysis()
+  return (mem.argument_size_in_bytes, mem.temp_size_in_bytes,
+          mem.output_size_in_bytes - mem.alias_size_in_bytes)
+
+
+def calibration_peak(c, source_cfg, mesh, batch) -> tuple[int, int, int]:
+  """peak_bytes of the calibration step a calibrated variant runs before converting: the MHA
+  model, its params sharded as the run places them, on one batch."""
+  import jax
+  from wgqa_jax import calibration, models, train, train_step
+  cfg = train.calibration_config(source_cfg, c).replace(transpose_weight_grad_on_cpu=False)
+  params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        models.module_of(cfg).param_shapes(cfg),
+                        train_step.param_shardings(cfg, mesh))
+  with jax.set_mesh(mesh):
+    return peak_bytes(calibration.grams_step(cfg).lower(params, batch).compile())
 
 
 def table(r: dict) -> str:
@@ -142,6 +166,9 @@ def table(r: dict) -> str:
           ("params / device", gib(b["params"])), ("optimizer state / device", gib(b["opt_state"])),
           ("arguments / device", gib(b["arguments"])), ("temporaries / device", gib(b["temp"])),
           ("outputs / device", gib(b["outputs"])), ("total / device", gib(b["total"])),
+          *([("calibration / device", f"{gib(r['calibration_per_device_bytes'])} (the MHA "
+                                      f"model on one batch, before converting)")]
+            if r.get("calibration_per_device_bytes") is not None else []),
           ("usable / device", f"{r['device_memory_gib'] * r['usable_fraction']:.1f} GiB "
                               f"({r['usable_fraction']:.0%} of {r['device_memory_gib']:g})"),
           ("compile", f"{r['compile_s']:.1f} s"),

@@ -160,6 +160,12 @@ def build_model(c: ml_collections.ConfigDict, tokenizer, mesh, source: ModelSour
   return params, cfg
 
 
+def calibration_config(cfg, c: ml_collections.ConfigDict):
+  """The MHA model as calibration runs it: the run's numerics, its layers scanned when the
+  run's are (no remat: there is no backward pass)."""
+  return with_run_numerics(cfg, c).replace(scan_layers=c.model.scan_layers, remat="none")
+
+
 def calibrate(c: ml_collections.ConfigDict, reader, cfg, mesh, calibration_data,
               workdir: str) -> calibration.Statistics:
   """The MHA model's calibration statistics over the first grouping.calibration_batches
@@ -168,13 +174,14 @@ def calibrate(c: ml_collections.ConfigDict, reader, cfg, mesh, calibration_data,
   path = os.path.join(workdir, calibration.FILE)
   if os.path.exists(path):
     return calibration.load(path, cfg)
-  run_cfg = with_run_numerics(cfg, c)
+  run_cfg = calibration_config(cfg, c)
   params = streaming.load_sharded(reader, run_cfg, step_lib.param_shardings(run_cfg, mesh),
                                   desc="calibration: loading the MHA model")
   rows = calibration_data()
   try:
     placed = (sharding.put_process_batch(batch, mesh) for batch in rows)
-    stats = calibration.collect(params, run_cfg, placed, c.grouping.calibration_batches)
+    with jax.set_mesh(mesh):  # activations sharded as in training (what wgqa_jax.plan sizes)
+      stats = calibration.collect(params, run_cfg, placed, c.grouping.calibration_batches)
   finally:
     rows.close()
   del params

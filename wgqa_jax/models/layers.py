@@ -5,6 +5,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from wgqa_jax.attention import CALIBRATION
+
 
 class RMSNorm(nn.Module):
   """T5's layer norm and Llama's RMSNorm: no mean subtraction, no bias, computed in float32,
@@ -50,7 +52,8 @@ def scan(layer_cls, length: int, broadcast_args: int):
   """`length` layers as one scanned layer (one compiled body whatever the depth): layer_cls's
   __call__ takes (carry, *broadcast_args) and returns (carry, None); its params get a leading
   layer axis under one `layers` node (stack_layers gives that layout)."""
-  return nn.scan(layer_cls, variable_axes={"params": 0},
+  # the calibration statistics of the attention modules (wgqa_jax.calibration) stack like params
+  return nn.scan(layer_cls, variable_axes={"params": 0, CALIBRATION: 0},
                  split_rngs={"params": True, "dropout": True},
                  in_axes=(nn.broadcast,) * broadcast_args, length=length,
                  metadata_params={nn.PARTITION_NAME: "layers"})
