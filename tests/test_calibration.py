@@ -135,3 +135,30 @@ def test_scanned_layers_give_the_same_statistics(arch):
   for p in plain.grams:
     np.testing.assert_allclose(scanned.gram(p), plain.gram(p), rtol=1e-5,
                                atol=1e-5 * np.abs(plain.gram(p)).max())
+
+
+def test_a_run_reuses_its_statistics_only_for_the_same_model_and_data(tmp_path, capsys):
+  """WORKDIR/calibration.npz is read back by the run that wrote it; one left by a run of other
+  data that stopped before its first checkpoint is computed afresh, not reused."""
+  import importlib
+  import os
+  import shutil
+  from wgqa_jax import train
+  config = importlib.import_module("configs.llama_uptrain").get_config("tiny")
+  config.grouping.update(variant="svd", kv_heads=2, calibration_batches=2)
+  config.optim.update(num_train_steps=2, batch_size=8)
+  config.data.update(max_input_length=24, max_target_length=8, train_examples=32)
+  config.eval.update(examples=8, batch_size=8, every=0)
+  work = tmp_path / "run"
+  train.train(config, str(work))
+  first = calibration.load(str(work / calibration.FILE))
+  assert '"batches": 2' in first.source and first.batches == 2
+  for name in os.listdir(work):  # as if it had stopped before its first checkpoint
+    if name not in (calibration.FILE, "spm.model"):
+      shutil.rmtree(work / name) if (work / name).is_dir() else os.remove(work / name)
+  config.data.train_examples = 16  # other data
+  capsys.readouterr()
+  train.train(config, str(work))
+  assert "computed for another model or data; computing it afresh" in capsys.readouterr().out
+  again = calibration.load(str(work / calibration.FILE))
+  assert again.source != first.source and '"train_examples": 16' in again.source

@@ -33,6 +33,7 @@ class Statistics:
   grams: dict[tuple[str, ...], np.ndarray]
   tokens: dict[tuple[str, ...], int]
   batches: int = 0
+  source: str = ""  # what they were computed from (the caller's description, kept in the file)
 
   def gram(self, path: tuple[str, ...]) -> np.ndarray:
     if path not in self.grams:
@@ -91,7 +92,7 @@ def collect(params, cfg, batches, num_batches: int, desc: str | None = "calibrat
 
 def save(path: str, stats: Statistics) -> None:
   """One .npz, written whole (a temporary sibling renamed over it)."""
-  arrays = {"batches": np.int64(stats.batches)}
+  arrays = {"batches": np.int64(stats.batches), "source": np.array(stats.source)}
   for p, gram in stats.grams.items():
     arrays["gram:" + "/".join(p)] = gram
     arrays["tokens:" + "/".join(p)] = np.int64(stats.tokens[p])
@@ -108,9 +109,10 @@ def load(path: str, cfg=None) -> Statistics:
                for k in f.files if k.startswith("gram:")}
       tokens = {tuple(k[7:].split("/")): int(f[k]) for k in f.files if k.startswith("tokens:")}
       batches = int(f["batches"])
+      source = str(f["source"]) if "source" in f.files else ""
   except (OSError, ValueError, KeyError) as e:
     raise ValueError(f"{path} is not a calibration statistics file ({e})") from None
-  stats = Statistics(grams, tokens, batches)
+  stats = Statistics(grams, tokens, batches, source)
   if cfg is not None:
     d = cfg.hidden_size if models.is_causal(cfg) else cfg.d_model
     for module, grouped in cfg.attention_modules():

@@ -172,8 +172,17 @@ def calibrate(c: ml_collections.ConfigDict, reader, cfg, mesh, calibration_data,
   training batches, kept in WORKDIR/calibration.npz: a resumed run reads them back, so its
   conversion is the one the run started from."""
   path = os.path.join(workdir, calibration.FILE)
+  # what the statistics were computed from: a file left by a run of other data or another
+  # model (one that stopped before its first checkpoint, so check_resume had nothing to compare)
+  # is computed afresh, never reused
+  source = json.dumps({"init_from": c.model.init_from, "seed": c.seed, "data": c.data.to_dict(),
+                       "batch_size": c.optim.batch_size, "dtype": c.model.dtype,
+                       "batches": c.grouping.calibration_batches}, sort_keys=True)
   if os.path.exists(path):
-    return calibration.load(path, cfg)
+    stats = calibration.load(path, cfg)
+    if stats.source == source:
+      return stats
+    say(f"calibration: {path} was computed for another model or data; computing it afresh")
   run_cfg = calibration_config(cfg, c)
   params = streaming.load_sharded(reader, run_cfg, step_lib.param_shardings(run_cfg, mesh),
                                   desc="calibration: loading the MHA model")
@@ -185,6 +194,7 @@ def calibrate(c: ml_collections.ConfigDict, reader, cfg, mesh, calibration_data,
   finally:
     rows.close()
   del params
+  stats.source = source
   if is_main_process():
     calibration.save(path, stats)
   n = next(iter(stats.tokens.values()))
