@@ -129,9 +129,10 @@ def kv_heads_of(budget: str, num_heads: int) -> int:
     raise ValueError(f"budget {budget!r} is not a fraction like 1/4") from None
   g = share * num_heads
   if not 0 < share <= 1 or g.denominator != 1 or num_heads % int(g):
+    choices = [str(fractions.Fraction(d, num_heads)) for d in range(1, num_heads + 1)
+               if num_heads % d == 0]
     raise ValueError(f"budget {budget} of {num_heads} heads is not a whole number of KV heads "
-                     f"dividing {num_heads}: choose among "
-                     f"{[str(fractions.Fraction(d, num_heads)) for d in range(1, num_heads + 1) if num_heads % d == 0]}")
+                     f"dividing {num_heads}: choose among {choices}")
   return int(g)
 
 
@@ -300,7 +301,8 @@ def write(points, methods, args, argv, init_from, base, seconds) -> None:
   extra = sorted({k for p in points for k in p.after} - {"loss", "perplexity"})
   if extra:
     lines += [f"Other metrics after {args.steps} steps:", "",
-              "| method | KV heads | " + " | ".join(extra) + " |", "|---|---|" + "---|" * len(extra)]
+              "| method | KV heads | " + " | ".join(extra) + " |",
+              "|---|---|" + "---|" * len(extra)]
     lines += [f"| {p.method} | {p.kv_heads} | " + " | ".join(
         f"{p.after.get(k, float('nan')):.2f}" for k in extra) + " |" for p in points]
   with open(os.path.join(args.out, "results.md"), "w") as f:
