@@ -35,8 +35,9 @@ from wgqa_jax.sharding import constrain
 from wgqa_jax.variants import MHA, Grouping
 
 NEG_INF = float(np.finfo(np.float32).min)
-# The variable collection in which each module sows its K/V inputs and which of its keys are
-# read, when a caller makes it mutable (wgqa_jax.calibration); otherwise nothing is computed.
+# The variable collection in which each module keeps the gram sum of its K/V inputs over the
+# keys some query reads, when a caller makes it mutable (wgqa_jax.calibration); otherwise
+# nothing is computed.
 CALIBRATION = "calibration"
 
 

@@ -34,6 +34,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from wgqa_jax import kv_merge
 from wgqa_jax.kv_merge import permute_heads
 
 METHODS = ("aligned", "svd", "search")
@@ -263,8 +264,8 @@ def merge(method: str, module: dict, gram, kv_index, rotary: bool, reorderable: 
     qk = aligned_maps(gram, module["k"], groups, rotary)
     pv = aligned_maps(gram, module["v"], groups)
     rotated = rotate(module, qk, pv)
-    pool = lambda x: np.stack([np.asarray(x)[:, g].mean(axis=1) for g in groups], axis=1)
-    return {**rotated, "k": pool(rotated["k"]), "v": pool(rotated["v"])}
+    sizes = [len(g) for g in groups]  # contiguous, as kv_index gives them
+    return {**rotated, **{n: kv_merge.mean_pool(rotated[n], len(groups), sizes) for n in "kv"}}
   if method == "svd":
     return merge_absorbed(module, groups, pca_maps(gram, module["k"], groups, rotary),
                           pca_maps(gram, module["v"], groups))

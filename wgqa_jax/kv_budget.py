@@ -63,14 +63,13 @@ def allocate(errors: dict, total: int) -> dict:
 def module_errors(read, cfg, stats, method: str) -> dict:
   """{module: {G: proxy error of `method`'s merge at G}} for every cached module; read(path)
   gives one param (our layout) of the MHA model."""
-  rotary = getattr(cfg, "rope_theta", None) is not None
   h = cfg.num_heads
   out = {}
   for path in cached_modules(cfg):
     module = {name: np.asarray(read(path + (name,)), np.float64) for name in ("k", "v")}
     gram = stats.gram(path)
     out[path] = {g: calibrated_merge.proxy_error(PROXY_OF[method], module, gram,
-                                                 kv_merge.kv_index(h, g), rotary)
+                                                 kv_merge.kv_index(h, g), cfg.rotary_keys)
                  for g in divisors(h)}
   return out
 

@@ -32,7 +32,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from wgqa_jax import (calibrated_merge, cli, corpora, decoding, kv_merge, model_source, streaming,
-                      sweep, variants, workdir as workdir_lib)
+                      sweep, train, variants, workdir as workdir_lib)
 from wgqa_jax.train_config import validate
 
 # method name -> its grouping section (any other name: the variant of that name)
@@ -82,7 +82,6 @@ def proxies(points: list[Point], init_from: str) -> None:
   reader = streaming.open_source(init_from)
   cfg = reader.cfg
   stats = calibration.load(stats_file, cfg)
-  rotary = getattr(cfg, "rope_theta", None) is not None
   scored = {i: (PROXY_MERGE[p.method], streaming.open_source(os.path.join(p.workdir, "final")).cfg)
             for i, p in enumerate(points) if p.method in PROXY_MERGE}
   errors = {i: [] for i in scored}
@@ -91,7 +90,7 @@ def proxies(points: list[Point], init_from: str) -> None:
     for i, (merge, grouped) in scored.items():
       index = kv_merge.kv_index(cfg.num_heads, grouped.kv_heads_at(path))
       errors[i].append(calibrated_merge.proxy_error(merge, module, stats.gram(path), index,
-                                                    rotary, cfg.reorderable_heads(path)))
+                                                    cfg.rotary_keys, cfg.reorderable_heads(path)))
   for i, errs in errors.items():
     points[i].proxy = float(np.mean(errs))
 
@@ -142,10 +141,9 @@ def bytes_per_token(cfg, dtype: str) -> int:
   return decoding.cache_bytes(cfg.replace(dtype=dtype), 1, 1, 1) // 2
 
 
-def quality(workdir: str, step: int) -> dict:
-  from wgqa_jax import analysis
-  rows = [r for r in analysis.read_metrics(workdir) if r.get("step") == step and "eval/loss" in r]
-  return {k.split("/", 1)[1]: v for k, v in rows[-1].items() if k.startswith("eval/")}
+def evals(row: dict) -> dict:
+  """A metrics row's eval metrics, without the "eval/" prefix."""
+  return {k.split("/", 1)[1]: v for k, v in row.items() if k.startswith("eval/")}
 
 
 def dominated(points: list[Point], key: str) -> set[int]:
@@ -244,7 +242,7 @@ def check(base, methods: list[str], budgets: list[str], args) -> tuple[object, d
       c = base.copy_and_resolve_references()
       c.grouping.update(dict(grouping, kv_heads=g))
       validate(c)
-      variants.grouped_config(cfg, grouping["variant"], g, **variants.options(c.grouping))
+      train.check_model(c, cfg)
       heads[m, b] = g
   return cfg, heads
 
@@ -263,10 +261,10 @@ def main(argv: list[str] | None = None) -> int:
 
   def run(method: str, grouping: dict, g: int, budget: str) -> Point:
     workdir = os.path.join(args.out, "mha" if method == "mha" else f"{method}_kv{g}")
-    sweep.uptrain(base, grouping, init_from, pre, args.steps, workdir, evals=1)
+    final = sweep.uptrain(base, grouping, init_from, pre, args.steps, workdir, evals=1)
     grouped = streaming.open_source(os.path.join(workdir, "final")).cfg  # as converted
     return Point(method, g, budget, bytes_per_token(grouped, base.model.dtype),
-                 quality(workdir, 0), quality(workdir, args.steps), workdir)
+                 evals(sweep.finished(workdir, 0)), evals(final), workdir)
 
   points = [run("mha", dict(variant="mha"), cfg.num_heads, "1")]
   for b in budgets:

@@ -37,14 +37,14 @@ def base_config() -> ml_collections.ConfigDict:
   # ---- grouping ----
   c.grouping = ml_collections.ConfigDict()
   # mha | mqa | gqa | wgqa | randwgqa | colwgqa | colrandwgqa | simgqa | asymgqa | kdgqa | dgqa
-  # | pgqa | aligned | svd (wgqa_jax/variants.py; README: attention variants)
+  # | pgqa | aligned | svd | search (wgqa_jax/variants.py; README: attention variants)
   c.grouping.variant = "wgqa"
   c.grouping.kv_heads = 2       # G (mha and mqa fix it themselves)
   c.grouping.group_encoder = False  # papers: decoder self- and cross-attention only
   c.grouping.group_sizes = placeholder(tuple)  # asymgqa: contiguous group sizes, e.g. (3, 1, 2, 2)
   c.grouping.attention_noise = placeholder(float)  # pgqa: logit noise std (unset: the variant's 0.1)
   c.grouping.regroup_every = 0  # simgqa: regroup query heads by similarity every N steps (0: off)
-  # aligned / svd: training batches the MHA model runs on to calibrate the merge (the run's
+  # aligned / svd / search: training batches the MHA model runs on to calibrate the merge (the run's
   # first batches; kept in WORKDIR/calibration.npz)
   c.grouping.calibration_batches = 16
   # "uniform": kv_heads in every module; "proxy" (aligned / svd / search): the same KV heads in

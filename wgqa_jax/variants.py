@@ -454,10 +454,9 @@ def converter(cfg, variant: str, kv_heads: int | None = None, *, group_encoder: 
   if v.calibrated and calibration is None:
     raise ValueError(f"variant {variant!r} needs calibration statistics of the MHA model "
                      f"(wgqa_jax.calibration; wgqa_jax.train collects them)")
-  rotary = getattr(cfg, "rope_theta", None) is not None  # keys rotated by position (Llama)
 
   def convert(module, path):
-    inputs = calibrated_merge.ModuleInputs(calibration.gram(path), rotary,
+    inputs = calibrated_merge.ModuleInputs(calibration.gram(path), cfg.rotary_keys,
                                            cfg.reorderable_heads(path)) if v.calibrated else None
     return v.convert_module(module, new_cfg.grouping_at(path), rng, inputs)
   return new_cfg, convert

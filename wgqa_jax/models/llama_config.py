@@ -45,6 +45,7 @@ class LlamaConfig(ConfigFile):
   scan_layers: bool = False     # the layers as one scanned layer: compile time flat in depth
 
   family = "llama"
+  rotary_keys = True  # keys rotated by position: a merge's maps on keys must commute with it
 
   def __post_init__(self):
     for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",

@@ -51,6 +51,7 @@ class T5Config(ConfigFile):
   scan_layers: bool = False  # each stack one scanned layer: compile time flat in depth
 
   family = "t5"
+  rotary_keys = False  # no rotary embeddings: a merge may map keys freely
 
   def __post_init__(self):
     def bad(msg):
