@@ -1,10 +1,11 @@
-"""wgqa_jax: T5 with grouped / weighted-grouped KV attention in JAX/Flax."""
+"""wgqa_jax: T5 and Llama-architecture models with grouped key/value attention in JAX/Flax."""
 from setuptools import find_packages, setup
 
 setup(
     name="wgqa_jax",
     version="0.1.0",
-    description="Uptrain MHA T5 checkpoints into GQA / MQA / WGQA models with JAX and Flax",
+    description="Uptrain MHA checkpoints (T5, Llama, Mistral) into GQA / MQA / WGQA and calibrated "
+                "grouped models with JAX and Flax",
     long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     packages=find_packages(include=["wgqa_jax", "wgqa_jax.*"]),

@@ -50,7 +50,7 @@ import psutil
 from absl import flags
 
 from data_pipeline import tree_rss  # benchmarks/data_pipeline.py, beside this script
-from wgqa_jax import cli
+from wgqa_jax.core import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -106,7 +106,7 @@ class Vocabulary:
   def __init__(self, seed: int, kind: str = "english"):
     rng = np.random.default_rng([seed, 7])
     if kind == "cnn_dm":  # wgqa_jax.local_tfds's words (the CNN/DailyMail-shaped dataset's)
-      from wgqa_jax import local_tfds
+      from wgqa_jax.data import local_tfds
       words, extras = [str(w) for w in local_tfds._vocabulary(0)], []
     else:
       words, extras = list(dict.fromkeys(FUNCTION_WORDS)), NON_ASCII + NUMBERS

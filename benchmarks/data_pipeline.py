@@ -24,14 +24,14 @@ import psutil
 
 from absl import flags
 
-from wgqa_jax import cli
+from wgqa_jax.core import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def build(data_dir: str) -> dict[str, str]:
   """{label: data_dir} of the two CNN/DM-shaped datasets (built once)."""
-  from wgqa_jax import local_tfds
+  from wgqa_jax.data import local_tfds
   dirs = {}
   for label, train in (("10k", 10_000), ("287k", None)):
     d = os.path.join(data_dir, label)
@@ -91,8 +91,8 @@ def steady(rows: list[dict], key: str) -> float:
 
 
 def pipeline_rate(data_dir: str, spm_dir: str, workers: int, pack: bool, seconds: float) -> dict:
-  from wgqa_jax import data, pipeline, tokenizers
-  src = data.source("cnn_dailymail", "train", None, data_dir)
+  from wgqa_jax.data import tasks, pipeline, tokenizers
+  src = tasks.source("cnn_dailymail", "train", None, data_dir)
   tok = tokenizers.get_tokenizer("sentencepiece", spm_dir)
   layout = pipeline.Layout(8, 512, 128, pack=pack, seed=0)
   it = pipeline.TrainBatches(src, tok, layout, workers=workers)

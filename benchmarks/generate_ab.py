@@ -62,7 +62,7 @@ def time_checkout() -> dict:
   import jax
   import numpy as np
   generate, GenerationConfig, t5, llama = generate_fn()
-  from wgqa_jax.models.llama_config import LlamaConfig
+  from wgqa_jax.models.llama.config import LlamaConfig
   out = {}
   rng = np.random.default_rng(0)
   models = {"t5": ("t5-small", t5.T5Config(**T5, eos_token_id=-1)),

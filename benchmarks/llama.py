@@ -20,7 +20,7 @@ import numpy as np
 
 from absl import flags
 
-from wgqa_jax import cli
+from wgqa_jax.core import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -80,7 +80,8 @@ _decode_fns = {}
 
 
 def decode_section(spec, contexts, batch, new_tokens, tmp):
-  from wgqa_jax import hf, variants
+  from wgqa_jax.store import hf
+  from wgqa_jax.grouping import variants
   hf_model(spec).save_pretrained(tmp, safe_serialization=True)
   mha_params, mha_cfg = hf.from_hf(tmp)
   h = mha_cfg.num_heads
@@ -108,8 +109,9 @@ def train_section(spec, batch, length):
   norm clipping, AdamW, NaN guard) vs HF PyTorch on the same sequences (labels = the sequence)."""
   import optax  # noqa: F401  (imported by train_step)
   import torch
-  from wgqa_jax import hf, train_step
-  from wgqa_jax.train_config import base_config
+  from wgqa_jax.store import hf
+  from wgqa_jax.training import steps as train_step
+  from wgqa_jax.training.config import base_config
   model = hf_model(spec).train()
   sd = {k: v.detach().numpy() for k, v in model.state_dict().items()}
   cfg = hf.config_from_hf({**model.config.to_dict(), "model_type": "llama"}, sd)

@@ -26,11 +26,14 @@ import optax
 
 from absl import flags
 
-from wgqa_jax import cli, decoding, objectives, train_step, variants
-from wgqa_jax import hf as hf_io
+from wgqa_jax.core import cli
+from wgqa_jax import decoding
+from wgqa_jax.training import objectives, steps as train_step
+from wgqa_jax.grouping import variants
+from wgqa_jax.store import hf as hf_io
 from wgqa_jax.decoding import GenerationConfig
 from wgqa_jax.models import t5
-from wgqa_jax.models.t5_config import preset
+from wgqa_jax.models.t5.config import preset
 
 PRESETS = {
     # a seconds-long run of every section on the tiny architecture: tests/ runs it (no timings)
@@ -121,7 +124,7 @@ def train_flops(cfg, b, s, t) -> float:
 # ------------------------------------------------------------------------------ 1. train ----
 def bench_train(p, log):
   import torch
-  from wgqa_jax.train_config import base_config
+  from wgqa_jax.training.config import base_config
   cfg = arch(p, dtype=p["dtype"])
   b, s, t = p["train_batch"], p["train_src"], p["train_tgt"]
   rng = np.random.default_rng(0)

@@ -30,7 +30,7 @@ Differences from the paper: AdamW with linear decay (the paper: Adafactor), lr 1
 """
 import ml_collections
 
-from wgqa_jax.train_config import base_config, paper_config, tiny_config
+from wgqa_jax.training.config import base_config, paper_config, tiny_config
 
 SIZES = {"small": 6, "base": 8, "large": 8, "xl": 8, "xxl": 8}  # size: KV heads (GQA-8)
 PRETRAINING_STEPS = {"tiny": 2000}  # the offline MHA model: wgqa_jax.sweep --pretrain_steps

@@ -11,7 +11,7 @@ Settings: AdamW lr 2e-5 with 100 warmup steps and linear decay (1e-3, the T5 pap
 too high for a billion-parameter decoder), batch 32, 1 epoch, articles 1024 / highlights 128
 tokens, bf16 compute.
 """
-from wgqa_jax.train_config import base_config
+from wgqa_jax.training.config import base_config
 
 
 def get_config(checkpoint: str = "LLAMA_DIR_OR_ID"):

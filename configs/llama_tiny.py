@@ -12,7 +12,7 @@ one that is already GQA):
     --config.model.init_from=HF_DIR_OR_ID --config.data.tokenizer=HF_DIR_OR_ID
 The settings are in wgqa_jax/train_config.py:tiny_config(); override any with --config.SECTION.KEY=VALUE.
 """
-from wgqa_jax.train_config import tiny_config
+from wgqa_jax.training.config import tiny_config
 
 
 def get_config():

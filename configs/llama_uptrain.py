@@ -22,7 +22,7 @@ Stage 2: the instruction-style fine-tuning of configs/llama_cnn.py (loss on the 
 Variant: GQA-8 (--config.grouping.variant / kv_heads). Real sizes: see configs/scale.py for
 FSDP, remat and scanned layers (--config.mesh.fsdp=-1 --config.model.remat=full).
 """
-from wgqa_jax.train_config import base_config, tiny_config
+from wgqa_jax.training.config import base_config, tiny_config
 
 
 def get_config(arg: str = "HF_DIR_OR_ID"):

@@ -12,7 +12,7 @@ Hyperparameters: wgqa_jax/train_config.py:paper_config (AdamW lr 1e-3, linear de
 """
 import re
 
-from wgqa_jax.train_config import paper_config
+from wgqa_jax.training.config import paper_config
 
 SIZES = {"small": ("t5-small", 4), "base": ("t5-base", 6)}
 

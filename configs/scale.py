@@ -11,7 +11,7 @@ model; 512 / 128 tokens, global batch 128). With init_from left at tiny-random t
 preset's (what the planner needs); point init_from at the real checkpoint to train it. Variant:
 GQA-8 unless overridden. Adjust the mesh with --config.mesh.{data,fsdp,model}.
 """
-from wgqa_jax.train_config import base_config
+from wgqa_jax.training.config import base_config
 
 SHAPES = {  # preset: (max_input_length, max_target_length, global batch)
     "llama-2-7b": (3840, 256, 8),

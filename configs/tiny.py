@@ -6,7 +6,7 @@ No download: generated data, a sentencepiece vocabulary trained on it in ~1 s. A
 2 CPU cores; ROUGE rises from ~0 as the model learns to extract the lead sentence.
 The settings are in wgqa_jax/train_config.py:tiny_config(); override any with --config.SECTION.KEY=VALUE.
 """
-from wgqa_jax.train_config import tiny_config
+from wgqa_jax.training.config import tiny_config
 
 
 def get_config():

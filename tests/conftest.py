@@ -77,7 +77,7 @@ SMALL = {"train": 120, "validation": 10, "test": 10}
 @pytest.fixture(scope="session")
 def tfds_dir(tmp_path_factory):
   """A TFDS data_dir holding every built-in dataset shape, built by the real builders."""
-  from wgqa_jax import local_tfds
+  from wgqa_jax.data import local_tfds
   d = str(tmp_path_factory.mktemp("tfds"))
   for name in local_tfds.SHAPES:
     local_tfds.build(name, d, SMALL)

@@ -1,4 +1,4 @@
-"""One process of a multi-process CPU run (tests/test_multihost.py starts several).
+"""One process of a multi-process CPU run (tests/training/test_multihost.py starts several).
 
     python tests/multihost_worker.py PROCESS_ID NUM_PROCESSES PORT WORKDIR DEVICES_PER_PROCESS \
         [STOP] [OBJECTIVE]
@@ -22,11 +22,12 @@ if int(n) > 1:  # the variables launch/multihost.sh sets
 import jax  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from wgqa_jax import train  # noqa: E402
-from wgqa_jax.train_config import tiny_config  # noqa: E402
+from wgqa_jax.tools.train import initialize_distributed  # noqa: E402
+from wgqa_jax.training import trainer  # noqa: E402
+from wgqa_jax.training.config import tiny_config  # noqa: E402
 
 jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives across hosts
-train.initialize_distributed()  # what `python -m wgqa_jax.train` does first
+initialize_distributed()  # what `python -m wgqa_jax.train` does first
 
 c = tiny_config()
 c.data.train_examples, c.optim.batch_size, c.optim.num_train_steps = 256, 8, 30
@@ -36,8 +37,8 @@ if objective == "causal_lm":
   c.model.arch, c.data.objective, c.data.dataset = "llama-tiny", "causal_lm", "python_stdlib"
   c.data.tokenizer, c.data.pack_window, c.eval.examples = "bytes", 4, 3
 try:
-  out = train.train(c, workdir, stop_after=stop if stop < 30 else None)
-except train.Preempted as stopped:
+  out = trainer.train(c, workdir, stop_after=stop if stop < 30 else None)
+except trainer.Preempted as stopped:
   out = stopped.metrics
 print("RESULT " + json.dumps({"process": jax.process_index(), "count": jax.process_count(),
                               "devices": jax.device_count(), **out}), flush=True)

@@ -1,8 +1,8 @@
-"""The run behind tests/data/workdir_v0: a tiny WGQA T5 on the built-in task, stopped
+"""The run behind tests/fixtures/workdir_v0: a tiny WGQA T5 on the built-in task, stopped
 ("preempted") after step 10 of 20 by the main of 2026-12-05, before the package was layered
 (issue #32). test_old_workdir resumes it with today's code and compares the result with
-tests/data/workdir_v0_uninterrupted (the same run, uninterrupted, by that old main)."""
-from wgqa_jax.train_config import tiny_config
+tests/fixtures/workdir_v0_uninterrupted (the same run, uninterrupted, by that old main)."""
+from wgqa_jax.training.config import tiny_config
 
 
 def get_config():

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 from tqdm import tqdm
 
-from wgqa_jax import sharding
+from wgqa_jax.core import sharding
+from wgqa_jax.data import pipeline
 from wgqa_jax.decoding.search import generate
 from wgqa_jax.decoding.settings import GenerationConfig
 
@@ -18,9 +19,6 @@ def decode_batches(params, cfg, split, tokenizer, batch_size: int, gen: Generati
   prediction.
 
   mesh: place batches sharded over its data axis (train); desc: show a progress bar."""
-  # imported here: the settings of this package are read by convert and params_io, which need
-  # neither the data pipeline nor grain
-  from wgqa_jax import pipeline
   batches = pipeline.eval_batches(split, batch_size)
   if desc:
     batches = tqdm(batches, desc=desc, total=-(-len(split) // batch_size), leave=False)

@@ -1,7 +1,7 @@
 """The two search loops every model family shares: greedy search / sampling, and beam search,
-both with Hugging Face `generate()` semantics, over a `Decoder` that a family's adapter builds
-(wgqa_jax.decoding.t5, wgqa_jax.decoding.llama). Everything is jitted with a fixed length; the
-loops stop early once every row has ended. After EOS a row emits pad.
+both with Hugging Face `generate()` semantics, over a `Decoder` (wgqa_jax.models.family) that
+the model's family builds (models/t5/decoding.py, models/llama/decoding.py). Everything is
+jitted with a fixed length; the loops stop early once every row has ended. After EOS a row emits pad.
 
 Beam search is step for step transformers 4.x BeamSearchScorer and 5.x:
 - candidates: the top 2k of (beam, token) by summed log-probability (processed log-probs);
@@ -18,25 +18,15 @@ decoder-only model's prompt), so one loop serves both families.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from wgqa_jax.decoding import processors
+from wgqa_jax.models import family_of
+from wgqa_jax.models.family import Decoder
 from wgqa_jax.decoding.settings import GenerationConfig
-
-
-class Decoder(NamedTuple):
-  """What a model family hands the search loops, for `rows` = inputs x copies rows (the copies of
-  an input adjacent: its beams, or its num_return_sequences samples)."""
-  step: Callable   # (tokens (rows,), i, cache) -> (logits (rows, V) float32, cache): token i
-  cache: Any       # the KV cache, prompt or encoder output already in it
-  first: Any       # (rows,) the token fed at i = 0 (T5's start token, a prompt's last token)
-  prefix: Any      # the decoder ids before the generated ones, for the logits processors: a
-                   # start id (int) or (rows, P) prompt ids
-  reorder: Callable  # (cache, rows) -> the cache whose row r is the old row rows[r]
 
 
 def sample(dec: Decoder, gen: GenerationConfig, eos: int, pad: int, vocab: int, rng=None):
@@ -137,19 +127,8 @@ def beam(dec: Decoder, batch: int, gen: GenerationConfig, eos: int, pad: int, vo
 
 
 # ----------------------------------------------------------------------------------------------
-# generate: the family's adapter, then the loop `gen` asks for
+# generate: the family's Decoder, then the loop `gen` asks for
 # ----------------------------------------------------------------------------------------------
-def family_of(cfg):
-  """The decoding adapter of a model config's family (a module with `begin` and `cache_bytes`).
-  A new family needs only a new adapter here."""
-  from wgqa_jax.decoding import llama, t5
-  adapters = {"t5": t5, "llama": llama}
-  if cfg.family not in adapters:
-    raise ValueError(f"no decoding adapter for model family {cfg.family!r} "
-                     f"(known: {sorted(adapters)})")
-  return adapters[cfg.family]
-
-
 @functools.partial(jax.jit, static_argnames=("cfg", "gen"))
 def generate(params, cfg, inputs, gen: GenerationConfig, rng=None, attention_mask=None):
   """Greedy search, sampling or beam search as `gen` says, with HF `generate()` semantics:
@@ -162,7 +141,8 @@ def generate(params, cfg, inputs, gen: GenerationConfig, rng=None, attention_mas
   (wgqa_jax.causal_view)."""
   beams = gen.num_beams > 1
   copies = gen.num_beams if beams else gen.num_return_sequences
-  dec = family_of(cfg).begin(params, cfg, inputs, attention_mask, copies, gen.max_new_tokens)
+  dec = family_of(cfg).begin_decoding(params, cfg, inputs, attention_mask, copies,
+                                      gen.max_new_tokens)
   eos, pad, vocab = cfg.eos_token_id, cfg.pad_token_id, cfg.vocab_size
   if beams:
     return beam(dec, inputs.shape[0], gen, eos, pad, vocab)

@@ -1,9 +1,10 @@
 """Generation settings, with Hugging Face `generate()` names and meanings.
 
 `GenerationConfig` holds the controls users evaluate with; it is frozen and hashable, so the
-jitted loops (wgqa_jax.decoding.search) take it as a static argument. A params dir keeps the
-checkpoint's settings in `generation.json` ({"generation_config", "task_specific_params"}, as
-HF keeps them), and `for_task` picks a task's entry (t5-small's "summarization": 4 beams, ...).
+jitted loops (wgqa_jax.decoding.search) take it as a static argument. A checkpoint's settings
+are a dict {"generation_config", "task_specific_params"}, as HF keeps them (a params dir keeps
+them in generation.json: wgqa_jax.store.generation_file), and `for_task` picks a task's entry
+(t5-small's "summarization": 4 beams, ...).
 
 As in HF, `min_length` and `max_length` count the decoder's prompt (T5's start token, a
 decoder-only model's prompt); `min_new_tokens` / `max_new_tokens` do not.
@@ -11,13 +12,11 @@ decoder-only model's prompt); `min_new_tokens` / `max_new_tokens` do not.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from typing import Any
 
+from wgqa_jax.core.errors import UserError
+
 EARLY_STOPPING = (True, False, "never")
-# in a params dir: {"generation_config": {...}, "task_specific_params": {...}}
-FILE = "generation.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +37,7 @@ class GenerationConfig:
 
   def __post_init__(self):
     def bad(msg):
-      raise ValueError(f"generation: {msg}")
+      raise UserError(f"generation: {msg}")
     if self.max_new_tokens < 1:
       bad(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
     if self.num_beams < 1:
@@ -75,43 +74,9 @@ class GenerationConfig:
     return dataclasses.asdict(self)
 
 
-def save(settings: dict[str, Any], out_dir: str) -> None:
-  with open(os.path.join(out_dir, FILE), "w") as f:
-    json.dump(settings, f, indent=2, sort_keys=True)
-
-
-def load(params_dir: str) -> dict[str, Any]:
-  """{"generation_config": ..., "task_specific_params": ...} of a params dir ({} if none)."""
-  path = os.path.join(params_dir, FILE)
-  if not os.path.exists(path):
-    return {}
-  with open(path) as f:
-    return json.load(f)
-
-
-def from_hf_dir(hf_dir: str, hf_config: dict[str, Any]) -> dict[str, Any]:
-  """The generation settings of a HF checkpoint: generation_config.json and config.json's
-  task_specific_params (t5-small's "summarization": 4 beams, length_penalty 2.0, ...)."""
-  out: dict[str, Any] = {}
-  path = os.path.join(hf_dir, "generation_config.json")
-  if os.path.exists(path):
-    with open(path) as f:
-      out["generation_config"] = json.load(f)
-  if hf_config.get("task_specific_params"):
-    out["task_specific_params"] = hf_config["task_specific_params"]
-  return out
-
-
 def for_task(settings: dict[str, Any], task: str, **overrides) -> GenerationConfig:
   """The settings for `task` ("summarization", "translation_...") if the checkpoint has them,
   else its generation_config, else HF's defaults; overrides (flags) win."""
   base = settings.get("generation_config", {})
   specific = settings.get("task_specific_params", {}).get(task, {})
   return GenerationConfig.from_hf({**base, **specific}, **overrides)
-
-
-# Offline default (configs/tiny*.py): what t5-small's summarization entry asks for, scaled to the
-# built-in tasks' short targets (n-gram blocking off: their outputs repeat words on purpose).
-OFFLINE_DEFAULT = {"task_specific_params": {
-    "summarization": {"num_beams": 4, "length_penalty": 1.0, "early_stopping": True},
-    "translation": {"num_beams": 4, "length_penalty": 1.0, "early_stopping": True}}}

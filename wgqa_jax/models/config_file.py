@@ -6,6 +6,8 @@ import dataclasses
 import json
 from typing import Any
 
+from wgqa_jax.core.errors import UserError
+
 REMATS = ("none", "full", "dots")  # models.layers.REMAT_POLICIES (configs stay free of flax)
 DTYPES = ("float32", "bfloat16", "float16")  # compute and param dtypes every family accepts
 
@@ -23,10 +25,13 @@ class ConfigFile:
   @classmethod
   def from_dict(cls, d: dict[str, Any]):
     d = cls._upgrade(dict(d))
+    family = d.pop("family", cls.family)  # written by families whose files name it
+    if family != cls.family:
+      raise UserError(f"{cls.__name__}: this is a {family!r} model config")
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - known)
     if unknown:
-      raise ValueError(f"{cls.__name__}: unknown keys {unknown}; known keys: {sorted(known)}")
+      raise UserError(f"{cls.__name__}: unknown keys {unknown}; known keys: {sorted(known)}")
     return cls(**d)
 
   @classmethod

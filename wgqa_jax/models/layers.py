@@ -5,7 +5,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from wgqa_jax.attention import CALIBRATION
+from wgqa_jax.models.attention import CALIBRATION
+from wgqa_jax.core.errors import UserError
 
 
 class RMSNorm(nn.Module):
@@ -40,7 +41,7 @@ def remat(layer_cls, policy: str, static_argnums: tuple[int, ...] = (), scanned:
   """layer_cls, rematerialised by `policy` (REMAT_POLICIES). static_argnums count `self` as 0
   (the layer's Python-bool `deterministic`)."""
   if policy not in REMAT_POLICIES:
-    raise ValueError(f"remat={policy!r}: choose from {sorted(REMAT_POLICIES)}")
+    raise UserError(f"remat={policy!r}: choose from {sorted(REMAT_POLICIES)}")
   if policy == "none":
     return layer_cls
   # inside a scan the loop already keeps XLA from merging forward and recomputation

@@ -1,0 +1,143 @@
+"""A training workdir: the names of its files (this module is their one owner), the small files
+written so that a kill at any moment leaves them readable, and the lock that keeps one writer
+per workdir.
+
+- `Lock`: an exclusive flock on WORKDIR/.lock, held while a run writes; a second run refuses in
+  one line naming the holder's PID and host. The kernel drops it when the holder dies (kill -9
+  included), so a stale lock never blocks a rerun.
+- `write_json`: a whole file via a temporary sibling and a rename.
+- `read_jsonl`: the rows of metrics.jsonl, dropping (with a warning) a trailing line a kill cut.
+- `read_json`: a small JSON file, None (with a warning) when it is empty or torn.
+- `writing_dir`: an output directory written beside its target and swapped in whole.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import socket
+import time
+
+from tqdm import tqdm
+
+from wgqa_jax.core.errors import UserError
+
+# ---- what a workdir holds ----
+RUN_CONFIG = "config.json"          # the training config the run started with (resume checks it)
+METRICS = "metrics.jsonl"           # one JSON row per logged step and per eval
+TENSORBOARD = "tb"                  # the same scalars for TensorBoard
+CHECKPOINTS = "checkpoints"         # orbax: <step>/state (step, params, opt_state), <step>/data
+INTEGRITY = "integrity"             # <step>.json: each checkpoint's fingerprint and data position
+QUARANTINE = "checkpoints_quarantine"  # checkpoints that failed to verify, moved aside
+BEST = "best"                       # params dir at the best eval metric so far
+BEST_RECORD = "best_metric.json"    # which step best/ is, and its value
+FINAL = "final"                     # params dir of the last step
+TOKENIZER_RECORD = "tokenizer.json"  # the tokenizer's fingerprint (resume checks it)
+SPM_MODEL = "spm.model"             # a sentencepiece vocabulary trained by the run
+CALIBRATION = "calibration.npz"     # the MHA model's calibration statistics (calibrated variants)
+LOCK_FILE = ".lock"
+# what marks a directory as a training workdir, written or not yet with params
+MARKERS = (METRICS, CHECKPOINTS, TOKENIZER_RECORD, LOCK_FILE)
+
+
+def is_workdir(path: str) -> bool:
+  return any(os.path.exists(os.path.join(path, name)) for name in MARKERS)
+
+
+def warn(msg: str) -> None:
+  tqdm.write(f"warning: {msg}")
+
+
+class Lock:
+  """Exclusive ownership of a workdir; `acquire` creates the workdir if needed."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, LOCK_FILE)
+    self._fd = None
+
+  def acquire(self) -> None:
+    os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
+      os.close(fd)
+      raise UserError(f"{os.path.dirname(self.path)} is in use by {holder}: one run writes a "
+                       f"workdir at a time (wait for it, stop it, or pass another --workdir)")
+    os.ftruncate(fd, 0)
+    os.write(fd, f"PID {os.getpid()} on {socket.gethostname()} (since "
+                 f"{time.strftime('%Y-%m-%d %H:%M:%S')})".encode())
+    self._fd = fd
+
+  def release(self) -> None:
+    if self._fd is not None:
+      os.close(self._fd)  # closing drops the flock
+      self._fd = None
+
+
+def write_json(path: str, obj, indent: int | None = None) -> None:
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=indent)
+  os.replace(tmp, path)
+
+
+def read_json(path: str):
+  """The file's JSON, or None when it is missing, empty or torn (a warning says which)."""
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except ValueError:
+    warn(f"{path} is empty or torn (a run was killed while writing it); ignoring it")
+    return None
+
+
+def read_jsonl(path: str) -> list[dict]:
+  """metrics.jsonl's rows. A last line a kill cut short is dropped with a warning; a bad line
+  elsewhere is damage, not a torn write, and an error naming the line."""
+  with open(path) as f:
+    lines = f.read().split("\n")
+  rows = []
+  for n, line in enumerate(lines, start=1):
+    if not line.strip():
+      continue
+    try:
+      rows.append(json.loads(line))
+    except ValueError:
+      if all(not rest.strip() for rest in lines[n:]):
+        warn(f"{path}: dropped its last line, cut short by a kill: {line[:60]!r}")
+        continue
+      raise UserError(f"{path}:{n} is not a JSON line; the file is damaged") from None
+  return rows
+
+
+@contextlib.contextmanager
+def writing_dir(out_dir: str):
+  """`with writing_dir(out) as tmp:` write into tmp; on success tmp replaces `out` (its old
+  contents go whole), on failure `out` is left as it was. Leftovers of a killed write are
+  removed first."""
+  out_dir = os.path.abspath(out_dir)
+  parent, name = os.path.dirname(out_dir), os.path.basename(out_dir)
+  os.makedirs(parent, exist_ok=True)
+  for stale in os.listdir(parent):
+    if stale.startswith(f".{name}.tmp-"):
+      shutil.rmtree(os.path.join(parent, stale), ignore_errors=True)
+  tmp = os.path.join(parent, f".{name}.tmp-{os.getpid()}")
+  os.makedirs(tmp)
+  try:
+    yield tmp
+    if os.path.exists(out_dir):
+      old = tmp + ".old"
+      os.rename(out_dir, old)
+      os.rename(tmp, out_dir)
+      shutil.rmtree(old) if os.path.isdir(old) else os.remove(old)
+    else:
+      os.rename(tmp, out_dir)
+  finally:
+    if os.path.exists(tmp):
+      shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,205 @@
+"""One grouped attention module, H query heads and G key/value heads, for every model family.
+
+Query heads are grouped contiguously: query head h uses KV head h // R, R = H / G. The R query
+heads of a group are stacked as extra query rows against their one KV head, q (b, t, H, d) ->
+(b, G, R*t, d), so both contractions are batched matmuls over (b, G) with K/V (b, s, G, d): K/V
+are never repeated in memory, and activations and decode caches hold G heads. (MaxText's
+`btgrd,bsgd->bgrts` names the same contraction; on XLA:CPU its forward ran 1.06-1.45x slower than
+the merged R*t rows, benchmarks/attention_layout.py, so we keep the merged form.)
+
+`grouping` (wgqa_jax.variants.Grouping) is the module's one grouping field:
+- WGQA (`weights` "row"/"col"): all H original K/V kernels plus learnable weights `wk`, `wv`; the G
+  grouped kernels are weighted sums formed on the fly. `variants.fold` bakes the weights in.
+- unequal groups (AsymGQA sizes, KDGQA/DGQA key-norm allocation): each query head gathers its KV
+  head (activations only).
+- PGQA `attention_noise`: Gaussian noise subtracted from the logits while training.
+
+With the `calibration` collection mutable, each module also keeps the gram sum of its K/V inputs
+over the keys some query reads: the statistics the calibrated merges need (wgqa_jax.calibration).
+
+T5 uses none of the two position options (its init absorbs 1/sqrt(d), its position bias is
+additive and comes from the caller); Llama sets `query_scale` = head_dim^-0.5 and `rope_theta`
+(rotary embeddings, HF's rotate-half convention, applied to q in `attend` and to k in
+`project_kv`, both given the token positions). No projection biases.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from wgqa_jax.grouping import kv_merge
+from wgqa_jax.models.ops import dense
+from wgqa_jax.core.sharding import constrain
+from wgqa_jax.grouping.variants import MHA, Grouping
+
+NEG_INF = float(np.finfo(np.float32).min)
+# The variable collection in which each module keeps the gram sum of its K/V inputs over the
+# keys some query reads, when a caller makes it mutable (wgqa_jax.calibration); otherwise
+# nothing is computed.
+CALIBRATION = "calibration"
+
+
+class Attention(nn.Module):
+  """Attention over G = grouping.num_kv_heads(num_heads) K/V heads."""
+  num_heads: int
+  head_dim: int
+  width: int  # of the K/V inputs and of the output
+  grouping: Grouping = MHA
+  dropout_rate: float = 0.0
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+  transpose_weight_grad_on_cpu: bool = True  # ops.dense
+  query_scale: float = 1.0
+  rope_theta: float | None = None
+
+  @property
+  def num_kv_heads(self) -> int:
+    return self.grouping.num_kv_heads(self.num_heads)
+
+  def setup(self):
+    h, g, dk, d = self.num_heads, self.num_kv_heads, self.head_dim, self.width
+    pdt = jnp.dtype(self.param_dtype)
+    normal = nn.initializers.normal
+    part = nn.with_logical_partitioning
+    self.dropout = nn.Dropout(self.dropout_rate)
+    # HF T5 init (so a random model trains like theirs): q absorbs the 1/sqrt(d_kv) scale.
+    self.q = self.param("q", part(normal((d * dk) ** -0.5), ("embed", "heads", "kv")),
+                        (d, h, dk), pdt)
+    self.o = self.param("o", part(normal((h * dk) ** -0.5), ("heads", "kv", "embed")),
+                        (h, dk, d), pdt)
+    weighted = self.grouping.weights != "none"
+    # WGQA keeps the H original heads, still trainable.
+    kv_axes = ("embed", "heads", "kv") if weighted else ("embed", "kv_heads", "kv")
+    kv_shape = (d, h if weighted else g, dk)
+    self.k = self.param("k", part(normal(d ** -0.5), kv_axes), kv_shape, pdt)
+    self.v = self.param("v", part(normal(d ** -0.5), kv_axes), kv_shape, pdt)
+    if weighted:
+      grp = self.grouping
+      shape = kv_merge.wgqa_weight_shape(grp.weights, h, dk)
+      axes = ("heads",) if grp.weights == "row" else ("heads", "kv")
+      init = (nn.initializers.normal(stddev=1.0) if grp.weights_init == "normal"
+              else nn.initializers.constant(grp.weights_init_value))
+      self.wk = self.param("wk", part(init, axes), shape, pdt)
+      self.wv = self.param("wv", part(init, axes), shape, pdt)
+
+  def _dense(self, x, kernel, n_in: int = 1):
+    dtype = jnp.dtype(self.dtype)
+    return dense(x.astype(dtype), kernel.astype(dtype), n_in,
+                 transpose_weight_grad_on_cpu=self.transpose_weight_grad_on_cpu)
+
+  def grouped_kv_kernels(self):
+    """The (d_model, G, d_kv) K and V kernels the attention actually uses."""
+    if self.grouping.weights == "none":
+      return self.k, self.v
+    g = self.num_kv_heads
+    return (kv_merge.weighted_sum(self.k, self.wk, g), kv_merge.weighted_sum(self.v, self.wv, g))
+
+  def project_kv(self, inputs_kv, positions=None):
+    """(b, s, d_model) -> K, V each (b, s, G, d_kv): what a decode cache stores (K rotated when
+    the module uses rotary embeddings; positions (b, s) or (s,))."""
+    if self.is_mutable_collection(CALIBRATION):  # what K and V are made of (pre-rotary)
+      self.put_variable(CALIBRATION, "inputs", inputs_kv)
+    k_kernel, v_kernel = self.grouped_kv_kernels()
+    k = self._dense(inputs_kv, k_kernel)
+    if self.rope_theta is not None:
+      k = rotary(k, positions, self.rope_theta)
+    return k, self._dense(inputs_kv, v_kernel)
+
+  def attend(self, inputs_q, k, v, bias, deterministic: bool, positions=None):
+    """inputs_q (b, t, d_model); k, v (b, s, G, d_kv); bias broadcastable to (b, H, t, s);
+    positions (b, t) or (t,) of the queries, for rotary embeddings."""
+    b, t, _ = inputs_q.shape
+    h, g, dk = self.num_heads, self.num_kv_heads, self.head_dim
+    if self.is_mutable_collection(CALIBRATION):
+      self._calibrate(bias, k.shape[:2])
+    q = self._dense(inputs_q, self.q)  # (b, t, H, d_kv)
+    if self.rope_theta is not None:
+      q = rotary(q, positions, self.rope_theta)
+    if self.query_scale != 1.0:
+      q = q * jnp.asarray(self.query_scale, q.dtype)
+    q = constrain(q, ("batch", "length", "heads", "kv"))
+    if self.grouping.unequal:
+      return self._attend_gathered(q, k, v, bias, deterministic)
+    r, s = h // g, k.shape[1]
+    q = q.reshape(b, t, g, r, dk).transpose(0, 2, 3, 1, 4).reshape(b, g, r * t, dk)  # q = (r, t)
+    logits = jnp.einsum("bgqd,bsgd->bgqs", q, k).reshape(b, g, r, t, s).astype(jnp.float32)
+    if bias is not None:  # (b|1, H|1, t, s) -> (b|1, G|1, R|1, t, s)
+      bias = jnp.asarray(bias, jnp.float32)
+      bias = bias.reshape(bias.shape[0], *((g, r) if bias.shape[1] == h else (1, 1)),
+                          *bias.shape[-2:])
+      logits = logits + bias
+    weights = self._softmax(logits, deterministic).astype(v.dtype).reshape(b, g, r * t, s)
+    out = jnp.einsum("bgqs,bsgd->bgqd", weights, v)
+    return self._out(out.reshape(b, g, r, t, dk).transpose(0, 3, 1, 2, 4).reshape(b, t, h, dk))
+
+  def _calibrate(self, bias, key_shape):
+    """Replace the K/V inputs project_kv kept by their gram sum x x^T over the keys some query
+    reads (padding does not count) and that count: (d, d) per module, whatever the batch, so
+    no module's inputs outlive its attention."""
+    read = (jnp.ones((1, key_shape[1]), bool) if bias is None
+            else jnp.any(jnp.asarray(bias) > NEG_INF / 2, axis=(1, 2)))
+    m = jnp.broadcast_to(read, key_shape).astype(jnp.float32)
+    x = self.get_variable(CALIBRATION, "inputs").astype(jnp.float32)
+    self.put_variable(CALIBRATION, "inputs", jnp.zeros((), jnp.float32))
+    self.put_variable(CALIBRATION, "gram", jnp.einsum("bsd,bs,bse->de", x, m, x))
+    self.put_variable(CALIBRATION, "tokens", m.sum())
+
+  def _softmax(self, logits, deterministic):
+    if self.grouping.attention_noise > 0 and not deterministic:
+      # PGQA: perturb the attention maps of the grouped modules while uptraining.
+      noise = jax.random.normal(self.make_rng("dropout"), logits.shape)
+      logits = logits - self.grouping.attention_noise * noise
+    weights = jax.nn.softmax(logits, axis=-1)
+    return self.dropout(weights, deterministic=deterministic)
+
+  def _out(self, out):
+    out = constrain(out, ("batch", "length", "heads", "kv"))
+    return self._dense(out, self.o, n_in=2)
+
+  def kv_index(self, k):
+    """(H,) or (b, H) KV head of each query head, for unequal / dynamic groups."""
+    grp, h = self.grouping, self.num_heads
+    if grp.allocation == "static":
+      return jnp.asarray(grp.kv_index(h))
+    if grp.allocation == "key_norm":  # KDGQA: this forward pass's keys, per example
+      norms = jnp.sqrt(jnp.sum(jnp.square(k.astype(jnp.float32)), axis=(1, 3)))  # (b, G)
+    else:  # DGQA: the K kernels, which move as uptraining goes on
+      norms = jnp.sqrt(jnp.sum(jnp.square(self.grouped_kv_kernels()[0]), axis=(0, 2)))  # (G,)
+    counts = kv_merge.allocate_queries(jax.lax.stop_gradient(norms), h)
+    return kv_merge.kv_index_from_counts(counts, h)
+
+  def _attend_gathered(self, q, k, v, bias, deterministic):
+    """Unequal groups: gather each query head's KV head (activations only; caches keep G)."""
+    idx = jnp.broadcast_to(self.kv_index(k), (q.shape[0], q.shape[2]))[:, None, :, None]
+    kq, vq = jnp.take_along_axis(k, idx, axis=2), jnp.take_along_axis(v, idx, axis=2)
+    logits = jnp.einsum("bthd,bshd->bhts", q, kq).astype(jnp.float32)
+    if bias is not None:
+      logits = logits + jnp.asarray(bias, jnp.float32)
+    weights = self._softmax(logits, deterministic)
+    out = jnp.einsum("bhts,bshd->bthd", weights.astype(q.dtype), vq)
+    return self._out(out)
+
+  def __call__(self, inputs_q, inputs_kv, bias, deterministic: bool = True, positions=None):
+    k, v = self.project_kv(inputs_kv, positions)
+    return self.attend(inputs_q, k, v, bias, deterministic, positions)
+
+
+def rotary(x, positions, theta: float):
+  """Rotary position embedding, HF's rotate-half convention: x (b, t, heads, d) at positions
+  (b, t) or (t,); computed in float32. Linear and the same for every head, so it commutes with
+  mean-pooling or weighting K kernels into groups."""
+  d = x.shape[-1]
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
+  pos = jnp.asarray(positions, jnp.float32)
+  angles = pos[..., None] * inv_freq  # (b|, t, d/2)
+  angles = jnp.concatenate([angles, angles], axis=-1)
+  cos, sin = jnp.cos(angles), jnp.sin(angles)
+  if pos.ndim == 1:
+    cos, sin = cos[None], sin[None]
+  cos, sin = cos[:, :, None, :], sin[:, :, None, :]
+  xf = x.astype(jnp.float32)
+  half = d // 2
+  rotated = jnp.concatenate([-xf[..., half:], xf[..., :half]], axis=-1)
+  return (xf * cos + rotated * sin).astype(x.dtype)

@@ -1,0 +1,69 @@
+"""What must hold before a run writes anything: the variant and objective fit the model, a
+workdir resumes only under the config it started with, and the batch splits over the mesh.
+Each fails in one line (UserError); the trainer, the sweeps and the planner ask the same."""
+from __future__ import annotations
+
+import json
+import os
+
+import ml_collections
+
+from wgqa_jax.core import sharding, workdir as workdir_lib
+from wgqa_jax.core.errors import UserError
+from wgqa_jax.grouping import variants
+from wgqa_jax.models import family_of
+from wgqa_jax.store import checkpoints
+from wgqa_jax.store.resolve import RANDOM
+from wgqa_jax.training.config import resume_differences
+
+
+def check_model(c: ml_collections.ConfigDict, src) -> None:
+  """Fail now if the variant or the objective does not fit the model (src: the model config
+  of model.init_from)."""
+  g, family = c.grouping, family_of(src)
+  if c.optim.loss_on is not None and c.optim.loss_on not in family.loss_on:
+    raise UserError(f"config.optim.loss_on={c.optim.loss_on!r}: {family.title} always trains "
+                    f"on its targets; loss_on is for decoder-only models")
+  objective = c.data.objective
+  if objective not in family.objectives:
+    model = c.model.arch if c.model.init_from == RANDOM else c.model.init_from
+    right = [o for o in family.objectives if o != "pairs"]
+    raise UserError(f"config.data.objective={objective!r} does not fit {model} "
+                    f"({family.description}): use data.objective={right[0]} (or pairs)")
+  if variants.is_mha(src):
+    variants.get(g.variant).grouping(src.num_heads, g.kv_heads, **variants.options(g))
+
+
+def check_resume(c: ml_collections.ConfigDict, workdir: str) -> None:
+  """A workdir with checkpoints resumes only under the config it was started with (up to the
+  keys training.config.RESUMABLE_CHANGES lists): one line per differing key, else nothing."""
+  saved = os.path.join(workdir, workdir_lib.RUN_CONFIG)
+  if not os.path.exists(saved) or not checkpoints.has_checkpoints(workdir):
+    return
+  with open(saved) as f:
+    diffs = resume_differences(json.load(f), c)
+  if diffs:
+    raise UserError(f"{workdir} holds a run started with another config, and resuming it must "
+                    f"keep: {'; '.join(diffs)}. To start fresh, pass another --workdir.")
+
+
+def make_mesh(c: ml_collections.ConfigDict):
+  """The (data, fsdp, model) mesh of the config's mesh section; the global batch (and each
+  micro-batch) must split evenly over data x fsdp."""
+  m, o = c.mesh, c.optim
+  mesh = sharding.make_mesh(-1 if m.data is None else m.data, m.fsdp, m.model)
+  ways = sharding.batch_ways(mesh)
+  micro = o.batch_size // o.grad_accum_steps
+  if micro % ways:
+    raise UserError(
+        f"optim.batch_size={o.batch_size}" + (f" / grad_accum_steps={o.grad_accum_steps}"
+                                              if o.grad_accum_steps > 1 else "")
+        + f" = {micro} rows do not split over data x fsdp = {mesh.shape['data']} x "
+          f"{mesh.shape['fsdp']} devices: make the batch a multiple of {ways}")
+  return mesh
+
+
+def sharding_rules(c: ml_collections.ConfigDict) -> sharding.Rules:
+  """The config's logical-axis rules: the defaults, with mesh.param_rules and
+  mesh.activation_rules applied over them."""
+  return sharding.Rules.with_overrides(c.mesh.param_rules, c.mesh.activation_rules)
