@@ -94,12 +94,16 @@ def plan_section() -> list[str]:
 
 LOAD = """
 import sys, time, jax, numpy as np
-from wgqa_jax import hf, sharding, streaming, train_step, variants
+from wgqa_jax.core import sharding
+from wgqa_jax.grouping import variants
+from wgqa_jax.store import hf, streaming
+from wgqa_jax.store.resolve import resolve
+from wgqa_jax.training import steps as train_step
 def rss():
   kb = dict(l.split(":") for l in open("/proc/self/status") if l.startswith(("VmRSS", "VmHWM")))
   return int(kb["VmRSS"].split()[0]) * 1024, int(kb["VmHWM"].split()[0]) * 1024
 path, how = sys.argv[1], sys.argv[2]
-source = streaming.open_source(path)
+source = resolve(path).open_weights()
 cfg, convert = variants.converter(source.cfg, "gqa", 2)
 shardings = train_step.param_shardings(cfg, sharding.make_mesh(1, 8, 1))
 jax.block_until_ready(jax.device_put(np.zeros((8, 8)), shardings["embed"]["embedding"]))

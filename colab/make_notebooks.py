@@ -34,8 +34,9 @@ notebook("01_convert_hf_to_gqa.ipynb", [
     "Offline (CPU): a tiny random HF T5 built with transformers. GPU runtime: real `t5-small`.",
     '''import numpy as np, torch, tempfile
 from transformers import T5Config, T5ForConditionalGeneration
-from wgqa_jax import hf as hf_io, variants
+from wgqa_jax.grouping import variants
 from wgqa_jax.models import t5
+from wgqa_jax.store import hf as hf_io
 if USE_REAL:
     hf_dir = "t5-small"
     hf = T5ForConditionalGeneration.from_pretrained(hf_dir).eval()
@@ -72,13 +73,14 @@ notebook("02_uptrain_and_evaluate.ipynb", [
     "# 2. Uptrain into WGQA and evaluate ROUGE\n\n"
     "Offline: the tiny random T5 on the built-in synthetic task. GPU runtime: `configs/paper.py:wgqa,small` "
     "(t5-small, CNN/DailyMail from TFDS).",
-    '''import json, os, tempfile
-from wgqa_jax import train, evaluate
-from wgqa_jax.train_config import base_config
+    '''import tempfile
+from wgqa_jax.lab.evaluate import evaluate
+from wgqa_jax.training import trainer
+from wgqa_jax.training.config import base_config
 workdir = tempfile.mkdtemp()
 c = base_config()
 if USE_REAL:
-    from wgqa_jax.train_config import paper_config
+    from wgqa_jax.training.config import paper_config
     c = paper_config("t5-small", "wgqa", kv_heads=4)
     c.optim.batch_size, c.data.max_input_length, c.data.max_target_length = 16, 512, 128
 else:
@@ -86,12 +88,10 @@ else:
     c.optim.learning_rate, c.optim.warmup_steps = 3e-3, 50
 c.optim.num_epochs, c.optim.num_train_steps = 0, STEPS
 c.eval.every, c.eval.examples, c.log_every, c.checkpoint.every = max(STEPS // 2, 1), 64, 25, max(STEPS // 2, 1)
-last = train.train(c, workdir)
+last = trainer.train(c, workdir)
 print({k: round(v, 3) for k, v in last.items()})''',
     "## Evaluate the best checkpoint on the test split (ROUGE with bootstrap CIs)",
-    '''evaluate.main([f"--checkpoint={workdir}", "--split=test", "--num_examples=64", "--bootstrap=200",
-               f"--out={workdir}/test.json"])
-r = json.load(open(f"{workdir}/test.json"))
+    '''r, _ = evaluate(workdir, "test", num_examples=64, bootstrap=200, out=f"{workdir}/test.json")
 for i in range(2):
     print("input:", r["inputs"][i][:90], "\\n  ref:", r["references"][i], "\\n pred:", r["predictions"][i])''',
 ])
@@ -100,16 +100,18 @@ notebook("03_weights_and_kv_cache.ipynb", [
     "# 3. Learned WGQA weights and KV-cache savings",
     '''import tempfile
 import matplotlib.pyplot as plt
-from wgqa_jax import analysis, decoding, train
-from wgqa_jax.models.t5_config import preset
-from wgqa_jax.train_config import base_config
-from wgqa_jax.variants import Grouping
+from wgqa_jax import decoding
+from wgqa_jax.grouping.variants import Grouping
+from wgqa_jax.lab import analysis
+from wgqa_jax.models import preset
+from wgqa_jax.training import trainer
+from wgqa_jax.training.config import base_config
 workdir = tempfile.mkdtemp()
 c = base_config()
 c.data.tokenizer, c.data.max_input_length, c.data.max_target_length = "sentencepiece", 64, 16
 c.optim.num_epochs, c.optim.num_train_steps, c.optim.learning_rate, c.optim.warmup_steps = 0, STEPS, 3e-3, 50
 c.eval.every, c.eval.examples, c.checkpoint.every, c.checkpoint.keep = 0, 32, max(STEPS // 3, 1), 10
-train.train(c, workdir)''',
+trainer.train(c, workdir)''',
     "## WGQA weights per checkpoint and a t-test against 0.5 (the GQA mean)",
     '''by_step = analysis.weights_by_step(workdir)
 png = analysis.plot_weight_distributions(by_step, f"{workdir}/weights.png")

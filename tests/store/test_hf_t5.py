@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import V10, batch, hf_logits, make_hf_model
+from wgqa_jax.core.errors import UserError
 from wgqa_jax.store import hf as hf_io
 from wgqa_jax.grouping import variants
 from wgqa_jax.models import t5
@@ -85,7 +86,7 @@ def test_error_missing_key_and_shape_mismatch():
   sd = {k: v.numpy() for k, v in hf.state_dict().items()}
   broken = dict(sd)
   del broken["decoder.block.1.layer.1.EncDecAttention.v.weight"]
-  with pytest.raises(KeyError, match="decoder.block.1.layer.1.EncDecAttention.v.weight"):
+  with pytest.raises(UserError, match="decoder.block.1.layer.1.EncDecAttention.v.weight"):
     hf_io.hf_to_params(broken, cfg)
   with pytest.raises(ValueError, match="config and weights disagree"):
     hf_io.hf_to_params(sd, cfg.replace(d_ff=64))

@@ -49,3 +49,21 @@ def test_our_params_dir_keeps_its_generation_settings(tmp_path):
 def test_a_missing_checkpoint_is_one_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match="no such checkpoint directory"):
     open_source(section(str(tmp_path / "nope")))
+
+
+def test_a_hf_dir_with_its_tokenizer_is_a_checkpoint_and_a_workdir_without_params_is_named(
+    hf_checkpoint, tmp_path):
+  """A HF checkpoint holds a tokenizer.json and a config.json, as a training workdir does: what
+  marks a workdir is what only a run writes (metrics, checkpoints, its lock)."""
+  import shutil
+  _, path = hf_checkpoint
+  hf_dir = tmp_path / "hf"
+  shutil.copytree(path, hf_dir)
+  (hf_dir / "tokenizer.json").write_text("{}")
+  src = resolve(str(hf_dir))
+  assert src.kind == "hf" and src.tokenizer == str(hf_dir)
+  run = tmp_path / "run"
+  run.mkdir()
+  (run / "metrics.jsonl").write_text("")
+  with pytest.raises(FileNotFoundError, match="a training workdir with no best/ or final/ yet"):
+    resolve(str(run))

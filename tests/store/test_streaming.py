@@ -73,11 +73,15 @@ def test_our_params_dir_streams_too_and_a_bad_file_is_named(tmp_path):
 
 LOAD = """
 import os, resource, sys, jax, numpy as np
-from wgqa_jax import sharding, streaming, train_step, variants
+from wgqa_jax.core import sharding
+from wgqa_jax.grouping import variants
+from wgqa_jax.store import streaming
+from wgqa_jax.store.resolve import resolve
+from wgqa_jax.training import steps as train_step
 def rss():  # resident now, and the peak so far, bytes
   kb = dict(l.split(":") for l in open("/proc/self/status") if l.startswith(("VmRSS", "VmHWM")))
   return int(kb["VmRSS"].split()[0]) * 1024, int(kb["VmHWM"].split()[0]) * 1024
-source = streaming.open_source(sys.argv[1])
+source = resolve(sys.argv[1]).open_weights()
 cfg, convert = variants.converter(source.cfg, "gqa", 2)
 shardings = train_step.param_shardings(cfg, sharding.make_mesh(1, 8, 1))
 jax.block_until_ready(jax.device_put(np.zeros((8, 8)), shardings["embed"]["embedding"]))

@@ -135,13 +135,21 @@ def _ways(mesh_axes, mesh_shape) -> int:
 
 
 def _spec(axes, shape, rules: dict, mesh_shape) -> list:
-  spec = []
+  spec, used = [], set()
   for name, size in zip(axes, shape):
     mesh_axes = rules.get(name)
+    if mesh_axes is not None:
+      # a mesh axis splits one dimension at most: an earlier dimension keeps it (overridden
+      # rules may name it twice, e.g. vocab=fsdp+model beside embed=fsdp)
+      free = tuple(a for a in (mesh_axes if isinstance(mesh_axes, tuple) else (mesh_axes,))
+                   if a not in used)
+      mesh_axes = None if not free else free[0] if len(free) == 1 else free
     if mesh_axes is not None and size % _ways(mesh_axes, mesh_shape):
       # a tuple that does not divide: try its first axis alone (batch: data without fsdp)
       mesh_axes = mesh_axes[0] if isinstance(mesh_axes, tuple) and \
           size % mesh_shape[mesh_axes[0]] == 0 else None
+    if mesh_axes is not None:
+      used.update(mesh_axes if isinstance(mesh_axes, tuple) else (mesh_axes,))
     spec.append(mesh_axes)
   return spec
 

@@ -38,8 +38,9 @@ TOKENIZER_RECORD = "tokenizer.json"  # the tokenizer's fingerprint (resume check
 SPM_MODEL = "spm.model"             # a sentencepiece vocabulary trained by the run
 CALIBRATION = "calibration.npz"     # the MHA model's calibration statistics (calibrated variants)
 LOCK_FILE = ".lock"
-# what marks a directory as a training workdir, written or not yet with params
-MARKERS = (METRICS, CHECKPOINTS, TOKENIZER_RECORD, LOCK_FILE)
+# what marks a directory as a training workdir, written or not yet with params (not
+# tokenizer.json or config.json: a HF checkpoint has files of those names too)
+MARKERS = (METRICS, CHECKPOINTS, LOCK_FILE)
 
 
 def is_workdir(path: str) -> bool:

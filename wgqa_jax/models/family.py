@@ -160,9 +160,9 @@ def config_from_hf(hf: dict[str, Any], weights=None):
   try:
     return family.config_from_hf(hf, weights)
   except KeyError as e:
-    raise UserError(f"config.json has no {e.args[0]!r}, which a {family.description} config "
-                    f"needs" + ("" if kind else f" (and no model_type: read as "
-                                                f"{family.description})")) from None
+    raise UserError(f"config.json has no {e.args[0]!r}, which a {family.title} config needs"
+                    + ("" if kind else f" (and no model_type: read as {family.description})")
+                    ) from None
 
 
 def presets() -> dict[str, type]:
