@@ -1,7 +1,7 @@
 """Decoder-only (Llama-shaped) numbers, side by side in one run on this device:
 
     python benchmarks/llama.py                 # -> benchmarks/RESULTS_llama.md
-    python benchmarks/llama.py --smoke         # seconds; what tests/test_benchmarks.py runs
+    python benchmarks/llama.py --smoke         # seconds; what tests/tools/test_benchmarks.py runs
 
 1. KV-cache bytes and cached decode tokens/s for MHA vs GQA vs MQA (converted from one MHA
    model by mean-pooling), at long contexts: N greedy steps on a cache that already holds the
@@ -105,7 +105,7 @@ def decode_section(spec, contexts, batch, new_tokens, tmp):
 
 
 def train_section(spec, batch, length):
-  """Our train step (wgqa_jax.train_step: causal view of (input, target) rows, loss, backward, global
+  """Our train step (wgqa_jax.training.steps: causal view of (input, target) rows, loss, backward, global
   norm clipping, AdamW, NaN guard) vs HF PyTorch on the same sequences (labels = the sequence)."""
   import optax  # noqa: F401  (imported by train_step)
   import torch

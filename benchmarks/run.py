@@ -148,7 +148,7 @@ def bench_train(p, log):
     holder["state"], out = step(holder["state"], batch, key)
     sync(out["loss"])
   ours = {"forward (loss)": timeit(lambda: sync(fwd(params, batch)), n)}
-  if jax.default_backend() == "cpu":  # what wgqa_jax.ops' transposed weight gradient buys
+  if jax.default_backend() == "cpu":  # what wgqa_jax.models.ops' transposed weight gradient buys
     plain_cfg = cfg.replace(transpose_weight_grad_on_cpu=False)
     plain = jax.jit(jax.grad(lambda prm, bt: objectives.loss_sums(prm, bt, key, plain_cfg, 0.0, 0.0,
                                                              True)[0]))

@@ -8,7 +8,7 @@ checkpoint loads. Writes benchmarks/RESULTS_scale.md.
 
 plan: each row is one `python -m wgqa_jax.plan` process (the device count is fixed when JAX
 starts). load: a synthetic Llama checkpoint (bf16 safetensors, written here) loaded onto 8 fake
-devices as GQA-2, once streamed (wgqa_jax.streaming, what train does) and once read whole then
+devices as GQA-2, once streamed (wgqa_jax.store.streaming, what train does) and once read whole then
 placed (hf.from_hf + device_put, what train did before); peak RSS from /proc.
 """
 from __future__ import annotations

@@ -15,7 +15,7 @@ pretraining steps; only then fine-tuned on a task.
         --config.model.init_from=/tmp/gqa_tiny_uptrain/final \
         --config.data.tokenizer=/tmp/gqa_tiny_uptrain/spm.model --workdir=/tmp/gqa_tiny_ft
 
-ARG is VARIANT,SIZE[,TASK]. VARIANT: any of wgqa_jax.variants (mha, mqa, gqa, wgqa, ...);
+ARG is VARIANT,SIZE[,TASK]. VARIANT: any of wgqa_jax.grouping.variants (mha, mqa, gqa, wgqa, ...);
 SIZE: small, base, large, xl, xxl (google/t5-v1_1-SIZE, the paper's T5.1.1; G=8 as the paper's
 GQA-8, or the head count when smaller) or tiny (offline). Without TASK: stage 1, span corruption
 (noise density 0.15, mean span 3, rows of 512 inputs / 114 targets, batch 128: T5's pretraining

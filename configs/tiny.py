@@ -4,7 +4,7 @@
 
 No download: generated data, a sentencepiece vocabulary trained on it in ~1 s. About 2 minutes on
 2 CPU cores; ROUGE rises from ~0 as the model learns to extract the lead sentence.
-The settings are in wgqa_jax/train_config.py:tiny_config(); override any with --config.SECTION.KEY=VALUE.
+The settings are in wgqa_jax/training/config.py:tiny_config(); override any with --config.SECTION.KEY=VALUE.
 """
 from wgqa_jax.training.config import tiny_config
 

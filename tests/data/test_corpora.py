@@ -1,4 +1,4 @@
-"""Text corpora (wgqa_jax.corpora) through their real readers: the Python standard library on
+"""Text corpora (wgqa_jax.data.corpora) through their real readers: the Python standard library on
 this machine, TFDS text features (a dataset built here by the real TFDS builder) and local JSON
 lines / Parquet / text prepared by wgqa_jax.data.corpus_writer into array_record."""
 import gzip

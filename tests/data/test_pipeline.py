@@ -1,4 +1,4 @@
-"""The grain input pipeline (wgqa_jax.pipeline) read through the real readers: batches are a
+"""The grain input pipeline (wgqa_jax.data.pipeline) read through the real readers: batches are a
 function of the position, processes read their rows of the same global batches, worker processes
 equal threads, packing keeps every example whole once, and resume is exact."""
 import numpy as np

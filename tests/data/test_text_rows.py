@@ -1,4 +1,4 @@
-"""Rows of documents for the pretraining objectives (wgqa_jax.text_rows) and the pipeline that
+"""Rows of documents for the pretraining objectives (wgqa_jax.data.text_rows) and the pipeline that
 makes them: nothing lost, nothing crossing a document, resumable, split over processes."""
 import jax
 import numpy as np

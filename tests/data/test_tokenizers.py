@@ -1,4 +1,4 @@
-"""Tokenizers (wgqa_jax.tokenizers): bytes, and sentencepiece trained on the fly, cached,
+"""Tokenizers (wgqa_jax.data.tokenizers): bytes, and sentencepiece trained on the fly, cached,
 picklable for grain's worker processes, and fed only sentences it keeps."""
 import pickle
 

@@ -1,4 +1,4 @@
-"""The decoder-only family through the decoding package (wgqa_jax.decoding.llama): cached
+"""The decoder-only family through the decoding package (wgqa_jax.models.llama.decoding): cached
 greedy search, sampling, beam search and the logits controls equal HF `generate()` on
 left-padded prompts, with a cache of G heads."""
 import jax

@@ -1,4 +1,4 @@
-"""T5 through the decoding package (wgqa_jax.decoding.t5): KV-cached decoding equals uncached
+"""T5 through the decoding package (wgqa_jax.models.t5.decoding): KV-cached decoding equals uncached
 decoding and HF generate, and caches only G heads."""
 import jax
 import numpy as np

@@ -1,4 +1,4 @@
-"""Calibrated merges (wgqa_jax.calibrated_merge) against independent references: numpy PCA of
+"""Calibrated merges (wgqa_jax.grouping.calibrated_merge) against independent references: numpy PCA of
 explicit activations (real, and complex per rotary plane), attention logits and outputs computed
 head by head, and whole models (the rotation step leaves logits unchanged)."""
 import jax

@@ -1,4 +1,4 @@
-"""Per-module KV heads (a KV budget spread over modules, wgqa_jax.kv_budget): the allocation
+"""Per-module KV heads (a KV budget spread over modules, wgqa_jax.grouping.kv_budget): the allocation
 against brute force, and models, decode caches, checkpoints, fold and export built from a
 grouping whose modules have their own G."""
 import itertools

@@ -1,4 +1,4 @@
-"""Merging K/V heads into groups (wgqa_jax.kv_merge) against plain-numpy loops: mean pooling,
+"""Merging K/V heads into groups (wgqa_jax.grouping.kv_merge) against plain-numpy loops: mean pooling,
 expansion back to MHA, WGQA weighted sums."""
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""The variants (wgqa_jax.variants): MHA -> GQA / MQA / WGQA against HF with numpy-pooled heads,
+"""The variants (wgqa_jax.grouping.variants): MHA -> GQA / MQA / WGQA against HF with numpy-pooled heads,
 fold, init; and the variants from the literature, each against its defining property / a numpy
 reference: SimGQA, AsymGQA (unequal static groups), KDGQA / DGQA (key-norm allocation), PGQA
 (noise)."""

@@ -1,4 +1,4 @@
-"""The grouped attention module (wgqa_jax.attention) against textbook attention in numpy, where
+"""The grouped attention module (wgqa_jax.models.attention) against textbook attention in numpy, where
 query head h reads KV head h // (H / G): every G, WGQA weights, broadcast padding biases."""
 import flax.linen as nn
 import jax

@@ -1,4 +1,4 @@
-"""How a decoder-only model reads the pipeline's rows (wgqa_jax.causal_view): the sequences of
+"""How a decoder-only model reads the pipeline's rows (wgqa_jax.models.llama.causal_view): the sequences of
 padded and packed rows and the generation prompts, against a python reference."""
 import jax
 import numpy as np

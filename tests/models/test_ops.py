@@ -1,4 +1,4 @@
-"""wgqa_jax.ops: the dense contraction every model uses, and its CPU weight gradient."""
+"""wgqa_jax.models.ops: the dense contraction every model uses, and its CPU weight gradient."""
 import jax
 import jax.numpy as jnp
 import numpy as np

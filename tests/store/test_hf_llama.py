@@ -1,4 +1,4 @@
-"""Hugging Face checkpoints <-> our params (wgqa_jax.hf) for the decoder-only family: MHA -> GQA
+"""Hugging Face checkpoints <-> our params (wgqa_jax.store.hf) for the decoder-only family: MHA -> GQA
 conversion against a torch reference that mean-pools HF's k_proj / v_proj rows per group, and
 export as a *native* GQA checkpoint (num_key_value_heads=G) that transformers loads with G K/V
 heads. (T5's round trips: test_hf_t5.py.)"""

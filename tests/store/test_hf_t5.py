@@ -1,4 +1,4 @@
-"""Hugging Face T5 checkpoints <-> our params (wgqa_jax.hf): exact round trips, grouped exports
+"""Hugging Face T5 checkpoints <-> our params (wgqa_jax.store.hf): exact round trips, grouped exports
 HF loads with our logits, pytorch_model.bin, and clear errors. (Llama: test_hf_llama.py.)"""
 import json
 import os

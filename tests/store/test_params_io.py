@@ -1,4 +1,4 @@
-"""Our params directory (wgqa_jax.params_io): every read is verified (a CRC-32 per tensor written
+"""Our params directory (wgqa_jax.store.params_io): every read is verified (a CRC-32 per tensor written
 at save time, finite values), saves are atomic; faults injected into real files."""
 import json
 import os

@@ -1,4 +1,4 @@
-"""Calibration statistics (wgqa_jax.calibration): the first layer's grams against numpy from the
+"""Calibration statistics (wgqa_jax.training.calibration): the first layer's grams against numpy from the
 embeddings, padding left out, the file round trip and its refusals; converting with them."""
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""The training losses (wgqa_jax.objectives): T5's with label smoothing and z-loss against numpy,
+"""The training losses (wgqa_jax.training.objectives): T5's with label smoothing and z-loss against numpy,
 the causal-LM loss against HF PyTorch `LlamaForCausalLM(labels=...)`, and packed rows (T5 and
 Llama, grouped variants) giving each example its loss alone."""
 import jax

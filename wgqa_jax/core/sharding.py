@@ -211,7 +211,7 @@ def to_host(tree):
 
 
 def put_process_batch(rows: dict, mesh: Mesh) -> dict:
-  """This process's rows of the global batch (wgqa_jax.pipeline.TrainBatches: process i holds
+  """This process's rows of the global batch (wgqa_jax.data.pipeline.TrainBatches: process i holds
   rows [i*b, (i+1)*b)) -> global arrays sharded over the data axis."""
   sharding = batch_sharding(mesh)
   if jax.process_count() == 1:

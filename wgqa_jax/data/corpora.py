@@ -1,5 +1,5 @@
 """Text corpora for continued pretraining: random-access sequences of documents (str), what
-grain reads (wgqa_jax.pipeline shuffles, shards per process and tokenizes them on the fly).
+grain reads (wgqa_jax.data.pipeline shuffles, shards per process and tokenizes them on the fly).
 
 `data.dataset` names one of:
   python_stdlib   offline: the Python standard library on this machine (every `.py` source, and

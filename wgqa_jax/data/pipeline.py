@@ -1,5 +1,5 @@
 """The input pipeline: grain over a random-access source of (input text, target text) pairs,
-or of documents (wgqa_jax.corpora) for the pretraining objectives (wgqa_jax.text_rows).
+or of documents (wgqa_jax.data.corpora) for the pretraining objectives (wgqa_jax.data.text_rows).
 
 Training (`TrainBatches`), for process i of n with global batch B (b = B / n rows per process):
 
@@ -15,7 +15,7 @@ Unpacked, W = b: window w of process i is exactly its rows of global batch w, so
 of a step does not depend on the process count. Packed (T5X style), each window's examples are
 packed first-fit into rows of (max_input_length, max_target_length) with segment ids and
 positions; a window gives a varying number of rows. Either way the position of the next batch is
-(window, row): two integers per process, saved with the model (wgqa_jax.checkpoints), so a
+(window, row): two integers per process, saved with the model (wgqa_jax.store.checkpoints), so a
 resumed run reads exactly the batches the uninterrupted one would have.
 
 Documents (objective span_corruption or causal_lm) flow the same way, one window of
@@ -152,7 +152,7 @@ class Layout:
   pack: bool = False
   pack_window: int = PACK_WINDOW
   seed: int = 0
-  objective: str = "pairs"       # wgqa_jax.text_rows.OBJECTIVES
+  objective: str = "pairs"       # wgqa_jax.data.text_rows.OBJECTIVES
   cross_documents: bool = False  # causal_lm: attention may cross document boundaries
 
   @property

@@ -1,9 +1,9 @@
-"""Training rows from documents (wgqa_jax.corpora), for the two pretraining objectives; grain
-transforms that wgqa_jax.pipeline applies to each window of documents.
+"""Training rows from documents (wgqa_jax.data.corpora), for the two pretraining objectives; grain
+transforms that wgqa_jax.data.pipeline applies to each window of documents.
 
 span_corruption (T5, seqio's `span_corruption`): documents tokenized without separators,
   concatenated, cut into chunks of `tokens_length` raw tokens (random_spans_helper: 568 for 512
-  inputs), each chunk corrupted (wgqa_jax.span_corruption) into exactly 512 inputs / 114 targets;
+  inputs), each chunk corrupted (wgqa_jax.data.span_corruption) into exactly 512 inputs / 114 targets;
   the window's last, shorter chunk is corrupted too and padded. Rows: {inputs, targets}.
 
 causal_lm (decoder-only): each document `[BOS] text EOS`, concatenated and cut into rows of

@@ -2,7 +2,7 @@
 
 Every tokenizer pickles (grain's worker processes tokenize with a copy). ids: 0 pad, 1 eos, 2 unk
 for the two built-in ones, as T5's vocabularies. `prefix` is what the tokenizer puts before a
-prompt: a Llama tokenizer's BOS, nothing for T5's and ours (wgqa_jax.pipeline.Tokenize adds it).
+prompt: a Llama tokenizer's BOS, nothing for T5's and ours (wgqa_jax.data.pipeline.Tokenize adds it).
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ class HFTokenizer:
 
   prefix: the BOS the tokenizer itself starts a text with (Llama: yes; T5: none). A tokenizer
   without a pad token (Llama's) pads with EOS, as HF's recipes do: rows keep their tokens up to
-  the first EOS (wgqa_jax.objectives), so a pad that equals EOS is never mistaken for text."""
+  the first EOS (wgqa_jax.training.objectives), so a pad that equals EOS is never mistaken for text."""
 
   def __init__(self, name: str):
     from transformers import AutoTokenizer
@@ -185,7 +185,7 @@ def get_tokenizer(name: str, workdir: str | None = None, train_texts=None, vocab
                   extra_ids: int = 0):
   """"bytes" | "sentencepiece" (trained on train_texts, cached in workdir) | a sentencepiece
   .model file (another run's: a fine-tuning stage reads its pretraining's vocabulary) | HF dir
-  or id. train_texts: an iterable of strings (a bounded sample: wgqa_jax.data.tokenizer_sample);
+  or id. train_texts: an iterable of strings (a bounded sample: wgqa_jax.data.tasks.tokenizer_sample);
   extra_ids: sentinels appended to a sentencepiece vocabulary (span corruption)."""
   if name == "bytes":
     return ByteTokenizer()

@@ -138,7 +138,7 @@ def generate(params, cfg, inputs, gen: GenerationConfig, rng=None, attention_mas
   inputs (b, s): T5: the encoder's ids (0-padded; attention_mask, if given, says which are
   real). Decoder-only: left-padded prompts with their attention_mask, HF's layout; without a
   mask, the pipeline's right-padded input rows, prompted as they were trained
-  (wgqa_jax.causal_view)."""
+  (wgqa_jax.models.llama.causal_view)."""
   beams = gen.num_beams > 1
   copies = gen.num_beams if beams else gen.num_return_sequences
   dec = family_of(cfg).begin_decoding(params, cfg, inputs, attention_mask, copies,

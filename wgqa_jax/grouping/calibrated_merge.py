@@ -1,7 +1,7 @@
 """Merges of K/V heads that look at what the heads compute, not only at their kernels.
 
 Both take one attention module's MHA params and `gram`, the (d, d) second moment sum x x^T of
-the module's K/V inputs over calibration tokens (wgqa_jax.calibration): from it, every head's
+the module's K/V inputs over calibration tokens (wgqa_jax.training.calibration): from it, every head's
 key (value) covariance is W_h^T gram W_l, so no activation is kept. Both give plain GQA params
 (same cache, same kernels, exportable); the maps between a head and its group's shared head are
 absorbed into the head's query kernel (for K) or output kernel (for V).
@@ -54,7 +54,7 @@ def planes(d_kv: int) -> list[tuple[int, int]]:
 
 class ModuleInputs(NamedTuple):
   """What a calibrated merge knows of one attention module besides its params."""
-  gram: np.ndarray           # (d, d) sum of x x^T over its K/V inputs (wgqa_jax.calibration)
+  gram: np.ndarray           # (d, d) sum of x x^T over its K/V inputs (wgqa_jax.training.calibration)
   rotary: bool = False       # keys are rotated by position (Llama): maps must commute with it
   reorderable: bool = False  # its heads may be reordered (no per-head position bias)
 

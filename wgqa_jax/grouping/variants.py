@@ -23,8 +23,8 @@ A model config holds one `Grouping` (how its grouped attention modules share K/V
 | search             | kv_heads    | svd, over groups searched to keep heads best |                       |
 
 aligned, svd and search are calibrated: they read the MHA model's K/V input statistics
-(wgqa_jax.calibration) and absorb each head's map into its q / o kernels
-(wgqa_jax.calibrated_merge); the result is plain GQA.
+(wgqa_jax.training.calibration) and absorb each head's map into its q / o kernels
+(wgqa_jax.grouping.calibrated_merge); the result is plain GQA.
 
 Which attention modules are grouped is the model family's knowledge (`cfg.attention_modules()`:
 T5 groups decoder self- and cross-attention, and the encoder with `group_encoder`); everything
@@ -382,7 +382,7 @@ class CalibratedGQA(Variant):
   """GQA whose grouped heads come from what the MHA heads compute on calibration data:
   "aligned" (rotate each head toward its group, then mean-pool), "svd" (the group's top
   principal subspace) or "search" (svd over searched groups), the maps absorbed into q and o
-  (wgqa_jax.calibrated_merge)."""
+  (wgqa_jax.grouping.calibrated_merge)."""
   method: str = "svd"
   calibrated = True
 
@@ -452,9 +452,9 @@ def from_mha(params, cfg, variant: str, kv_heads: int | None = None, *,
 
   group_sizes: AsymGQA's contiguous group sizes. attention_noise: PGQA's logit noise std
   (default 0.1).
-  seed: RandWGQA's weight init. calibration: the MHA model's wgqa_jax.calibration.Statistics,
+  seed: RandWGQA's weight init. calibration: the MHA model's wgqa_jax.training.calibration.Statistics,
   which calibrated variants (aligned, svd, search) need. module_kv_heads: {module path: G} of
-  modules with their own G (a KV budget allocated across modules, wgqa_jax.kv_budget)."""
+  modules with their own G (a KV budget allocated across modules, wgqa_jax.grouping.kv_budget)."""
   new_cfg, convert = converter(cfg, variant, kv_heads, group_encoder=group_encoder,
                                group_sizes=group_sizes, attention_noise=attention_noise, seed=seed,
                                calibration=calibration, module_kv_heads=module_kv_heads)
@@ -466,7 +466,7 @@ def converter(cfg, variant: str, kv_heads: int | None = None, *, group_encoder: 
               calibration=None, module_kv_heads=None):
   """(the variant's config, convert): convert(module dict, its path) turns one grouped
   attention module's MHA params into the variant's. Called on grouped_paths(config) in order
-  it gives what from_mha gives (RandWGQA draws its weights in that order); wgqa_jax.streaming
+  it gives what from_mha gives (RandWGQA draws its weights in that order); wgqa_jax.store.streaming
   converts a checkpoint so, one module at a time."""
   new_cfg = grouped_config(cfg, variant, kv_heads, group_encoder=group_encoder,
                            group_sizes=group_sizes, attention_noise=attention_noise,

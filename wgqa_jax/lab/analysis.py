@@ -20,7 +20,7 @@ from wgqa_jax.store import checkpoints
 
 def weights_by_step(workdir: str) -> dict[int, np.ndarray]:
   """{step: flat WGQA weights} for every checkpoint kept in workdir/checkpoints that verifies
-  (wgqa_jax.checkpoints; one that does not is skipped with a warning, and left where it is)."""
+  (wgqa_jax.store.checkpoints; one that does not is skipped with a warning, and left where it is)."""
   workdir = os.path.abspath(workdir)
   if not checkpoints.has_checkpoints(workdir):
     raise MissingInput(f"{workdir} has no checkpoints")

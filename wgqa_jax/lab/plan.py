@@ -66,7 +66,7 @@ def model_config(c, source, calibration_file: str | None = None):
 
 
 def abstract_batch(c, mesh):
-  """The pipeline's rows for one step (wgqa_jax.pipeline), as sharded shapes."""
+  """The pipeline's rows for one step (wgqa_jax.data.pipeline), as sharded shapes."""
   import jax
   import jax.numpy as jnp
   from wgqa_jax.core import sharding
@@ -132,7 +132,7 @@ def _plan(c, device_memory_gib: float, usable_fraction: float, calibration_file)
                            "opt_state": per_device(state["opt_state"]),
                            "arguments": arguments, "temp": temp, "outputs": outputs,
                            "total": total},
-      # a calibrated variant first runs the MHA model on a batch (wgqa_jax.calibration)
+      # a calibrated variant first runs the MHA model on a batch (wgqa_jax.training.calibration)
       "calibration_per_device_bytes": calibration,
       "compile_s": round(compile_s, 1),
       "device_memory_gib": device_memory_gib, "usable_fraction": usable_fraction,

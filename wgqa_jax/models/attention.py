@@ -7,7 +7,7 @@ are never repeated in memory, and activations and decode caches hold G heads. (M
 `btgrd,bsgd->bgrts` names the same contraction; on XLA:CPU its forward ran 1.06-1.45x slower than
 the merged R*t rows, benchmarks/attention_layout.py, so we keep the merged form.)
 
-`grouping` (wgqa_jax.variants.Grouping) is the module's one grouping field:
+`grouping` (wgqa_jax.grouping.variants.Grouping) is the module's one grouping field:
 - WGQA (`weights` "row"/"col"): all H original K/V kernels plus learnable weights `wk`, `wv`; the G
   grouped kernels are weighted sums formed on the fly. `variants.fold` bakes the weights in.
 - unequal groups (AsymGQA sizes, KDGQA/DGQA key-norm allocation): each query head gathers its KV
@@ -15,7 +15,7 @@ the merged R*t rows, benchmarks/attention_layout.py, so we keep the merged form.
 - PGQA `attention_noise`: Gaussian noise subtracted from the logits while training.
 
 With the `calibration` collection mutable, each module also keeps the gram sum of its K/V inputs
-over the keys some query reads: the statistics the calibrated merges need (wgqa_jax.calibration).
+over the keys some query reads: the statistics the calibrated merges need (wgqa_jax.training.calibration).
 
 T5 uses none of the two position options (its init absorbs 1/sqrt(d), its position bias is
 additive and comes from the caller); Llama sets `query_scale` = head_dim^-0.5 and `rope_theta`
@@ -36,7 +36,7 @@ from wgqa_jax.grouping.variants import MHA, Grouping
 
 NEG_INF = float(np.finfo(np.float32).min)
 # The variable collection in which each module keeps the gram sum of its K/V inputs over the
-# keys some query reads, when a caller makes it mutable (wgqa_jax.calibration); otherwise
+# keys some query reads, when a caller makes it mutable (wgqa_jax.training.calibration); otherwise
 # nothing is computed.
 CALIBRATION = "calibration"
 

@@ -1,4 +1,4 @@
-"""Layers every model family shares (attention is wgqa_jax.attention)."""
+"""Layers every model family shares (attention is wgqa_jax.models.attention)."""
 from __future__ import annotations
 
 import flax.linen as nn
@@ -53,7 +53,7 @@ def scan(layer_cls, length: int, broadcast_args: int):
   """`length` layers as one scanned layer (one compiled body whatever the depth): layer_cls's
   __call__ takes (carry, *broadcast_args) and returns (carry, None); its params get a leading
   layer axis under one `layers` node (stack_layers gives that layout)."""
-  # the calibration statistics of the attention modules (wgqa_jax.calibration) stack like params
+  # the calibration statistics of the attention modules (wgqa_jax.training.calibration) stack like params
   return nn.scan(layer_cls, variable_axes={"params": 0, CALIBRATION: 0},
                  split_rngs={"params": True, "dropout": True},
                  in_axes=(nn.broadcast,) * broadcast_args, length=length,

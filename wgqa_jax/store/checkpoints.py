@@ -1,7 +1,7 @@
 """Training checkpoints that are verified before they are trusted.
 
 orbax writes the state (async) to workdir/checkpoints/<step>/state, and the input pipeline's
-position (wgqa_jax.pipeline: where each process's next batch starts) to .../<step>/data; beside
+position (wgqa_jax.data.pipeline: where each process's next batch starts) to .../<step>/data; beside
 them we write workdir/integrity/<step>.json, a fingerprint of every array computed on device from
 the very state being saved (position-weighted sums of its bits, so flipped, garbled or reordered
 bytes change it), and the data position itself. Restoring walks the checkpoints newest first and takes the first one that

@@ -247,7 +247,7 @@ def read_config(path: str) -> dict[str, Any]:
 
 def from_hf(path_or_id: str):
   """(params, config) of a HF checkpoint: T5 (MHA) or Llama / Mistral (its own G heads);
-  variants.from_mha() groups MHA params. wgqa_jax.streaming reads one without holding it whole."""
+  variants.from_mha() groups MHA params. wgqa_jax.store.streaming reads one without holding it whole."""
   reader = Reader(path_or_id)
   return hf_to_params(reader, reader.cfg), reader.cfg
 

@@ -1,4 +1,4 @@
-"""How a decoder-only model reads the pipeline's two-sided rows (wgqa_jax.pipeline: `inputs` and
+"""How a decoder-only model reads the pipeline's two-sided rows (wgqa_jax.data.pipeline: `inputs` and
 `targets`, padded or packed, each example EOS-terminated).
 
 Each example becomes one sequence, prompt then answer: `[BOS] input EOS target EOS` (BOS when the

@@ -1,5 +1,5 @@
 """Llama-architecture decoder hyperparameters (Llama 1/2/3, Mistral without sliding window), with
-the same nested `grouping` section as T5Config (wgqa_jax.variants.Grouping).
+the same nested `grouping` section as T5Config (wgqa_jax.grouping.variants.Grouping).
 
 HF's `num_key_value_heads` is the grouping: G == H is MHA, G < H a checkpoint that is already
 GQA (plain mean-pooled groups as far as we are concerned), which can be re-grouped to fewer heads.
@@ -33,7 +33,7 @@ class LlamaConfig(ConfigFile):
   eos_token_id: int = 2
   model_type: str = "llama"     # what to_hf writes back ("llama" | "mistral")
 
-  # ---- grouped key/value attention (wgqa_jax.variants); every attention module is grouped ----
+  # ---- grouped key/value attention (wgqa_jax.grouping.variants); every attention module is grouped ----
   grouping: Grouping = MHA
 
   # ---- numerics ----

@@ -1,8 +1,8 @@
 """Flax Llama-architecture decoder (Llama 1/2/3, Mistral without sliding window) with grouped KV
-heads, sharing wgqa_jax.attention with T5.
+heads, sharing wgqa_jax.models.attention with T5.
 
 Numerically equal to HF PyTorch `LlamaForCausalLM` / `MistralForCausalLM` on converted weights
-(tests/test_models_llama.py). RMSNorm in float32, RoPE (rotate-half, rope_theta) on q and k, SwiGLU MLP,
+(tests/models/test_llama.py). RMSNorm in float32, RoPE (rotate-half, rope_theta) on q and k, SwiGLU MLP,
 optional tied embeddings, logical axis names on every param.
 
 Param tree (what hf.llama_table maps to HF names and variants.py converts):

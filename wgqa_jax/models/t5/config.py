@@ -1,7 +1,7 @@
 """T5 architecture hyperparameters, with one nested `grouping` section (one frozen dataclass).
 
 The same object describes an MHA checkpoint, its GQA/MQA conversion and a WGQA model under
-uptraining: only `grouping` differs (wgqa_jax.variants.Grouping).
+uptraining: only `grouping` differs (wgqa_jax.grouping.variants.Grouping).
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ class T5Config(ConfigFile):
   eos_token_id: int = 1
   decoder_start_token_id: int = 0
 
-  # ---- grouped key/value attention (wgqa_jax.variants) ----
+  # ---- grouped key/value attention (wgqa_jax.grouping.variants) ----
   grouping: Grouping = MHA
 
   # ---- numerics ----

@@ -3,7 +3,7 @@
 Numerically equal to Hugging Face PyTorch T5 on converted weights (tests/test_models_t5.py).
 Params are float32 (config.param_dtype), activations config.dtype; layer norms and softmax run in
 float32. Every param carries logical axis names (embed, heads, kv_heads, kv, mlp, vocab,
-relpos_buckets) that wgqa_jax.sharding maps onto a device mesh.
+relpos_buckets) that wgqa_jax.core.sharding maps onto a device mesh.
 
 Param tree (what hf.py maps to HF names and variants.py converts):
   shared/embedding                               (vocab, d_model)
@@ -363,7 +363,7 @@ class T5(nn.Module):
   def __call__(self, input_ids, decoder_input_ids, attention_mask=None,
                decoder_attention_mask=None, deterministic: bool = True,
                encoder_segment_ids=None, decoder_segment_ids=None):
-    """Teacher-forced logits (b, t, vocab), float32. Packed rows (wgqa_jax.pipeline) pass both
+    """Teacher-forced logits (b, t, vocab), float32. Packed rows (wgqa_jax.data.pipeline) pass both
     segment ids; they replace the attention masks."""
     if attention_mask is None:
       attention_mask = jnp.ones_like(input_ids)
