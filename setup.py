@@ -1,44 +1,55 @@
 """wgqa_jax: T5 and Llama-architecture models with grouped key/value attention in JAX/Flax."""
+
 from setuptools import find_packages, setup
 
 setup(
-    name="wgqa_jax",
-    version="0.1.0",
-    description="Uptrain MHA checkpoints (T5, Llama, Mistral) into GQA / MQA / WGQA and calibrated "
-                "grouped models with JAX and Flax",
-    long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
-    long_description_content_type="text/markdown",
-    packages=find_packages(include=["wgqa_jax", "wgqa_jax.*"]),
-    python_requires=">=3.10",
-    install_requires=[
-        "jax>=0.4.30",
-        "flax>=0.10",
-        "optax>=0.2",
-        "orbax-checkpoint>=0.6",
-        "ml-collections>=0.1.1",
-        "numpy>=1.26",
-        "sentencepiece>=0.2",
-        "tensorflow-datasets>=4.9",
-        "importlib_resources",  # TFDS's builders need it and do not declare it
-        "array_record>=0.5",
-        "pyarrow>=14",  # Parquet inputs of wgqa_jax.prepare_corpus
-        "grain>=0.2.10",
-        "rouge-score>=0.1.2",
-        "sacrebleu>=2.4",
-        "tqdm>=4.66",
-        "safetensors>=0.4",
-        "tensorboardX>=2.6",
-        "matplotlib>=3.7",
-        "scipy>=1.10",
+  name="wgqa_jax",
+  version="0.1.0",
+  description="Uptrain MHA checkpoints (T5, Llama, Mistral) into GQA / MQA / WGQA and calibrated "
+  "grouped models with JAX and Flax",
+  long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
+  long_description_content_type="text/markdown",
+  packages=find_packages(include=["wgqa_jax", "wgqa_jax.*"]),
+  python_requires=">=3.10",
+  install_requires=[
+    "jax>=0.4.30",
+    "flax>=0.10",
+    "optax>=0.2",
+    "orbax-checkpoint>=0.6",
+    "ml-collections>=0.1.1",
+    "numpy>=1.26",
+    "sentencepiece>=0.2",
+    "tensorflow-datasets>=4.9",
+    "importlib_resources",  # TFDS's builders need it and do not declare it
+    "array_record>=0.5",
+    "pyarrow>=14",  # Parquet inputs of wgqa_jax.prepare_corpus
+    "grain>=0.2.10",
+    "rouge-score>=0.1.2",
+    "sacrebleu>=2.4",
+    "tqdm>=4.66",
+    "safetensors>=0.4",
+    "tensorboardX>=2.6",
+    "matplotlib>=3.7",
+    "scipy>=1.10",
+  ],
+  extras_require={
+    # Conversion from PyTorch .bin files and the HF equivalence tests. torch is pinned: an
+    # unpinned torch pulls a multi-GB CUDA build.
+    "torch": ["torch==2.13.0", "transformers>=4.40", "safetensors>=0.4"],
+    "tf": ["tensorflow-cpu"],
+    # pytest-xdist: the suite runs as two workers, one test file each at a time (CI: 2 cores);
+    # ruff and import-linter: lint, format and the layers' import contracts (.ci/run)
+    "test": [
+      "pytest>=8",
+      "pytest-xdist>=3.5",
+      "torch==2.13.0",
+      "transformers>=4.40",
+      "nbclient>=0.9",
+      "nbformat>=5.9",
+      "ipykernel>=6.25",
+      "ruff==0.17.6",
+      "import-linter==2.17",
     ],
-    extras_require={
-        # Conversion from PyTorch .bin files and the HF equivalence tests. torch is pinned: an
-        # unpinned torch pulls a multi-GB CUDA build.
-        "torch": ["torch==2.13.0", "transformers>=4.40", "safetensors>=0.4"],
-        "tf": ["tensorflow-cpu"],
-        # pytest-xdist: the suite runs as two workers, one test file each at a time (CI: 2 cores)
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0", "transformers>=4.40",
-                 "nbclient>=0.9", "nbformat>=5.9", "ipykernel>=6.25"],
-        "gpu": ["jax[cuda12]"],
-    },
+    "gpu": ["jax[cuda12]"],
+  },
 )

@@ -7,6 +7,7 @@ named, MaxText-style:   q (b, t, G, R, d);            einsum btgrd,bsgd->bgrts
 Both compute the same attention (checked here); forward, and forward + backward for training
 shapes; one cached decode step. Medians of 15 calls, the two layouts alternated 3 times.
 """
+
 import datetime
 import os
 import sys
@@ -50,13 +51,22 @@ def median_ms(f, args, n=15):
 def main():
   rng = np.random.default_rng(0)
   h, d = 8, 64  # t5-small
-  lines = ["# Grouped-attention layouts", "",
-           f"`python {' '.join(sys.argv)}` on {jax.devices()[0].device_kind} "
-           f"({jax.default_backend()}), jax {jax.__version__}, {datetime.date.today()}.", "",
-           "| shape | merged R*t fwd (ms) | named fwd (ms) | named/merged fwd | merged fwd+bwd (ms) "
-           "| named fwd+bwd (ms) | named/merged fwd+bwd |", "|---|---|---|---|---|---|---|"]
-  for b, t, s, g, label in [(8, 64, 256, 8, "train MHA"), (8, 64, 256, 2, "train GQA-2"),
-                            (8, 1, 1024, 2, "decode GQA-2"), (8, 1, 1024, 1, "decode MQA")]:
+  lines = [
+    "# Grouped-attention layouts",
+    "",
+    f"`python {' '.join(sys.argv)}` on {jax.devices()[0].device_kind} "
+    f"({jax.default_backend()}), jax {jax.__version__}, {datetime.date.today()}.",
+    "",
+    "| shape | merged R*t fwd (ms) | named fwd (ms) | named/merged fwd | merged fwd+bwd (ms) "
+    "| named fwd+bwd (ms) | named/merged fwd+bwd |",
+    "|---|---|---|---|---|---|---|",
+  ]
+  for b, t, s, g, label in [
+    (8, 64, 256, 8, "train MHA"),
+    (8, 64, 256, 2, "train GQA-2"),
+    (8, 1, 1024, 2, "decode GQA-2"),
+    (8, 1, 1024, 1, "decode MQA"),
+  ]:
     q = jnp.asarray(rng.standard_normal((b, t, h, d)), jnp.float32)
     k, v = (jnp.asarray(rng.standard_normal((b, s, g, d)), jnp.float32) for _ in range(2))
     bias = jnp.asarray(rng.standard_normal((1, h, t, s)), jnp.float32)
@@ -71,9 +81,11 @@ def main():
         res["mb"].append(median_ms(mg, (q, k, v)))
         res["nb"].append(median_ms(ng, (q, k, v)))
     m = {key: float(np.median(x)) if x else float("nan") for key, x in res.items()}
-    lines.append(f"| {label} b={b} t={t} s={s} H={h} G={g} | {m['mf']:.3f} | {m['nf']:.3f} | "
-                 f"{m['nf'] / m['mf']:.2f}x | {m['mb']:.3f} | {m['nb']:.3f} | "
-                 f"{m['nb'] / m['mb']:.2f}x |")
+    lines.append(
+      f"| {label} b={b} t={t} s={s} H={h} G={g} | {m['mf']:.3f} | {m['nf']:.3f} | "
+      f"{m['nf'] / m['mf']:.2f}x | {m['mb']:.3f} | {m['nb']:.3f} | "
+      f"{m['nb'] / m['mb']:.2f}x |"
+    )
     print(lines[-1], flush=True)
   out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS_attention_layout.md")
   with open(out, "w") as f:

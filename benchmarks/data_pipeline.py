@@ -11,6 +11,7 @@
 3. Packing: padding fraction and target tokens/s of training, packed vs unpacked, on the offline
    task and on the CNN/DailyMail-shaped one.
 """
+
 import datetime
 import json
 import os
@@ -21,7 +22,6 @@ import sys
 import time
 
 import psutil
-
 from absl import flags
 
 from wgqa_jax.core import cli
@@ -32,6 +32,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def build(data_dir: str) -> dict[str, str]:
   """{label: data_dir} of the two CNN/DM-shaped datasets (built once)."""
   from wgqa_jax.data import local_tfds
+
   dirs = {}
   for label, train in (("10k", 10_000), ("287k", None)):
     d = os.path.join(data_dir, label)
@@ -56,14 +57,23 @@ def tree_rss(proc: psutil.Process) -> int:
 def run_train(workdir: str, overrides: list[str], steps: int) -> dict:
   """Start a train run, wait for `steps` logged steps, kill it. Seconds to the first step, peak
   RSS of the process tree, the metrics rows."""
-  cmd = [sys.executable, "-m", "wgqa_jax.train", "--config=configs/tiny.py",
-         f"--workdir={workdir}", "--config.log_every=1", "--config.eval.every=0",
-         "--config.checkpoint.every=100000", f"--config.optim.num_train_steps={steps + 5}",
-         *overrides]
+  cmd = [
+    sys.executable,
+    "-m",
+    "wgqa_jax.train",
+    "--config=configs/tiny.py",
+    f"--workdir={workdir}",
+    "--config.log_every=1",
+    "--config.eval.every=0",
+    "--config.checkpoint.every=100000",
+    f"--config.optim.num_train_steps={steps + 5}",
+    *overrides,
+  ]
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   t0 = time.time()
-  proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+  proc = subprocess.Popen(
+    cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+  )
   ps, peak, first, rows = psutil.Process(proc.pid), 0, None, []
   path = os.path.join(workdir, "metrics.jsonl")
   while proc.poll() is None:
@@ -91,7 +101,8 @@ def steady(rows: list[dict], key: str) -> float:
 
 
 def pipeline_rate(data_dir: str, spm_dir: str, workers: int, pack: bool, seconds: float) -> dict:
-  from wgqa_jax.data import tasks, pipeline, tokenizers
+  from wgqa_jax.data import pipeline, tasks, tokenizers
+
   src = tasks.source("cnn_dailymail", "train", None, data_dir)
   tok = tokenizers.get_tokenizer("sentencepiece", spm_dir)
   layout = pipeline.Layout(8, 512, 128, pack=pack, seed=0)
@@ -108,12 +119,14 @@ def pipeline_rate(data_dir: str, spm_dir: str, workers: int, pack: bool, seconds
 
 
 FLAGS = cli.flag_set()
-flags.DEFINE_string("data_dir", "/tmp/bench_tfds", "where the datasets are built",
-                    flag_values=FLAGS)
+flags.DEFINE_string(
+  "data_dir", "/tmp/bench_tfds", "where the datasets are built", flag_values=FLAGS
+)
 flags.DEFINE_integer("steps", 20, "train steps per run", flag_values=FLAGS)
 flags.DEFINE_float("seconds", 20.0, "seconds of input-only reading", flag_values=FLAGS)
-flags.DEFINE_string("out", os.path.join(REPO, "benchmarks", "RESULTS_data.md"), "results file",
-                    flag_values=FLAGS)
+flags.DEFINE_string(
+  "out", os.path.join(REPO, "benchmarks", "RESULTS_data.md"), "results file", flag_values=FLAGS
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,23 +134,38 @@ def main(argv: list[str] | None = None) -> int:
   dirs = build(a.data_dir)
   work = os.path.join(a.data_dir, "runs")
   os.makedirs(work, exist_ok=True)
-  cnn = ["--config.data.dataset=cnn_dailymail", "--config.data.max_input_length=512",
-         "--config.data.max_target_length=128", "--config.optim.batch_size=8",
-         "--config.eval.examples=16", "--config.data.workers=1"]
-  lines = ["# Input pipeline at real size", "",
-           f"Command: `python benchmarks/data_pipeline.py --data_dir={a.data_dir}`  ",
-           f"Device: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-           f"{psutil.virtual_memory().total / 2**30:.0f} GiB (CPU; JAX "
-           f"{__import__('jax').__version__}, grain {__import__('importlib.metadata').metadata.version('grain')})  ",
-           f"Date: {datetime.date.today()}", ""]
+  cnn = [
+    "--config.data.dataset=cnn_dailymail",
+    "--config.data.max_input_length=512",
+    "--config.data.max_target_length=128",
+    "--config.optim.batch_size=8",
+    "--config.eval.examples=16",
+    "--config.data.workers=1",
+  ]
+  lines = [
+    "# Input pipeline at real size",
+    "",
+    f"Command: `python benchmarks/data_pipeline.py --data_dir={a.data_dir}`  ",
+    f"Device: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+    f"{psutil.virtual_memory().total / 2**30:.0f} GiB (CPU; JAX "
+    f"{__import__('jax').__version__}, grain "
+    f"{__import__('importlib.metadata').metadata.version('grain')})  ",
+    f"Date: {datetime.date.today()}",
+    "",
+  ]
 
   # ---- 1. start-up and memory vs dataset size ----
-  lines += ["## 1. Start-up to the first train step, and peak memory", "",
-            "tiny T5, sentencepiece vocabulary (512 pieces) trained on the fly on a bounded sample, inputs 512 / "
-            "targets 128, batch 8, 1 grain worker process; a fresh workdir each time (the "
-            "tokenizer is trained). Peak: resident memory of the run and its workers.", "",
-            "| train articles | start to first step | peak memory | train step examples/s |",
-            "|---|---|---|---|"]
+  lines += [
+    "## 1. Start-up to the first train step, and peak memory",
+    "",
+    "tiny T5, sentencepiece vocabulary (512 pieces) trained on the fly on a bounded sample, "
+    "inputs 512 / "
+    "targets 128, batch 8, 1 grain worker process; a fresh workdir each time (the "
+    "tokenizer is trained). Peak: resident memory of the run and its workers.",
+    "",
+    "| train articles | start to first step | peak memory | train step examples/s |",
+    "|---|---|---|---|",
+  ]
   startup = {}
   for label, d in dirs.items():
     w = os.path.join(work, f"startup_{label}_{int(time.time())}")
@@ -145,55 +173,83 @@ def main(argv: list[str] | None = None) -> int:
     startup[label] = r
     r["spm_dir"] = w
     r["examples_s"] = 8 * steady(r["rows"], "train/steps_per_s")
-    lines.append(f"| {label} | {r['first_step_s']:.1f} s | {r['peak_gb']:.2f} GB | "
-                 f"{r['examples_s']:.1f} |")
+    lines.append(
+      f"| {label} | {r['first_step_s']:.1f} s | {r['peak_gb']:.2f} GB | {r['examples_s']:.1f} |"
+    )
     print(lines[-1], flush=True)
-  lines += ["", "Before this pipeline (whole split read and tokenized in one thread, tokenizer "
-            "trained on every article; ../shared/DESIGN.md): 404 s and 10.7 GB at 287k.", ""]
+  lines += [
+    "",
+    "Before this pipeline (whole split read and tokenized in one thread, tokenizer "
+    "trained on every article; ../shared/DESIGN.md): 404 s and 10.7 GB at 287k.",
+    "",
+  ]
 
   # ---- 2. pipeline throughput vs train step ----
   spm_dir = startup["287k"]["spm_dir"]
-  lines += ["## 2. Pipeline throughput (287k articles)", "",
-            "Examples/s TrainBatches delivers (batch 8, inputs 512 / targets 128, this "
-            f"vocabulary), measured for {a.seconds:.0f} s after the first batch, with nothing "
-            "else running; then the train step's own consumption, from section 1's run.", "",
-            "| rows | grain workers | examples/s | rows/s |", "|---|---|---|---|"]
+  lines += [
+    "## 2. Pipeline throughput (287k articles)",
+    "",
+    "Examples/s TrainBatches delivers (batch 8, inputs 512 / targets 128, this "
+    f"vocabulary), measured for {a.seconds:.0f} s after the first batch, with nothing "
+    "else running; then the train step's own consumption, from section 1's run.",
+    "",
+    "| rows | grain workers | examples/s | rows/s |",
+    "|---|---|---|---|",
+  ]
   for pack in (False, True):
     for workers in (0, 1, 2):
       r = pipeline_rate(dirs["287k"], spm_dir, workers, pack, a.seconds)
-      lines.append(f"| {'packed' if pack else 'unpacked'} | {workers} | "
-                   f"{r['examples_s']:.0f} | {r['rows_s']:.0f} |")
+      lines.append(
+        f"| {'packed' if pack else 'unpacked'} | {workers} | "
+        f"{r['examples_s']:.0f} | {r['rows_s']:.0f} |"
+      )
       print(lines[-1], flush=True)
-  lines += ["", f"The train step (tiny T5 on 2 CPU cores) consumes "
-            f"{startup['287k']['examples_s']:.1f} examples/s (section 1).", ""]
+  lines += [
+    "",
+    f"The train step (tiny T5 on 2 CPU cores) consumes "
+    f"{startup['287k']['examples_s']:.1f} examples/s (section 1).",
+    "",
+  ]
 
   # ---- 3. packing ----
-  lines += ["## 3. Packing: padding and train throughput", "",
-            "Same runs with `data.pack` off and on (window 512 examples): padding = share of "
-            "input and target positions with no token; target tokens/s = real target tokens "
-            "trained per second (steps 4 on).", "",
-            "| task | lengths (in / target) | rows | padding | target tokens/s | speed-up |",
-            "|---|---|---|---|---|---|"]
-  tasks = [("synthetic_summarize (offline)", ["--config.data.workers=0"], "64 / 16"),
-           ("cnn_dailymail-shaped 287k", cnn + [f"--config.data.data_dir={dirs['287k']}"],
-            "512 / 128")]
+  lines += [
+    "## 3. Packing: padding and train throughput",
+    "",
+    "Same runs with `data.pack` off and on (window 512 examples): padding = share of "
+    "input and target positions with no token; target tokens/s = real target tokens "
+    "trained per second (steps 4 on).",
+    "",
+    "| task | lengths (in / target) | rows | padding | target tokens/s | speed-up |",
+    "|---|---|---|---|---|---|",
+  ]
+  tasks = [
+    ("synthetic_summarize (offline)", ["--config.data.workers=0"], "64 / 16"),
+    ("cnn_dailymail-shaped 287k", cnn + [f"--config.data.data_dir={dirs['287k']}"], "512 / 128"),
+  ]
   for name, over, lengths in tasks:
     got = {}
     for pack in (False, True):
       w = os.path.join(work, f"pack_{pack}_{len(name)}_{int(time.time())}")
       r = run_train(w, over + [f"--config.data.pack={pack}"], a.steps)
-      got[pack] = (steady(r["rows"], "train/padding"),
-                   steady(r["rows"], "train/target_tokens_per_s"))
+      got[pack] = (
+        steady(r["rows"], "train/padding"),
+        steady(r["rows"], "train/target_tokens_per_s"),
+      )
     for pack in (False, True):
       pad, tok = got[pack]
-      lines.append(f"| {name} | {lengths} | {'packed' if pack else 'unpacked'} | {pad:.1%} | "
-                   f"{tok:.0f} | {tok / got[False][1]:.2f}x |")
+      lines.append(
+        f"| {name} | {lengths} | {'packed' if pack else 'unpacked'} | {pad:.1%} | "
+        f"{tok:.0f} | {tok / got[False][1]:.2f}x |"
+      )
       print(lines[-1], flush=True)
-  lines += ["", "Reading: start-up and peak memory do not grow with the split (28.7x more articles); "
-            "the pipeline delivers over 100x what this train step consumes, on one thread. "
-            "CNN/DailyMail articles are longer than 512 tokens, so each fills a row alone and "
-            "packing has nothing to fill; it pays where examples are shorter than the row "
-            "(the offline task here; translation pairs)."]
+  lines += [
+    "",
+    "Reading: start-up and peak memory do not grow with the split (28.7x more articles); "
+    "the pipeline delivers over 100x what this train step consumes, on one thread. "
+    "CNN/DailyMail articles are longer than 512 tokens, so each fills a row alone and "
+    "packing has nothing to fill; it pays where examples are shorter than the row "
+    "(the offline task here; translation pairs).",
+  ]
   with open(a.out, "w") as f:
     f.write("\n".join(lines) + "\n")
   print(f"wrote {a.out}")

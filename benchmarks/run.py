@@ -1,6 +1,6 @@
 """Side-by-side benchmarks in one run; prints tables and writes benchmarks/RESULTS.md.
 
-    python benchmarks/run.py                  # CPU-sized defaults (~12 min on 2 cores) -> RESULTS.md
+    python benchmarks/run.py                  # CPU defaults (~12 min on 2 cores) -> RESULTS.md
     python benchmarks/run.py --preset=gpu     # full grid on an accelerator -> RESULTS_gpu.md
     python benchmarks/run.py --preset=smoke   # seconds, tiny model: checks the script still runs
 
@@ -11,6 +11,7 @@
 3. our cached greedy decoding vs HF PyTorch generate() on the same converted weights.
 Random weights throughout (speed does not depend on them). Timings never live in tests/.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -23,29 +24,61 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-
 from absl import flags
 
-from wgqa_jax.core import cli
 from wgqa_jax import decoding
-from wgqa_jax.training import objectives, steps as train_step
-from wgqa_jax.grouping import variants
-from wgqa_jax.store import hf as hf_io
+from wgqa_jax.core import cli
 from wgqa_jax.decoding import GenerationConfig
+from wgqa_jax.grouping import variants
 from wgqa_jax.models import t5
 from wgqa_jax.models.t5.config import preset
+from wgqa_jax.store import hf as hf_io
+from wgqa_jax.training import objectives, steps as train_step
 
 PRESETS = {
-    # a seconds-long run of every section on the tiny architecture: tests/ runs it (no timings)
-    "smoke": dict(arch="tiny", train_batch=2, train_src=16, train_tgt=8, train_steps=1,
-                  src_lens=[16], batches=[1], decode_tokens=4, hf_batch=2, hf_src=16,
-                  hf_tokens=4, dtype="float32"),
-    "cpu": dict(arch="t5-small", train_batch=8, train_src=256, train_tgt=64, train_steps=5,
-                src_lens=[512, 2048], batches=[1, 8], decode_tokens=32,
-                hf_batch=4, hf_src=512, hf_tokens=32, dtype="float32"),
-    "gpu": dict(arch="t5-small", train_batch=32, train_src=512, train_tgt=256, train_steps=20,
-                src_lens=[512, 1024, 2048, 4096], batches=[1, 8, 32, 64], decode_tokens=128,
-                hf_batch=16, hf_src=512, hf_tokens=128, dtype="bfloat16"),
+  # a seconds-long run of every section on the tiny architecture: tests/ runs it (no timings)
+  "smoke": dict(
+    arch="tiny",
+    train_batch=2,
+    train_src=16,
+    train_tgt=8,
+    train_steps=1,
+    src_lens=[16],
+    batches=[1],
+    decode_tokens=4,
+    hf_batch=2,
+    hf_src=16,
+    hf_tokens=4,
+    dtype="float32",
+  ),
+  "cpu": dict(
+    arch="t5-small",
+    train_batch=8,
+    train_src=256,
+    train_tgt=64,
+    train_steps=5,
+    src_lens=[512, 2048],
+    batches=[1, 8],
+    decode_tokens=32,
+    hf_batch=4,
+    hf_src=512,
+    hf_tokens=32,
+    dtype="float32",
+  ),
+  "gpu": dict(
+    arch="t5-small",
+    train_batch=32,
+    train_src=512,
+    train_tgt=256,
+    train_steps=20,
+    src_lens=[512, 1024, 2048, 4096],
+    batches=[1, 8, 32, 64],
+    decode_tokens=128,
+    hf_batch=16,
+    hf_src=512,
+    hf_tokens=128,
+    dtype="bfloat16",
+  ),
 }
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16
 
@@ -77,12 +110,15 @@ def timeit_interleaved(fns: dict, repeats: int) -> dict:
 def torch_device(log):
   """Where HF PyTorch runs: beside our accelerator, or None when the comparison would be unfair."""
   import torch
+
   if torch.cuda.is_available():
     return "cuda"
   if jax.default_backend() == "cpu":
     return "cpu"
-  log(f"\n(HF PyTorch rows skipped: JAX runs on {jax.default_backend()} but this torch "
-      f"({torch.__version__}) has no CUDA; install a CUDA build of torch to compare.)")
+  log(
+    f"\n(HF PyTorch rows skipped: JAX runs on {jax.default_backend()} but this torch "
+    f"({torch.__version__}) has no CUDA; install a CUDA build of torch to compare.)"
+  )
   return None
 
 
@@ -106,6 +142,7 @@ def hf_model(cfg, dev):
   """A randomly initialised HF PyTorch T5 with our architecture."""
   import torch
   from transformers import T5Config as HFConfig, T5ForConditionalGeneration
+
   torch.manual_seed(0)
   return T5ForConditionalGeneration(HFConfig(**cfg.to_hf())).to(dev)
 
@@ -116,15 +153,16 @@ def train_flops(cfg, b, s, t) -> float:
   attn = 4 * d * h * dk
   enc = cfg.num_encoder_layers * (attn + 2 * d * ff) * s
   dec = cfg.num_decoder_layers * (2 * attn + 2 * d * ff) * t + d * cfg.vocab_size * t
-  scores = 2 * h * dk * (cfg.num_encoder_layers * s * s
-                         + cfg.num_decoder_layers * (t * t + t * s))
+  scores = 2 * h * dk * (cfg.num_encoder_layers * s * s + cfg.num_decoder_layers * (t * t + t * s))
   return 6.0 * b * (enc + dec) + 3.0 * 2 * b * scores
 
 
 # ------------------------------------------------------------------------------ 1. train ----
 def bench_train(p, log):
   import torch
+
   from wgqa_jax.training.config import base_config
+
   cfg = arch(p, dtype=p["dtype"])
   b, s, t = p["train_batch"], p["train_src"], p["train_tgt"]
   rng = np.random.default_rng(0)
@@ -147,18 +185,26 @@ def bench_train(p, log):
   def ours_step():
     holder["state"], out = step(holder["state"], batch, key)
     sync(out["loss"])
+
   ours = {"forward (loss)": timeit(lambda: sync(fwd(params, batch)), n)}
   if jax.default_backend() == "cpu":  # what wgqa_jax.models.ops' transposed weight gradient buys
     plain_cfg = cfg.replace(transpose_weight_grad_on_cpu=False)
-    plain = jax.jit(jax.grad(lambda prm, bt: objectives.loss_sums(prm, bt, key, plain_cfg, 0.0, 0.0,
-                                                             True)[0]))
-    ours.update(timeit_interleaved({  # alternated, so a noisy host cannot favour either
-        "forward + backward": lambda: sync(grad(params, batch)),
-        "forward + backward, plain x^T dy": lambda: sync(plain(params, batch))}, 2 * n))
+    plain = jax.jit(
+      jax.grad(lambda prm, bt: objectives.loss_sums(prm, bt, key, plain_cfg, 0.0, 0.0, True)[0])
+    )
+    ours.update(
+      timeit_interleaved(
+        {  # alternated, so a noisy host cannot favour either
+          "forward + backward": lambda: sync(grad(params, batch)),
+          "forward + backward, plain x^T dy": lambda: sync(plain(params, batch)),
+        },
+        2 * n,
+      )
+    )
   else:
     ours["forward + backward"] = timeit(lambda: sync(grad(params, batch)), n)
   ours["train step (+ AdamW)"] = timeit(ours_step, n)  # last: it donates the params
-  del params, holder
+  params = holder = None  # the params and state are freed before HF builds its model
 
   theirs = {}
   dev = torch_device(log)
@@ -184,22 +230,31 @@ def bench_train(p, log):
           opt.zero_grad(set_to_none=True)
         if dev == "cuda":
           torch.cuda.synchronize()
+
       return go
+
     theirs = {what: timeit(run(what), n) for what in ours if "plain" not in what}
 
   tokens = b * (s + t)
   peak = peak_tflops()
-  log(f"\n### 1. Training, {p['arch']} architecture, batch {b}, inputs {s}, targets {t}, "
-      f"{p['dtype']}\n")
-  log(f"Median of {n} calls each ({2 * n}, taken in turn, for the two forward + backward rows "
-      f"on CPU). tokens = batch x (inputs + targets).\n")
-  log("| what | ours s | ours tokens/s | HF PyTorch s | HF tokens/s | ours vs HF |"
-      + (" MFU ours | MFU HF |" if peak else ""))
+  log(
+    f"\n### 1. Training, {p['arch']} architecture, batch {b}, inputs {s}, targets {t}, "
+    f"{p['dtype']}\n"
+  )
+  log(
+    f"Median of {n} calls each ({2 * n}, taken in turn, for the two forward + backward rows "
+    f"on CPU). tokens = batch x (inputs + targets).\n"
+  )
+  log(
+    "| what | ours s | ours tokens/s | HF PyTorch s | HF tokens/s | ours vs HF |"
+    + (" MFU ours | MFU HF |" if peak else "")
+  )
   log("|---|---|---|---|---|---|" + ("---|---|" if peak else ""))
   for what, sec in ours.items():
     hs = theirs.get(what)
-    row = (f"| {what} | {sec:.3f} | {tokens / sec:,.0f} | "
-           + (f"{hs:.3f} | {tokens / hs:,.0f} | {hs / sec:.2f}x |" if hs else "- | - | - |"))
+    row = f"| {what} | {sec:.3f} | {tokens / sec:,.0f} | " + (
+      f"{hs:.3f} | {tokens / hs:,.0f} | {hs / sec:.2f}x |" if hs else "- | - | - |"
+    )
     if peak and what != "forward (loss)":
       flops = train_flops(cfg, b, s, t) / (peak * 1e12)
       row += f" {100 * flops / sec:.1f}% | " + (f"{100 * flops / hs:.1f}% |" if hs else "- |")
@@ -214,14 +269,19 @@ def bench_gemm(cfg, m, log):
   """The matmul layouts a dense layer needs, XLA:CPU vs torch, at the train step's shapes:
   forward y = x W (NN), input gradient dx = dy W^T (NT), weight gradient dW = x^T dy (TN)."""
   import torch
+
   rng = np.random.default_rng(0)
   d, f = cfg.d_model, cfg.d_ff
   x, w, dy = (rng.standard_normal(sh).astype(np.float32) for sh in ((m, d), (d, f), (m, f)))
-  cases = [("forward  x W", "NN", lambda a, b_: a @ b_, (x, w)),
-           ("grad x   dy W^T", "NT", lambda a, b_: a @ b_.T, (dy, w)),
-           ("grad W   x^T dy", "TN", lambda a, b_: a.T @ b_, (x, dy))]
-  log(f"\nWhere the time goes on CPU: one dense layer's matmuls ({m} tokens, d_model {d}, "
-      f"d_ff {f}, float32), median of 10.\n")
+  cases = [
+    ("forward  x W", "NN", lambda a, b_: a @ b_, (x, w)),
+    ("grad x   dy W^T", "NT", lambda a, b_: a @ b_.T, (dy, w)),
+    ("grad W   x^T dy", "TN", lambda a, b_: a.T @ b_, (x, dy)),
+  ]
+  log(
+    f"\nWhere the time goes on CPU: one dense layer's matmuls ({m} tokens, d_model {d}, "
+    f"d_ff {f}, float32), median of 10.\n"
+  )
   log("| matmul | layout | XLA GFLOP/s | torch GFLOP/s | XLA vs torch |")
   log("|---|---|---|---|---|")
   flops = 2.0 * m * d * f
@@ -251,8 +311,9 @@ def decode_only(params, encoded, mask, cfg, n_tok: int):
 
   def step(i, carry):
     tok, cache = carry
-    logits, cache = m.apply({"params": params}, tok[:, None], i, cache, mask,
-                            method=t5.T5.decode_step)
+    logits, cache = m.apply(
+      {"params": params}, tok[:, None], i, cache, mask, method=t5.T5.decode_step
+    )
     return jnp.argmax(logits, -1).astype(jnp.int32), cache
 
   tok = jnp.zeros((encoded.shape[0],), jnp.int32)
@@ -266,11 +327,16 @@ def bench_decode(p, log):
   groups = sorted({h, h // 2, h // 4, 1} - {0}, reverse=True)
   rows = [("MHA" if g == h else "MQA" if g == 1 else f"GQA-{g}", g) for g in groups]
   n_tok = p["decode_tokens"]
-  log(f"\n### 2. Cached greedy decoding, {p['arch']} architecture, {n_tok} new tokens, "
-      f"{p['dtype']}\n")
-  log("Decode time only (the encoder's output is given; the cross K/V projection is included); "
-      "median of 3.\n")
-  log("| source len | batch | variant | KV cache | cache / MHA | decode tokens/s | speed-up vs MHA |")
+  log(
+    f"\n### 2. Cached greedy decoding, {p['arch']} architecture, {n_tok} new tokens, {p['dtype']}\n"
+  )
+  log(
+    "Decode time only (the encoder's output is given; the cross K/V projection is included); "
+    "median of 3.\n"
+  )
+  log(
+    "| source len | batch | variant | KV cache | cache / MHA | decode tokens/s | speed-up vs MHA |"
+  )
   log("|---|---|---|---|---|---|---|")
   models = {}
   for name, g in rows:
@@ -298,13 +364,16 @@ def bench_decode(p, log):
         nbytes = decoding.cache_bytes(cfg, b, s, n_tok)
         if name == "MHA":
           mha_rate, mha_bytes = rate, nbytes
-        log(f"| {s} | {b} | {name} | {human_bytes(nbytes)} | {nbytes / mha_bytes:.3f} | "
-            f"{rate:,.0f} | {rate / mha_rate:.2f}x |")
+        log(
+          f"| {s} | {b} | {name} | {human_bytes(nbytes)} | {nbytes / mha_bytes:.3f} | "
+          f"{rate:,.0f} | {rate / mha_rate:.2f}x |"
+        )
 
 
 # ------------------------------------------------------------------------- 3. vs HF generate ----
 def bench_generate(p, log):
   import torch
+
   dev = torch_device(log)
   if dev is None:
     return
@@ -317,40 +386,54 @@ def bench_generate(p, log):
   ids = np.random.default_rng(1).integers(2, cfg.vocab_size, (b, s))
   timed = cfg.replace(eos_token_id=-1)  # never ends: both sides decode every token
   ti = torch.tensor(ids, device=dev)
-  log(f"\n### 3. Generation vs HF generate(), {p['arch']} (MHA), batch {b}, source {s}, "
-      f"{n} new tokens, float32\n")
+  log(
+    f"\n### 3. Generation vs HF generate(), {p['arch']} (MHA), batch {b}, source {s}, "
+    f"{n} new tokens, float32\n"
+  )
   log("| search | implementation | seconds | tokens/s | speed-up vs HF | same tokens as HF |")
   log("|---|---|---|---|---|---|")
   for beams in (1, 4):  # greedy, and beam search as t5 summarises (early stopping)
     gen = GenerationConfig(max_new_tokens=n, num_beams=beams, early_stopping=beams > 1)
-    hf_kw = dict(num_beams=beams, do_sample=False, decoder_start_token_id=0,
-                 early_stopping=beams > 1)
-    t_ours = timeit(lambda: sync(decoding.generate(params, timed, jnp.asarray(ids, jnp.int32),
-                                                   gen)), 3)
+    hf_kw = dict(
+      num_beams=beams, do_sample=False, decoder_start_token_id=0, early_stopping=beams > 1
+    )
+    t_ours = timeit(
+      lambda: sync(decoding.generate(params, timed, jnp.asarray(ids, jnp.int32), gen)), 3
+    )
 
     def theirs():
       with torch.no_grad():
         hf.generate(input_ids=ti, max_new_tokens=n, min_new_tokens=n, **hf_kw)
       if dev == "cuda":
         torch.cuda.synchronize()
+
     t_hf = timeit(theirs, 3)
     check = GenerationConfig(max_new_tokens=16, num_beams=beams, early_stopping=beams > 1)
-    same = decoding.strip(decoding.generate(params, cfg, jnp.asarray(ids[:2], jnp.int32), check)) \
-        == decoding.strip(hf.generate(input_ids=ti[:2], max_new_tokens=16, **hf_kw)
-                        .cpu().numpy()[:, 1:])
+    same = decoding.strip(
+      decoding.generate(params, cfg, jnp.asarray(ids[:2], jnp.int32), check)
+    ) == decoding.strip(
+      hf.generate(input_ids=ti[:2], max_new_tokens=16, **hf_kw).cpu().numpy()[:, 1:]
+    )
     search = "greedy" if beams == 1 else f"{beams} beams"
     for name, sec in (("ours (cached, jitted)", t_ours), ("HF generate()", t_hf)):
-      log(f"| {search} | {name} | {sec:.3f} | {b * n / sec:,.1f} | {t_hf / sec:.2f}x | "
-          f"{same if name.startswith('ours') else ''} |")
+      log(
+        f"| {search} | {name} | {sec:.3f} | {b * n / sec:,.1f} | {t_hf / sec:.2f}x | "
+        f"{same if name.startswith('ours') else ''} |"
+      )
   log("\nSame tokens: 2 sequences x 16 tokens with the model's own EOS.")
 
 
 FLAGS = cli.flag_set()
-flags.DEFINE_enum("preset", None, sorted(PRESETS), "default: gpu on a GPU, else cpu",
-                  flag_values=FLAGS)
+flags.DEFINE_enum(
+  "preset", None, sorted(PRESETS), "default: gpu on a GPU, else cpu", flag_values=FLAGS
+)
 flags.DEFINE_string("only", "train,decode,generate", "sections to run", flag_values=FLAGS)
-flags.DEFINE_string("out", None, "default: benchmarks/RESULTS.md (cpu preset), RESULTS_gpu.md "
-                    "(gpu preset)", flag_values=FLAGS)
+flags.DEFINE_string(
+  "out",
+  None,
+  "default: benchmarks/RESULTS.md (cpu preset), RESULTS_gpu.md (gpu preset)",
+  flag_values=FLAGS,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -358,7 +441,8 @@ def main(argv: list[str] | None = None) -> int:
   preset_name = args.preset or ("gpu" if jax.default_backend() == "gpu" else "cpu")
   here = os.path.dirname(os.path.abspath(__file__))
   out = args.out or os.path.join(
-      here, "RESULTS.md" if preset_name == "cpu" else f"RESULTS_{preset_name}.md")
+    here, "RESULTS.md" if preset_name == "cpu" else f"RESULTS_{preset_name}.md"
+  )
   p = PRESETS[preset_name]
   lines: list[str] = []
 
@@ -368,11 +452,16 @@ def main(argv: list[str] | None = None) -> int:
 
   dev = jax.devices()[0]
   log("# Benchmarks\n")
-  log(f"Command: `python benchmarks/run.py --preset={preset_name}"
-      + (f" --only={args.only}`" if args.only != "train,decode,generate" else "`"))
-  log(f"Date: {datetime.date.today().isoformat()} | device: {dev.device_kind} "
-      f"({jax.default_backend()}, {jax.device_count()} device(s)) | host: {platform.processor() or platform.machine()}, "
-      f"{os.cpu_count()} cores | jax {jax.__version__}")
+  log(
+    f"Command: `python benchmarks/run.py --preset={preset_name}"
+    + (f" --only={args.only}`" if args.only != "train,decode,generate" else "`")
+  )
+  log(
+    f"Date: {datetime.date.today().isoformat()} | device: {dev.device_kind} "
+    f"({jax.default_backend()}, {jax.device_count()} device(s)) | host: "
+    f"{platform.processor() or platform.machine()}, "
+    f"{os.cpu_count()} cores | jax {jax.__version__}"
+  )
   for part in args.only.split(","):
     {"train": bench_train, "decode": bench_decode, "generate": bench_generate}[part](p, log)
   with open(out, "w") as f:

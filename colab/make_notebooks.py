@@ -1,4 +1,5 @@
 """Writes the Colab notebooks (run: python colab/make_notebooks.py). Edit here, not the .ipynb."""
+
 import os
 
 import nbformat
@@ -24,12 +25,17 @@ print("backend:", jax.default_backend(), "| real t5-small:", USE_REAL, "| steps:
 def notebook(name, cells):
   nb = new_notebook()
   nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-  nb.cells = [new_markdown_cell(cells[0])] + [new_code_cell(SETUP)] + [
-      new_markdown_cell(c[3:]) if c.startswith("## ") else new_code_cell(c) for c in cells[1:]]
+  nb.cells = (
+    [new_markdown_cell(cells[0])]
+    + [new_code_cell(SETUP)]
+    + [new_markdown_cell(c[3:]) if c.startswith("## ") else new_code_cell(c) for c in cells[1:]]
+  )
   nbformat.write(nb, os.path.join(HERE, name))
 
 
-notebook("01_convert_hf_to_gqa.ipynb", [
+notebook(
+  "01_convert_hf_to_gqa.ipynb",
+  [
     "# 1. Convert a Hugging Face T5 into GQA / WGQA and check the logits\n\n"
     "Offline (CPU): a tiny random HF T5 built with transformers. GPU runtime: real `t5-small`.",
     '''import numpy as np, torch, tempfile
@@ -67,9 +73,12 @@ wp, wc = variants.from_mha(params, cfg, "wgqa", G)
 fp, fc = variants.fold(wp, wc)
 a = t5.T5(wc).apply({"params": wp}, ids, dec); b = t5.T5(fc).apply({"params": fp}, ids, dec)
 print("folded WGQA == WGQA:", np.allclose(a, b, atol=1e-5))''',
-])
+  ],
+)
 
-notebook("02_uptrain_and_evaluate.ipynb", [
+notebook(
+  "02_uptrain_and_evaluate.ipynb",
+  [
     "# 2. Uptrain into WGQA and evaluate ROUGE\n\n"
     "Offline: the tiny random T5 on the built-in synthetic task. GPU runtime: `configs/paper.py:wgqa,small` "
     "(t5-small, CNN/DailyMail from TFDS).",
@@ -94,9 +103,12 @@ print({k: round(v, 3) for k, v in last.items()})''',
     '''r, _ = evaluate(workdir, "test", num_examples=64, bootstrap=200, out=f"{workdir}/test.json")
 for i in range(2):
     print("input:", r["inputs"][i][:90], "\\n  ref:", r["references"][i], "\\n pred:", r["predictions"][i])''',
-])
+  ],
+)
 
-notebook("03_weights_and_kv_cache.ipynb", [
+notebook(
+  "03_weights_and_kv_cache.ipynb",
+  [
     "# 3. Learned WGQA weights and KV-cache savings",
     '''import tempfile
 import matplotlib.pyplot as plt
@@ -129,4 +141,5 @@ for name, g in (("MHA", 8), ("GQA-4", 4), ("GQA-2", 2), ("MQA", 1)):
     ax.plot(lengths, [decoding.cache_bytes(c, 8, s, 256) / 2**20 for s in lengths], marker="o", label=name)
 ax.set_xlabel("source length"); ax.set_ylabel("cache MiB (batch 8, 256 new tokens)"); ax.legend()
 plt.show()''',
-])
+  ],
+)

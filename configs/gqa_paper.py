@@ -28,6 +28,7 @@ synthetic_translate): stage 2, fine-tuning as configs/paper.py does, init_from t
 workdir's final/ (set it: --config.model.init_from=.../final).
 Differences from the paper: AdamW with linear decay (the paper: Adafactor), lr 1e-4 in stage 1.
 """
+
 import ml_collections
 
 from wgqa_jax.training.config import base_config, paper_config, tiny_config
@@ -44,16 +45,19 @@ def recipe(c, pretraining_steps: int) -> None:
   c.recipe = ml_collections.ConfigDict()
   c.recipe.alpha = 0.05  # share of the pretraining steps spent uptraining (GQA paper: 0.05)
   c.recipe.pretraining_steps = pretraining_steps
-  c.optim.num_train_steps = (c.recipe.get_ref("alpha")
-                             * c.recipe.get_ref("pretraining_steps")).to_int()
+  c.optim.num_train_steps = (
+    c.recipe.get_ref("alpha") * c.recipe.get_ref("pretraining_steps")
+  ).to_int()
   c.lock()
 
 
 def get_config(arg: str = "gqa,xl"):
   parts = arg.split(",")
   if len(parts) not in (2, 3) or parts[1] not in (*SIZES, "tiny"):
-    raise ValueError(f"configs/gqa_paper.py:{arg}: ARG is VARIANT,SIZE[,TASK] with SIZE one of "
-                     f"{sorted(SIZES) + ['tiny']}")
+    raise ValueError(
+      f"configs/gqa_paper.py:{arg}: ARG is VARIANT,SIZE[,TASK] with SIZE one of "
+      f"{sorted(SIZES) + ['tiny']}"
+    )
   variant, size, task = parts[0], parts[1], (parts[2] if len(parts) == 3 else None)
   if size == "tiny":
     c = tiny_config(task or "synthetic_summarize")

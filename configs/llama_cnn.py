@@ -1,7 +1,8 @@
 """A pretrained MHA Llama-architecture checkpoint uptrained into a grouped variant on
 CNN/DailyMail, as instruction-style pairs (article -> highlights, loss on the highlights).
 
-    python -m wgqa_jax.train --config=configs/llama_cnn.py:LLAMA_DIR_OR_ID --workdir=/tmp/llama_wgqa \
+    python -m wgqa_jax.train --config=configs/llama_cnn.py:LLAMA_DIR_OR_ID \
+        --workdir=/tmp/llama_wgqa \
         --config.grouping.variant=wgqa --config.grouping.kv_heads=8 --config.mesh.model=4
 
 ARG is the checkpoint (a HF directory or hub id, e.g. a Llama-2-7B or a small research model);
@@ -11,6 +12,7 @@ Settings: AdamW lr 2e-5 with 100 warmup steps and linear decay (1e-3, the T5 pap
 too high for a billion-parameter decoder), batch 32, 1 epoch, articles 1024 / highlights 128
 tokens, bf16 compute.
 """
+
 from wgqa_jax.training.config import base_config
 
 

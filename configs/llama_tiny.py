@@ -10,8 +10,10 @@ lead sentence. The loss is on the answer (optim.loss_on="answer"): with loss on 
 articles and reaches ROUGE-1 ~3 in the same 1500 steps. For a real checkpoint (MHA Llama 1/2, or
 one that is already GQA):
     --config.model.init_from=HF_DIR_OR_ID --config.data.tokenizer=HF_DIR_OR_ID
-The settings are in wgqa_jax/training/config.py:tiny_config(); override any with --config.SECTION.KEY=VALUE.
+The settings are in wgqa_jax/training/config.py:tiny_config(); override any with
+--config.SECTION.KEY=VALUE.
 """
+
 from wgqa_jax.training.config import tiny_config
 
 

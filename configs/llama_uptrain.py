@@ -1,6 +1,6 @@
-"""Uptraining a decoder-only model as the GQA paper does: convert a pretrained MHA Llama-architecture
-checkpoint, continue its pretraining (causal LM on documents) for a small share of its original
-budget, then (optionally) fine-tune on a task.
+"""Uptraining a decoder-only model as the GQA paper does: convert a pretrained MHA
+Llama-architecture checkpoint, continue its pretraining (causal LM on documents) for a small share
+of its original budget, then (optionally) fine-tune on a task.
 
     # stage 1: continued pretraining on a text corpus (TFDS c4/en, or a prepared local corpus)
     python -m wgqa_jax.train --config=configs/llama_uptrain.py:HF_DIR_OR_ID \
@@ -10,7 +10,8 @@ budget, then (optionally) fine-tune on a task.
         --config.model.init_from=/tmp/llama_gqa_uptrain/final --workdir=/tmp/llama_gqa_cnn
 
     # offline: a tiny random Llama on the Python standard library corpus
-    python -m wgqa_jax.train --config=configs/llama_uptrain.py:tiny --workdir=/tmp/llama_tiny_uptrain
+    python -m wgqa_jax.train --config=configs/llama_uptrain.py:tiny \
+        --workdir=/tmp/llama_tiny_uptrain
 
 ARG is CHECKPOINT[,TASK]: a HF directory or hub id of an MHA model (its own tokenizer is used),
 or `tiny`. Stage 1: data.objective=causal_lm, documents `[BOS] text EOS` packed into rows of
@@ -22,6 +23,7 @@ Stage 2: the instruction-style fine-tuning of configs/llama_cnn.py (loss on the 
 Variant: GQA-8 (--config.grouping.variant / kv_heads). Real sizes: see configs/scale.py for
 FSDP, remat and scanned layers (--config.mesh.fsdp=-1 --config.model.remat=full).
 """
+
 from wgqa_jax.training.config import base_config, tiny_config
 
 

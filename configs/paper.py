@@ -3,13 +3,14 @@
     python -m wgqa_jax.train --config=configs/paper.py:wgqa,small --workdir=/tmp/wgqa_small
     python -m wgqa_jax.train --config=configs/paper.py:simgqa200,base --workdir=/tmp/simgqa200_base
 
-ARG is VARIANT,SIZE: VARIANT any of wgqa_jax.grouping.variants (mha, mqa, gqa, wgqa, randwgqa, colwgqa,
-simgqa, kdgqa, dgqa, pgqa, ...) or simgqaN (SimGQA regrouping every N steps); SIZE small (t5-small,
-G=4) or base (t5-base, G=6). Needs the HF checkpoint and TFDS cnn_dailymail (array_record).
-Paper, T5-small after 3 epochs: MHA R1 41.12, MQA 38.79, GQA 40.31, WGQA 40.38, RandWGQA 39.64.
-Hyperparameters: wgqa_jax/training/config.py:paper_config (AdamW lr 1e-3, linear decay, batch 32,
-3 epochs, inputs 512 / targets 256, bf16).
+ARG is VARIANT,SIZE: VARIANT any of wgqa_jax.grouping.variants (mha, mqa, gqa, wgqa, randwgqa,
+colwgqa, simgqa, kdgqa, dgqa, pgqa, ...) or simgqaN (SimGQA regrouping every N steps); SIZE small
+(t5-small, G=4) or base (t5-base, G=6). Needs the HF checkpoint and TFDS cnn_dailymail
+(array_record). Paper, T5-small after 3 epochs: MHA R1 41.12, MQA 38.79, GQA 40.31, WGQA 40.38,
+RandWGQA 39.64. Hyperparameters: wgqa_jax/training/config.py:paper_config (AdamW lr 1e-3, linear
+decay, batch 32, 3 epochs, inputs 512 / targets 256, bf16).
 """
+
 import re
 
 from wgqa_jax.training.config import paper_config

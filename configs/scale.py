@@ -3,7 +3,8 @@
     python -m wgqa_jax.plan --config=configs/scale.py:llama-2-7b --devices=8 \
         --config.grouping.variant=wgqa --config.grouping.kv_heads=8
     python -m wgqa_jax.train --config=configs/scale.py:llama-2-7b \
-        --config.model.init_from=/path/to/Llama-2-7b-hf --config.data.tokenizer=/path/to/Llama-2-7b-hf
+        --config.model.init_from=/path/to/Llama-2-7b-hf \
+        --config.data.tokenizer=/path/to/Llama-2-7b-hf
 
 ARG is an architecture preset: llama-2-7b, llama-2-13b, llama-2-70b (decoder-only, rows of
 3840 input + 256 target tokens = 4096, global batch 8), t5-v1_1-xl, t5-v1_1-xxl (the GQA paper's
@@ -11,14 +12,15 @@ model; 512 / 128 tokens, global batch 128). With init_from left at tiny-random t
 preset's (what the planner needs); point init_from at the real checkpoint to train it. Variant:
 GQA-8 unless overridden. Adjust the mesh with --config.mesh.{data,fsdp,model}.
 """
+
 from wgqa_jax.training.config import base_config
 
 SHAPES = {  # preset: (max_input_length, max_target_length, global batch)
-    "llama-2-7b": (3840, 256, 8),
-    "llama-2-13b": (3840, 256, 8),
-    "llama-2-70b": (3840, 256, 8),
-    "t5-v1_1-xl": (512, 128, 128),
-    "t5-v1_1-xxl": (512, 128, 128),
+  "llama-2-7b": (3840, 256, 8),
+  "llama-2-13b": (3840, 256, 8),
+  "llama-2-70b": (3840, 256, 8),
+  "t5-v1_1-xl": (512, 128, 128),
+  "t5-v1_1-xxl": (512, 128, 128),
 }
 
 

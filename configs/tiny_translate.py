@@ -6,6 +6,7 @@ German->English task (a fixed pseudo-word dictionary plus one reordering), score
 No download. Harder than configs/tiny.py: the model must learn a 150-word dictionary and move
 the last word to second place.
 """
+
 from wgqa_jax.training.config import tiny_config
 
 

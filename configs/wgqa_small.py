@@ -7,6 +7,7 @@ configs/paper.py:VARIANT,SIZE). Needs the HF checkpoint (t5-small) and TFDS cnn_
 (array_record). Paper, T5-small after 3 epochs: MHA R1 41.12, MQA 38.79, GQA 40.31, WGQA 40.38,
 RandWGQA 39.64.
 """
+
 import importlib.util
 import os
 
@@ -14,7 +15,8 @@ import os
 def get_config():
   # config files are not a package: the paper's file is loaded from beside this one
   spec = importlib.util.spec_from_file_location(
-      "paper_config_file", os.path.join(os.path.dirname(os.path.abspath(__file__)), "paper.py"))
+    "paper_config_file", os.path.join(os.path.dirname(os.path.abspath(__file__)), "paper.py")
+  )
   paper = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(paper)
   return paper.get_config("wgqa,small")

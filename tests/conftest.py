@@ -1,4 +1,5 @@
 """Shared fixtures: tiny random HF T5 checkpoints built offline with transformers."""
+
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
@@ -19,16 +20,36 @@ TRAIN = [sys.executable, "-m", "wgqa_jax.train"]
 TRAIN_ENV = {**os.environ, "XLA_FLAGS": ""}
 
 # Tiny architectures that exercise the awkward cases: d_kv * H != d_model, unequal depths.
-V10 = dict(vocab_size=97, d_model=32, d_kv=12, d_ff=48, num_layers=2, num_decoder_layers=3,
-           num_heads=4, feed_forward_proj="relu", tie_word_embeddings=True, dropout_rate=0.0)
-V11 = dict(vocab_size=101, d_model=24, d_kv=8, d_ff=40, num_layers=3, num_decoder_layers=2,
-           num_heads=6, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
-           dropout_rate=0.0)
+V10 = dict(
+  vocab_size=97,
+  d_model=32,
+  d_kv=12,
+  d_ff=48,
+  num_layers=2,
+  num_decoder_layers=3,
+  num_heads=4,
+  feed_forward_proj="relu",
+  tie_word_embeddings=True,
+  dropout_rate=0.0,
+)
+V11 = dict(
+  vocab_size=101,
+  d_model=24,
+  d_kv=8,
+  d_ff=40,
+  num_layers=3,
+  num_decoder_layers=2,
+  num_heads=6,
+  feed_forward_proj="gated-gelu",
+  tie_word_embeddings=False,
+  dropout_rate=0.0,
+)
 
 
 def make_hf_model(spec: dict, seed: int = 0):
   import torch
   from transformers import T5Config, T5ForConditionalGeneration
+
   torch.manual_seed(seed)
   model = T5ForConditionalGeneration(T5Config(**spec)).eval()
   if not spec["tie_word_embeddings"]:
@@ -54,10 +75,15 @@ def hf_checkpoint(request, tmp_path_factory):
 
 def hf_logits(model, ids, dec, mask=None, dec_mask=None):
   import torch
+
   t = lambda x: None if x is None else torch.tensor(np.asarray(x))
   with torch.no_grad():
-    return model(input_ids=t(ids), attention_mask=t(mask), decoder_input_ids=t(dec),
-                 decoder_attention_mask=t(dec_mask)).logits.numpy()
+    return model(
+      input_ids=t(ids),
+      attention_mask=t(mask),
+      decoder_input_ids=t(dec),
+      decoder_attention_mask=t(dec_mask),
+    ).logits.numpy()
 
 
 def batch(vocab: int, b: int = 3, s: int = 13, t: int = 9, seed: int = 0):
@@ -65,8 +91,8 @@ def batch(vocab: int, b: int = 3, s: int = 13, t: int = 9, seed: int = 0):
   rng = np.random.RandomState(seed)
   ids = rng.randint(2, vocab, (b, s))
   mask = np.ones((b, s), np.int32)
-  mask[1, s - 4:] = 0
-  ids[1, s - 4:] = 0
+  mask[1, s - 4 :] = 0
+  ids[1, s - 4 :] = 0
   dec = rng.randint(2, vocab, (b, t))
   return ids, mask, dec
 
@@ -78,6 +104,7 @@ SMALL = {"train": 120, "validation": 10, "test": 10}
 def tfds_dir(tmp_path_factory):
   """A TFDS data_dir holding every built-in dataset shape, built by the real builders."""
   from wgqa_jax.data import local_tfds
+
   d = str(tmp_path_factory.mktemp("tfds"))
   for name in local_tfds.SHAPES:
     local_tfds.build(name, d, SMALL)
@@ -86,8 +113,9 @@ def tfds_dir(tmp_path_factory):
 
 # ---- `python -m wgqa_jax.train` as a real process: to the end, or in the background ----
 def run_train(*args, timeout=300):
-  return subprocess.run([*TRAIN, *args], cwd=REPO, env=TRAIN_ENV, capture_output=True, text=True,
-                        timeout=timeout)
+  return subprocess.run(
+    [*TRAIN, *args], cwd=REPO, env=TRAIN_ENV, capture_output=True, text=True, timeout=timeout
+  )
 
 
 def start_train(*args, **popen_kw):

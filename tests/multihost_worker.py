@@ -3,11 +3,12 @@
     python tests/multihost_worker.py PROCESS_ID NUM_PROCESSES PORT WORKDIR DEVICES_PER_PROCESS \
         [STOP] [OBJECTIVE]
 
-A 30-step run, stopped (as if preempted, after saving) once STOP steps are done (default 20;
-30 finishes). OBJECTIVE: pairs (default; the offline task) or causal_lm (a tiny Llama on the
-standard-library corpus). NUM_PROCESSES=1 runs without jax.distributed. Prints "RESULT <json>" with the last
-metrics.
+A 30-step run, stopped (as if preempted, after saving) once STOP steps are done (default 20; 30
+finishes). OBJECTIVE: pairs (default; the offline task) or causal_lm (a tiny Llama on the
+standard-library corpus). NUM_PROCESSES=1 runs without jax.distributed. Prints "RESULT <json>" with
+the last metrics.
 """
+
 import json
 import os
 import sys
@@ -17,8 +18,9 @@ stop = int(sys.argv[6]) if len(sys.argv) > 6 else 20
 objective = sys.argv[7] if len(sys.argv) > 7 else "pairs"
 os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={local_devices}"
 if int(n) > 1:  # the variables launch/multihost.sh sets
-  os.environ.update(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES=n,
-                    JAX_PROCESS_ID=pid)
+  os.environ.update(
+    JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES=n, JAX_PROCESS_ID=pid
+  )
 import jax  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -40,5 +42,15 @@ try:
   out = trainer.train(c, workdir, stop_after=stop if stop < 30 else None)
 except trainer.Preempted as stopped:
   out = stopped.metrics
-print("RESULT " + json.dumps({"process": jax.process_index(), "count": jax.process_count(),
-                              "devices": jax.device_count(), **out}), flush=True)
+print(
+  "RESULT "
+  + json.dumps(
+    {
+      "process": jax.process_index(),
+      "count": jax.process_count(),
+      "devices": jax.device_count(),
+      **out,
+    }
+  ),
+  flush=True,
+)

@@ -1,6 +1,7 @@
 """Independent references the library is held to: greedy search that re-runs the decoder over
 the whole prefix at every step (no cache), WGQA's weighted sum of heads in plain numpy, and
 span corruption undone."""
+
 from __future__ import annotations
 
 import functools

@@ -15,6 +15,7 @@ The package is layered, each layer importing only those below it (docs/architect
 Nothing heavy is imported here: `python -m wgqa_jax.train` catches a preemption before JAX
 loads.
 """
+
 __version__ = "0.1.0"
 __all__ = ["Grouping", "preset", "presets"]
 
@@ -22,8 +23,10 @@ __all__ = ["Grouping", "preset", "presets"]
 def __getattr__(name: str):
   if name == "Grouping":
     from wgqa_jax.grouping.variants import Grouping
+
     return Grouping
   if name in ("preset", "presets"):
     from wgqa_jax.models import family
+
     return getattr(family, name)
   raise AttributeError(f"module 'wgqa_jax' has no attribute {name!r}")

@@ -1,6 +1,7 @@
 """Text corpora (wgqa_jax.data.corpora) through their real readers: the Python standard library on
 this machine, TFDS text features (a dataset built here by the real TFDS builder) and local JSON
 lines / Parquet / text prepared by wgqa_jax.data.corpus_writer into array_record."""
+
 import gzip
 import json
 import os
@@ -10,8 +11,7 @@ import sys
 
 import pytest
 
-from wgqa_jax.data import corpora, local_tfds
-from wgqa_jax.data import corpus_writer
+from wgqa_jax.data import corpora, corpus_writer, local_tfds
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -22,8 +22,11 @@ def test_stdlib_corpus_is_real_code_and_prose_with_a_fixed_held_out_part():
   assert not set(train.keys) & set(val.keys)
   assert all(corpora.held_out(k) for k in val.keys)
   assert corpora.PythonStdlib("validation").keys == val.keys  # the same on every call
-  code = train[train.keys.index("textwrap.py")] if "textwrap.py" in train.keys else \
-      val[val.keys.index("textwrap.py")]
+  code = (
+    train[train.keys.index("textwrap.py")]
+    if "textwrap.py" in train.keys
+    else val[val.keys.index("textwrap.py")]
+  )
   assert "def wrap(" in code
   topics = [k for k in train.keys + val.keys if k.startswith("topic:")]
   assert len(topics) > 50  # pydoc's help texts: prose
@@ -42,20 +45,34 @@ def write_inputs(d):
     f.write(json.dumps({"text": "   "}) + "\n")  # empty: skipped
   import pyarrow as pa
   import pyarrow.parquet as pq
-  pq.write_table(pa.table({"text": [f"parquet document {i}" for i in range(20)]}),
-                 d / "c.parquet", row_group_size=7)
+
+  pq.write_table(
+    pa.table({"text": [f"parquet document {i}" for i in range(20)]}),
+    d / "c.parquet",
+    row_group_size=7,
+  )
   (d / "d.txt").write_text("first paragraph\nstill first\n\nsecond paragraph\n")
 
 
 def test_prepared_corpus_holds_every_document_once_in_order(tmp_path):
   write_inputs(tmp_path)
-  files = corpus_writer.input_files([str(tmp_path / "*.jsonl*"), str(tmp_path / "*.parquet"),
-                                      str(tmp_path / "d.txt")])
-  m = corpus_writer.prepare(files, str(tmp_path / "corpus"), text_unit="paragraph",
-                             validation_every=10, shard_mb=0, progress=False)
-  expected = ([f"json document {i}" for i in range(30)] + ["gzipped document"]
-              + [f"parquet document {i}" for i in range(20)]
-              + ["first paragraph\nstill first", "second paragraph"])
+  files = corpus_writer.input_files(
+    [str(tmp_path / "*.jsonl*"), str(tmp_path / "*.parquet"), str(tmp_path / "d.txt")]
+  )
+  m = corpus_writer.prepare(
+    files,
+    str(tmp_path / "corpus"),
+    text_unit="paragraph",
+    validation_every=10,
+    shard_mb=0,
+    progress=False,
+  )
+  expected = (
+    [f"json document {i}" for i in range(30)]
+    + ["gzipped document"]
+    + [f"parquet document {i}" for i in range(20)]
+    + ["first paragraph\nstill first", "second paragraph"]
+  )
   train = corpora.open_corpus(str(tmp_path / "corpus"), "train")
   val = corpora.open_corpus(str(tmp_path / "corpus"), "validation")
   assert [val[i] for i in range(len(val))] == expected[::10]
@@ -66,11 +83,17 @@ def test_prepared_corpus_holds_every_document_once_in_order(tmp_path):
 
 
 def run_prepare(*args):
-  return subprocess.run([sys.executable, "-m", "wgqa_jax.prepare_corpus", *args],
-                        capture_output=True, text=True, cwd=REPO)
+  return subprocess.run(
+    [sys.executable, "-m", "wgqa_jax.prepare_corpus", *args],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+  )
 
 
-@pytest.mark.parametrize("case,needle", [
+@pytest.mark.parametrize(
+  "case,needle",
+  [
     ("missing", "matches no file"),
     ("field", "has no field 'body'; its fields: ['text', 'url']"),
     ("column", "has no column 'body'"),
@@ -78,20 +101,23 @@ def run_prepare(*args):
     ("exists", "exists; pass --overwrite"),
     ("format", "unknown format"),
     ("gzip", "cannot read"),
-])
+  ],
+)
 def test_bad_inputs_are_one_line_errors_and_write_nothing(tmp_path, case, needle):
   write_inputs(tmp_path)
   (tmp_path / "blank.txt").write_text("\n\n")
   (tmp_path / "bad.json.gz").write_bytes(b"not gzip at all")
   (tmp_path / "x.csv").write_text("a,b\n")
   out = tmp_path / "out"
-  args = {"missing": ["--input=" + str(tmp_path / "nope*.jsonl")],
-          "field": ["--input=" + str(tmp_path / "a.jsonl"), "--text_field=body"],
-          "column": ["--input=" + str(tmp_path / "c.parquet"), "--text_field=body"],
-          "empty": ["--input=" + str(tmp_path / "blank.txt")],
-          "exists": ["--input=" + str(tmp_path / "a.jsonl")],
-          "format": ["--input=" + str(tmp_path / "x.csv")],
-          "gzip": ["--input=" + str(tmp_path / "bad.json.gz")]}[case]
+  args = {
+    "missing": ["--input=" + str(tmp_path / "nope*.jsonl")],
+    "field": ["--input=" + str(tmp_path / "a.jsonl"), "--text_field=body"],
+    "column": ["--input=" + str(tmp_path / "c.parquet"), "--text_field=body"],
+    "empty": ["--input=" + str(tmp_path / "blank.txt")],
+    "exists": ["--input=" + str(tmp_path / "a.jsonl")],
+    "format": ["--input=" + str(tmp_path / "x.csv")],
+    "gzip": ["--input=" + str(tmp_path / "bad.json.gz")],
+  }[case]
   if case == "exists":
     out.mkdir()
     (out / "keep").write_text("mine")

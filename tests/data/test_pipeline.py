@@ -1,10 +1,11 @@
 """The grain input pipeline (wgqa_jax.data.pipeline) read through the real readers: batches are a
 function of the position, processes read their rows of the same global batches, worker processes
 equal threads, packing keeps every example whole once, and resume is exact."""
+
 import numpy as np
 import pytest
 
-from wgqa_jax.data import tasks, pipeline, tokenizers
+from wgqa_jax.data import pipeline, tasks, tokenizers
 
 
 # ------------------------------------------------------------------- pipeline ----
@@ -45,10 +46,13 @@ def test_each_process_reads_its_rows_of_the_same_global_batches(tfds_dir):
 def test_worker_processes_give_the_same_batches_as_threads(tfds_dir):
   """grain worker processes (spawned; the tokenizer travels pickled) change nothing."""
   src = tasks.source("wmt14_de_en", "train", None, tfds_dir)
-  spm = tokenizers.get_tokenizer("sentencepiece", tfds_dir,
-                                 tasks.tokenizer_sample(src), vocab_size=200)
-  for layout in (pipeline.Layout(4, 48, 48, seed=0),
-                 pipeline.Layout(4, 48, 48, pack=True, pack_window=16, seed=0)):
+  spm = tokenizers.get_tokenizer(
+    "sentencepiece", tfds_dir, tasks.tokenizer_sample(src), vocab_size=200
+  )
+  for layout in (
+    pipeline.Layout(4, 48, 48, seed=0),
+    pipeline.Layout(4, 48, 48, pack=True, pack_window=16, seed=0),
+  ):
     threads = take(pipeline.TrainBatches(src, spm, layout, workers=0), 12)
     procs = pipeline.TrainBatches(src, spm, layout, workers=2)
     for b in threads:
@@ -66,8 +70,7 @@ def unpack(rows):
       ex = []
       for side in ("inputs", "targets"):
         where = rows[f"{side}_segment_ids"][r] == seg
-        np.testing.assert_array_equal(rows[f"{side}_positions"][r][where],
-                                      np.arange(where.sum()))
+        np.testing.assert_array_equal(rows[f"{side}_positions"][r][where], np.arange(where.sum()))
         assert np.all(np.diff(np.flatnonzero(where)) == 1)  # contiguous
         ex.append(rows[side][r][where].tolist())
       out.append(tuple(ex))
@@ -98,7 +101,7 @@ def test_packed_batches_resume_from_a_mid_window_position():
   assert any(row for _, row in positions)  # some batches start inside a window
   for i in (3, 7, 12):
     again = pipeline.TrainBatches(src, tok, layout, position=positions[i])
-    for b in batches[i:i + 3]:
+    for b in batches[i : i + 3]:
       got = next(again)
       assert all(np.array_equal(got[k], b[k]) for k in b)
 
@@ -117,7 +120,7 @@ def test_eval_split_is_ordered_and_its_last_batch_padded():
   src = tasks.source("synthetic_summarize", "validation", 10)
   split = pipeline.eval_split(src, tokenizers.ByteTokenizer(), 16, 8)
   assert split.texts == list(src)
-  for (s, t), row in zip(split.texts, split.inputs):
+  for (s, _), row in zip(split.texts, split.inputs):
     assert row.tolist() == (tokenizers.ByteTokenizer().encode(s)[:15] + [tokenizers.EOS])
   batches = list(pipeline.eval_batches(split, 4))
   assert len(batches) == 3 and batches[-1]["valid"].tolist() == [True, True, False, False]

@@ -17,10 +17,11 @@ HF's numpy port (transformers, examples/flax/language-modeling/run_t5_mlm_flax.p
 Python float), has no `max(length, 2)`, shuffles in place with the global np.random, and builds
 the sentinels with `create_sentinel_ids` / `filter_input_ids` (which drops id 0 tokens too).
 """
+
 import numpy as np
 import pytest
-
 from references import uncorrupt
+
 from wgqa_jax.data import span_corruption as sc
 
 FIRST_SENTINEL = 32099  # HF T5: len(tokenizer) - 1 = <extra_id_0>; <extra_id_1> = 32098, ...
@@ -29,18 +30,25 @@ EOS = 1
 
 # ---- reference: t5/data/preprocessors.py ----------------------------------------------------
 
-def ref_random_spans_helper(inputs_length, noise_density, mean_noise_span_length,
-                            extra_tokens_per_span_inputs=1, extra_tokens_per_span_targets=1):
+
+def ref_random_spans_helper(
+  inputs_length,
+  noise_density,
+  mean_noise_span_length,
+  extra_tokens_per_span_inputs=1,
+  extra_tokens_per_span_targets=1,
+):
   def _tokens_length_to_inputs_length_targets_length(tokens_length):
     num_noise_tokens = int(round(tokens_length * noise_density))
     num_nonnoise_tokens = tokens_length - num_noise_tokens
     num_noise_spans = int(round(num_noise_tokens / mean_noise_span_length))
-    return (num_nonnoise_tokens + num_noise_spans * extra_tokens_per_span_inputs + 1,
-            num_noise_tokens + num_noise_spans * extra_tokens_per_span_targets + 1)
+    return (
+      num_nonnoise_tokens + num_noise_spans * extra_tokens_per_span_inputs + 1,
+      num_noise_tokens + num_noise_spans * extra_tokens_per_span_targets + 1,
+    )
 
   tokens_length = inputs_length - 1
-  while (_tokens_length_to_inputs_length_targets_length(tokens_length + 1)[0]
-         <= inputs_length):
+  while _tokens_length_to_inputs_length_targets_length(tokens_length + 1)[0] <= inputs_length:
     tokens_length += 1
   inputs_length, targets_length = _tokens_length_to_inputs_length_targets_length(tokens_length)
   # T5's "minor hack to get the targets length to be equal to inputs length"
@@ -69,7 +77,8 @@ def ref_noise_counts(length, noise_density=0.15, mean_noise_span_length=3.0):
 
 def ref_random_segmentation(num_items, num_segments, rng):
   first_in_segment = np.pad(
-      rng.permutation((np.arange(num_items - 1) < num_segments - 1).astype(np.int32)), [[1, 0]])
+    rng.permutation((np.arange(num_items - 1) < num_segments - 1).astype(np.int32)), [[1, 0]]
+  )
   segment_id = np.cumsum(first_in_segment)
   segment_length = np.zeros(segment_id[-1] + 1, np.int32)  # segment_sum(ones, segment_id)
   np.add.at(segment_length, segment_id, 1)
@@ -81,13 +90,15 @@ def ref_random_spans_noise_mask(length, rng, noise_density=0.15, mean_noise_span
     return np.zeros(length, bool)
   orig_length = length
   length = max(length, 2)
-  num_noise_tokens, num_noise_spans = ref_noise_counts(length, noise_density,
-                                                       mean_noise_span_length)
+  num_noise_tokens, num_noise_spans = ref_noise_counts(
+    length, noise_density, mean_noise_span_length
+  )
   num_nonnoise_tokens = length - num_noise_tokens
   noise_span_lengths = ref_random_segmentation(num_noise_tokens, num_noise_spans, rng)
   nonnoise_span_lengths = ref_random_segmentation(num_nonnoise_tokens, num_noise_spans, rng)
   interleaved_span_lengths = np.reshape(
-      np.stack([nonnoise_span_lengths, noise_span_lengths], axis=1), [num_noise_spans * 2])
+    np.stack([nonnoise_span_lengths, noise_span_lengths], axis=1), [num_noise_spans * 2]
+  )
   span_starts = np.cumsum(interleaved_span_lengths)[:-1]
   span_start_indicator = np.zeros(length, np.int32)  # unsorted_segment_sum(ones, starts, length)
   np.add.at(span_start_indicator, span_starts, 1)
@@ -111,11 +122,14 @@ def ref_nonnoise_span_to_unique_sentinel(tokens, noise_mask, sentinel_id):
 
 def ref_corrupt(tokens, noise_mask, sentinel_id, eos_id):
   tokens = np.asarray(tokens, np.int32)
-  return (np.append(ref_noise_span_to_unique_sentinel(tokens, noise_mask, sentinel_id), eos_id),
-          np.append(ref_nonnoise_span_to_unique_sentinel(tokens, noise_mask, sentinel_id), eos_id))
+  return (
+    np.append(ref_noise_span_to_unique_sentinel(tokens, noise_mask, sentinel_id), eos_id),
+    np.append(ref_nonnoise_span_to_unique_sentinel(tokens, noise_mask, sentinel_id), eos_id),
+  )
 
 
 # ---- helpers of the tests -------------------------------------------------------------------
+
 
 def runs(mask):
   """(value, length) of each maximal run of the boolean mask."""
@@ -127,7 +141,8 @@ def runs(mask):
 def float32_tie(length, noise_density=0.15):
   """Lengths where T5's float32 round(L * density) differs from float64 round."""
   return ref_noise_counts(length, noise_density, 3.0)[0] != min(
-      max(int(round(max(length, 2) * noise_density)), 1), max(length, 2) - 1)
+    max(int(round(max(length, 2) * noise_density)), 1), max(length, 2) - 1
+  )
 
 
 def random_tokens(rng, n):
@@ -138,11 +153,13 @@ def rebuild(inputs, targets, is_sentinel):
   """Raw tokens from (inputs, targets) without uncorrupt: the input's i-th non-noise segment (the
   tokens before its i-th sentinel) followed by the target's i-th noise segment (after its i-th
   sentinel)."""
+
   def split(seq):
     assert seq[-1] == EOS
     seq = list(seq[:-1])
     cuts = [i for i, t in enumerate(seq) if is_sentinel(t)]
     return [seq[i] for i in cuts], cuts, seq
+
   in_sents, in_cuts, ins = split(inputs)
   tg_sents, tg_cuts, tgs = split(targets)
   assert in_sents == tg_sents == list(range(FIRST_SENTINEL, FIRST_SENTINEL - len(in_sents), -1))
@@ -150,12 +167,13 @@ def rebuild(inputs, targets, is_sentinel):
   out, start = [], 0
   for k, cut in enumerate(in_cuts):
     out += ins[start:cut]
-    out += tgs[tg_cuts[k] + 1:tg_cuts[k + 1] if k + 1 < len(tg_cuts) else len(tgs)]
+    out += tgs[tg_cuts[k] + 1 : tg_cuts[k + 1] if k + 1 < len(tg_cuts) else len(tgs)]
     start = cut + 1
   return out
 
 
 # ---- 1. lengths -----------------------------------------------------------------------------
+
 
 def test_helper_gives_t5_pretraining_shape():
   assert sc.random_spans_helper(512) == (568, 114)
@@ -163,8 +181,9 @@ def test_helper_gives_t5_pretraining_shape():
   assert sc.spans_per_row(568) == 28
 
 
-@pytest.mark.parametrize("density,mean", [(0.15, 3.0), (0.1, 3.0), (0.3, 3.0), (0.15, 2.0),
-                                          (0.25, 5.0), (0.2, 8.0)])
+@pytest.mark.parametrize(
+  "density,mean", [(0.15, 3.0), (0.1, 3.0), (0.3, 3.0), (0.15, 2.0), (0.25, 5.0), (0.2, 8.0)]
+)
 def test_helper_matches_reference(density, mean):
   for n in range(16, 1025):
     assert sc.random_spans_helper(n, density, mean) == ref_random_spans_helper(n, density, mean), n
@@ -182,8 +201,9 @@ def test_full_rows_fill_inputs_and_targets_exactly(inputs_length):
   rng = np.random.default_rng(inputs_length)
   for _ in range(20):
     tokens = random_tokens(rng, tokens_length)
-    inputs, targets = sc.corrupt(tokens, sc.random_spans_noise_mask(tokens_length, rng),
-                                 FIRST_SENTINEL, EOS)
+    inputs, targets = sc.corrupt(
+      tokens, sc.random_spans_noise_mask(tokens_length, rng), FIRST_SENTINEL, EOS
+    )
     assert (len(inputs), len(targets)) == (inputs_length, targets_length)
 
 
@@ -210,9 +230,10 @@ def test_noise_mask_matches_reference_at_other_densities(density, mean):
       continue
     for seed in range(3):
       np.testing.assert_array_equal(
-          sc.random_spans_noise_mask(length, np.random.default_rng(seed), density, mean),
-          ref_random_spans_noise_mask(length, np.random.default_rng(seed), density, mean),
-          err_msg=f"length={length} seed={seed}")
+        sc.random_spans_noise_mask(length, np.random.default_rng(seed), density, mean),
+        ref_random_spans_noise_mask(length, np.random.default_rng(seed), density, mean),
+        err_msg=f"length={length} seed={seed}",
+      )
 
 
 def test_noise_count_rounds_in_float32_as_t5():
@@ -227,6 +248,7 @@ def test_noise_count_rounds_in_float32_as_t5():
 
 
 # ---- 3. mask properties from the paper ------------------------------------------------------
+
 
 def test_mask_has_the_published_noise_and_span_counts():
   for length in [*range(1, 120), 568, 1000]:
@@ -249,14 +271,17 @@ def test_mask_has_the_published_noise_and_span_counts():
 
 # ---- 4. corrupt equals the reference sentinel replacement -----------------------------------
 
+
 def test_corrupt_matches_reference():
   rng = np.random.default_rng(0)
   for length in [1, 2, 3, 5, 10, 50, 200, 568]:
     for _ in range(5):
       tokens = random_tokens(rng, length)
       mask = sc.random_spans_noise_mask(length, rng)
-      got, want = sc.corrupt(tokens, mask, FIRST_SENTINEL, EOS), ref_corrupt(
-          tokens, mask, FIRST_SENTINEL, EOS)
+      got, want = (
+        sc.corrupt(tokens, mask, FIRST_SENTINEL, EOS),
+        ref_corrupt(tokens, mask, FIRST_SENTINEL, EOS),
+      )
       for g, w in zip(got, want):
         assert g.dtype == np.int32
         np.testing.assert_array_equal(g, w)
@@ -275,6 +300,7 @@ def test_sentinels_count_down_from_extra_id_0_and_eos_ends_both():
 
 # ---- 5. reconstruction ----------------------------------------------------------------------
 
+
 def test_uncorrupt_and_an_independent_rebuild_give_the_tokens_back():
   rng = np.random.default_rng(1)
   num_sentinels = 100
@@ -282,13 +308,15 @@ def test_uncorrupt_and_an_independent_rebuild_give_the_tokens_back():
   for length in [2, 3, 4, 9, 33, 190, 567, 568]:
     for _ in range(10):
       tokens = random_tokens(rng, length)
-      inputs, targets = sc.corrupt(tokens, sc.random_spans_noise_mask(length, rng),
-                                   FIRST_SENTINEL, EOS)
+      inputs, targets = sc.corrupt(
+        tokens, sc.random_spans_noise_mask(length, rng), FIRST_SENTINEL, EOS
+      )
       assert uncorrupt(inputs, targets, FIRST_SENTINEL, num_sentinels, EOS) == tokens.tolist()
       assert rebuild(inputs.tolist(), targets.tolist(), is_sentinel) == tokens.tolist()
 
 
 # ---- 6. statistics --------------------------------------------------------------------------
+
 
 def test_noise_statistics_at_568():
   length, rows = 568, 2000

@@ -1,10 +1,11 @@
 """Tasks (wgqa_jax.data): the built-in synthetic ones, and TFDS datasets read through the real
 readers: built here by the real TFDS builders (wgqa_jax.local_tfds, array_record; the tfds_dir
 fixture) and opened with tfds.data_source, as a run opens them."""
-import pytest
 
+import pytest
 from conftest import SMALL
-from wgqa_jax.data import tasks, local_tfds
+
+from wgqa_jax.data import local_tfds, tasks
 
 
 def test_tokenizer_sample_is_bounded_and_spread_over_the_split():
@@ -19,7 +20,7 @@ def test_synthetic_task_is_deterministic_and_splits_differ():
   a, b = tasks.synthetic_summarize(50, 0), tasks.synthetic_summarize(50, 0)
   assert a == b and a != tasks.synthetic_summarize(50, 1)
   doc, summary = a[0]
-  assert doc.startswith("summarize: ") and doc[len("summarize: "):].startswith(summary)
+  assert doc.startswith("summarize: ") and doc[len("summarize: ") :].startswith(summary)
 
 
 def test_synthetic_translation_follows_its_dictionary_and_reordering():
@@ -29,7 +30,7 @@ def test_synthetic_translation_follows_its_dictionary_and_reordering():
   lexicon = {}
   for src, tgt in pairs:
     assert src.startswith(prefix) and src.endswith(".") and tgt.endswith(".")
-    s, t = src[len(prefix):-1].split(), tgt[:-1].split()
+    s, t = src[len(prefix) : -1].split(), tgt[:-1].split()
     assert 3 <= len(s) == len(t) <= 8
     t = [t[0]] + t[2:] + [t[1]]  # undo: the source's last word went to second place
     for a, b in zip(s, t):
@@ -56,8 +57,9 @@ def test_tfds_splits_are_read_with_their_fields_and_prefix(tfds_dir, dataset):
 
 
 def test_missing_tfds_data_is_a_clear_error(tmp_path):
-  with pytest.raises(FileNotFoundError,
-                     match="could not open TFDS 'cnn_dailymail'.*synthetic_summarize") as e:
+  with pytest.raises(
+    FileNotFoundError, match="could not open TFDS 'cnn_dailymail'.*synthetic_summarize"
+  ) as e:
     tasks.source("cnn_dailymail", "train", 3, str(tmp_path))
   assert "\n" not in str(e.value)
 
@@ -65,5 +67,3 @@ def test_missing_tfds_data_is_a_clear_error(tmp_path):
 def test_unknown_dataset_is_a_clear_error():
   with pytest.raises(ValueError, match="unknown dataset"):
     tasks.source("imagenet", "train", 10)
-
-

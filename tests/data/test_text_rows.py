@@ -1,14 +1,15 @@
 """Rows of documents for the pretraining objectives (wgqa_jax.data.text_rows) and the pipeline that
 makes them: nothing lost, nothing crossing a document, resumable, split over processes."""
+
 import jax
 import numpy as np
 import pytest
+from references import uncorrupt
 
 from wgqa_jax import models
-from wgqa_jax.training import objectives
-from references import uncorrupt
 from wgqa_jax.data import pipeline, text_rows, tokenizers
 from wgqa_jax.models import llama
+from wgqa_jax.training import objectives
 
 EOS, PAD = 1, 0
 
@@ -26,16 +27,16 @@ def test_span_rows_are_t5_shaped_and_give_back_every_token_in_order():
   stream = np.concatenate(docs).tolist()
   n = -(-len(stream) // 568)
   assert rows["inputs"].shape == (n, 512) and rows["targets"].shape == (n, 114)
-  chunks = [uncorrupt(i, t, 499, 100, EOS)
-            for i, t in zip(rows["inputs"], rows["targets"])]
+  chunks = [uncorrupt(i, t, 499, 100, EOS) for i, t in zip(rows["inputs"], rows["targets"])]
   # every full row fills its 512 inputs and 114 targets exactly (EOS last, no padding)
   full = [r for r, c in enumerate(chunks) if len(c) == 568]
   assert len(full) == n - 1
   assert (rows["inputs"][full] != PAD).all() and (rows["targets"][full] != PAD).all()
   assert (rows["inputs"][full, -1] == EOS).all() and (rows["targets"][full, -1] == EOS).all()
   # the rows are the stream's chunks, shuffled: put back in order they are the stream
-  by_start = sorted(chunks, key=lambda c: next(s for s in range(0, len(stream), 568)
-                                               if stream[s:s + len(c)] == c))
+  by_start = sorted(
+    chunks, key=lambda c: next(s for s in range(0, len(stream), 568) if stream[s : s + len(c)] == c)
+  )
   assert sum(by_start, []) == stream
 
 
@@ -60,7 +61,7 @@ def reference_causal_rows(docs, length):
         tokens, seg, pos = [], [], []
       take = min(len(d) - start, length - len(tokens))
       s = (seg[-1] + 1) if seg else 1
-      tokens += d[start:start + take].tolist()
+      tokens += d[start : start + take].tolist()
       seg += [s] * take
       pos += list(range(take))
       start += take
@@ -74,8 +75,10 @@ def test_causal_rows_match_the_reference_and_split_long_documents():
   make = text_rows.CausalLMRows(32, PAD, cross_documents=False)
   rows = make.random_map(docs, np.random.default_rng(0))
   ref = reference_causal_rows(docs, 32)
-  got = sorted(zip(rows["tokens"], rows["segment_ids"], rows["positions"]),
-               key=lambda r: next(i for i, x in enumerate(ref) if np.array_equal(x[0], r[0])))
+  got = sorted(
+    zip(rows["tokens"], rows["segment_ids"], rows["positions"]),
+    key=lambda r: next(i for i, x in enumerate(ref) if np.array_equal(x[0], r[0])),
+  )
   assert len(got) == len(ref) == -(-sum(map(len, docs)) // 32)
   for (t, s, p), (rt, rs, rp) in zip(got, ref):
     np.testing.assert_array_equal(t, rt)
@@ -86,13 +89,15 @@ def test_causal_rows_match_the_reference_and_split_long_documents():
 def test_causal_rows_across_documents_are_one_segment():
   docs = documents([5, 40, 9])
   rows = text_rows.CausalLMRows(16, PAD, cross_documents=True).random_map(
-      docs, np.random.default_rng(0))
+    docs, np.random.default_rng(0)
+  )
   stream = np.concatenate(docs)
   full = rows["segment_ids"].min(axis=1) == 1
   assert full.sum() == len(stream) // 16
   assert (rows["positions"][full] == np.arange(16)).all()
   assert sorted(rows["tokens"][full].tolist()) == sorted(
-      stream[:len(stream) // 16 * 16].reshape(-1, 16).tolist())
+    stream[: len(stream) // 16 * 16].reshape(-1, 16).tolist()
+  )
 
 
 def test_causal_loss_on_a_packed_row_is_the_sum_of_each_documents_own_loss():
@@ -101,8 +106,9 @@ def test_causal_loss_on_a_packed_row_is_the_sum_of_each_documents_own_loss():
   cfg = models.preset("llama-tiny").replace(vocab_size=64)
   params = llama.init_params(cfg, jax.random.PRNGKey(0))
   docs = documents([7, 12, 9], low=3, high=64)
-  packed = text_rows.causal_rows(np.concatenate(docs), np.repeat(np.arange(3), [7, 12, 9]),
-                                 28, PAD, cross_documents=False)
+  packed = text_rows.causal_rows(
+    np.concatenate(docs), np.repeat(np.arange(3), [7, 12, 9]), 28, PAD, cross_documents=False
+  )
   loss = lambda rows: float(objectives.loss_sums(params, rows, None, cfg, 0.0, 0.0, False)[0])
   alone = [text_rows.causal_rows(d, np.zeros(len(d), np.int64), 28, PAD, False) for d in docs]
   np.testing.assert_allclose(loss(packed), sum(loss(a) for a in alone), rtol=1e-5)
@@ -112,6 +118,7 @@ def test_causal_loss_on_a_packed_row_is_the_sum_of_each_documents_own_loss():
 
 class WordTokenizer:
   """Each document is one id per word: tokens are traceable back to their document."""
+
   pad_id, eos_id, prefix, vocab_size, extra_ids = PAD, EOS, (2,), 1000, 100
 
   def encode(self, text):
@@ -140,7 +147,7 @@ def test_text_batches_resume_mid_window_exactly(objective):
   assert any(row for _, row in positions)
   for i in (2, 5, 9):
     again = pipeline.TrainBatches(docs, WordTokenizer(), layout, position=positions[i])
-    for b in batches[i:i + 3]:
+    for b in batches[i : i + 3]:
       got = next(again)
       assert all(np.array_equal(got[k], b[k]) for k in b)
 
@@ -165,7 +172,7 @@ def test_eval_rows_are_fixed_and_their_last_batch_is_padding():
   batches = list(pipeline.eval_row_batches(a, 5, PAD))
   n = len(a["tokens"])
   assert len(batches) == -(-n // 5)
-  assert (batches[-1]["segment_ids"][n % 5 or 5:] == 0).all()
+  assert (batches[-1]["segment_ids"][n % 5 or 5 :] == 0).all()
 
 
 def test_rows_per_example_counts_documents_of_a_window():

@@ -1,5 +1,6 @@
 """Tokenizers (wgqa_jax.data.tokenizers): bytes, and sentencepiece trained on the fly, cached,
 picklable for grain's worker processes, and fed only sentences it keeps."""
+
 import pickle
 
 from wgqa_jax.data import tasks, tokenizers

@@ -1,22 +1,24 @@
 """T5 through the decoding package (wgqa_jax.models.t5.decoding): KV-cached decoding equals uncached
 decoding and HF generate, and caches only G heads."""
+
 import jax
 import numpy as np
 import pytest
-
-from references import greedy_uncached
 from conftest import V10, V11, batch, make_hf_model
+from references import greedy_uncached
+
 from wgqa_jax import decoding
-from wgqa_jax.grouping import variants
-from wgqa_jax.store import hf as hf_io
 from wgqa_jax.decoding import GenerationConfig, search, strip
-from wgqa_jax.models.t5 import decoding as t5_decoding
+from wgqa_jax.grouping import variants
 from wgqa_jax.models import t5
+from wgqa_jax.models.t5 import decoding as t5_decoding
+from wgqa_jax.store import hf as hf_io
 
 
 def converted(spec, eos_boost=3.0):
   """A tiny HF model whose EOS logit is boosted so sequences really end, and our params of it."""
   import torch
+
   hf = make_hf_model(spec)
   with torch.no_grad():
     head = hf.lm_head.weight if not spec["tie_word_embeddings"] else None
@@ -33,11 +35,19 @@ def greedy(params, cfg, ids, max_new_tokens):
 
 def hf_generate(hf, ids, mask, max_len, **kw):
   import torch
+
   # use_cache=False: transformers sizes its cache by the encoder depth, and these tiny models
   # have unequal encoder/decoder depths on purpose.
-  out = hf.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
-                    max_new_tokens=max_len, do_sample=False, min_length=0,
-                    decoder_start_token_id=0, use_cache=False, **kw)
+  out = hf.generate(
+    input_ids=torch.tensor(ids),
+    attention_mask=torch.tensor(mask),
+    max_new_tokens=max_len,
+    do_sample=False,
+    min_length=0,
+    decoder_start_token_id=0,
+    use_cache=False,
+    **kw,
+  )
   return strip(out.numpy()[:, 1:])
 
 
@@ -57,10 +67,14 @@ def test_greedy_equals_hf_generate(tiny):
 def test_beam_search_equals_hf_generate(tiny, beams, alpha):
   hf, params, cfg = tiny
   ids, mask, _ = batch(cfg.vocab_size, b=4, s=13, seed=1)
-  ours = strip(decoding.generate(params, cfg, ids, GenerationConfig(
-      max_new_tokens=10, num_beams=beams, length_penalty=alpha)))
-  assert ours == hf_generate(hf, ids, mask, 10, num_beams=beams, length_penalty=alpha,
-                             early_stopping=False)
+  ours = strip(
+    decoding.generate(
+      params, cfg, ids, GenerationConfig(max_new_tokens=10, num_beams=beams, length_penalty=alpha)
+    )
+  )
+  assert ours == hf_generate(
+    hf, ids, mask, 10, num_beams=beams, length_penalty=alpha, early_stopping=False
+  )
 
 
 def test_some_sequences_end_early_so_eos_handling_is_exercised():
@@ -70,14 +84,15 @@ def test_some_sequences_end_early_so_eos_handling_is_exercised():
   assert any(r[-1] == cfg.eos_token_id and len(r) < 12 for r in rows), rows
 
 
-@pytest.mark.parametrize("variant,g,enc", [("mha", None, False), ("gqa", 2, False),
-                                           ("mqa", None, True), ("colrandwgqa", 3, False)])
+@pytest.mark.parametrize(
+  "variant,g,enc",
+  [("mha", None, False), ("gqa", 2, False), ("mqa", None, True), ("colrandwgqa", 3, False)],
+)
 def test_cached_equals_uncached(variant, g, enc):
   _, params, cfg = converted(V11)
   params, cfg = variants.from_mha(params, cfg, variant, g, group_encoder=enc, seed=1)
   ids, _, _ = batch(cfg.vocab_size, b=3, s=11, seed=2)
-  np.testing.assert_array_equal(greedy(params, cfg, ids, 10),
-                                greedy_uncached(params, ids, cfg, 10))
+  np.testing.assert_array_equal(greedy(params, cfg, ids, 10), greedy_uncached(params, ids, cfg, 10))
 
 
 def test_cache_holds_only_the_kv_heads():
@@ -101,8 +116,9 @@ def test_sampling_top_k_1_is_greedy_and_seeded():
   _, params, cfg = converted(V11)
   ids, _, _ = batch(cfg.vocab_size, b=3, s=11)
   key = jax.random.PRNGKey(5)
-  sampled = lambda **kw: decoding.generate(params, cfg, ids, GenerationConfig(
-      max_new_tokens=10, do_sample=True, **kw), key)
+  sampled = lambda **kw: decoding.generate(
+    params, cfg, ids, GenerationConfig(max_new_tokens=10, do_sample=True, **kw), key
+  )
   np.testing.assert_array_equal(sampled(top_k=1), greedy(params, cfg, ids, 10))
   a = sampled(temperature=1.5, top_k=0)
   np.testing.assert_array_equal(a, sampled(temperature=1.5, top_k=0))
@@ -119,8 +135,7 @@ def test_the_beam_loop_with_one_beam_is_greedy():
   @jax.jit
   def one_beam(params, ids):
     dec = t5_decoding.begin(params, cfg, ids, None, 1, gen.max_new_tokens)
-    return search.beam(dec, ids.shape[0], gen, cfg.eos_token_id, cfg.pad_token_id,
-                       cfg.vocab_size)
+    return search.beam(dec, ids.shape[0], gen, cfg.eos_token_id, cfg.pad_token_id, cfg.vocab_size)
 
   assert strip(one_beam(params, ids)) == strip(greedy(params, cfg, ids, 9))
 

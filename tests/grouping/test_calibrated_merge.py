@@ -1,14 +1,14 @@
-"""Calibrated merges (wgqa_jax.grouping.calibrated_merge) against independent references: numpy PCA of
-explicit activations (real, and complex per rotary plane), attention logits and outputs computed
+"""Calibrated merges (wgqa_jax.grouping.calibrated_merge) against independent references: numpy PCA
+of explicit activations (real, and complex per rotary plane), attention logits and outputs computed
 head by head, and whole models (the rotation step leaves logits unchanged)."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from wgqa_jax.grouping import calibrated_merge as cm
-from wgqa_jax.grouping import kv_merge
 from wgqa_jax import models
+from wgqa_jax.grouping import calibrated_merge as cm, kv_merge
 from wgqa_jax.models.attention import rotary
 
 D, H, DK, N = 12, 4, 4, 300
@@ -22,8 +22,12 @@ def activations(seed=0):
 
 def kernels(seed=1):
   rng = np.random.default_rng(seed)
-  return {"q": rng.standard_normal((D, H, DK)), "k": rng.standard_normal((D, H, DK)),
-          "v": rng.standard_normal((D, H, DK)), "o": rng.standard_normal((H, DK, D))}
+  return {
+    "q": rng.standard_normal((D, H, DK)),
+    "k": rng.standard_normal((D, H, DK)),
+    "v": rng.standard_normal((D, H, DK)),
+    "o": rng.standard_normal((H, DK, D)),
+  }
 
 
 def plane_maps(rng, scale: bool):
@@ -32,8 +36,9 @@ def plane_maps(rng, scale: bool):
   for h in range(H):
     for a, b in cm.planes(DK):
       t, r = rng.uniform(0, 2 * np.pi), (rng.uniform(0.5, 2) if scale else 1.0)
-      out[h][np.ix_([a, b], [a, b])] = r * np.array([[np.cos(t), -np.sin(t)],
-                                                     [np.sin(t), np.cos(t)]])
+      out[h][np.ix_([a, b], [a, b])] = r * np.array(
+        [[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]]
+      )
   return out
 
 
@@ -41,8 +46,9 @@ def logits_and_outputs(x, m, kv_index, rope: bool):
   """Per query head: attention logits (h, t, s) and outputs (t, d), head by head in numpy
   (rotary positions 0..N-1 when `rope`)."""
   pos = np.arange(len(x))
-  rot = lambda y: np.asarray(rotary(jnp.asarray(y)[None, :, None], pos, 10000.0))[0, :, 0] \
-      if rope else y
+  rot = lambda y: (
+    np.asarray(rotary(jnp.asarray(y)[None, :, None], pos, 10000.0))[0, :, 0] if rope else y
+  )
   logits, outs = [], []
   for h in range(H):
     g = kv_index[h]
@@ -55,8 +61,11 @@ def logits_and_outputs(x, m, kv_index, rope: bool):
 
 def copies_of_one_head(m, maps_k, maps_v):
   """m with every head's K (V) kernel head 0's times that head's map."""
-  return {**m, "k": np.stack([m["k"][:, 0] @ a for a in maps_k], axis=1),
-          "v": np.stack([m["v"][:, 0] @ a for a in maps_v], axis=1)}
+  return {
+    **m,
+    "k": np.stack([m["k"][:, 0] @ a for a in maps_k], axis=1),
+    "v": np.stack([m["v"][:, 0] @ a for a in maps_v], axis=1),
+  }
 
 
 def assert_same_attention(got, want):
@@ -85,8 +94,12 @@ def test_svd_equals_numpy_pca_of_the_stacked_keys():
     z = np.concatenate([x @ w[:, h] for h in heads], axis=1)  # (N, r dk)
     vt = np.linalg.svd(z, full_matrices=False)[2][:DK]
     ref = z @ vt.T @ vt
-    np.testing.assert_allclose(np.concatenate([ours[:, h] for h in heads], axis=1), ref,
-                               rtol=1e-6, atol=1e-6 * np.abs(ref).max())
+    np.testing.assert_allclose(
+      np.concatenate([ours[:, h] for h in heads], axis=1),
+      ref,
+      rtol=1e-6,
+      atol=1e-6 * np.abs(ref).max(),
+    )
 
 
 def test_rotary_svd_equals_complex_pca_per_plane():
@@ -114,12 +127,16 @@ def test_svd_is_exact_when_a_group_shares_one_subspace(rope):
   rotary) merge without changing any logit or output; mean-pooling them does change them."""
   x, gram = activations(4)
   rng = np.random.default_rng(5)
-  m = copies_of_one_head(kernels(6), plane_maps(rng, scale=True) if rope
-                         else rng.standard_normal((H, DK, DK)), rng.standard_normal((H, DK, DK)))
+  m = copies_of_one_head(
+    kernels(6),
+    plane_maps(rng, scale=True) if rope else rng.standard_normal((H, DK, DK)),
+    rng.standard_normal((H, DK, DK)),
+  )
   index = kv_merge.kv_index(H, 1)
   want = logits_and_outputs(x, m, np.arange(H), rope)
-  assert_same_attention(logits_and_outputs(x, cm.merge("svd", m, gram, index, rope), index,
-                                           rope), want)
+  assert_same_attention(
+    logits_and_outputs(x, cm.merge("svd", m, gram, index, rope), index, rope), want
+  )
   pooled = {**m, "k": kv_merge.mean_pool(m["k"], 1), "v": kv_merge.mean_pool(m["v"], 1)}
   assert not np.allclose(logits_and_outputs(x, pooled, index, rope)[0], want[0], rtol=1e-2)
 
@@ -135,8 +152,9 @@ def test_rotary_needs_the_constrained_maps():
   m["k"][:, :, 0] += 0.3 * rng.standard_normal((D, H))  # no longer exactly shared
   index = kv_merge.kv_index(H, 1)
   want = logits_and_outputs(x, m, np.arange(H), True)[0]
-  err = lambda r: np.abs(logits_and_outputs(x, cm.merge("svd", m, gram, index, r), index,
-                                            True)[0] - want).mean()
+  err = lambda r: np.abs(
+    logits_and_outputs(x, cm.merge("svd", m, gram, index, r), index, True)[0] - want
+  ).mean()
   assert err(True) < err(False)
 
 
@@ -145,14 +163,15 @@ def test_rotary_needs_the_constrained_maps():
 def test_aligned_is_exact_for_rotated_copies_of_one_head(rope):
   x, gram = activations(7)
   rng = np.random.default_rng(8)
-  orthogonal = lambda: np.stack([np.linalg.qr(rng.standard_normal((DK, DK)))[0]
-                                 for _ in range(H)])
-  m = copies_of_one_head(kernels(9), plane_maps(rng, scale=False) if rope else orthogonal(),
-                         orthogonal())
+  orthogonal = lambda: np.stack([np.linalg.qr(rng.standard_normal((DK, DK)))[0] for _ in range(H)])
+  m = copies_of_one_head(
+    kernels(9), plane_maps(rng, scale=False) if rope else orthogonal(), orthogonal()
+  )
   index = kv_merge.kv_index(H, 2)
   want = logits_and_outputs(x, m, np.arange(H), rope)
-  assert_same_attention(logits_and_outputs(x, cm.merge("aligned", m, gram, index, rope), index,
-                                           rope), want)
+  assert_same_attention(
+    logits_and_outputs(x, cm.merge("aligned", m, gram, index, rope), index, rope), want
+  )
 
 
 @pytest.mark.parametrize("rope", [False, True])
@@ -164,15 +183,19 @@ def test_rotation_step_changes_nothing_and_merges_reconstruct_in_order(rope):
   groups = cm.head_groups(kv_merge.kv_index(H, 2))
   qk, pv = cm.aligned_maps(gram, m["k"], groups, rope), cm.aligned_maps(gram, m["v"], groups)
   for maps in (qk, pv):
-    np.testing.assert_allclose(np.einsum("hij,hkj->hik", maps, maps), np.tile(np.eye(DK), (H, 1, 1)),
-                               atol=1e-10)
-  assert_same_attention(logits_and_outputs(x, cm.rotate(m, qk, pv), np.arange(H), rope),
-                        logits_and_outputs(x, m, np.arange(H), rope))
+    np.testing.assert_allclose(
+      np.einsum("hij,hkj->hik", maps, maps), np.tile(np.eye(DK), (H, 1, 1)), atol=1e-10
+    )
+  assert_same_attention(
+    logits_and_outputs(x, cm.rotate(m, qk, pv), np.arange(H), rope),
+    logits_and_outputs(x, m, np.arange(H), rope),
+  )
 
   keys = np.stack([x @ m["k"][:, h] for h in range(H)], axis=1)
 
   def error(maps, merged):
     return np.sum((reconstruction(x, merged, maps, groups) - keys) ** 2)
+
   eye = np.tile(np.eye(DK), (H, 1, 1))
   mean = error(eye, kv_merge.mean_pool(m["k"], 2))
   aligned = error(qk, cm.merge("aligned", m, gram, kv_merge.kv_index(H, 2), rope)["k"])
@@ -184,10 +207,12 @@ def test_rotation_step_changes_nothing_and_merges_reconstruct_in_order(rope):
 # ------------------------------------------------------------------------- whole models ----
 def _model_logits(cfg, params):
   ids = jnp.asarray(np.random.default_rng(0).integers(2, cfg.vocab_size, (2, 9)), jnp.int32)
-  if (cfg.family == 'llama'):
+  if cfg.family == 'llama':
     from wgqa_jax.models.llama import Llama
+
     return np.asarray(Llama(cfg).apply({"params": params}, ids))
   from wgqa_jax.models.t5 import T5
+
   return np.asarray(T5(cfg).apply({"params": params}, ids, ids[:, :5]))
 
 
@@ -196,19 +221,21 @@ def test_rotating_every_head_of_a_real_model_leaves_its_logits(arch):
   """The aligned step on a whole model (T5: any orthogonal map; Llama: per-plane rotations,
   which commute with RoPE). For Llama, unconstrained maps do change the logits."""
   from wgqa_jax.grouping import variants
+
   cfg = models.preset(arch)
   params = jax.device_get(models.family_of(cfg).init_params(cfg, jax.random.PRNGKey(1)))
-  rope = (cfg.family == 'llama')
+  rope = cfg.family == 'llama'
   rng = np.random.default_rng(0)
   h, dk = cfg.num_heads, cfg.head_dim if rope else cfg.d_kv
 
   def rotate(constrained):
     def fn(m, _path):
-      qk = np.stack([cm.procrustes(rng.standard_normal((dk, dk)), constrained)
-                     for _ in range(h)])
+      qk = np.stack([cm.procrustes(rng.standard_normal((dk, dk)), constrained) for _ in range(h)])
       pv = np.stack([np.linalg.qr(rng.standard_normal((dk, dk)))[0] for _ in range(h)])
       return cm.rotate({k: np.asarray(v) for k, v in m.items()}, qk, pv)
+
     return variants.map_modules(params, [p for p, _ in cfg.attention_modules()], fn)
+
   want = _model_logits(cfg, params)
   np.testing.assert_allclose(_model_logits(cfg, rotate(rope)), want, atol=1e-5, rtol=1e-5)
   if rope:
@@ -224,11 +251,13 @@ def test_proxy_error_of_mean_pooling_equals_explicit_activations():
   for name in ("k", "v"):
     heads = np.stack([x @ m[name][:, h] for h in range(H)], axis=1)  # (N, H, dk)
     pooled = np.stack([heads[:, index == g].mean(axis=1) for g in range(2)], axis=1)
-    errs.append(np.sum((heads - pooled[:, index]) ** 2) / np.sum(heads ** 2))
-  np.testing.assert_allclose(cm.proxy_error("mean", m, gram, index, False), np.mean(errs),
-                             rtol=1e-9)
-  assert cm.proxy_error("svd", m, gram, index, False) < cm.proxy_error("mean", m, gram, index,
-                                                                       False)
+    errs.append(np.sum((heads - pooled[:, index]) ** 2) / np.sum(heads**2))
+  np.testing.assert_allclose(
+    cm.proxy_error("mean", m, gram, index, False), np.mean(errs), rtol=1e-9
+  )
+  assert cm.proxy_error("svd", m, gram, index, False) < cm.proxy_error(
+    "mean", m, gram, index, False
+  )
 
 
 @pytest.mark.parametrize("rope", [False, True])
@@ -245,20 +274,24 @@ def test_search_finds_planted_groups_and_then_merges_exactly(rope):
     family = np.array([0, 1, 1, 0, 1, 0, 0, 1])
     for name in ("k", "v"):
       base = rng.standard_normal((D, 2, DK))
-      maps = plane_maps(rng, scale=True) if (rope and name == "k") else \
-          rng.standard_normal((H, DK, DK))
+      maps = (
+        plane_maps(rng, scale=True) if (rope and name == "k") else rng.standard_normal((H, DK, DK))
+      )
       m[name] = np.stack([base[:, family[h]] @ maps[h] for h in range(H)], axis=1)
     groups = cm.search_groups(m, gram, 2, rope)
     assert sorted(map(sorted, groups)) == [[0, 3, 5, 6], [1, 2, 4, 7]]
     index = kv_merge.kv_index(H, 2)
     want = logits_and_outputs(x, m, np.arange(H), rope)
-    got = logits_and_outputs(x, cm.merge("search", m, gram, index, rope, reorderable=True),
-                             index, rope)
+    got = logits_and_outputs(
+      x, cm.merge("search", m, gram, index, rope, reorderable=True), index, rope
+    )
     perm = [h for g in groups for h in g]  # the heads moved: head perm[i] is now at i
     np.testing.assert_allclose(got[0], want[0][perm], rtol=1e-5, atol=1e-5 * np.abs(want[0]).max())
     np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-5 * np.abs(want[1]).max())
-    for kept in (cm.merge("svd", m, gram, index, rope),
-                 cm.merge("search", m, gram, index, rope, reorderable=False)):
+    for kept in (
+      cm.merge("svd", m, gram, index, rope),
+      cm.merge("search", m, gram, index, rope, reorderable=False),
+    ):
       assert not np.allclose(logits_and_outputs(x, kept, index, rope)[1], want[1], rtol=1e-2)
   finally:
     H = saved

@@ -1,20 +1,21 @@
-"""Per-module KV heads (a KV budget spread over modules, wgqa_jax.grouping.kv_budget): the allocation
-against brute force, and models, decode caches, checkpoints, fold and export built from a
+"""Per-module KV heads (a KV budget spread over modules, wgqa_jax.grouping.kv_budget): the
+allocation against brute force, and models, decode caches, checkpoints, fold and export built from a
 grouping whose modules have their own G."""
+
 import itertools
 
 import jax
 import numpy as np
 import pytest
-
-from references import greedy_uncached
 from conftest import batch, hf_logits
-from wgqa_jax.training import calibration
+from references import greedy_uncached
+
 from wgqa_jax import decoding, models
-from wgqa_jax.store import hf, params_io
-from wgqa_jax.grouping import kv_budget, variants
 from wgqa_jax.decoding import GenerationConfig
+from wgqa_jax.grouping import kv_budget, variants
 from wgqa_jax.models import t5
+from wgqa_jax.store import hf, params_io
+from wgqa_jax.training import calibration
 from wgqa_jax.training.objectives import forward
 
 
@@ -26,15 +27,21 @@ def test_allocation_equals_brute_force(seed):
   errors = {f"m{i}": dict(zip(choices, np.sort(rng.random(4))[::-1])) for i in range(4)}
   total = int(rng.integers(4, 20))
   got = kv_budget.allocate(errors, total)
-  best = min((sum(errors[m][g] for m, g in zip(errors, gs)), gs)
-             for gs in itertools.product(choices, repeat=4) if sum(gs) <= total)
+  best = min(
+    (sum(errors[m][g] for m, g in zip(errors, gs)), gs)
+    for gs in itertools.product(choices, repeat=4)
+    if sum(gs) <= total
+  )
   assert sum(errors[m][g] for m, g in got.items()) == pytest.approx(best[0])
   assert sum(got.values()) <= total and list(got) == list(errors)
 
 
 def test_a_budget_below_one_head_per_module_is_refused():
-  with pytest.raises(ValueError, match="a budget of 3 KV heads cannot cover 4 attention modules "
-                                       r"\(at least 4\)"):
+  with pytest.raises(
+    ValueError,
+    match="a budget of 3 KV heads cannot cover 4 attention modules "
+    r"\(at least 4\)",
+  ):
     kv_budget.allocate({f"m{i}": {1: 1.0, 2: 0.5} for i in range(4)}, 3)
 
 
@@ -42,9 +49,11 @@ def test_proxy_allocation_never_does_worse_than_uniform():
   cfg = models.preset("llama-tiny-8head")
   params = jax.device_get(models.family_of(cfg).init_params(cfg, jax.random.PRNGKey(0)))
   rng = np.random.default_rng(0)
-  rows = {"tokens": rng.integers(3, 500, (4, 24)).astype(np.int32),
-          "segment_ids": np.ones((4, 24), np.int32),
-          "positions": np.tile(np.arange(24), (4, 1)).astype(np.int32)}
+  rows = {
+    "tokens": rng.integers(3, 500, (4, 24)).astype(np.int32),
+    "segment_ids": np.ones((4, 24), np.int32),
+    "positions": np.tile(np.arange(24), (4, 1)).astype(np.int32),
+  }
   stats = calibration.collect(params, cfg, iter([rows]), 1, desc=None)
   read = lambda path: params[path[0]][path[1]][path[2]]
   errors = kv_budget.module_errors(read, cfg, stats, "svd")
@@ -68,12 +77,16 @@ def per_module(arch, seed=0):
 
 def rows_for(cfg):
   rng = np.random.default_rng(1)
-  if (cfg.family == 'llama'):
-    return {"tokens": rng.integers(3, 500, (2, 12)).astype(np.int32),
-            "segment_ids": np.ones((2, 12), np.int32),
-            "positions": np.tile(np.arange(12), (2, 1)).astype(np.int32)}
-  return {"inputs": rng.integers(3, 500, (2, 12)).astype(np.int32),
-          "targets": rng.integers(3, 500, (2, 5)).astype(np.int32)}
+  if cfg.family == 'llama':
+    return {
+      "tokens": rng.integers(3, 500, (2, 12)).astype(np.int32),
+      "segment_ids": np.ones((2, 12), np.int32),
+      "positions": np.tile(np.arange(12), (2, 1)).astype(np.int32),
+    }
+  return {
+    "inputs": rng.integers(3, 500, (2, 12)).astype(np.int32),
+    "targets": rng.integers(3, 500, (2, 5)).astype(np.int32),
+  }
 
 
 @pytest.mark.parametrize("arch", ["tiny", "llama-tiny"])
@@ -87,8 +100,9 @@ def test_each_module_holds_its_own_kv_heads_and_equals_its_mha_expansion(arch):
   assert "KV heads per module 1,2" in cfg.grouping.describe(cfg.num_heads)
   mha, mha_cfg = variants.expand_to_mha(params, cfg)
   rows = rows_for(cfg)
-  np.testing.assert_allclose(forward(params, rows, cfg)[0], forward(mha, rows, mha_cfg)[0],
-                             atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(
+    forward(params, rows, cfg)[0], forward(mha, rows, mha_cfg)[0], atol=1e-5, rtol=1e-5
+  )
   with pytest.raises(ValueError, match="cannot be scanned"):
     cfg.replace(scan_layers=True)
 
@@ -97,12 +111,18 @@ def test_t5_cache_holds_each_modules_heads_and_cached_decoding_equals_uncached()
   params, cfg, heads = per_module("tiny", seed=2)
   ids = np.random.default_rng(3).integers(2, 500, (3, 9)).astype(np.int32)
   np.testing.assert_array_equal(
-      decoding.generate(params, cfg, ids, GenerationConfig(max_new_tokens=8)),
-      greedy_uncached(params, ids, cfg, 8))
+    decoding.generate(params, cfg, ids, GenerationConfig(max_new_tokens=8)),
+    greedy_uncached(params, ids, cfg, 8),
+  )
   per_head = 2 * cfg.d_kv * 4
-  want = sum(heads[("decoder", f"layers_{i}", "self_attention")] * 10
-             + heads[("decoder", f"layers_{i}", "cross_attention")] * 9
-             for i in range(cfg.num_decoder_layers)) * per_head
+  want = (
+    sum(
+      heads[("decoder", f"layers_{i}", "self_attention")] * 10
+      + heads[("decoder", f"layers_{i}", "cross_attention")] * 9
+      for i in range(cfg.num_decoder_layers)
+    )
+    * per_head
+  )
   assert decoding.cache_bytes(cfg, 1, 9, 10) == want
 
 
@@ -113,8 +133,10 @@ def test_llama_per_layer_cache_decodes_as_its_mha_expansion():
   mask = np.ones_like(ids)
   mask[1, :3] = 0
   gen = GenerationConfig(max_new_tokens=9)
-  np.testing.assert_array_equal(decoding.generate(params, cfg, ids, gen, attention_mask=mask),
-                                decoding.generate(mha, mha_cfg, ids, gen, attention_mask=mask))
+  np.testing.assert_array_equal(
+    decoding.generate(params, cfg, ids, gen, attention_mask=mask),
+    decoding.generate(mha, mha_cfg, ids, gen, attention_mask=mask),
+  )
   assert decoding.cache_bytes(cfg, 1, 7, 9) == sum(heads.values()) * 16 * 2 * 16 * 4
 
 
@@ -136,12 +158,14 @@ def test_wgqa_with_per_module_heads_folds_into_the_same_function():
   folded, folded_cfg = variants.fold(new, new_cfg)
   assert folded["layers_0"]["attention"]["k"].shape[1] == 1
   rows = rows_for(cfg)
-  np.testing.assert_allclose(forward(folded, rows, folded_cfg)[0], forward(new, rows, new_cfg)[0],
-                             atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(
+    forward(folded, rows, folded_cfg)[0], forward(new, rows, new_cfg)[0], atol=1e-5, rtol=1e-5
+  )
 
 
 def test_t5_export_expands_each_module_and_hf_computes_our_logits(tmp_path):
   from transformers import T5ForConditionalGeneration
+
   params, cfg, _ = per_module("tiny", seed=7)
   hf.save_hf(params, cfg, str(tmp_path))
   back = T5ForConditionalGeneration.from_pretrained(str(tmp_path)).eval()
@@ -160,8 +184,9 @@ def test_llama_export_of_per_layer_heads_is_refused_in_one_line(tmp_path):
 
 def test_bad_module_heads_are_refused():
   cfg = models.preset("llama-tiny")
-  with pytest.raises(ValueError, match="module layers_0/attention has 3 KV heads, which do not "
-                                       "divide num_heads=4"):
+  with pytest.raises(
+    ValueError, match="module layers_0/attention has 3 KV heads, which do not divide num_heads=4"
+  ):
     variants.grouped_config(cfg, "gqa", 2, module_kv_heads={("layers_0", "attention"): 3})
   with pytest.raises(ValueError, match="names layers_9/attention, which is not a grouped"):
     variants.grouped_config(cfg, "gqa", 2, module_kv_heads={("layers_9", "attention"): 2})

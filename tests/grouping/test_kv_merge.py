@@ -1,12 +1,14 @@
-"""Merging K/V heads into groups (wgqa_jax.grouping.kv_merge) against plain-numpy loops: mean pooling,
+"""Merging K/V heads into groups (wgqa_jax.grouping.kv_merge) against plain-numpy loops: mean
+pooling,
 expansion back to MHA, WGQA weighted sums."""
+
 import numpy as np
 import pytest
-
 from references import ref_weighted_sum
+
 from wgqa_jax.grouping import kv_merge
-from wgqa_jax.models.t5.config import T5Config
 from wgqa_jax.grouping.variants import Grouping
+from wgqa_jax.models.t5.config import T5Config
 
 
 # ---------------------------------------------------------------- numpy references (loops) ----
@@ -26,15 +28,18 @@ def test_mean_pool_and_expand_match_reference(g):
   np.testing.assert_allclose(kv_merge.mean_pool(kernel, g), ref_mean_pool(kernel, g), atol=1e-6)
   expanded = kv_merge.expand(kv_merge.mean_pool(kernel, g), 6)
   for head in range(6):
-    np.testing.assert_array_equal(expanded[:, head], kv_merge.mean_pool(kernel, g)[:, head // (6 // g)])
+    np.testing.assert_array_equal(
+      expanded[:, head], kv_merge.mean_pool(kernel, g)[:, head // (6 // g)]
+    )
 
 
 @pytest.mark.parametrize("shape", [(6,), (6, 4)])
 def test_weighted_sum_matches_reference(shape):
   rng = np.random.RandomState(1)
   kernel, w = rng.randn(5, 6, 4).astype(np.float32), rng.randn(*shape).astype(np.float32)
-  np.testing.assert_allclose(kv_merge.weighted_sum(kernel, w, 2), ref_weighted_sum(kernel, w, 2),
-                             atol=1e-5)
+  np.testing.assert_allclose(
+    kv_merge.weighted_sum(kernel, w, 2), ref_weighted_sum(kernel, w, 2), atol=1e-5
+  )
 
 
 def test_grouping_rejects_indivisible_heads():

@@ -1,14 +1,15 @@
 """analysis (WGQA weight plots, t-tests, curves) and the sweep CLI, end to end on tiny runs."""
+
 import json
 import os
 
 import numpy as np
 import pytest
+from builders import tiny
 
 from wgqa_jax.lab import analysis
 from wgqa_jax.tools import sweep
 from wgqa_jax.training import trainer
-from builders import tiny
 
 
 def test_ttest_matches_the_formula():
@@ -35,11 +36,28 @@ def test_weights_plots_and_curves_from_a_wgqa_run(tmp_path):
 
 def test_sweep_runs_variants_from_one_mha_checkpoint(tmp_path):
   out = tmp_path / "sweep"
-  sets = ["--config.data.max_input_length=64", "--config.data.max_target_length=16",
-          "--config.optim.batch_size=8", "--config.eval.examples=8", "--config.eval.batch_size=8",
-          "--config.log_every=5", "--config.data.train_examples=256"]
-  assert sweep.main(["--config=configs/tiny.py", f"--out={out}", "--variants=gqa,wgqa",
-                     "--pretrain_steps=10", "--steps=6", *sets]) == 0
+  sets = [
+    "--config.data.max_input_length=64",
+    "--config.data.max_target_length=16",
+    "--config.optim.batch_size=8",
+    "--config.eval.examples=8",
+    "--config.eval.batch_size=8",
+    "--config.log_every=5",
+    "--config.data.train_examples=256",
+  ]
+  assert (
+    sweep.main(
+      [
+        "--config=configs/tiny.py",
+        f"--out={out}",
+        "--variants=gqa,wgqa",
+        "--pretrain_steps=10",
+        "--steps=6",
+        *sets,
+      ]
+    )
+    == 0
+  )
   r = json.load(open(out / "results.json"))
   assert set(r["results"]) == {"gqa", "wgqa"} and r["init_from"].endswith("pretrain_mha/final")
   table = (out / "results.md").read_text()
@@ -47,7 +65,9 @@ def test_sweep_runs_variants_from_one_mha_checkpoint(tmp_path):
   assert "Right after conversion (step 0)" in table and "nan" not in table
   assert (out / "analysis" / "wgqa_weights_wgqa.png").exists()
   # same vocabulary everywhere
-  assert (out / "wgqa" / "spm.model").read_bytes() == (out / "pretrain_mha" / "spm.model").read_bytes()
+  assert (out / "wgqa" / "spm.model").read_bytes() == (
+    out / "pretrain_mha" / "spm.model"
+  ).read_bytes()
 
 
 def test_sweep_rejects_bad_variants_before_training(tmp_path):

@@ -1,30 +1,52 @@
 """The Pareto tool (wgqa_jax.pareto): every method x budget from one MHA checkpoint, the table,
 json and plot, the frontier, resuming, and its one-line refusals before any training."""
+
 import json
 import os
 
 import pytest
 
 from wgqa_jax.lab import pareto_report
-from wgqa_jax.tools import pareto
 from wgqa_jax.lab.pareto_report import Point
+from wgqa_jax.tools import pareto
 
-SETS = ["--config.data.max_input_length=48", "--config.data.max_target_length=16",
-        "--config.optim.batch_size=8", "--config.eval.examples=8", "--config.eval.batch_size=8",
-        "--config.log_every=5", "--config.data.train_examples=64",
-        "--config.grouping.calibration_batches=2"]
+SETS = [
+  "--config.data.max_input_length=48",
+  "--config.data.max_target_length=16",
+  "--config.optim.batch_size=8",
+  "--config.eval.examples=8",
+  "--config.eval.batch_size=8",
+  "--config.log_every=5",
+  "--config.data.train_examples=64",
+  "--config.grouping.calibration_batches=2",
+]
 
 
 def test_pareto_runs_every_method_and_budget_and_resumes(tmp_path):
   out = tmp_path / "pareto"
-  args = ["--config=configs/llama_uptrain.py:tiny", f"--out={out}",
-          "--methods=mean,svd,search,allocated",
-          "--budgets=1/2,1/4", "--pretrain_steps=8", "--steps=3", *SETS]
+  args = [
+    "--config=configs/llama_uptrain.py:tiny",
+    f"--out={out}",
+    "--methods=mean,svd,search,allocated",
+    "--budgets=1/2,1/4",
+    "--pretrain_steps=8",
+    "--steps=3",
+    *SETS,
+  ]
   assert pareto.main(args) == 0
   r = json.load(open(out / "results.json"))
   points = {(p["method"], p["kv_heads"]): p for p in r["points"]}
-  assert set(points) == {("mha", 4), ("mean", 2), ("svd", 2), ("search", 2), ("allocated", 2),
-                         ("mean", 1), ("svd", 1), ("search", 1), ("allocated", 1)}
+  assert set(points) == {
+    ("mha", 4),
+    ("mean", 2),
+    ("svd", 2),
+    ("search", 2),
+    ("allocated", 2),
+    ("mean", 1),
+    ("svd", 1),
+    ("search", 1),
+    ("allocated", 1),
+  }
   # allocated: the same heads in all (here 2 x 2 or 1 x 2), spread over the two layers
   for g in (2, 1):
     assert points["allocated", g]["bytes_per_token"] <= points["svd", g]["bytes_per_token"]
@@ -55,27 +77,46 @@ def test_pareto_runs_every_method_and_budget_and_resumes(tmp_path):
 
 def test_frontier_marks_the_dominated_points():
   pt = lambda m, b, loss: Point(m, 0, "", b, {"loss": loss}, {"loss": loss}, "")
-  points = [pt("a", 100, 1.0), pt("b", 50, 2.0), pt("c", 50, 1.5), pt("d", 100, 1.5),
-            pt("e", 25, 3.0)]
+  points = [
+    pt("a", 100, 1.0),
+    pt("b", 50, 2.0),
+    pt("c", 50, 1.5),
+    pt("d", 100, 1.5),
+    pt("e", 25, 3.0),
+  ]
   assert pareto_report.dominated(points, "after") == {1, 3}
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--budgets=1/3"], "budget 1/3 of 4 heads is not a whole number of KV heads dividing 4: "
-                        "choose among ['1/4', '1/2', '1']"),
+@pytest.mark.parametrize(
+  "flags, message",
+  [
+    (
+      ["--budgets=1/3"],
+      "budget 1/3 of 4 heads is not a whole number of KV heads dividing 4: "
+      "choose among ['1/4', '1/2', '1']",
+    ),
     (["--budgets=half"], "budget 'half' is not a fraction like 1/4"),
     (["--methods=mqa"], "method 'mqa' fixes its own KV heads"),
     (["--methods=svdd"], "unknown variant 'svdd' (did you mean 'svd'?)"),
-    (["--methods=svd", "--config.grouping.calibration_batches=0"],
-     "config.grouping.calibration_batches=0: svd calibrates its merge on training batches"),
+    (
+      ["--methods=svd", "--config.grouping.calibration_batches=0"],
+      "config.grouping.calibration_batches=0: svd calibrates its merge on training batches",
+    ),
     (["--steps=0"], "--steps=0: at least 1"),
-    (["--methods=allocated", "--config.model.scan_layers=True"],
-     "cannot be scanned: set model.scan_layers=False"),
-    (["--methods=mean", "--config.grouping.layer_budget=proxy"],
-     "spreading KV heads by calibration error needs a calibrated variant"),
-    (["--pretrain_steps=0"], "pareto converts one MHA checkpoint: pass "
-                             "--config.model.init_from=DIR"),
-])
+    (
+      ["--methods=allocated", "--config.model.scan_layers=True"],
+      "cannot be scanned: set model.scan_layers=False",
+    ),
+    (
+      ["--methods=mean", "--config.grouping.layer_budget=proxy"],
+      "spreading KV heads by calibration error needs a calibrated variant",
+    ),
+    (
+      ["--pretrain_steps=0"],
+      "pareto converts one MHA checkpoint: pass --config.model.init_from=DIR",
+    ),
+  ],
+)
 def test_bad_input_fails_in_one_line_before_any_work(tmp_path, flags, message):
   out = tmp_path / "out"
   base = ["--config=configs/llama_uptrain.py:tiny", f"--out={out}", "--pretrain_steps=5"]

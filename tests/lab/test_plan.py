@@ -1,24 +1,32 @@
 """The planner: the real train step compiled for N fake devices, XLA's per-device memory."""
+
 import json
 import subprocess
 import sys
 
 import pytest
 
-from wgqa_jax.store.resolve import resolve
 from wgqa_jax.lab import plan
+from wgqa_jax.store.resolve import resolve
 from wgqa_jax.training.config import base_config, tiny_config
 
 
 def run_plan(*flags):
-  return subprocess.run([sys.executable, "-m", "wgqa_jax.plan", *flags], capture_output=True,
-                        text=True, timeout=300)
+  return subprocess.run(
+    [sys.executable, "-m", "wgqa_jax.plan", *flags], capture_output=True, text=True, timeout=300
+  )
 
 
 def test_cli_prints_a_table_and_one_json_line_for_n_devices():
-  r = run_plan("--config=configs/llama_tiny.py", "--devices=4", "--config.mesh.data=1",
-               "--config.mesh.fsdp=-1", "--config.optim.batch_size=8",
-               "--config.model.remat=full", "--device_memory_gib=0.001")
+  r = run_plan(
+    "--config=configs/llama_tiny.py",
+    "--devices=4",
+    "--config.mesh.data=1",
+    "--config.mesh.fsdp=-1",
+    "--config.optim.batch_size=8",
+    "--config.model.remat=full",
+    "--device_memory_gib=0.001",
+  )
   assert r.returncode == 0, r.stderr[-2000:]
   out = json.loads(r.stdout.strip().splitlines()[-1])
   assert out["mesh"] == {"data": 1, "fsdp": 4, "model": 1}
@@ -32,14 +40,27 @@ def test_cli_prints_a_table_and_one_json_line_for_n_devices():
   assert "total / device" in r.stdout and "fits" in r.stdout
 
 
-@pytest.mark.parametrize("flags,message", [
+@pytest.mark.parametrize(
+  "flags,message",
+  [
     (["--config=configs/tiny.py"], "pass --devices=N"),
-    (["--config=configs/tiny.py", "--devices=3", "--config.mesh.model=2"],
-     "does not divide the 3 devices"),
-    (["--config=configs/tiny.py", "--devices=8", "--config.mesh.fsdp=8",
-      "--config.mesh.data=1", "--config.optim.batch_size=12"], "make the batch a multiple of 8"),
+    (
+      ["--config=configs/tiny.py", "--devices=3", "--config.mesh.model=2"],
+      "does not divide the 3 devices",
+    ),
+    (
+      [
+        "--config=configs/tiny.py",
+        "--devices=8",
+        "--config.mesh.fsdp=8",
+        "--config.mesh.data=1",
+        "--config.optim.batch_size=12",
+      ],
+      "make the batch a multiple of 8",
+    ),
     (["--config=configs/scale.py:llama-3", "--devices=8"], "choose from"),
-])
+  ],
+)
 def test_bad_input_is_one_line_and_exit_2(flags, message):
   r = run_plan(*flags)
   assert r.returncode == 2, r.stderr[-2000:]
@@ -49,11 +70,13 @@ def test_bad_input_is_one_line_and_exit_2(flags, message):
 
 def test_fsdp_divides_params_and_optimizer_state_per_device():
   """On the 8 devices of this process: FSDP 8 holds 1/8 of what pure data parallelism holds."""
+
   def one(**mesh):
     c = tiny_config()
     c.optim.batch_size = 8
     c.mesh.update(mesh)
     return plan.plan(c)["per_device_bytes"]
+
   dp, fsdp = one(data=8, fsdp=1), one(data=1, fsdp=8)
   assert fsdp["params"] < dp["params"] / 6
   assert fsdp["opt_state"] < dp["opt_state"] / 6
@@ -72,6 +95,7 @@ def test_the_model_config_is_the_runs_grouped_config_with_the_accelerators_matmu
 def test_a_calibrated_variant_is_planned_with_its_calibration_step():
   """svd first runs the MHA model on a batch: the planner compiles that step too (scanned when
   the run's layers are), and a run fits only if both steps do."""
+
   def config(**model):
     c = tiny_config()
     c.optim.batch_size = 8
@@ -79,12 +103,15 @@ def test_a_calibrated_variant_is_planned_with_its_calibration_step():
     c.grouping.variant = "svd"
     c.model.update(model)
     return c
+
   r = plan.plan(config())
   assert plan.plan(config(scan_layers=True))["calibration_per_device_bytes"] > 0
   assert plan.plan(tiny_config())["calibration_per_device_bytes"] is None  # wgqa: none
   assert "calibration / device" in plan.table(r)
-  calib, peak = r["calibration_per_device_bytes"], max(r["per_device_bytes"]["total"],
-                                                       r["calibration_per_device_bytes"])
+  calib, peak = (
+    r["calibration_per_device_bytes"],
+    max(r["per_device_bytes"]["total"], r["calibration_per_device_bytes"]),
+  )
   assert plan.plan(config(), peak * 1.01 / plan.GIB, 1.0)["fits"]
   assert not plan.plan(config(), calib * 0.99 / plan.GIB, 1.0)["fits"]
 
@@ -101,9 +128,19 @@ def test_a_layer_budget_run_is_planned_with_the_kv_heads_it_trains(tmp_path):
   from wgqa_jax import decoding
   from wgqa_jax.store import params_io
   from wgqa_jax.training import trainer
-  c = tiny(**{"model.arch": "tiny-8head", "grouping.variant": "svd", "grouping.kv_heads": 2,
-              "grouping.layer_budget": "proxy", "grouping.calibration_batches": 2,
-              "num_train_steps": 2, "checkpoint.every": 2, "log_every": 1})
+
+  c = tiny(
+    **{
+      "model.arch": "tiny-8head",
+      "grouping.variant": "svd",
+      "grouping.kv_heads": 2,
+      "grouping.layer_budget": "proxy",
+      "grouping.calibration_batches": 2,
+      "num_train_steps": 2,
+      "checkpoint.every": 2,
+      "log_every": 1,
+    }
+  )
   trainer.train(c, str(tmp_path))
   params, trained = params_io.load(str(tmp_path / "final"))
   heads = dict(trained.grouping.module_kv_heads)
@@ -126,5 +163,6 @@ def test_the_planner_places_params_by_the_configs_sharding_rules():
     c.optim.batch_size = 8
     c.mesh.update(data=1, fsdp=4, model=2, **rules)
     return plan.plan(c)["per_device_bytes"]["params"]
+
   split, unsplit_mlp = params_per_device(), params_per_device(param_rules="mlp=none")
   assert unsplit_mlp > split * 1.1  # the MLP weights are now only fsdp-split

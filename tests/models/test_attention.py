@@ -1,14 +1,16 @@
-"""The grouped attention module (wgqa_jax.models.attention) against textbook attention in numpy, where
+"""The grouped attention module (wgqa_jax.models.attention) against textbook attention in numpy,
+where
 query head h reads KV head h // (H / G): every G, WGQA weights, broadcast padding biases."""
+
 import flax.linen as nn
 import jax
 import numpy as np
 import pytest
-
 from references import ref_weighted_sum
+
+from wgqa_jax.grouping.variants import Grouping
 from wgqa_jax.models import t5
 from wgqa_jax.models.t5.config import T5Config
-from wgqa_jax.grouping.variants import Grouping
 
 
 def ref_attention(xq, xkv, q, k, v, o, bias):
@@ -27,8 +29,13 @@ def ref_attention(xq, xkv, q, k, v, o, bias):
 
 @pytest.mark.parametrize("g,wgqa", [(6, "none"), (2, "none"), (1, "none"), (3, "row"), (2, "col")])
 def test_attention_module_matches_numpy_reference(g, wgqa):
-  cfg = T5Config(d_model=16, d_kv=4, num_heads=6, dropout_rate=0.0,
-                 grouping=Grouping(kv_heads=g, weights=wgqa, weights_init="normal"))
+  cfg = T5Config(
+    d_model=16,
+    d_kv=4,
+    num_heads=6,
+    dropout_rate=0.0,
+    grouping=Grouping(kv_heads=g, weights=wgqa, weights_init="normal"),
+  )
   rng = np.random.RandomState(2)
   xq, xkv = rng.randn(2, 5, 16).astype(np.float32), rng.randn(2, 7, 16).astype(np.float32)
   bias = rng.randn(1, 6, 5, 7).astype(np.float32)
@@ -44,5 +51,6 @@ def test_attention_module_matches_numpy_reference(g, wgqa):
   # A padding-style bias (one row for all heads) broadcasts over heads.
   mask_bias = np.where(rng.rand(2, 1, 1, 7) > 0.3, 0.0, -1e9).astype(np.float32)
   got = np.asarray(attn.apply({"params": params}, xq, xkv, mask_bias))
-  np.testing.assert_allclose(got, ref_attention(xq, xkv, params["q"], k, v, params["o"],
-                                                mask_bias), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(
+    got, ref_attention(xq, xkv, params["q"], k, v, params["o"], mask_bias), rtol=1e-4, atol=1e-5
+  )

@@ -1,4 +1,5 @@
 """wgqa_jax.models.ops: the dense contraction every model uses, and its CPU weight gradient."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,11 +15,13 @@ def test_dense_and_its_cpu_weight_gradient_match_numpy():
     w = rng.standard_normal(w_shape).astype(np.float32)
     dy = rng.standard_normal(x_shape[:-n_in] + w_shape[n_in:]).astype(np.float32)
     axes = (list(range(x.ndim - n_in, x.ndim)), list(range(n_in)))
-    np.testing.assert_allclose(ops.dense(x, w, n_in), np.tensordot(x, w, axes), rtol=1e-5,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+      ops.dense(x, w, n_in), np.tensordot(x, w, axes), rtol=1e-5, atol=1e-5
+    )
     gx, gw = jax.grad(lambda a, b: jnp.sum(ops.dense(a, b, n_in) * dy), argnums=(0, 1))(x, w)
     out_axes = list(range(x.ndim - n_in, dy.ndim))
-    np.testing.assert_allclose(gx, np.tensordot(dy, w, (out_axes, list(range(n_in, w.ndim)))),
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+      gx, np.tensordot(dy, w, (out_axes, list(range(n_in, w.ndim)))), rtol=1e-4, atol=1e-4
+    )
     lead = list(range(x.ndim - n_in))
     np.testing.assert_allclose(gw, np.tensordot(x, dy, (lead, lead)), rtol=1e-4, atol=1e-4)

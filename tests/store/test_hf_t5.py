@@ -1,21 +1,24 @@
-"""Hugging Face T5 checkpoints <-> our params (wgqa_jax.store.hf): exact round trips, grouped exports
+"""Hugging Face T5 checkpoints <-> our params (wgqa_jax.store.hf): exact round trips, grouped
+exports
 HF loads with our logits, pytorch_model.bin, and clear errors. (Llama: test_hf_llama.py.)"""
+
 import json
 import os
 
 import numpy as np
 import pytest
-
 from conftest import V10, batch, hf_logits, make_hf_model
+
 from wgqa_jax.core.errors import UserError
-from wgqa_jax.store import hf as hf_io
 from wgqa_jax.grouping import variants
 from wgqa_jax.models import t5
 from wgqa_jax.models.t5.config import T5Config
+from wgqa_jax.store import hf as hf_io
 
 
 def _load_hf(path):
   from transformers import T5ForConditionalGeneration
+
   return T5ForConditionalGeneration.from_pretrained(path).eval()
 
 
@@ -36,8 +39,9 @@ def test_mha_export_round_trip_is_exact(hf_checkpoint, tmp_path):
 @pytest.mark.parametrize("variant", ["gqa", "mqa", "wgqa"])
 def test_grouped_export_loads_in_hf_and_matches(hf_checkpoint, tmp_path, variant):
   _, path = hf_checkpoint
-  params, cfg = variants.from_mha(*hf_io.from_hf(path), variant, 2,
-                                  group_encoder=(variant == "wgqa"))
+  params, cfg = variants.from_mha(
+    *hf_io.from_hf(path), variant, 2, group_encoder=(variant == "wgqa")
+  )
   if variant == "wgqa":  # uneven, as after uptraining
     for s, l, m in variants.grouped_paths(cfg):
       params[s][l][m]["wv"] = params[s][l][m]["wv"] * np.linspace(0.2, 1.5, cfg.num_heads)
@@ -50,14 +54,19 @@ def test_grouped_export_loads_in_hf_and_matches(hf_checkpoint, tmp_path, variant
 
 def test_pytorch_bin_checkpoint(tmp_path):
   import torch
+
   hf = make_hf_model(V10)
   hf.save_pretrained(str(tmp_path))
   os.remove(tmp_path / "model.safetensors")
   torch.save(hf.state_dict(), tmp_path / "pytorch_model.bin")
   params, cfg = hf_io.from_hf(str(tmp_path))
   ids, mask, dec = batch(cfg.vocab_size)
-  np.testing.assert_allclose(t5.T5(cfg).apply({"params": params}, ids, dec, mask),
-                             hf_logits(hf, ids, dec, mask), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    t5.T5(cfg).apply({"params": params}, ids, dec, mask),
+    hf_logits(hf, ids, dec, mask),
+    rtol=1e-5,
+    atol=1e-5,
+  )
 
 
 # ------------------------------------------------------------------------------ errors ----

@@ -1,5 +1,7 @@
-"""Our params directory (wgqa_jax.store.params_io): every read is verified (a CRC-32 per tensor written
+"""Our params directory (wgqa_jax.store.params_io): every read is verified (a CRC-32 per tensor
+written
 at save time, finite values), saves are atomic; faults injected into real files."""
+
 import json
 import os
 import subprocess
@@ -8,13 +10,12 @@ import sys
 import jax
 import numpy as np
 import pytest
-
 from conftest import V10, make_hf_model
-from wgqa_jax.store import hf as hf_io
+
 from wgqa_jax import models
-from wgqa_jax.store import params_io
 from wgqa_jax.grouping import variants
 from wgqa_jax.grouping.variants import Grouping
+from wgqa_jax.store import hf as hf_io, params_io
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -57,6 +58,7 @@ def test_garbled_bytes_are_refused_naming_the_file_and_tensor(saved):
 def test_non_finite_values_are_refused_even_without_checksums(saved, tmp_path):
   out, params, cfg = saved
   from safetensors.numpy import save_file
+
   flat = params_io.flatten(params)
   key = sorted(flat)[3]
   flat[key] = flat[key].copy()
@@ -69,11 +71,17 @@ def test_non_finite_values_are_refused_even_without_checksums(saved, tmp_path):
 def test_convert_and_evaluate_refuse_a_damaged_params_dir_in_one_line(saved, tmp_path):
   out, _, _ = saved
   garble(out / params_io.PARAMS_FILE)
-  for cmd in (["wgqa_jax.convert", f"--params={out}", "--fold", f"--out={tmp_path / 'folded'}"],
-              ["wgqa_jax.evaluate", f"--checkpoint={out}", "--num_examples=2",
-               "--tokenizer=bytes"]):
-    r = subprocess.run([sys.executable, "-m", *cmd], cwd=REPO, capture_output=True, text=True,
-                       env={**os.environ, "XLA_FLAGS": ""})
+  for cmd in (
+    ["wgqa_jax.convert", f"--params={out}", "--fold", f"--out={tmp_path / 'folded'}"],
+    ["wgqa_jax.evaluate", f"--checkpoint={out}", "--num_examples=2", "--tokenizer=bytes"],
+  ):
+    r = subprocess.run(
+      [sys.executable, "-m", *cmd],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      env={**os.environ, "XLA_FLAGS": ""},
+    )
     assert r.returncode == 2, r.stderr[-2000:]
     assert "is damaged" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
   assert not (tmp_path / "folded").exists()

@@ -1,12 +1,12 @@
 """What a model name names, resolved once (wgqa_jax.store.resolve): the config first, the
 weights when asked; a HF T5 v1.1's weights correct what its config.json says about tied heads."""
+
 import jax
 import ml_collections
 import pytest
 
 from wgqa_jax import models
-from wgqa_jax.store import params_io
-from wgqa_jax.store import generation_file as settings
+from wgqa_jax.store import generation_file as settings, params_io
 from wgqa_jax.store.resolve import RANDOM, resolve
 
 
@@ -52,10 +52,12 @@ def test_a_missing_checkpoint_is_one_clear_error(tmp_path):
 
 
 def test_a_hf_dir_with_its_tokenizer_is_a_checkpoint_and_a_workdir_without_params_is_named(
-    hf_checkpoint, tmp_path):
+  hf_checkpoint, tmp_path
+):
   """A HF checkpoint holds a tokenizer.json and a config.json, as a training workdir does: what
   marks a workdir is what only a run writes (metrics, checkpoints, its lock)."""
   import shutil
+
   _, path = hf_checkpoint
   hf_dir = tmp_path / "hf"
   shutil.copytree(path, hf_dir)

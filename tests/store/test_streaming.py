@@ -1,5 +1,6 @@
 """Streamed, sharded loading: checkpoints read tensor by tensor (memory-mapped, bfloat16 too),
 converted one attention module at a time and placed into FSDP shardings, equal to loading whole."""
+
 import os
 import subprocess
 import sys
@@ -9,15 +10,15 @@ import numpy as np
 import pytest
 import torch
 from flax import traverse_util
-
 from hf_llama import hf_model, save
-from wgqa_jax.store import hf, params_io, streaming
+
 from wgqa_jax.core import sharding
-from wgqa_jax.training import steps as train_step
 from wgqa_jax.grouping import variants
 from wgqa_jax.models import llama
+from wgqa_jax.store import hf, params_io, streaming
 from wgqa_jax.store.resolve import resolve
 from wgqa_jax.store.tensor_files import SafetensorsFile
+from wgqa_jax.training import steps as train_step
 
 
 def test_a_bfloat16_checkpoint_reads_as_torch_holds_it(tmp_path):
@@ -30,7 +31,8 @@ def test_a_bfloat16_checkpoint_reads_as_torch_holds_it(tmp_path):
     np.testing.assert_array_equal(np.asarray(reader[key], np.float32), sd[key].float().numpy())
   params, cfg = hf.from_hf(path)
   np.testing.assert_array_equal(
-      params["layers_1"]["mlp"]["down"], sd["model.layers.1.mlp.down_proj.weight"].float().T)
+    params["layers_1"]["mlp"]["down"], sd["model.layers.1.mlp.down_proj.weight"].float().T
+  )
 
 
 @pytest.mark.parametrize("variant", ["gqa", "randwgqa"])
@@ -51,14 +53,23 @@ def test_streamed_conversion_onto_fsdp_equals_converting_the_whole_tree(tmp_path
 
 
 def test_our_params_dir_streams_too_and_a_bad_file_is_named(tmp_path):
-  cfg = llama.LlamaConfig(**{"vocab_size": 64, "hidden_size": 16, "intermediate_size": 24,
-                             "num_layers": 2, "num_heads": 4, "head_dim": 4})
+  cfg = llama.LlamaConfig(
+    **{
+      "vocab_size": 64,
+      "hidden_size": 16,
+      "intermediate_size": 24,
+      "num_layers": 2,
+      "num_heads": 4,
+      "head_dim": 4,
+    }
+  )
   params = jax.device_get(llama.init_params(cfg, jax.random.PRNGKey(0)))
   params, cfg = variants.from_mha(params, cfg, "wgqa", 2)
   params_io.save(params, cfg, str(tmp_path / "p"))
   source = resolve(str(tmp_path / "p")).open_weights()
-  got = streaming.load_sharded(source, cfg, train_step.param_shardings(cfg, sharding.make_mesh(
-      2, 4, 1)), desc=None)
+  got = streaming.load_sharded(
+    source, cfg, train_step.param_shardings(cfg, sharding.make_mesh(2, 4, 1)), desc=None
+  )
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(params)):
     np.testing.assert_array_equal(np.asarray(a), b)
   file = tmp_path / "p" / params_io.PARAMS_FILE
@@ -97,15 +108,25 @@ def test_peak_host_memory_while_loading_is_about_one_module_not_the_model(tmp_pa
   """A 192 MB bf16 checkpoint (384 MB in f32) loads onto 8 fake devices (whose buffers are host
   memory here) with a transient of well under the model's size."""
   from transformers import LlamaConfig, LlamaForCausalLM
+
   torch.manual_seed(0)
-  model = LlamaForCausalLM(LlamaConfig(
-      vocab_size=1024, hidden_size=1024, intermediate_size=2048, num_hidden_layers=12,
-      num_attention_heads=8, num_key_value_heads=8, head_dim=128)).to(torch.bfloat16)
+  model = LlamaForCausalLM(
+    LlamaConfig(
+      vocab_size=1024,
+      hidden_size=1024,
+      intermediate_size=2048,
+      num_hidden_layers=12,
+      num_attention_heads=8,
+      num_key_value_heads=8,
+      head_dim=128,
+    )
+  ).to(torch.bfloat16)
   path = save(model, tmp_path / "hf")
   size = os.path.getsize(os.path.join(path, "model.safetensors"))
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-  r = subprocess.run([sys.executable, "-c", LOAD, path], capture_output=True, text=True,
-                     env=env, timeout=300)
+  r = subprocess.run(
+    [sys.executable, "-c", LOAD, path], capture_output=True, text=True, env=env, timeout=300
+  )
   assert r.returncode == 0, r.stderr[-2000:]
   before, peak, now, placed = map(int, r.stdout.split()[-4:])
   assert placed > 1.3 * size  # the GQA-2 params in float32, resident on the fake devices

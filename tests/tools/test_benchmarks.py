@@ -1,6 +1,7 @@
 """benchmarks/run.py still runs end to end (smoke preset, tiny model). Its timings are not checked
-here; what is checked is what does not depend on the machine: every section is written, the KV
-cache of G KV heads is exactly G/H of MHA's, and our greedy and beam tokens equal HF generate()'s."""
+here; what is checked is what does not depend on the machine: every section is written, the KV cache
+of G KV heads is exactly G/H of MHA's, and our greedy and beam tokens equal HF generate()'s."""
+
 import os
 import re
 import subprocess
@@ -26,8 +27,14 @@ def cache_ratios(text: str) -> dict[str, float]:
 def test_benchmark_script_smoke(tmp_path):
   out = tmp_path / "results.md"
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device, as users run it
-  r = subprocess.run([sys.executable, "benchmarks/run.py", "--preset=smoke", f"--out={out}"],
-                     cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  r = subprocess.run(
+    [sys.executable, "benchmarks/run.py", "--preset=smoke", f"--out={out}"],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   text = out.read_text()
   assert "Command: `python benchmarks/run.py --preset=smoke`" in text
@@ -38,8 +45,9 @@ def test_benchmark_script_smoke(tmp_path):
     assert re.search(r"\| \d+\.\d+x \|$", row), row  # an HF timing and a ratio, not "-"
   assert cache_ratios(text) == {"MHA": 1.0, "GQA-2": 0.5, "MQA": 0.25}  # tiny: 4 heads
   for search in ("greedy", "4 beams"):  # same tokens as HF, and a timing against it
-    row = next(line for line in text.splitlines()
-               if line.startswith(f"| {search} | ours (cached, jitted) |"))
+    row = next(
+      line for line in text.splitlines() if line.startswith(f"| {search} | ours (cached, jitted) |")
+    )
     assert row.endswith("| True |") and re.search(r"\| \d+\.\d+x \|", row), row
 
 
@@ -48,9 +56,17 @@ def test_llama_benchmark_smoke(tmp_path):
   """benchmarks/llama.py runs; the Llama KV cache of G heads is exactly G/H of MHA's."""
   out = tmp_path / "llama.md"
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  r = subprocess.run([sys.executable, "benchmarks/llama.py", "--smoke", f"--out={out}"],
-                     cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  r = subprocess.run(
+    [sys.executable, "benchmarks/llama.py", "--smoke", f"--out={out}"],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   text = out.read_text()
   assert cache_ratios(text) == {"MHA": 1.0, "GQA-2": 0.5, "MQA": 0.25}  # smoke: 4 heads
-  assert re.search(r"\| ours \(wgqa_jax.train step, jit, float32\) \| \d+\.\d+ \| \d+\.\d+x \|", text), text
+  assert re.search(
+    r"\| ours \(wgqa_jax.train step, jit, float32\) \| \d+\.\d+ \| \d+\.\d+x \|", text
+  ), text

@@ -1,5 +1,6 @@
 """Damaged or wrong user input, injected for real at each boundary where it is read, gives one
 line and exit 2 (never a traceback), and writes nothing."""
+
 import json
 import os
 import shutil
@@ -7,15 +8,19 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import V10, make_hf_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def run(module, *args):
-  return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
-                        cwd=REPO, env={**os.environ, "XLA_FLAGS": ""})
+  return subprocess.run(
+    [sys.executable, "-m", module, *args],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+    env={**os.environ, "XLA_FLAGS": ""},
+  )
 
 
 def one_line(r, needle):
@@ -41,6 +46,7 @@ def variant_of(hf_dir, tmp_path, name, edit):
 def test_hf_checkpoints_that_cannot_be_used_are_named(hf_dir, tmp_path):
   def config(value):
     return lambda d: (d / "config.json").write_text(json.dumps(value))
+
   base = json.loads((hf_dir / "config.json").read_text())
 
   def evil_bin(d):
@@ -49,6 +55,7 @@ def test_hf_checkpoints_that_cannot_be_used_are_named(hf_dir, tmp_path):
     class Evil:
       def __reduce__(self):
         return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
     os.remove(d / "model.safetensors")
     torch.save({"x": Evil()}, d / "pytorch_model.bin")
 
@@ -57,12 +64,14 @@ def test_hf_checkpoints_that_cannot_be_used_are_named(hf_dir, tmp_path):
       f.truncate(os.path.getsize(d / "model.safetensors") // 2)
 
   cases = {
-      "list": (config([1, 2]), "config.json holds a JSON list"),
-      "nokey": (config({k: v for k, v in base.items() if k != "d_model"}),
-                "has no 'd_model', which a T5 config needs"),
-      "gpt2": (config({**base, "model_type": "gpt2"}), "is not a family wgqa_jax has"),
-      "bin": (evil_bin, "could run code"),
-      "truncated": (truncated, "runs past the end of the file"),
+    "list": (config([1, 2]), "config.json holds a JSON list"),
+    "nokey": (
+      config({k: v for k, v in base.items() if k != "d_model"}),
+      "has no 'd_model', which a T5 config needs",
+    ),
+    "gpt2": (config({**base, "model_type": "gpt2"}), "is not a family wgqa_jax has"),
+    "bin": (evil_bin, "could run code"),
+    "truncated": (truncated, "runs past the end of the file"),
   }
   for name, (edit, needle) in cases.items():
     d = variant_of(hf_dir, tmp_path, name, edit)
@@ -72,39 +81,66 @@ def test_hf_checkpoints_that_cannot_be_used_are_named(hf_dir, tmp_path):
 
 
 def test_a_missing_config_file_with_overrides_is_one_line(tmp_path):
-  one_line(run("wgqa_jax.train", "--config=configs/nope.py", "--config.optim.batch_size=3",
-               f"--workdir={tmp_path / 'w'}"), "No such file or directory")
+  one_line(
+    run(
+      "wgqa_jax.train",
+      "--config=configs/nope.py",
+      "--config.optim.batch_size=3",
+      f"--workdir={tmp_path / 'w'}",
+    ),
+    "No such file or directory",
+  )
   assert not (tmp_path / "w").exists()
 
 
 def test_evaluate_names_an_unknown_split_and_a_workdir_without_params(hf_dir, tmp_path):
-  one_line(run("wgqa_jax.evaluate", f"--checkpoint={hf_dir}", "--split=bogus",
-               "--tokenizer=bytes"), "unknown split 'bogus'")
+  one_line(
+    run("wgqa_jax.evaluate", f"--checkpoint={hf_dir}", "--split=bogus", "--tokenizer=bytes"),
+    "unknown split 'bogus'",
+  )
   w = tmp_path / "run"
   w.mkdir()
   (w / "config.json").write_text("{}")
   (w / "metrics.jsonl").write_text("")
-  one_line(run("wgqa_jax.evaluate", f"--checkpoint={w}", "--tokenizer=bytes"),
-           "a training workdir with no best/ or final/ yet")
+  one_line(
+    run("wgqa_jax.evaluate", f"--checkpoint={w}", "--tokenizer=bytes"),
+    "a training workdir with no best/ or final/ yet",
+  )
 
 
 def test_a_damaged_corpus_shard_and_sentencepiece_model_are_named(tmp_path):
   from wgqa_jax.data import corpus_writer
-  (tmp_path / "a.jsonl").write_text("".join(
-      json.dumps({"text": f"document {i} " * 30}) + "\n" for i in range(400)))
+
+  (tmp_path / "a.jsonl").write_text(
+    "".join(json.dumps({"text": f"document {i} " * 30}) + "\n" for i in range(400))
+  )
   corpus_writer.prepare([str(tmp_path / "a.jsonl")], str(tmp_path / "corpus"), progress=False)
   shard = tmp_path / "corpus" / "train-00000.array_record"
   with open(shard, "r+b") as f:
     f.seek(os.path.getsize(shard) // 2)
     f.write(os.urandom(4096))
-  one_line(run("wgqa_jax.train", "--config=configs/llama_uptrain.py:tiny",
-               f"--config.data.dataset={tmp_path / 'corpus'}", "--config.data.tokenizer=bytes",
-               f"--workdir={tmp_path / 'w'}"), "is damaged")
+  one_line(
+    run(
+      "wgqa_jax.train",
+      "--config=configs/llama_uptrain.py:tiny",
+      f"--config.data.dataset={tmp_path / 'corpus'}",
+      "--config.data.tokenizer=bytes",
+      f"--workdir={tmp_path / 'w'}",
+    ),
+    "is damaged",
+  )
   assert not (tmp_path / "w").exists()
   spm = tmp_path / "spm.model"
   spm.write_bytes(b"\x0a\x05garbage that is not a model proto" * 10)
-  one_line(run("wgqa_jax.train", "--config=configs/tiny.py", f"--config.data.tokenizer={spm}",
-               f"--workdir={tmp_path / 'w2'}"), "cannot read the sentencepiece model")
+  one_line(
+    run(
+      "wgqa_jax.train",
+      "--config=configs/tiny.py",
+      f"--config.data.tokenizer={spm}",
+      f"--workdir={tmp_path / 'w2'}",
+    ),
+    "cannot read the sentencepiece model",
+  )
   assert not (tmp_path / "w2").exists()
 
 
@@ -112,10 +148,18 @@ def test_a_damaged_init_from_fails_before_the_workdir_is_written(hf_dir, tmp_pat
   def truncated(d):
     with open(d / "model.safetensors", "r+b") as f:
       f.truncate(os.path.getsize(d / "model.safetensors") - 100)
+
   d = variant_of(hf_dir, tmp_path, "truncated", truncated)
-  one_line(run("wgqa_jax.train", "--config=configs/tiny.py", f"--config.model.init_from={d}",
-               "--config.data.tokenizer=sentencepiece", f"--workdir={tmp_path / 'w'}"),
-           "runs past the end of the file")
+  one_line(
+    run(
+      "wgqa_jax.train",
+      "--config=configs/tiny.py",
+      f"--config.model.init_from={d}",
+      "--config.data.tokenizer=sentencepiece",
+      f"--workdir={tmp_path / 'w'}",
+    ),
+    "runs past the end of the file",
+  )
   assert not (tmp_path / "w").exists()  # no config.json, no spm.model
 
 
@@ -134,23 +178,38 @@ cli.run(convert.main, convert.FLAGS)
 """
 
 
-@pytest.mark.parametrize("error, code", [("KeyError", 1), ("ValueError", 1), ("ImportError", 1),
-                                         ("TypeError", 1), ("UserError", 2)])
-def test_a_bug_is_a_crash_with_its_traceback_and_only_bad_input_is_one_line(tmp_path, error,
-                                                                            code):
+@pytest.mark.parametrize(
+  "error, code",
+  [("KeyError", 1), ("ValueError", 1), ("ImportError", 1), ("TypeError", 1), ("UserError", 2)],
+)
+def test_a_bug_is_a_crash_with_its_traceback_and_only_bad_input_is_one_line(tmp_path, error, code):
   """An internal KeyError / ValueError / ImportError is a bug: exit 1 and its traceback, not a
   user error's one line (only UserError, the project's own, is exit 2)."""
+  import jax
+
   from wgqa_jax.models import preset
   from wgqa_jax.models.family import family_of
   from wgqa_jax.store import params_io
-  import jax
+
   cfg = preset("tiny")
-  params_io.save(family_of(cfg).init_params(cfg, jax.random.PRNGKey(0)), cfg,
-                 str(tmp_path / "params"))
+  params_io.save(
+    family_of(cfg).init_params(cfg, jax.random.PRNGKey(0)), cfg, str(tmp_path / "params")
+  )
   r = subprocess.run(
-      [sys.executable, "-c", INJECT.format(error=error), f"--params={tmp_path / 'params'}",
-       "--variant=gqa", "--kv_heads=2", f"--out={tmp_path / 'out'}"],
-      capture_output=True, text=True, cwd=REPO, env={**os.environ, "XLA_FLAGS": ""})
+    [
+      sys.executable,
+      "-c",
+      INJECT.format(error=error),
+      f"--params={tmp_path / 'params'}",
+      "--variant=gqa",
+      "--kv_heads=2",
+      f"--out={tmp_path / 'out'}",
+    ],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+    env={**os.environ, "XLA_FLAGS": ""},
+  )
   assert r.returncode == code, r.stderr[-3000:]
   if code == 1:
     assert "Traceback" in r.stderr and f"{error}: " in r.stderr and "broken" in r.stderr

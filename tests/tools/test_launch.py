@@ -1,4 +1,5 @@
 """Launch scripts fail early and clearly when something is missing (no GPU needed)."""
+
 import os
 import subprocess
 
@@ -10,8 +11,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def run(script, **env):
   full = {k: v for k, v in os.environ.items() if k not in ("CONFIG", "WORKDIR")}
   full.update(env)
-  return subprocess.run(["bash", f"launch/{script}"], cwd=REPO, env=full, capture_output=True,
-                        text=True, timeout=60)
+  return subprocess.run(
+    ["bash", f"launch/{script}"], cwd=REPO, env=full, capture_output=True, text=True, timeout=60
+  )
 
 
 @pytest.mark.parametrize("script", ["single_gpu.sh", "multi_gpu.sh", "multihost.sh"])

@@ -1,4 +1,5 @@
 """Every Colab notebook runs top to bottom, headless, on the offline default (short budget)."""
+
 import glob
 import os
 
@@ -16,13 +17,20 @@ def test_notebooks_are_generated_from_make_notebooks():
 def test_notebook_runs(path, monkeypatch, tmp_path):
   import nbformat
   from nbclient import NotebookClient
+
   monkeypatch.setenv("WGQA_NOTEBOOK_STEPS", "30")
   monkeypatch.setenv("WGQA_OFFLINE", "1")
   monkeypatch.setenv("XLA_FLAGS", "")
   monkeypatch.setenv("PYTHONPATH", REPO)
   nb = nbformat.read(path, as_version=4)
-  NotebookClient(nb, timeout=600, kernel_name="python3",
-                 resources={"metadata": {"path": str(tmp_path)}}).execute()
-  errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-            if o.get("output_type") == "error"]
+  NotebookClient(
+    nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+  ).execute()
+  errors = [
+    o
+    for c in nb.cells
+    if c.cell_type == "code"
+    for o in c.get("outputs", [])
+    if o.get("output_type") == "error"
+  ]
   assert not errors

@@ -1,13 +1,15 @@
-"""Calibration statistics (wgqa_jax.training.calibration): the first layer's grams against numpy from the
-embeddings, padding left out, the file round trip and its refusals; converting with them."""
+"""Calibration statistics (wgqa_jax.training.calibration): the first layer's grams against numpy
+from the embeddings, padding left out, the file round trip and its refusals; converting with
+them."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from wgqa_jax.training import calibration
 from wgqa_jax import models
 from wgqa_jax.grouping import variants
+from wgqa_jax.training import calibration
 
 
 def rms_norm(x, scale, eps):
@@ -47,8 +49,9 @@ def test_llama_first_layer_gram_equals_numpy_and_skips_padding():
   x = rms_norm(x, np.asarray(params["layers_0"]["input_norm"]["scale"]), cfg.rms_norm_eps)
   real = batch["segment_ids"] > 0
   want = 2 * np.einsum("nd,ne->de", x[real], x[real])
-  np.testing.assert_allclose(stats.gram(("layers_0", "attention")), want, rtol=1e-4,
-                             atol=1e-4 * np.abs(want).max())
+  np.testing.assert_allclose(
+    stats.gram(("layers_0", "attention")), want, rtol=1e-4, atol=1e-4 * np.abs(want).max()
+  )
   assert stats.tokens[("layers_0", "attention")] == 2 * real.sum() == 2 * 17
   assert stats.batches == 2 and len(stats.grams) == cfg.num_layers
 
@@ -59,12 +62,17 @@ def test_t5_grams_cover_every_module_and_cross_attention_reads_real_inputs_only(
   stats = calibration.collect(params, cfg, iter([batch]), 1, desc=None)
   assert set(stats.grams) == {p for p, _ in cfg.attention_modules()}
   x = np.asarray(params["shared"]["embedding"], np.float64)[batch["inputs"]]
-  x = rms_norm(x, np.asarray(params["encoder"]["layers_0"]["attention_norm"]["scale"]),
-               cfg.layer_norm_epsilon)
+  x = rms_norm(
+    x, np.asarray(params["encoder"]["layers_0"]["attention_norm"]["scale"]), cfg.layer_norm_epsilon
+  )
   real = batch["inputs"] != cfg.pad_token_id
   want = np.einsum("nd,ne->de", x[real], x[real])
-  np.testing.assert_allclose(stats.gram(("encoder", "layers_0", "attention")), want, rtol=1e-4,
-                             atol=1e-4 * np.abs(want).max())
+  np.testing.assert_allclose(
+    stats.gram(("encoder", "layers_0", "attention")),
+    want,
+    rtol=1e-4,
+    atol=1e-4 * np.abs(want).max(),
+  )
   assert stats.tokens[("decoder", "layers_1", "cross_attention")] == real.sum() == 13
 
 
@@ -77,11 +85,15 @@ def test_file_round_trip_and_refusals(tmp_path):
   assert back.batches == 1 and back.tokens == stats.tokens
   for p in stats.grams:
     np.testing.assert_array_equal(back.gram(p), stats.gram(p))
-  with pytest.raises(ValueError, match="no statistics of attention module decoder/layers_0/"
-                                       "self_attention: it was calibrated on another model"):
+  with pytest.raises(
+    ValueError,
+    match="no statistics of attention module decoder/layers_0/"
+    "self_attention: it was calibrated on another model",
+  ):
     calibration.load(path, models.preset("tiny"))
-  with pytest.raises(ValueError, match="shape \\(64, 64\\) for layers_0/attention, whose "
-                                       "inputs are 128 wide"):
+  with pytest.raises(
+    ValueError, match="shape \\(64, 64\\) for layers_0/attention, whose inputs are 128 wide"
+  ):
     calibration.load(path, models.preset("llama-tiny-8head"))
   with open(path, "wb") as f:
     f.write(b"not an npz")
@@ -102,6 +114,7 @@ def test_calibrated_conversion_with_one_head_per_group_keeps_the_logits(arch, me
   new, new_cfg = variants.from_mha(params, cfg, method, cfg.num_heads, calibration=stats)
   assert new_cfg.grouping.kv_heads == cfg.num_heads
   from wgqa_jax.training import objectives
+
   logits = lambda p, c: np.asarray(objectives.forward(p, batch, c)[0])
   np.testing.assert_allclose(logits(new, new_cfg), logits(params, cfg), atol=1e-5, rtol=1e-5)
   with pytest.raises(ValueError, match="needs calibration statistics"):
@@ -112,13 +125,18 @@ def test_calibrated_merge_beats_mean_pooling_on_held_in_loss():
   """On the calibration batch itself, an SVD-merged random Llama (G = 1) stays closer to the
   MHA model's next-token loss than mean-pooling: the merge uses what the heads compute."""
   from wgqa_jax.training import objectives
+
   cfg, params = random_model("llama-tiny")
   batch = llama_batch(cfg)
   stats = calibration.collect(params, cfg, iter([batch]), 1, desc=None)
 
   def drift(p, c):  # mean squared change of the logits
-    return float(jnp.mean((objectives.forward(p, batch, c)[0]
-                           - objectives.forward(params, batch, cfg)[0]) ** 2))
+    return float(
+      jnp.mean(
+        (objectives.forward(p, batch, c)[0] - objectives.forward(params, batch, cfg)[0]) ** 2
+      )
+    )
+
   svd = drift(*variants.from_mha(params, cfg, "svd", 1, calibration=stats))
   mean = drift(*variants.from_mha(params, cfg, "gqa", 1))
   assert svd < mean
@@ -131,12 +149,12 @@ def test_scanned_layers_give_the_same_statistics(arch):
   cfg, params = random_model(arch)
   batch = llama_batch(cfg) if (cfg.family == 'llama') else t5_batch(cfg)
   plain = calibration.collect(params, cfg, iter([batch]), 1, desc=None)
-  scanned = calibration.collect(params, cfg.replace(scan_layers=True), iter([batch]), 1,
-                                desc=None)
+  scanned = calibration.collect(params, cfg.replace(scan_layers=True), iter([batch]), 1, desc=None)
   assert set(scanned.grams) == set(plain.grams) and scanned.tokens == plain.tokens
   for p in plain.grams:
-    np.testing.assert_allclose(scanned.gram(p), plain.gram(p), rtol=1e-5,
-                               atol=1e-5 * np.abs(plain.gram(p)).max())
+    np.testing.assert_allclose(
+      scanned.gram(p), plain.gram(p), rtol=1e-5, atol=1e-5 * np.abs(plain.gram(p)).max()
+    )
 
 
 def test_a_run_reuses_its_statistics_only_for_the_same_model_and_data(tmp_path, capsys):
@@ -145,7 +163,9 @@ def test_a_run_reuses_its_statistics_only_for_the_same_model_and_data(tmp_path, 
   import importlib
   import os
   import shutil
+
   from wgqa_jax.training import trainer
+
   config = importlib.import_module("configs.llama_uptrain").get_config("tiny")
   config.grouping.update(variant="svd", kv_heads=2, calibration_batches=2)
   config.optim.update(num_train_steps=2, batch_size=8)

@@ -1,6 +1,7 @@
 """Run integrity, with the faults injected for real: a mismatched resume, garbled / truncated
 checkpoint files, a diverging learning rate, bad user input. Each asserts what the run does,
 its exit code, and that nothing good was lost."""
+
 import json
 import os
 import subprocess
@@ -9,25 +10,31 @@ import jax
 import numpy as np
 import optax
 import pytest
-
-from conftest import run_train as run_cli
-from conftest import start_train, wait_until
 from builders import losses, tiny
-from wgqa_jax.store import checkpoints
+from conftest import run_train as run_cli, start_train, wait_until
+
 from wgqa_jax.core import errors
-from wgqa_jax.training import trainer, steps as train_step
+from wgqa_jax.store import checkpoints
+from wgqa_jax.training import steps as train_step, trainer
 
 
 def snapshot(workdir):
   """Bytes of the files a rejected run must leave alone."""
-  return {name: open(os.path.join(workdir, name), "rb").read()
-          for name in ("config.json", "metrics.jsonl") if os.path.exists(os.path.join(workdir, name))}
+  return {
+    name: open(os.path.join(workdir, name), "rb").read()
+    for name in ("config.json", "metrics.jsonl")
+    if os.path.exists(os.path.join(workdir, name))
+  }
 
 
 def data_files(workdir, step):
   root = os.path.join(workdir, "checkpoints", str(step))
-  out = [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs
-         if os.sep + "d" + os.sep in os.path.join(d, f) + os.sep and "ocdbt.process" in d]
+  out = [
+    os.path.join(d, f)
+    for d, _, fs in os.walk(root)
+    for f in fs
+    if os.sep + "d" + os.sep in os.path.join(d, f) + os.sep and "ocdbt.process" in d
+  ]
   return sorted(out, key=os.path.getsize, reverse=True)
 
 
@@ -64,13 +71,20 @@ def test_resume_with_another_model_or_schedule_stops_and_changes_nothing(tmp_pat
 
 def test_cli_mismatched_resume_is_one_line_exit_2(tmp_path):
   w = cut_run(tmp_path, stop_after=10)
-  args = ["--config=configs/tiny.py", f"--workdir={w}", "--config.data.max_input_length=64",
-          "--config.grouping.kv_heads=1"]
+  args = [
+    "--config=configs/tiny.py",
+    f"--workdir={w}",
+    "--config.data.max_input_length=64",
+    "--config.grouping.kv_heads=1",
+  ]
   r = run_cli(*args)
   assert r.returncode == errors.EXIT_USER_ERROR, r.stderr[-2000:]
   lines = r.stderr.strip().splitlines()
-  assert "Traceback" not in r.stderr and lines[-1].startswith("error: ") and len(
-      [l for l in lines if l.startswith("error")]) == 1, r.stderr
+  assert (
+    "Traceback" not in r.stderr
+    and lines[-1].startswith("error: ")
+    and len([l for l in lines if l.startswith("error")]) == 1
+  ), r.stderr
   assert "grouping.kv_heads: 2 -> 1" in lines[-1]
 
 
@@ -84,7 +98,8 @@ def test_bad_kv_heads_fails_before_the_workdir_exists(tmp_path):
 # ------------------------------------------------------------------- damaged checkpoints ----
 @pytest.mark.parametrize("damage", ["garble", "truncate", "metadata", "data_state"])
 def test_damaged_latest_checkpoint_is_quarantined_and_the_run_resumes_from_the_one_before(
-    tmp_path, reference, damage):
+  tmp_path, reference, damage
+):
   w = cut_run(tmp_path)  # checkpoints 10 and 20, metrics up to 20
   if damage == "garble":
     f = data_files(w, 20)[0]
@@ -106,11 +121,15 @@ def test_damaged_latest_checkpoint_is_quarantined_and_the_run_resumes_from_the_o
   assert [q for q in quarantined if q.startswith("20-") and not q.endswith(".json")], quarantined
   got = losses(w)
   assert sorted(got) == sorted(reference)  # each step once: the replayed rows were superseded
-  np.testing.assert_allclose([got[s] for s in (15, 20, 25, 30)],
-                             [reference[s] for s in (15, 20, 25, 30)], rtol=1e-6)
+  np.testing.assert_allclose(
+    [got[s] for s in (15, 20, 25, 30)], [reference[s] for s in (15, 20, 25, 30)], rtol=1e-6
+  )
   assert np.isfinite(last["eval/loss"]) and os.path.exists(os.path.join(w, "final"))
-  steps = [json.loads(l)["step"] for l in open(os.path.join(w, "metrics.jsonl"))
-           if "train/loss" in json.loads(l)]
+  steps = [
+    json.loads(l)["step"]
+    for l in open(os.path.join(w, "metrics.jsonl"))
+    if "train/loss" in json.loads(l)
+  ]
   assert len(steps) == len(set(steps))
 
 
@@ -145,7 +164,9 @@ def test_diverging_learning_rate_stops_with_its_last_good_checkpoint_intact(tmp_
   c = tiny(num_train_steps=60, learning_rate=1e6, max_skipped_steps=3, max_grad_norm=0.0)
   with pytest.raises(trainer.Diverged, match="steps in a row .* non-finite"):
     trainer.train(c, w)
-  assert not os.path.exists(os.path.join(w, "final")) and not os.path.exists(os.path.join(w, "best"))
+  assert not os.path.exists(os.path.join(w, "final")) and not os.path.exists(
+    os.path.join(w, "best")
+  )
   ckpts = checkpoints.Checkpoints(w, 3)
   for step in ckpts.steps():  # whatever was saved is finite and verifies
     state, problem = ckpts.try_restore(step, None)
@@ -154,10 +175,17 @@ def test_diverging_learning_rate_stops_with_its_last_good_checkpoint_intact(tmp_
 
 
 def test_cli_divergence_exit_code(tmp_path):
-  r = run_cli("--config=configs/tiny.py", f"--workdir={tmp_path}",
-              "--config.optim.learning_rate=1e6", "--config.optim.max_grad_norm=0.0",
-              "--config.optim.max_skipped_steps=2", "--config.optim.num_train_steps=200",
-              "--config.optim.batch_size=8", "--config.mesh.data=1", "--config.eval.every=0")
+  r = run_cli(
+    "--config=configs/tiny.py",
+    f"--workdir={tmp_path}",
+    "--config.optim.learning_rate=1e6",
+    "--config.optim.max_grad_norm=0.0",
+    "--config.optim.max_skipped_steps=2",
+    "--config.optim.num_train_steps=200",
+    "--config.optim.batch_size=8",
+    "--config.mesh.data=1",
+    "--config.eval.every=0",
+  )
   assert r.returncode == errors.EXIT_DIVERGED, r.stderr[-3000:]
   assert "skipped" in r.stdout + r.stderr and "Traceback" not in r.stderr
   assert r.stderr.strip().splitlines()[-1].startswith("error: diverged")
@@ -165,12 +193,14 @@ def test_cli_divergence_exit_code(tmp_path):
 
 def test_nan_guard_also_covers_a_non_finite_optimizer_state():
   from builders import tiny_model_and_batch
+
   cfg, params, batch = tiny_model_and_batch()
   tx = optax.adamw(1e-2)
   step = jax.jit(train_step.make_train_step(cfg, tiny().optim, tx))
   opt_state = tx.init(params)
-  poisoned = jax.tree.map(lambda x: x * np.nan if x.dtype == np.float32 and x.ndim else x,
-                          opt_state)
+  poisoned = jax.tree.map(
+    lambda x: x * np.nan if x.dtype == np.float32 and x.ndim else x, opt_state
+  )
   state = {"step": jax.numpy.zeros((), jax.numpy.int32), "params": params, "opt_state": poisoned}
   new, out = step(state, batch, jax.random.PRNGKey(0))
   assert float(out["skipped"]) == 1 and np.isfinite(float(out["loss"]))  # loss and grads fine
@@ -179,14 +209,25 @@ def test_nan_guard_also_covers_a_non_finite_optimizer_state():
 
 
 # ------------------------------------------------------------------- user errors ----
-@pytest.mark.parametrize("args,needle", [
+@pytest.mark.parametrize(
+  "args,needle",
+  [
     (["--config=configs/nope.py"], "No such file"),
     (["--config=configs/tiny.py", "--config.optim.learning_rat=1"], 'Did you mean "learning_rate"'),
-    (["--config=configs/tiny.py", "--config.data.dataset=cnn_dailymail",
-      "--config.data.data_dir=/nonexistent"], "could not open TFDS 'cnn_dailymail'"),
-    (["--config=configs/tiny.py", "--config.model.init_from=/nonexistent/ckpt"],
-     "no such checkpoint directory"),
-])
+    (
+      [
+        "--config=configs/tiny.py",
+        "--config.data.dataset=cnn_dailymail",
+        "--config.data.data_dir=/nonexistent",
+      ],
+      "could not open TFDS 'cnn_dailymail'",
+    ),
+    (
+      ["--config=configs/tiny.py", "--config.model.init_from=/nonexistent/ckpt"],
+      "no such checkpoint directory",
+    ),
+  ],
+)
 def test_user_errors_are_one_line_and_exit_2(tmp_path, args, needle):
   r = run_cli(*args, f"--workdir={tmp_path / 'w'}")
   assert r.returncode == errors.EXIT_USER_ERROR, r.stderr[-3000:]
@@ -199,14 +240,24 @@ def test_kill_9_and_resume_leaves_each_metrics_step_once(tmp_path):
   """A real SIGKILL between checkpoints: the rerun replays the steps after the last checkpoint,
   and metrics.jsonl still holds each step once."""
   import signal
-  args = ["--config=configs/tiny.py", f"--workdir={tmp_path}", "--config.optim.num_train_steps=60",
-          "--config.checkpoint.every=20", "--config.eval.every=0", "--config.eval.examples=8",
-          "--config.log_every=5", "--config.optim.batch_size=8", "--config.mesh.data=1"]
+
+  args = [
+    "--config=configs/tiny.py",
+    f"--workdir={tmp_path}",
+    "--config.optim.num_train_steps=60",
+    "--config.checkpoint.every=20",
+    "--config.eval.every=0",
+    "--config.eval.examples=8",
+    "--config.log_every=5",
+    "--config.optim.batch_size=8",
+    "--config.mesh.data=1",
+  ]
   proc = start_train(*args)
   metrics = tmp_path / "metrics.jsonl"
   ckpt = tmp_path / "checkpoints" / "20"
-  wait_until(lambda: ckpt.exists() and metrics.exists() and '"step": 30' in metrics.read_text(),
-             180)
+  wait_until(
+    lambda: ckpt.exists() and metrics.exists() and '"step": 30' in metrics.read_text(), 180
+  )
   proc.send_signal(signal.SIGKILL)
   proc.wait(timeout=60)
   written = [json.loads(l)["step"] for l in metrics.read_text().splitlines() if l.strip()]
@@ -215,8 +266,9 @@ def test_kill_9_and_resume_leaves_each_metrics_step_once(tmp_path):
   r = run_cli(*args)
   assert r.returncode == 0, r.stderr[-2000:]
   assert f"resumed from step {saved}" in r.stdout + r.stderr
-  steps = [json.loads(l)["step"] for l in metrics.read_text().splitlines()
-           if "train/loss" in json.loads(l)]
+  steps = [
+    json.loads(l)["step"] for l in metrics.read_text().splitlines() if "train/loss" in json.loads(l)
+  ]
   assert steps == sorted(set(steps)) and steps[-1] == 60
 
 
@@ -224,9 +276,17 @@ def test_kill_9_and_resume_leaves_each_metrics_step_once(tmp_path):
 def test_a_second_run_on_a_busy_workdir_refuses_naming_the_holder(tmp_path):
   """Two real processes on one workdir: the second refuses in one line (PID and host of the
   first), writes nothing; the first finishes with each metrics step once."""
-  args = ["--config=configs/tiny.py", f"--workdir={tmp_path}", "--config.optim.num_train_steps=200",
-          "--config.checkpoint.every=100", "--config.eval.every=0", "--config.eval.examples=8",
-          "--config.log_every=5", "--config.optim.batch_size=8", "--config.mesh.data=1"]
+  args = [
+    "--config=configs/tiny.py",
+    f"--workdir={tmp_path}",
+    "--config.optim.num_train_steps=200",
+    "--config.checkpoint.every=100",
+    "--config.eval.every=0",
+    "--config.eval.examples=8",
+    "--config.log_every=5",
+    "--config.optim.batch_size=8",
+    "--config.mesh.data=1",
+  ]
   first = start_train(*args)
   metrics = tmp_path / "metrics.jsonl"
   wait_until(lambda: metrics.exists() and metrics.read_text().strip(), 180)
@@ -236,8 +296,9 @@ def test_a_second_run_on_a_busy_workdir_refuses_naming_the_holder(tmp_path):
   assert f"is in use by PID {first.pid} on" in second.stderr, second.stderr[-2000:]
   assert "Traceback" not in second.stderr
   assert first.wait(timeout=300) == 0
-  steps = [json.loads(l)["step"] for l in metrics.read_text().splitlines()
-           if "train/loss" in json.loads(l)]
+  steps = [
+    json.loads(l)["step"] for l in metrics.read_text().splitlines() if "train/loss" in json.loads(l)
+  ]
   assert steps == list(range(5, 201, 5)) and metrics.read_text().startswith(before)
 
 
@@ -271,13 +332,17 @@ def test_rerunning_a_finished_workdir_adds_no_eval_row(tmp_path):
 def test_a_changed_tokenizer_is_refused_on_resume(tmp_path):
   """An edited spm.model that still parses (here: another vocabulary trained in its place)."""
   from wgqa_jax.data import tasks, tokenizers
+
   c = tiny(**{"data.tokenizer": "sentencepiece"})
   with pytest.raises(trainer.Preempted):
     trainer.train(c, str(tmp_path), stop_after=10)
   os.remove(tmp_path / "spm.model")
-  tokenizers.get_tokenizer("sentencepiece", str(tmp_path),
-                           (t for p in tasks.source("synthetic_translate", "train", 300)
-                            for t in p), vocab_size=300)
+  tokenizers.get_tokenizer(
+    "sentencepiece",
+    str(tmp_path),
+    (t for p in tasks.source("synthetic_translate", "train", 300) for t in p),
+    vocab_size=300,
+  )
   edited = (tmp_path / "spm.model").read_bytes()
   with pytest.raises(ValueError, match="trained with another tokenizer"):
     trainer.train(c, str(tmp_path))
@@ -290,8 +355,15 @@ def test_sigterm_during_start_up_exits_75_with_nothing_half_written(tmp_path):
   preemption: exit 75, one line, no checkpoint, and the rerun completes."""
   import signal
   import time
-  args = ["--config=configs/tiny.py", f"--workdir={tmp_path}", "--config.optim.num_train_steps=10",
-          "--config.eval.examples=4", "--config.optim.batch_size=8", "--config.mesh.data=1"]
+
+  args = [
+    "--config=configs/tiny.py",
+    f"--workdir={tmp_path}",
+    "--config.optim.num_train_steps=10",
+    "--config.eval.examples=4",
+    "--config.optim.batch_size=8",
+    "--config.mesh.data=1",
+  ]
   proc = start_train(*args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   time.sleep(1.5)  # importing jax: long before any step
   proc.send_signal(signal.SIGTERM)
@@ -308,17 +380,25 @@ def test_a_full_disk_stops_in_one_line_and_the_run_resumes_once_space_is_freed(t
   without them): exit 74, one line naming the last good checkpoint, which is where the rerun
   resumes once there is room."""
   import re
+
   disk = tmp_path / "small"
   disk.mkdir()
-  mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12M", "tmpfs", str(disk)],
-                           capture_output=True)
+  mounted = subprocess.run(
+    ["mount", "-t", "tmpfs", "-o", "size=12M", "tmpfs", str(disk)], capture_output=True
+  )
   if mounted.returncode != 0:
     pytest.skip("cannot mount a tmpfs here")
   try:
-    args = ["--config=configs/tiny.py", f"--workdir={disk / 'w'}",
-            "--config.optim.num_train_steps=60", "--config.checkpoint.every=10",
-            "--config.checkpoint.keep=10", "--config.eval.every=0", "--config.eval.examples=4",
-            "--config.log_every=5"]
+    args = [
+      "--config=configs/tiny.py",
+      f"--workdir={disk / 'w'}",
+      "--config.optim.num_train_steps=60",
+      "--config.checkpoint.every=10",
+      "--config.checkpoint.keep=10",
+      "--config.eval.every=0",
+      "--config.eval.examples=4",
+      "--config.log_every=5",
+    ]
     r = run_cli(*args)
     assert r.returncode == errors.EXIT_DISK_FULL, r.stderr[-3000:]
     lines = [l for l in r.stderr.splitlines() if l.strip() and not l.startswith("train:")]

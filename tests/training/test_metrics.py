@@ -1,4 +1,5 @@
 """Scores (wgqa_jax.training.metrics): ROUGE with our sentence splitting (no NLTK data here)."""
+
 import pytest
 
 from wgqa_jax.training import metrics

@@ -3,6 +3,7 @@ CPU), two devices each, against one process with four devices. Same global batch
 shape, so the losses must agree; and the eval (greedy decoding whose output spans both hosts),
 the best/ and final/ saves and the shared tokenizer must work from every process; and the
 checkpoint the two processes wrote must resume in a single process on a different mesh."""
+
 import json
 import os
 import socket
@@ -23,9 +24,24 @@ def free_port() -> int:
 
 def start(pid, n, port, workdir, devices, stop=20, objective="pairs"):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  return subprocess.Popen([sys.executable, WORKER, str(pid), str(n), str(port), str(workdir),
-                           str(devices), str(stop), objective], cwd=REPO, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  return subprocess.Popen(
+    [
+      sys.executable,
+      WORKER,
+      str(pid),
+      str(n),
+      str(port),
+      str(workdir),
+      str(devices),
+      str(stop),
+      objective,
+    ],
+    cwd=REPO,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
 
 
 def result(proc, expect_in_output: str = "") -> dict:
@@ -36,7 +52,7 @@ def result(proc, expect_in_output: str = "") -> dict:
     pytest.fail("a worker hung")
   assert proc.returncode == 0, out[-4000:]
   assert expect_in_output in out, out[-4000:]
-  return json.loads(next(l for l in out.splitlines() if l.startswith("RESULT "))[len("RESULT "):])
+  return json.loads(next(l for l in out.splitlines() if l.startswith("RESULT "))[len("RESULT ") :])
 
 
 @pytest.mark.slow  # 80 s on 2 cores: two processes compile the same step; CI keeps to 20 minutes
@@ -77,6 +93,8 @@ def test_two_processes_pretrain_on_their_own_documents(tmp_path):
   for k in ("train/loss", "train/grad_norm", "eval/loss", "eval/perplexity"):
     assert multi[0][k] == multi[1][k], k
   assert sorted(os.listdir(tmp_path / "multi" / "checkpoints")) == ["10", "20"]
-  resumed = result(start(0, 1, 0, tmp_path / "multi", 2, stop=30, objective="causal_lm"),
-                   "resumes on 1 processes instead of 2")
+  resumed = result(
+    start(0, 1, 0, tmp_path / "multi", 2, stop=30, objective="causal_lm"),
+    "resumes on 1 processes instead of 2",
+  )
   assert resumed["step"] == 30 and resumed["eval/loss"] < multi[0]["eval/loss"] + 0.5

@@ -1,17 +1,17 @@
-"""The training losses (wgqa_jax.training.objectives): T5's with label smoothing and z-loss against numpy,
-the causal-LM loss against HF PyTorch `LlamaForCausalLM(labels=...)`, and packed rows (T5 and
+"""The training losses (wgqa_jax.training.objectives): T5's with label smoothing and z-loss against
+numpy, the causal-LM loss against HF PyTorch `LlamaForCausalLM(labels=...)`, and packed rows (T5 and
 Llama, grouped variants) giving each example its loss alone."""
+
 import jax
 import numpy as np
 import pytest
 import torch
-
+from builders import rows_of, tiny_model_and_batch
 from hf_llama import hf_model, save
-from builders import rows_of
-from builders import tiny_model_and_batch
-from wgqa_jax.training import objectives
+
 from wgqa_jax.data import tokenizers
 from wgqa_jax.grouping import variants
+from wgqa_jax.training import objectives
 
 
 @pytest.mark.parametrize("loss_on", ["all", "answer"])
@@ -19,6 +19,7 @@ def test_causal_loss_equals_hf_llama_labels_loss_on_padded_and_packed_rows(tmp_p
   """Sum of token losses of every row layout == HF LlamaForCausalLM's mean loss (labels = the
   sequence, -100 on the prompt for "answer") times its token count, example by example."""
   from wgqa_jax.store import hf
+
   model = hf_model("llama", 4, vocab_size=300, eos_token_id=tokenizers.EOS)  # byte ids
   params, cfg = hf.from_hf(save(model, tmp_path / "hf"))
   examples, padded, packed = rows_of()
@@ -27,7 +28,7 @@ def test_causal_loss_equals_hf_llama_labels_loss_on_padded_and_packed_rows(tmp_p
     seq = torch.tensor(np.concatenate([inp, tgt])[None].astype(np.int64))
     labels = seq.clone()
     if loss_on == "answer":
-      labels[0, :len(inp)] = -100
+      labels[0, : len(inp)] = -100
     with torch.no_grad():
       out = model(input_ids=seq, labels=labels)
     n = int((labels[0, 1:] != -100).sum())
@@ -42,33 +43,37 @@ def test_packed_grouped_rows_give_each_example_its_loss_alone():
   """WGQA with segment ids: each example's summed loss inside a packed row equals its loss in a
   row of its own (a random tiny Llama, f32)."""
   from wgqa_jax.models import llama
-  from wgqa_jax.models.llama.config import LlamaConfig, PRESETS
+  from wgqa_jax.models.llama.config import PRESETS, LlamaConfig
+
   cfg = LlamaConfig(**{**PRESETS["llama-tiny"], "vocab_size": 300, "eos_token_id": 1})
   params = llama.init_params(cfg, jax.random.PRNGKey(0))
   params, cfg = variants.from_mha(params, cfg, "randwgqa", 2, seed=3)
   examples, padded, packed = rows_of()
   nll = jax.jit(lambda batch: objectives.loss_sums(params, batch, None, cfg, 0.0, 0.0, False)[2])
-  alone = [float(nll(jax.tree.map(lambda x: x[i:i + 1], padded))) for i in range(len(examples))]
+  alone = [float(nll(jax.tree.map(lambda x: x[i : i + 1], padded))) for i in range(len(examples))]
   got = float(nll(packed))
   np.testing.assert_allclose(got, sum(alone), rtol=2e-5)
   # the packed loss is not blind to the segments: without them examples see each other
   mixed = {k: v for k, v in packed.items() if not k.endswith("segment_ids")}
-  mixed = {**mixed, "inputs_segment_ids": (packed["inputs_segment_ids"] > 0).astype(np.int32),
-           "targets_segment_ids": (packed["targets_segment_ids"] > 0).astype(np.int32)}
+  mixed = {
+    **mixed,
+    "inputs_segment_ids": (packed["inputs_segment_ids"] > 0).astype(np.int32),
+    "targets_segment_ids": (packed["targets_segment_ids"] > 0).astype(np.int32),
+  }
   assert abs(float(nll(mixed)) - got) > 1e-3
 
 
 def test_loss_with_label_smoothing_and_z_loss_matches_numpy():
   from wgqa_jax.models import t5
+
   cfg, params, batch = tiny_model_and_batch()
   dec_in = t5.shift_right(batch["targets"])
-  logits = np.asarray(t5.T5(cfg).apply({"params": params}, batch["inputs"], dec_in),
-                      np.float64)
+  logits = np.asarray(t5.T5(cfg).apply({"params": params}, batch["inputs"], dec_in), np.float64)
   logz = np.log(np.exp(logits).sum(-1))
   logp = logits - logz[..., None]
   nll = -np.take_along_axis(logp, batch["targets"][..., None], -1)[..., 0]
   ls, z = 0.1, 1e-3
-  want = ((1 - ls) * nll - ls * logp.mean(-1) + z * logz ** 2)
+  want = (1 - ls) * nll - ls * logp.mean(-1) + z * logz**2
   w = batch["targets"] != 0
   lsum, n, nllsum = objectives.loss_sums(params, batch, None, cfg, ls, z, False)
   assert float(n) == w.sum() == 8
@@ -82,16 +87,18 @@ def test_packed_rows_give_each_example_its_unpacked_loss(variant):
   """Several examples per row, segment ids keeping them apart in the encoder, the decoder's
   self- and cross-attention and the relative position bias: each example's summed token loss
   equals its loss alone in a padded row (numbers of a random v1.1 model, f32)."""
-  from wgqa_jax.data import tasks, pipeline, tokenizers
+  from wgqa_jax.data import pipeline, tasks, tokenizers
   from wgqa_jax.models import t5
   from wgqa_jax.models.t5.config import preset
+
   cfg = preset("tiny", vocab_size=300)
   params = t5.init_params(cfg, jax.random.PRNGKey(0))
   sizes = (1, 3) if variant == "asymgqa" else None
   params, cfg = variants.from_mha(params, cfg, variant, 2, group_sizes=sizes, seed=1)
   tok = tokenizers.ByteTokenizer()
-  examples = [pipeline.Tokenize(tok, 160, 96).map(p)
-              for p in tasks.source("synthetic_translate", "train", 24)]
+  examples = [
+    pipeline.Tokenize(tok, 160, 96).map(p) for p in tasks.source("synthetic_translate", "train", 24)
+  ]
   packed = pipeline.pack_rows(examples, 160, 96, tok.pad_id)
   assert packed["inputs_segment_ids"].max() >= 2  # rows really hold several examples
   nll = jax.jit(lambda batch: objectives.loss_sums(params, batch, None, cfg, 0.0, 0.0, False)[2])
@@ -101,10 +108,18 @@ def test_packed_rows_give_each_example_its_unpacked_loss(variant):
   got = []
   for r in range(len(packed["inputs"])):
     for seg in range(1, packed["targets_segment_ids"][r].max() + 1):
-      row = {k: v[r:r + 1] for k, v in packed.items()}
+      row = {k: v[r : r + 1] for k, v in packed.items()}
       keep = row["targets_segment_ids"] == seg
-      got.append(float(nll({**row, "targets": np.where(
-          keep | (row["targets_segment_ids"] == 0), row["targets"], 0)})))
+      got.append(
+        float(
+          nll(
+            {
+              **row,
+              "targets": np.where(keep | (row["targets_segment_ids"] == 0), row["targets"], 0),
+            }
+          )
+        )
+      )
   want = [float(alone[i]) for i in _packing_order(examples, packed)]
   np.testing.assert_allclose(got, want, rtol=2e-5)
   np.testing.assert_allclose(float(nll(packed)), float(np.sum(alone)), rtol=2e-5)

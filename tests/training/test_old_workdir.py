@@ -2,6 +2,7 @@
 the same run: tests/fixtures/workdir_v0 is a tiny WGQA T5 run the old main stopped after step
 10 of 20; tests/fixtures/workdir_v0_uninterrupted is the same run, uninterrupted, by that old
 main (its config: tests/workdir_v0_config.py)."""
+
 import json
 import os
 import shutil
@@ -41,6 +42,8 @@ def test_an_old_workdir_resumes_into_the_uninterrupted_run(tmp_path):
   assert flat.keys() == old_flat.keys()
   for key in old_flat:
     np.testing.assert_allclose(flat[key], old_flat[key], rtol=1e-5, atol=1e-7, err_msg=key)
-  with open(workdir / "final" / "generation.json") as a, \
-       open(os.path.join(old, "generation.json")) as b:
+  with (
+    open(workdir / "final" / "generation.json") as a,
+    open(os.path.join(old, "generation.json")) as b,
+  ):
     assert json.load(a) == json.load(b)

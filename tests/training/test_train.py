@@ -1,4 +1,5 @@
 """End-to-end uptraining on the built-in task: learning, sharding, resume, config errors."""
+
 import json
 import os
 import subprocess
@@ -7,11 +8,11 @@ import sys
 import jax
 import numpy as np
 import pytest
-
 from builders import losses, tiny, tiny_model_and_batch
-from wgqa_jax.store import params_io
-from wgqa_jax.training import trainer, steps as train_step
+
 from wgqa_jax.grouping import variants
+from wgqa_jax.store import params_io
+from wgqa_jax.training import steps as train_step, trainer
 from wgqa_jax.training.config import base_config
 
 
@@ -46,9 +47,9 @@ def test_kill_and_resume_reproduces_uninterrupted_run(tmp_path):
   full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
   trainer.train(tiny(), full)
   with pytest.raises(trainer.Preempted, match="saved step 10"):
-    trainer.train(tiny(), cut, stop_after=10)      # "preempted" after step 10
+    trainer.train(tiny(), cut, stop_after=10)  # "preempted" after step 10
   assert max(losses(cut)) == 10
-  trainer.train(tiny(), cut)                       # same command again: resumes at 10
+  trainer.train(tiny(), cut)  # same command again: resumes at 10
   a, b = losses(full), losses(cut)
   assert sorted(a) == sorted(b) == [5, 10, 15, 20]
   np.testing.assert_allclose([b[k] for k in (15, 20)], [a[k] for k in (15, 20)], rtol=1e-6)
@@ -60,8 +61,18 @@ def test_resume_onto_a_different_mesh_with_remat_and_scanned_layers(tmp_path):
   with pytest.raises(trainer.Preempted):
     trainer.train(tiny(), cut, stop_after=10)
   # a 1-device checkpoint onto 8 devices with FSDP, rematerialised scanned layers: one layout
-  trainer.train(tiny(**{"mesh.data": 1, "mesh.fsdp": 4, "mesh.model": 2, "model.remat": "full",
-                      "model.scan_layers": True}), cut)
+  trainer.train(
+    tiny(
+      **{
+        "mesh.data": 1,
+        "mesh.fsdp": 4,
+        "mesh.model": 2,
+        "model.remat": "full",
+        "model.scan_layers": True,
+      }
+    ),
+    cut,
+  )
   a, b = losses(full), losses(cut)
   np.testing.assert_allclose([b[k] for k in (15, 20)], [a[k] for k in (15, 20)], rtol=2e-4)
 
@@ -73,14 +84,17 @@ def test_gradient_accumulation_matches_full_batch(tmp_path):
   np.testing.assert_allclose([b[k] for k in sorted(b)], [a[k] for k in sorted(a)], rtol=1e-4)
 
 
-@pytest.mark.parametrize("key,value,match", [
+@pytest.mark.parametrize(
+  "key,value,match",
+  [
     ("grouping.variant", "sgqa", "did you mean 'gqa'"),
     ("optim.batch_size", 6, "divisible by grad_accum_steps"),
     ("data.dataset", "imagenet", "choose from"),
     ("grouping.kv_heads", 3, "not divisible"),
     ("grouping.attention_noise", 0.2, "only applies to pgqa"),
     ("grouping.regroup_every", 5, "does not regroup"),
-])
+  ],
+)
 def test_bad_config_values_fail_clearly(tmp_path, key, value, match):
   c = tiny(grad_accum_steps=4) if key == "optim.batch_size" else tiny()
   c.update_from_flattened_dict({key: value})
@@ -89,9 +103,19 @@ def test_bad_config_values_fail_clearly(tmp_path, key, value, match):
 
 
 def test_cli_rejects_unknown_config_key(tmp_path):
-  r = subprocess.run([sys.executable, "-m", "wgqa_jax.train", "--config=configs/tiny.py",
-                      "--config.optim.learning_rat=1e-3", f"--workdir={tmp_path}"],
-                     capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+  r = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "wgqa_jax.train",
+      "--config=configs/tiny.py",
+      "--config.optim.learning_rat=1e-3",
+      f"--workdir={tmp_path}",
+    ],
+    capture_output=True,
+    text=True,
+    cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+  )
   assert r.returncode == 2
   assert "learning_rat" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
@@ -99,11 +123,20 @@ def test_cli_rejects_unknown_config_key(tmp_path):
 def test_sigterm_saves_a_checkpoint_and_the_rerun_finishes(tmp_path):
   """A real preemption: SIGTERM mid-run -> checkpoint at the current step -> resume completes."""
   import signal
+
   from conftest import run_train, start_train, wait_until
-  args = ["--config=configs/tiny.py", f"--workdir={tmp_path}",
-          "--config.optim.num_train_steps=400", "--config.checkpoint.every=1000",
-          "--config.eval.every=0", "--config.eval.examples=8", "--config.log_every=5",
-          "--config.optim.batch_size=8", "--config.mesh.data=1"]
+
+  args = [
+    "--config=configs/tiny.py",
+    f"--workdir={tmp_path}",
+    "--config.optim.num_train_steps=400",
+    "--config.checkpoint.every=1000",
+    "--config.eval.every=0",
+    "--config.eval.examples=8",
+    "--config.log_every=5",
+    "--config.optim.batch_size=8",
+    "--config.mesh.data=1",
+  ]
   proc = start_train(*args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
   metrics = tmp_path / "metrics.jsonl"
   wait_until(lambda: metrics.exists() and metrics.read_text().count("\n") >= 2, 120, poll=0.2)
@@ -121,11 +154,20 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_finishes(tmp_path):
 
 
 def test_init_from_hf_checkpoint_converts_on_the_fly(tmp_path):
-  from conftest import make_hf_model, V10
+  from conftest import V10, make_hf_model
+
   hf = make_hf_model({**V10, "vocab_size": 260})  # bytes need 259 ids
   hf.save_pretrained(str(tmp_path / "hf"))
-  trainer.train(tiny(init_from=str(tmp_path / "hf"), variant="gqa", kv_heads=2,
-                   num_train_steps=5, **{"checkpoint.every": 5}), str(tmp_path / "run"))
+  trainer.train(
+    tiny(
+      init_from=str(tmp_path / "hf"),
+      variant="gqa",
+      kv_heads=2,
+      num_train_steps=5,
+      **{"checkpoint.every": 5},
+    ),
+    str(tmp_path / "run"),
+  )
   params, cfg = params_io.load(str(tmp_path / "run" / "final"))
   assert cfg.kv_heads == 2 and cfg.grouping.weights == "none" and cfg.num_decoder_layers == 3
   assert params["decoder"]["layers_0"]["cross_attention"]["k"].shape == (32, 2, 12)
@@ -139,22 +181,39 @@ def test_init_from_hf_checkpoint_converts_on_the_fly(tmp_path):
 def test_every_config_file_loads_and_validates():
   import glob
   import importlib.util
+
   from wgqa_jax.training.validation import validate
+
   repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   files = sorted(glob.glob(os.path.join(repo, "configs", "*.py")))
   assert {"paper.py", "tiny.py", "tiny_translate.py"} <= {os.path.basename(f) for f in files}
-  paper_args = [f"{v},{size}" for size in ("small", "base") for v in
-                [v for v in variants.VARIANTS if v != "asymgqa"] + ["simgqa200", "simgqa1000"]]
+  paper_args = [
+    f"{v},{size}"
+    for size in ("small", "base")
+    for v in [v for v in variants.VARIANTS if v != "asymgqa"] + ["simgqa200", "simgqa1000"]
+  ]
   for f in files:
     spec = importlib.util.spec_from_file_location("cfg", f)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    args = {"paper.py": paper_args,
-            "gqa_paper.py": ["gqa,tiny", "mha,tiny", "wgqa,xl", "gqa,xxl", "gqa,small",
-                             "gqa,xl,cnn_dailymail", "wgqa,tiny,synthetic_summarize"],
-            "llama_uptrain.py": ["tiny", "tiny,synthetic_summarize", "meta-llama/Llama-2-7b-hf",
-                                 "meta-llama/Llama-2-7b-hf,cnn_dailymail"],
-            }.get(os.path.basename(f), [None])
+    args = {
+      "paper.py": paper_args,
+      "gqa_paper.py": [
+        "gqa,tiny",
+        "mha,tiny",
+        "wgqa,xl",
+        "gqa,xxl",
+        "gqa,small",
+        "gqa,xl,cnn_dailymail",
+        "wgqa,tiny,synthetic_summarize",
+      ],
+      "llama_uptrain.py": [
+        "tiny",
+        "tiny,synthetic_summarize",
+        "meta-llama/Llama-2-7b-hf",
+        "meta-llama/Llama-2-7b-hf,cnn_dailymail",
+      ],
+    }.get(os.path.basename(f), [None])
     for arg in args:
       c = mod.get_config() if arg is None else mod.get_config(arg)
       validate(c)
@@ -164,7 +223,9 @@ def test_every_config_file_loads_and_validates():
   spec.loader.exec_module(paper)
   assert paper.get_config("simgqa200,base").grouping.regroup_every == 200
   assert paper.get_config("gqa,base").model.init_from == "t5-base"
-  spec = importlib.util.spec_from_file_location("gqa", os.path.join(repo, "configs", "gqa_paper.py"))
+  spec = importlib.util.spec_from_file_location(
+    "gqa", os.path.join(repo, "configs", "gqa_paper.py")
+  )
   gqa = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(gqa)
   c = gqa.get_config("gqa,xl")  # alpha x the T5.1.1 pretraining steps, alpha overridable
@@ -175,9 +236,16 @@ def test_every_config_file_loads_and_validates():
     validate(paper.get_config("wgq,small"))
 
 
-@pytest.mark.parametrize("variant,extra", [("simgqa", {"regroup_every": 5}),
-                                           ("asymgqa", {"group_sizes": (1, 3), "kv_heads": 2}),
-                                           ("kdgqa", {}), ("dgqa", {}), ("pgqa", {})])
+@pytest.mark.parametrize(
+  "variant,extra",
+  [
+    ("simgqa", {"regroup_every": 5}),
+    ("asymgqa", {"group_sizes": (1, 3), "kv_heads": 2}),
+    ("kdgqa", {}),
+    ("dgqa", {}),
+    ("pgqa", {}),
+  ],
+)
 def test_every_variant_trains(tmp_path, variant, extra):
   last = trainer.train(tiny(variant=variant, num_train_steps=10, **extra), str(tmp_path))
   assert np.isfinite(last["eval/loss"])
@@ -186,8 +254,9 @@ def test_every_variant_trains(tmp_path, variant, extra):
 
 
 def test_regroup_moves_query_heads_with_their_optimizer_moments():
-  from wgqa_jax.models.t5.config import preset
   from wgqa_jax.models import t5
+  from wgqa_jax.models.t5.config import preset
+
   cfg = preset("tiny", num_decoder_layers=1, num_encoder_layers=1)
   params = jax.tree.map(np.array, t5.init_params(cfg, jax.random.PRNGKey(0)))
   params, cfg = variants.from_mha(params, cfg, "gqa", 2)
@@ -205,16 +274,20 @@ def test_regroup_moves_query_heads_with_their_optimizer_moments():
   np.testing.assert_array_equal(nq, q[:, perm])  # q and o moved together
   mu = new["opt_state"][0]["mu"]["decoder"]["layers_0"]["cross_attention"]["q"]
   np.testing.assert_array_equal(mu, nq)
-  np.testing.assert_array_equal(new["params"]["decoder"]["layers_0"]["cross_attention"]["k"],
-                                params["decoder"]["layers_0"]["cross_attention"]["k"])
+  np.testing.assert_array_equal(
+    new["params"]["decoder"]["layers_0"]["cross_attention"]["k"],
+    params["decoder"]["layers_0"]["cross_attention"]["k"],
+  )
 
 
 def test_config_docs_are_generated_and_complete():
   from wgqa_jax.training.config import config_docs, keys
+
   repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   docs = config_docs()
-  assert open(os.path.join(repo, "docs", "CONFIG.md")).read() == docs, \
-      "docs/CONFIG.md is stale: python -m wgqa_jax.train_config > docs/CONFIG.md"
+  assert open(os.path.join(repo, "docs", "CONFIG.md")).read() == docs, (
+    "docs/CONFIG.md is stale: python -m wgqa_jax.train_config > docs/CONFIG.md"
+  )
   assert len(keys(base_config())) > 30
   for key in keys(base_config()):
     row = [l for l in docs.splitlines() if l.startswith(f"| `{key}` |")]
@@ -223,15 +296,20 @@ def test_config_docs_are_generated_and_complete():
 
 def test_nan_guard_skips_the_update():
   import optax
+
   cfg, params, batch = tiny_model_and_batch()
   tx = optax.adamw(1e-2)
   step = jax.jit(train_step.make_train_step(cfg, tiny().optim, tx))
-  state = {"step": jax.numpy.zeros((), jax.numpy.int32), "params": params,
-           "opt_state": tx.init(params)}
+  state = {
+    "step": jax.numpy.zeros((), jax.numpy.int32),
+    "params": params,
+    "opt_state": tx.init(params),
+  }
   good, out = step(state, batch, jax.random.PRNGKey(0))
   assert float(out["skipped"]) == 0 and int(good["step"]) == 1
-  assert not np.allclose(good["params"]["decoder"]["layers_0"]["mlp"]["wo"],
-                         params["decoder"]["layers_0"]["mlp"]["wo"])
+  assert not np.allclose(
+    good["params"]["decoder"]["layers_0"]["mlp"]["wo"], params["decoder"]["layers_0"]["mlp"]["wo"]
+  )
   bad_params = jax.tree.map(lambda x: x, params)
   bad_params["encoder"]["final_norm"]["scale"] = params["encoder"]["final_norm"]["scale"] * np.nan
   bad = {**state, "params": bad_params}
@@ -246,9 +324,16 @@ def test_nan_guard_skips_the_update():
 def test_packed_run_learns_with_less_padding_and_resumes_exactly(tmp_path):
   """Packed training, tokenized in grain worker processes: fewer pad tokens than unpacked,
   learns, and a run preempted mid-window resumes onto the very same batches."""
-  kw = dict(num_train_steps=20, **{"data.pack": True, "data.pack_window": 64,
-                                   "data.workers": 2, "data.max_input_length": 192,
-                                   "data.max_target_length": 64})
+  kw = dict(
+    num_train_steps=20,
+    **{
+      "data.pack": True,
+      "data.pack_window": 64,
+      "data.workers": 2,
+      "data.max_input_length": 192,
+      "data.max_target_length": 64,
+    },
+  )
   full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
   last = trainer.train(tiny(**kw), full)
   with pytest.raises(trainer.Preempted):
@@ -258,8 +343,9 @@ def test_packed_run_learns_with_less_padding_and_resumes_exactly(tmp_path):
   trainer.train(tiny(**kw), cut)
   a, b = losses(full), losses(cut)
   np.testing.assert_allclose([b[k] for k in (15, 20)], [a[k] for k in (15, 20)], rtol=1e-6)
-  unpacked = trainer.train(tiny(**{k: v for k, v in kw.items() if k != "data.pack"}),
-                         str(tmp_path / "unpacked"))
+  unpacked = trainer.train(
+    tiny(**{k: v for k, v in kw.items() if k != "data.pack"}), str(tmp_path / "unpacked")
+  )
   assert last["train/padding"] < 0.7 * unpacked["train/padding"]
   assert a[20] < a[5]
 
@@ -268,18 +354,41 @@ def test_tfds_dataset_trains_and_evaluates_through_the_real_reader(tmp_path):
   """A CNN/DailyMail-shaped TFDS dataset written by the real builder: trained on with a
   sentencepiece vocabulary and grain worker processes, then `evaluate` finds the data through
   the run's own data_dir."""
-  from wgqa_jax.tools import evaluate
   from wgqa_jax.data import local_tfds
+  from wgqa_jax.tools import evaluate
+
   data_dir = str(tmp_path / "tfds")
   local_tfds.build("cnn_dailymail", data_dir, {"train": 64, "validation": 8, "test": 8})
   w = str(tmp_path / "run")
-  last = trainer.train(tiny(num_train_steps=6, **{
-      "data.dataset": "cnn_dailymail", "data.data_dir": data_dir, "data.tokenizer": "sentencepiece",
-      "data.workers": 2, "data.max_input_length": 128, "data.max_target_length": 32}), w)
+  last = trainer.train(
+    tiny(
+      num_train_steps=6,
+      **{
+        "data.dataset": "cnn_dailymail",
+        "data.data_dir": data_dir,
+        "data.tokenizer": "sentencepiece",
+        "data.workers": 2,
+        "data.max_input_length": 128,
+        "data.max_target_length": 32,
+      },
+    ),
+    w,
+  )
   assert np.isfinite(last["eval/loss"]) and "eval/rougeLsum" in last
   out = str(tmp_path / "test.json")
-  assert evaluate.main([f"--checkpoint={w}", "--split=test", "--num_examples=4",
-                        "--bootstrap=10", "--num_beams=1", f"--out={out}"]) == 0
+  assert (
+    evaluate.main(
+      [
+        f"--checkpoint={w}",
+        "--split=test",
+        "--num_examples=4",
+        "--bootstrap=10",
+        "--num_beams=1",
+        f"--out={out}",
+      ]
+    )
+    == 0
+  )
   result = json.load(open(out))
   assert result["dataset"] == "cnn_dailymail" and len(result["predictions"]) == 4
   assert all(s.startswith("summarize: ") for s in result["inputs"])

@@ -11,19 +11,21 @@ pareto, analysis, plan, prepare_corpus, local_tfds, config_docs) and of the benc
   traceback), 2 user error, 3 diverged, 74 disk full (free space, rerun to resume), 75
   preempted after saving a checkpoint (rerun to resume).
 """
+
 from __future__ import annotations
 
 import errno
 import logging
 import os
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from absl import flags
 
 from wgqa_jax.core.errors import EXIT_DISK_FULL, EXIT_USER_ERROR, Failure, UserError, is_disk_full
 
 USER_ERRORS = (UserError, flags.Error)
+
 
 def flag_set() -> flags.FlagValues:
   """A fresh flag set with the flags every entry point has."""
@@ -57,8 +59,7 @@ def parse(fv: flags.FlagValues, argv: list[str] | None, prog: str) -> flags.Flag
   except flags.Error as e:  # get_config(ARG) raised: absl quotes its whole traceback
     lines = [l.strip() for l in str(e).splitlines() if l.strip()]
     if len(lines) > 1 and any(l.startswith("Traceback") for l in lines):
-      raise UserError(f"{lines[0].removeprefix('flag ').split(': Error')[0]}: "
-                       f"{lines[-1]}") from e
+      raise UserError(f"{lines[0].removeprefix('flag ').split(': Error')[0]}: {lines[-1]}") from e
     raise
   finally:
     sys.argv = saved
@@ -93,15 +94,18 @@ def run(main: Callable[[list[str] | None], int], fv: flags.FlagValues) -> None:
     print(f"{getattr(e, 'label', 'error')}: {e}", file=sys.stderr)
     code = e.exit_code if isinstance(e, Failure) else EXIT_USER_ERROR
     if getattr(e, "exit_now", False):  # library threads that cannot finish would print
-      sys.stdout.flush()               # tracebacks while the interpreter shuts down
+      sys.stdout.flush()  # tracebacks while the interpreter shuts down
       sys.stderr.flush()
       os._exit(code)
     sys.exit(code)
   except OSError as e:  # only a full disk (or quota) is the machine's state, not a bug
     if e.errno not in (errno.ENOSPC, errno.EDQUOT) or (fv.is_parsed() and fv["debug"].value):
       raise
-    print(f"disk full: writing {e.filename or 'a file'} failed ({e.strerror}); free space and "
-          f"run the same command again", file=sys.stderr)
+    print(
+      f"disk full: writing {e.filename or 'a file'} failed ({e.strerror}); free space and "
+      f"run the same command again",
+      file=sys.stderr,
+    )
     sys.exit(EXIT_DISK_FULL)
   sys.exit(code or 0)
 
@@ -112,8 +116,9 @@ class _DropDiskFullLogs(logging.Filter):
 
   def filter(self, record: logging.LogRecord) -> bool:
     error = record.exc_info[1] if record.exc_info else None
-    return not (is_disk_full(Exception(record.getMessage()))
-                or (error is not None and is_disk_full(error)))
+    return not (
+      is_disk_full(Exception(record.getMessage())) or (error is not None and is_disk_full(error))
+    )
 
 
 def quiet_disk_full_logs() -> None:
@@ -122,6 +127,7 @@ def quiet_disk_full_logs() -> None:
   "Event loop is closed" when a failed save's event loop is gone. Process-wide: only a command
   line calls it."""
   from absl import logging as absl_logging
+
   drop = _DropDiskFullLogs()
   for handler in [absl_logging.get_absl_handler(), *logging.getLogger().handlers]:
     handler.addFilter(drop)
@@ -136,4 +142,5 @@ def quiet_disk_full_logs() -> None:
   def unraisablehook(unraisable):  # what a C callback reports (no "Exception ignored" line)
     if not closed_loop(unraisable.exc_value):
       previous_unraisable(unraisable)
+
   sys.excepthook, sys.unraisablehook = excepthook, unraisablehook

@@ -10,6 +10,7 @@
   (diverged, a full disk, preempted).
 - Anything else is a bug: exit 1 with its traceback.
 """
+
 from __future__ import annotations
 
 import errno
@@ -34,6 +35,7 @@ class MissingDependency(UserError, ImportError):
 
 class Failure(Exception):
   """A run that stopped for a reason it can state in one line, with its own exit code."""
+
   exit_code = 1
   label = "error"
   exit_now = False  # library threads that cannot finish would print tracebacks at shutdown
@@ -42,6 +44,9 @@ class Failure(Exception):
 def is_disk_full(e: BaseException) -> bool:
   """Whether an error (ours, the OS's, or a library's wrapping of it) is a full disk or quota."""
   text = str(e)
-  return getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) \
-      or "No space left on device" in text or "os_error_code='28'" in text \
-      or "Disk quota exceeded" in text
+  return (
+    getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
+    or "No space left on device" in text
+    or "os_error_code='28'" in text
+    or "Disk quota exceeded" in text
+  )

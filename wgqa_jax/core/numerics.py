@@ -1,6 +1,7 @@
 """Checks on arrays every layer can share, jitted: finiteness (the train step's NaN guard, the
 checkpoints' and params' verification) and a fingerprint of an array's bits (what a checkpoint's
 integrity record holds)."""
+
 from __future__ import annotations
 
 import jax
@@ -10,8 +11,9 @@ import jax.numpy as jnp
 @jax.jit
 def all_finite(tree) -> jax.Array:
   """True when every floating-point leaf of `tree` is finite."""
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
-            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  leaves = [
+    jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)
+  ]
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
@@ -31,8 +33,10 @@ def _bits(x):
 def fingerprint(tree):
   """Per leaf: (sum of bits, sum of bits * (position % 65521 + 1)), both mod 2**32: flipped,
   garbled or reordered bytes change it."""
+
   def one(x):
     u = _bits(x)
     pos = (jnp.arange(u.shape[0], dtype=jnp.uint32) % jnp.uint32(65521)) + jnp.uint32(1)
     return jnp.stack([jnp.sum(u, dtype=jnp.uint32), jnp.sum(u * pos, dtype=jnp.uint32)])
+
   return jax.tree.map(one, tree)

@@ -1,5 +1,6 @@
 """What each process of a (multi-host) run does alone: process 0 prints and writes the
 workdir's files; the others find what it wrote."""
+
 from __future__ import annotations
 
 import jax
@@ -21,6 +22,7 @@ def first_on_process_0(fn):
   if jax.process_count() == 1:
     return fn()
   from jax.experimental import multihost_utils
+
   out = fn() if is_main_process() else None
   multihost_utils.sync_global_devices("wgqa_jax: process 0 done")
   return out if is_main_process() else fn()

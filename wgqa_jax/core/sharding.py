@@ -15,6 +15,7 @@ instead of failing. A run may override either set, as t5x's and MaxText's logica
 (config mesh.param_rules / mesh.activation_rules, e.g. "mlp=none,vocab=fsdp", a+b for two mesh
 axes); `use_rules` puts a `Rules` in force for everything traced under it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,38 +33,50 @@ BATCH = ("data", "fsdp")  # the mesh axes a batch is split over
 
 # logical axis -> mesh axis (or axes), for params
 PARAM_RULES = {
-    "embed": "fsdp",
-    "heads": "model",
-    "kv_heads": "model",
-    "mlp": "model",
-    "vocab": "model",
+  "embed": "fsdp",
+  "heads": "model",
+  "kv_heads": "model",
+  "mlp": "model",
+  "vocab": "model",
 }
 # ... and for activations (constrain, in the models)
 ACTIVATION_RULES = {
-    "batch": BATCH,
-    "heads": "model",
-    "kv_heads": "model",
-    "mlp": "model",
-    "vocab": "model",
+  "batch": BATCH,
+  "heads": "model",
+  "kv_heads": "model",
+  "mlp": "model",
+  "vocab": "model",
 }
 # every logical axis name the models give their params and activations
-LOGICAL_AXES = ("batch", "length", "embed", "heads", "kv_heads", "kv", "mlp", "vocab",
-                "relpos_buckets")
+LOGICAL_AXES = (
+  "batch",
+  "length",
+  "embed",
+  "heads",
+  "kv_heads",
+  "kv",
+  "mlp",
+  "vocab",
+  "relpos_buckets",
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class Rules:
   """Logical axis -> mesh axis (a name, a tuple of names, or None: unsplit), for params and
   for activations."""
+
   params: dict = dataclasses.field(default_factory=lambda: dict(PARAM_RULES))
   activations: dict = dataclasses.field(default_factory=lambda: dict(ACTIVATION_RULES))
 
   @classmethod
-  def with_overrides(cls, params: str | None = None, activations: str | None = None) -> "Rules":
+  def with_overrides(cls, params: str | None = None, activations: str | None = None) -> Rules:
     """The default rules with overrides "logical=mesh,..." applied (mesh: an axis, a+b, or
     none)."""
-    return cls({**PARAM_RULES, **parse_rules(params, "mesh.param_rules")},
-               {**ACTIVATION_RULES, **parse_rules(activations, "mesh.activation_rules")})
+    return cls(
+      {**PARAM_RULES, **parse_rules(params, "mesh.param_rules")},
+      {**ACTIVATION_RULES, **parse_rules(activations, "mesh.activation_rules")},
+    )
 
 
 def parse_rules(text: str | None, key: str) -> dict:
@@ -72,16 +85,19 @@ def parse_rules(text: str | None, key: str) -> dict:
   for item in filter(None, (t.strip() for t in (text or "").split(","))):
     logical, sep, target = (x.strip() for x in item.partition("="))
     if not sep or logical not in LOGICAL_AXES:
-      raise UserError(f"config.{key}={text!r}: {item!r} is not LOGICAL=MESH_AXIS with a logical "
-                      f"axis of {list(LOGICAL_AXES)}")
+      raise UserError(
+        f"config.{key}={text!r}: {item!r} is not LOGICAL=MESH_AXIS with a logical "
+        f"axis of {list(LOGICAL_AXES)}"
+      )
     axes = tuple(a.strip() for a in target.split("+"))
     if target.lower() == "none":
       out[logical] = None
     elif all(a in AXES for a in axes):
       out[logical] = axes[0] if len(axes) == 1 else axes
     else:
-      raise UserError(f"config.{key}={text!r}: {target!r} is not a mesh axis of {list(AXES)} "
-                      f"(or a+b, or none)")
+      raise UserError(
+        f"config.{key}={text!r}: {target!r} is not a mesh axis of {list(AXES)} (or a+b, or none)"
+      )
   return out
 
 
@@ -118,15 +134,23 @@ def make_mesh(data: int = -1, fsdp: int = 1, model: int = 1, devices=None) -> Me
   n = len(devices)
   if free:
     if n % fixed:
-      raise UserError(f"mesh {' x '.join(f'{k}={v}' for k, v in sizes.items() if v != -1)} "
-                       f"does not divide the {n} devices")
+      raise UserError(
+        f"mesh {' x '.join(f'{k}={v}' for k, v in sizes.items() if v != -1)} "
+        f"does not divide the {n} devices"
+      )
     sizes[free[0]] = n // fixed
   total = math.prod(sizes.values())
   if total > n:
-    raise UserError(f"mesh {' x '.join(f'{k}={v}' for k, v in sizes.items())} needs {total} "
-                     f"devices, but only {n} are available")
-  return jax.make_mesh(tuple(sizes[a] for a in AXES), AXES, devices=devices[:total],
-                       axis_types=(AxisType.Auto,) * len(AXES))
+    raise UserError(
+      f"mesh {' x '.join(f'{k}={v}' for k, v in sizes.items())} needs {total} "
+      f"devices, but only {n} are available"
+    )
+  return jax.make_mesh(
+    tuple(sizes[a] for a in AXES),
+    AXES,
+    devices=devices[:total],
+    axis_types=(AxisType.Auto,) * len(AXES),
+  )
 
 
 def _ways(mesh_axes, mesh_shape) -> int:
@@ -141,13 +165,17 @@ def _spec(axes, shape, rules: dict, mesh_shape) -> list:
     if mesh_axes is not None:
       # a mesh axis splits one dimension at most: an earlier dimension keeps it (overridden
       # rules may name it twice, e.g. vocab=fsdp+model beside embed=fsdp)
-      free = tuple(a for a in (mesh_axes if isinstance(mesh_axes, tuple) else (mesh_axes,))
-                   if a not in used)
+      free = tuple(
+        a for a in (mesh_axes if isinstance(mesh_axes, tuple) else (mesh_axes,)) if a not in used
+      )
       mesh_axes = None if not free else free[0] if len(free) == 1 else free
     if mesh_axes is not None and size % _ways(mesh_axes, mesh_shape):
       # a tuple that does not divide: try its first axis alone (batch: data without fsdp)
-      mesh_axes = mesh_axes[0] if isinstance(mesh_axes, tuple) and \
-          size % mesh_shape[mesh_axes[0]] == 0 else None
+      mesh_axes = (
+        mesh_axes[0]
+        if isinstance(mesh_axes, tuple) and size % mesh_shape[mesh_axes[0]] == 0
+        else None
+      )
     if mesh_axes is not None:
       used.update(mesh_axes if isinstance(mesh_axes, tuple) else (mesh_axes,))
     spec.append(mesh_axes)
@@ -172,8 +200,11 @@ def logical_to_spec(axes, shape, mesh: Mesh) -> P:
 def param_shardings(axes_tree, shapes_tree, mesh: Mesh):
   """NamedShardings for a params tree, from its logical axes (model.param_axes)."""
   return jax.tree.map(
-      lambda axes, shape: NamedSharding(mesh, logical_to_spec(tuple(axes), shape.shape, mesh)),
-      axes_tree, shapes_tree, is_leaf=lambda x: isinstance(x, P))
+    lambda axes, shape: NamedSharding(mesh, logical_to_spec(tuple(axes), shape.shape, mesh)),
+    axes_tree,
+    shapes_tree,
+    is_leaf=lambda x: isinstance(x, P),
+  )
 
 
 def constrain(x, axes):
@@ -183,8 +214,9 @@ def constrain(x, axes):
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty or math.prod(mesh.shape.values()) == 1:
     return x
-  return jax.lax.with_sharding_constraint(x, P(*_spec(axes, x.shape, _active.activations,
-                                                      mesh.shape)))
+  return jax.lax.with_sharding_constraint(
+    x, P(*_spec(axes, x.shape, _active.activations, mesh.shape))
+  )
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -207,6 +239,7 @@ def to_host(tree):
     if not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated:
       return np.asarray(jax.device_get(x))
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
   return jax.tree.map(fetch, tree)
 
 
@@ -217,9 +250,12 @@ def put_process_batch(rows: dict, mesh: Mesh) -> dict:
   if jax.process_count() == 1:
     return {k: jax.device_put(np.asarray(v), sharding) for k, v in rows.items()}
   n = jax.process_count()
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v),
-                                                    (len(v) * n, *np.shape(v)[1:]))
-          for k, v in rows.items()}
+  return {
+    k: jax.make_array_from_process_local_data(
+      sharding, np.asarray(v), (len(v) * n, *np.shape(v)[1:])
+    )
+    for k, v in rows.items()
+  }
 
 
 def gather_rows(x: np.ndarray) -> np.ndarray:
@@ -227,6 +263,7 @@ def gather_rows(x: np.ndarray) -> np.ndarray:
   if jax.process_count() == 1:
     return np.asarray(x)[None]
   from jax.experimental import multihost_utils
+
   return np.asarray(multihost_utils.process_allgather(np.asarray(x)))
 
 
@@ -234,5 +271,6 @@ def put_batch(batch: dict, mesh: Mesh) -> dict:
   """A global host numpy batch that every process holds whole (eval) -> global arrays sharded
   over the data axis (single and multi-host): each process passes its rows."""
   n, i = jax.process_count(), jax.process_index()
-  return put_process_batch({k: np.asarray(v)[i * (len(v) // n):(i + 1) * (len(v) // n)]
-                            for k, v in batch.items()}, mesh)
+  return put_process_batch(
+    {k: np.asarray(v)[i * (len(v) // n) : (i + 1) * (len(v) // n)] for k, v in batch.items()}, mesh
+  )

@@ -4,6 +4,7 @@
 import), so a SIGTERM / SIGINT during start-up is recorded instead of killing the process; the
 trainer's Preemption then stops the run cleanly (exit 75) at its next check. This module imports
 only the standard library."""
+
 from __future__ import annotations
 
 import signal

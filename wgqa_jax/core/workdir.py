@@ -10,6 +10,7 @@ per workdir.
 - `read_json`: a small JSON file, None (with a warning) when it is empty or torn.
 - `writing_dir`: an output directory written beside its target and swapped in whole.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,18 +26,18 @@ from tqdm import tqdm
 from wgqa_jax.core.errors import UserError
 
 # ---- what a workdir holds ----
-RUN_CONFIG = "config.json"          # the training config the run started with (resume checks it)
-METRICS = "metrics.jsonl"           # one JSON row per logged step and per eval
-TENSORBOARD = "tb"                  # the same scalars for TensorBoard
-CHECKPOINTS = "checkpoints"         # orbax: <step>/state (step, params, opt_state), <step>/data
-INTEGRITY = "integrity"             # <step>.json: each checkpoint's fingerprint and data position
+RUN_CONFIG = "config.json"  # the training config the run started with (resume checks it)
+METRICS = "metrics.jsonl"  # one JSON row per logged step and per eval
+TENSORBOARD = "tb"  # the same scalars for TensorBoard
+CHECKPOINTS = "checkpoints"  # orbax: <step>/state (step, params, opt_state), <step>/data
+INTEGRITY = "integrity"  # <step>.json: each checkpoint's fingerprint and data position
 QUARANTINE = "checkpoints_quarantine"  # checkpoints that failed to verify, moved aside
-BEST = "best"                       # params dir at the best eval metric so far
-BEST_RECORD = "best_metric.json"    # which step best/ is, and its value
-FINAL = "final"                     # params dir of the last step
+BEST = "best"  # params dir at the best eval metric so far
+BEST_RECORD = "best_metric.json"  # which step best/ is, and its value
+FINAL = "final"  # params dir of the last step
 TOKENIZER_RECORD = "tokenizer.json"  # the tokenizer's fingerprint (resume checks it)
-SPM_MODEL = "spm.model"             # a sentencepiece vocabulary trained by the run
-CALIBRATION = "calibration.npz"     # the MHA model's calibration statistics (calibrated variants)
+SPM_MODEL = "spm.model"  # a sentencepiece vocabulary trained by the run
+CALIBRATION = "calibration.npz"  # the MHA model's calibration statistics (calibrated variants)
 LOCK_FILE = ".lock"
 # what marks a directory as a training workdir, written or not yet with params (not
 # tokenizer.json or config.json: a HF checkpoint has files of those names too)
@@ -66,11 +67,16 @@ class Lock:
     except BlockingIOError:
       holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
       os.close(fd)
-      raise UserError(f"{os.path.dirname(self.path)} is in use by {holder}: one run writes a "
-                       f"workdir at a time (wait for it, stop it, or pass another --workdir)")
+      raise UserError(
+        f"{os.path.dirname(self.path)} is in use by {holder}: one run writes a "
+        f"workdir at a time (wait for it, stop it, or pass another --workdir)"
+      ) from None
     os.ftruncate(fd, 0)
-    os.write(fd, f"PID {os.getpid()} on {socket.gethostname()} (since "
-                 f"{time.strftime('%Y-%m-%d %H:%M:%S')})".encode())
+    os.write(
+      fd,
+      f"PID {os.getpid()} on {socket.gethostname()} (since "
+      f"{time.strftime('%Y-%m-%d %H:%M:%S')})".encode(),
+    )
     self._fd = fd
 
   def release(self) -> None:

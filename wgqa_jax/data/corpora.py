@@ -14,6 +14,7 @@ grain reads (wgqa_jax.data.pipeline shuffles, shards per process and tokenizes t
 
 Nothing is read at open beyond a listing or an index: a corpus of any size opens in milliseconds.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,13 @@ FORMAT = "wgqa_jax corpus 1"
 
 def is_corpus(dataset: str) -> bool:
   """Whether `dataset` names a text corpus (not a task of (input, target) pairs)."""
-  return dataset == STDLIB or dataset.startswith(TFDS_PREFIX) or os.path.isdir(dataset) \
-      or os.sep in dataset or dataset.startswith(".")
+  return (
+    dataset == STDLIB
+    or dataset.startswith(TFDS_PREFIX)
+    or os.path.isdir(dataset)
+    or os.sep in dataset
+    or dataset.startswith(".")
+  )
 
 
 def held_out(key: str, every: int = 50) -> bool:
@@ -50,14 +56,17 @@ class PythonStdlib:
     self.root = sysconfig.get_paths()["stdlib"]
     keys = []
     for d, dirs, files in os.walk(self.root):
-      dirs[:] = sorted(x for x in dirs if x not in ("site-packages", "dist-packages",
-                                                     "__pycache__"))
-      keys += [os.path.relpath(os.path.join(d, f), self.root) for f in sorted(files)
-               if f.endswith(".py")]
+      dirs[:] = sorted(
+        x for x in dirs if x not in ("site-packages", "dist-packages", "__pycache__")
+      )
+      keys += [
+        os.path.relpath(os.path.join(d, f), self.root) for f in sorted(files) if f.endswith(".py")
+      ]
     topics = os.path.join("pydoc_data", "topics.py")
     keys = [k for k in keys if k != topics]  # its help texts are documents of their own
     try:
       from pydoc_data import topics as pydoc_topics
+
       keys += [f"topic:{t}" for t in sorted(pydoc_topics.topics)]
     except ImportError:  # some distributions leave pydoc_data out
       pass
@@ -71,7 +80,8 @@ class PythonStdlib:
     key = self.keys[i]
     if key.startswith("topic:"):
       from pydoc_data import topics
-      return topics.topics[key[len("topic:"):]]
+
+      return topics.topics[key[len("topic:") :]]
     # a few test files are deliberately not UTF-8: keep them, replacing what does not decode
     with open(os.path.join(self.root, key), encoding="utf-8", errors="replace") as f:
       return f.read()
@@ -82,14 +92,17 @@ class TFDSText:
 
   def __init__(self, name: str, split: str, data_dir: str | None, text_field: str):
     from wgqa_jax.data import tasks as data
+
     self.source = data.open_tfds(name, split, data_dir)
     self.field = text_field
     if len(self.source) == 0:
       raise UserError(f"TFDS {name!r} split {split!r} is empty")
     first = self.source[0]
     if text_field not in first:
-      raise UserError(f"TFDS {name!r} has no feature {text_field!r}; its features: "
-                       f"{sorted(first)} (set data.text_field)")
+      raise UserError(
+        f"TFDS {name!r} has no feature {text_field!r}; its features: "
+        f"{sorted(first)} (set data.text_field)"
+      )
 
   def __len__(self) -> int:
     return len(self.source)
@@ -98,8 +111,9 @@ class TFDSText:
     try:
       text = self.source[i][self.field]
     except RuntimeError as e:  # riegeli: a damaged array_record shard
-      raise UserError(f"TFDS document {i} is damaged ({cli.first_line(e, 160)}); prepare "
-                       f"the dataset again") from None
+      raise UserError(
+        f"TFDS document {i} is damaged ({cli.first_line(e, 160)}); prepare the dataset again"
+      ) from None
     return text.decode("utf-8") if isinstance(text, bytes) else str(text)
 
 
@@ -113,9 +127,10 @@ def read_manifest(directory: str) -> dict:
     raise MissingInput(f"no corpus directory {directory}")
   if not os.path.exists(path):
     raise MissingInput(
-        f"{directory} is not a prepared corpus (no {MANIFEST}); prepare local JSON lines, "
-        f"Parquet or text files once with: python -m wgqa_jax.prepare_corpus "
-        f"--input='FILES' --out=DIR")
+      f"{directory} is not a prepared corpus (no {MANIFEST}); prepare local JSON lines, "
+      f"Parquet or text files once with: python -m wgqa_jax.prepare_corpus "
+      f"--input='FILES' --out=DIR"
+    )
   try:
     with open(path) as f:
       manifest = json.load(f)
@@ -131,10 +146,12 @@ class PreparedCorpus:
 
   def __init__(self, directory: str, split: str):
     import grain
+
     manifest = read_manifest(directory)
     if split not in manifest["splits"]:
-      raise UserError(f"corpus {directory} has the splits {sorted(manifest['splits'])}, "
-                       f"not {split!r}")
+      raise UserError(
+        f"corpus {directory} has the splits {sorted(manifest['splits'])}, not {split!r}"
+      )
     paths = shard_paths(directory, split, manifest)
     missing = [p for p in paths if not os.path.exists(p)]
     if missing:
@@ -144,11 +161,14 @@ class PreparedCorpus:
       self.source = grain.sources.ArrayRecordDataSource(paths) if paths else []
       size = len(self.source)
     except RuntimeError as e:  # riegeli: a damaged shard (its index or a block)
-      raise UserError(f"corpus {directory} is damaged ({cli.first_line(e, 160)}); prepare it "
-                       f"again") from None
+      raise UserError(
+        f"corpus {directory} is damaged ({cli.first_line(e, 160)}); prepare it again"
+      ) from None
     if size != self.documents:
-      raise UserError(f"corpus {directory} {split}: the shards hold {len(self.source)} "
-                       f"documents, {MANIFEST} says {self.documents}")
+      raise UserError(
+        f"corpus {directory} {split}: the shards hold {len(self.source)} "
+        f"documents, {MANIFEST} says {self.documents}"
+      )
 
   def __len__(self) -> int:
     return self.documents
@@ -157,9 +177,11 @@ class PreparedCorpus:
     try:
       return self.source[i].decode("utf-8")
     except (RuntimeError, UnicodeDecodeError) as e:
-      raise UserError(f"corpus {self.directory}: document {i} is damaged "
-                       f"({cli.first_line(e, 160)}); "
-                       f"prepare it again") from None
+      raise UserError(
+        f"corpus {self.directory}: document {i} is damaged "
+        f"({cli.first_line(e, 160)}); "
+        f"prepare it again"
+      ) from None
 
 
 class Head:
@@ -181,17 +203,17 @@ def describe(dataset: str) -> str:
   """The corpus for logs and tables (the standard library's differs between Python versions)."""
   if dataset == STDLIB:
     import platform
+
     return f"Python {platform.python_version()} standard library"
   return dataset
 
 
-def open_corpus(dataset: str, split: str, data_dir: str | None = None,
-                text_field: str = "text"):
+def open_corpus(dataset: str, split: str, data_dir: str | None = None, text_field: str = "text"):
   """The documents of `split` ("train" or "validation") of a corpus `dataset` names."""
   if dataset == STDLIB:
     docs = PythonStdlib(split)
   elif dataset.startswith(TFDS_PREFIX):
-    docs = TFDSText(dataset[len(TFDS_PREFIX):], split, data_dir, text_field)
+    docs = TFDSText(dataset[len(TFDS_PREFIX) :], split, data_dir, text_field)
   else:
     docs = PreparedCorpus(os.path.expanduser(dataset), split)
   if len(docs) == 0:

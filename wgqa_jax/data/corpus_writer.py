@@ -11,6 +11,7 @@ reads them with grain, so a corpus of any size opens in milliseconds) and corpus
 `validation_every`-th document (the first, then every N-th) is held out as the validation
 split. The output appears complete or not at all: it is written beside the target and renamed.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -32,14 +33,19 @@ def kind_of(path: str) -> str:
   name = path[:-3] if path.endswith(".gz") else path
   ext = os.path.splitext(name)[1]
   if ext not in KINDS or (path.endswith(".gz") and KINDS[ext] == "parquet"):
-    raise UserError(f"{path}: unknown format; inputs are .jsonl/.json, .parquet or .txt "
-                     f"(.gz for JSON lines and text)")
+    raise UserError(
+      f"{path}: unknown format; inputs are .jsonl/.json, .parquet or .txt "
+      f"(.gz for JSON lines and text)"
+    )
   return KINDS[ext]
 
 
 def _open_text(path: str):
-  return gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else \
-      open(path, encoding="utf-8")
+  return (
+    gzip.open(path, "rt", encoding="utf-8")
+    if path.endswith(".gz")
+    else open(path, encoding="utf-8")
+  )
 
 
 def read_documents(path: str, text_field: str, text_unit: str):
@@ -47,10 +53,13 @@ def read_documents(path: str, text_field: str, text_unit: str):
   kind = kind_of(path)
   if kind == "parquet":
     import pyarrow.parquet as pq
+
     f = pq.ParquetFile(path)
     if text_field not in f.schema_arrow.names:
-      raise UserError(f"{path} has no column {text_field!r}; its columns: "
-                       f"{f.schema_arrow.names} (set --text_field)")
+      raise UserError(
+        f"{path} has no column {text_field!r}; its columns: "
+        f"{f.schema_arrow.names} (set --text_field)"
+      )
     per_row = os.path.getsize(path) / max(f.metadata.num_rows, 1)
     for batch in f.iter_batches(columns=[text_field], batch_size=1024):
       for text in batch.column(0).to_pylist():
@@ -67,8 +76,9 @@ def read_documents(path: str, text_field: str, text_unit: str):
           raise UserError(f"{path}:{n}: not a JSON line ({e})") from None
         if not isinstance(record, dict) or text_field not in record:
           keys = sorted(record) if isinstance(record, dict) else type(record).__name__
-          raise UserError(f"{path}:{n} has no field {text_field!r}; its fields: {keys} "
-                           f"(set --text_field)")
+          raise UserError(
+            f"{path}:{n} has no field {text_field!r}; its fields: {keys} (set --text_field)"
+          )
         yield str(record[text_field] or ""), len(line)
     elif text_unit == "file":
       text = f.read()
@@ -99,6 +109,7 @@ class ShardWriter:
 
   def write(self, record: bytes) -> None:
     from array_record.python.array_record_module import ArrayRecordWriter
+
     if self._writer is None or self._in_shard >= self.shard_bytes:
       self.close()
       name = f"{self.split}-{len(self.files):05d}.array_record"
@@ -134,9 +145,16 @@ def input_files(patterns: list[str]) -> list[str]:
   return files
 
 
-def prepare(files: list[str], out: str, text_field: str = "text", text_unit: str = "line",
-            validation_every: int = 200, shard_mb: int = 64, overwrite: bool = False,
-            progress: bool = True) -> dict:
+def prepare(
+  files: list[str],
+  out: str,
+  text_field: str = "text",
+  text_unit: str = "line",
+  validation_every: int = 200,
+  shard_mb: int = 64,
+  overwrite: bool = False,
+  progress: bool = True,
+) -> dict:
   """Write the corpus of `files` to `out`; returns its manifest."""
   if validation_every < 2:
     raise UserError(f"--validation_every={validation_every}: must be at least 2")
@@ -145,12 +163,20 @@ def prepare(files: list[str], out: str, text_field: str = "text", text_unit: str
     raise UserError(f"--out={out} exists; pass --overwrite to replace it")
   if any(os.path.abspath(f).startswith(out + os.sep) for f in files):
     raise UserError(f"--out={out} holds inputs; write the corpus elsewhere")
-  bar = tqdm(total=sum(os.path.getsize(f) for f in files), unit="B", unit_scale=True,
-             desc="preparing corpus", disable=not progress, dynamic_ncols=True, leave=False)
+  bar = tqdm(
+    total=sum(os.path.getsize(f) for f in files),
+    unit="B",
+    unit_scale=True,
+    desc="preparing corpus",
+    disable=not progress,
+    dynamic_ncols=True,
+    leave=False,
+  )
   try:
     with writing_dir(out) as tmp:  # `out` is always whole: the old corpus or the new one
-      writers = {split: ShardWriter(tmp, split, shard_mb << 20)
-                 for split in ("train", "validation")}
+      writers = {
+        split: ShardWriter(tmp, split, shard_mb << 20) for split in ("train", "validation")
+      }
       n, empty = 0, 0
       done = 0  # bytes of the files finished
       for path in files:
@@ -175,12 +201,20 @@ def prepare(files: list[str], out: str, text_field: str = "text", text_unit: str
       for w in writers.values():
         w.close()
       if writers["train"].documents == 0:
-        raise UserError(f"{', '.join(files[:3])}{' ...' if len(files) > 3 else ''}: {n} "
-                         f"non-empty document(s); a corpus needs at least 2 (one is held out)")
-      manifest = {"format": corpora.FORMAT,
-                  "splits": {k: w.summary() for k, w in writers.items()}, "inputs": files, "text_field": text_field, "text_unit": text_unit,
-                  "validation_every": validation_every, "empty_documents_skipped": empty,
-                  "created": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+        raise UserError(
+          f"{', '.join(files[:3])}{' ...' if len(files) > 3 else ''}: {n} "
+          f"non-empty document(s); a corpus needs at least 2 (one is held out)"
+        )
+      manifest = {
+        "format": corpora.FORMAT,
+        "splits": {k: w.summary() for k, w in writers.items()},
+        "inputs": files,
+        "text_field": text_field,
+        "text_unit": text_unit,
+        "validation_every": validation_every,
+        "empty_documents_skipped": empty,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+      }
       with open(os.path.join(tmp, corpora.MANIFEST), "w") as f:
         json.dump(manifest, f, indent=1)
     return manifest

@@ -11,31 +11,63 @@ something), translations a word-for-word dictionary. Lengths (words, log-normal)
 datasets: CNN/DailyMail articles ~690 (train 287,113), highlights ~52; Multi-News documents
 ~2,100, summaries ~260; WMT14 de-en sentences ~23.
 """
+
 from __future__ import annotations
-
-
 
 import numpy as np
 
 # dataset -> (TFDS name, builder config, median words of input, of target, sizes per split)
 SHAPES = {
-    "cnn_dailymail": ("cnn_dailymail", None, 620, 48,
-                      {"train": 287113, "validation": 13368, "test": 11490}),
-    "multi_news": ("multi_news", None, 1800, 240,
-                   {"train": 44972, "validation": 5622, "test": 5622}),
-    "wmt14_de_en": ("wmt14_translate", "de-en", 21, 23,
-                    {"train": 4508785, "validation": 3000, "test": 3003}),
+  "cnn_dailymail": (
+    "cnn_dailymail",
+    None,
+    620,
+    48,
+    {"train": 287113, "validation": 13368, "test": 11490},
+  ),
+  "multi_news": ("multi_news", None, 1800, 240, {"train": 44972, "validation": 5622, "test": 5622}),
+  "wmt14_de_en": (
+    "wmt14_translate",
+    "de-en",
+    21,
+    23,
+    {"train": 4508785, "validation": 3000, "test": 3003},
+  ),
 }
 # the modules that register the older (class-style) builders
-BUILDER_MODULES = {"cnn_dailymail": "tensorflow_datasets.summarization.cnn_dailymail",
-                   "wmt14_de_en": "tensorflow_datasets.translate.wmt14"}
+BUILDER_MODULES = {
+  "cnn_dailymail": "tensorflow_datasets.summarization.cnn_dailymail",
+  "wmt14_de_en": "tensorflow_datasets.translate.wmt14",
+}
 
 
 def _vocabulary(seed: int, n: int = 6000) -> np.ndarray:
   """n distinct pseudo-words, in frequency-rank order (not alphabetical)."""
   rng = np.random.default_rng(seed)
-  syllables = np.array(["ka", "to", "mi", "ra", "ne", "lo", "su", "vi", "de", "po", "an", "el",
-                        "ber", "sch", "ung", "th", "ow", "ing", "st", "ar"])
+  syllables = np.array(
+    [
+      "ka",
+      "to",
+      "mi",
+      "ra",
+      "ne",
+      "lo",
+      "su",
+      "vi",
+      "de",
+      "po",
+      "an",
+      "el",
+      "ber",
+      "sch",
+      "ung",
+      "th",
+      "ow",
+      "ing",
+      "st",
+      "ar",
+    ]
+  )
   words = {"".join(rng.choice(syllables, rng.integers(1, 4))) for _ in range(n * 3)}
   return rng.permutation(sorted(words)[:n])
 
@@ -48,8 +80,11 @@ def _sentences(rng, words: np.ndarray, n_words: int) -> list[str]:
   ids = rng.zipf(1.3, n_words) % len(words)  # a few frequent words, a long tail, as in text
   cuts = np.cumsum(rng.integers(8, 30, n_words // 8 + 2))
   cuts = cuts[cuts < n_words].tolist()
-  return [" ".join(words[ids[a:b]]).capitalize() + "."
-          for a, b in zip([0] + cuts, cuts + [n_words]) if b > a]
+  return [
+    " ".join(words[ids[a:b]]).capitalize() + "."
+    for a, b in zip([0] + cuts, cuts + [n_words])
+    if b > a
+  ]
 
 
 def examples(dataset: str, split: str, n: int, seed: int = 0):
@@ -62,8 +97,9 @@ def examples(dataset: str, split: str, n: int, seed: int = 0):
   for i, length in enumerate(lengths):
     if dataset == "wmt14_de_en":
       de = _sentences(rng, words, int(length))
-      en = [" ".join(lexicon[w.rstrip(".").lower()] for w in s.split()).capitalize() + "."
-            for s in de]
+      en = [
+        " ".join(lexicon[w.rstrip(".").lower()] for w in s.split()).capitalize() + "." for s in de
+      ]
       yield f"{split}-{i}", {"de": " ".join(de), "en": " ".join(en)}
       continue
     sentences = _sentences(rng, words, int(length))
@@ -75,24 +111,28 @@ def examples(dataset: str, split: str, n: int, seed: int = 0):
       total += s.count(" ") + 1
     doc, summary = " ".join(sentences), " ".join(lead)
     if dataset == "cnn_dailymail":
-      yield f"{split}-{i}", {"article": doc, "highlights": summary, "id": f"{split}-{i}",
-                             "publisher": "cnn"}
+      yield (
+        f"{split}-{i}",
+        {"article": doc, "highlights": summary, "id": f"{split}-{i}", "publisher": "cnn"},
+      )
     else:
       yield f"{split}-{i}", {"document": doc, "summary": summary}
 
 
-def build(dataset: str, data_dir: str, sizes: dict[str, int] | None = None,
-          seed: int = 0) -> str:
+def build(dataset: str, data_dir: str, sizes: dict[str, int] | None = None, seed: int = 0) -> str:
   """Write the dataset's splits (`sizes`, default: the real ones) under data_dir with the real
   TFDS builder; returns its directory. Does nothing if it is already there."""
   import importlib
+
   import tensorflow_datasets as tfds
+
   if dataset in BUILDER_MODULES:
     importlib.import_module(BUILDER_MODULES[dataset])
   tfds.disable_progress_bar()
   # Over 1 GB, TFDS's writer spills its shuffle buffer to disk through tf.io.gfile, which needs
   # TensorFlow; without it, shuffle in memory (the real 287k-article split is ~1.3 GB).
   from tensorflow_datasets.core import shuffle
+
   shuffle.MAX_MEM_BUFFER_SIZE = max(shuffle.MAX_MEM_BUFFER_SIZE, 32 << 30)
   name, config, _, _, real_sizes = SHAPES[dataset]
   sizes = dict(real_sizes if sizes is None else sizes)
@@ -104,6 +144,9 @@ def build(dataset: str, data_dir: str, sizes: dict[str, int] | None = None,
 
   Local.name = name
   builder = Local(config=config, data_dir=data_dir, file_format="array_record")
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
+  builder.download_and_prepare(
+    download_config=tfds.download.DownloadConfig(
+      download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
+    )
+  )
   return builder.data_dir

@@ -25,17 +25,18 @@ varying number of full rows, as packed pairs do, with the same (window, row) pos
 Eval (`eval_split`) reads the split in order through the same Tokenize, unpacked; for documents,
 `eval_rows` makes the objective's rows of the first documents of the validation split.
 """
+
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
 
-from absl import flags
 import grain
 import numpy as np
+from absl import flags
 
-from wgqa_jax.data import text_rows
 from wgqa_jax.core.errors import UserError
+from wgqa_jax.data import text_rows
 
 # Examples packed together. Bigger windows pack tighter (first-fit has more rows to choose from);
 # a window is one unit of work for a grain worker.
@@ -44,13 +45,14 @@ PACK_WINDOW = 512
 
 def truncate(ids, length: int, eos_id: int) -> np.ndarray:
   """At most length - 1 ids, then EOS (T5's convention: the EOS is always kept)."""
-  return np.asarray(list(ids[:length - 1]) + [eos_id], np.int32)
+  return np.asarray(list(ids[: length - 1]) + [eos_id], np.int32)
 
 
 @dataclasses.dataclass(frozen=True)
 class Tokenize(grain.transforms.Map):
   """(input text, target text) -> (input ids, target ids), unpadded int32, EOS-terminated; the
   input starts with the tokenizer's prefix (a decoder-only model's BOS; none for T5)."""
+
   tokenizer: Any
   max_input_length: int
   max_target_length: int
@@ -59,8 +61,10 @@ class Tokenize(grain.transforms.Map):
     source, target = pair
     eos = self.tokenizer.eos_id
     prefix = list(self.tokenizer.prefix)
-    return (truncate(prefix + self.tokenizer.encode(source), self.max_input_length, eos),
-            truncate(self.tokenizer.encode(target), self.max_target_length, eos))
+    return (
+      truncate(prefix + self.tokenizer.encode(source), self.max_input_length, eos),
+      truncate(self.tokenizer.encode(target), self.max_target_length, eos),
+    )
 
 
 def pad_rows(examples, max_input_length: int, max_target_length: int, pad_id: int) -> dict:
@@ -68,7 +72,7 @@ def pad_rows(examples, max_input_length: int, max_target_length: int, pad_id: in
   inputs = np.full((len(examples), max_input_length), pad_id, np.int32)
   targets = np.full((len(examples), max_target_length), pad_id, np.int32)
   for r, (inp, tgt) in enumerate(examples):
-    inputs[r, :len(inp)], targets[r, :len(tgt)] = inp, tgt
+    inputs[r, : len(inp)], targets[r, : len(tgt)] = inp, tgt
   return {"inputs": inputs, "targets": targets}
 
 
@@ -81,7 +85,7 @@ def pack_rows(examples, max_input_length: int, max_target_length: int, pad_id: i
   placed = []  # per row: its examples
   for ex in examples:
     need = (len(ex[0]), len(ex[1]))
-    fits = np.flatnonzero((free[:len(placed), 0] >= need[0]) & (free[:len(placed), 1] >= need[1]))
+    fits = np.flatnonzero((free[: len(placed), 0] >= need[0]) & (free[: len(placed), 1] >= need[1]))
     if len(fits):
       row = int(fits[0])
     else:
@@ -90,12 +94,17 @@ def pack_rows(examples, max_input_length: int, max_target_length: int, pad_id: i
       free[row] = (max_input_length, max_target_length)
     placed[row].append(ex)
     free[row] -= need
-  out = {k: np.full((len(placed), length), pad_id if k in ("inputs", "targets") else 0, np.int32)
-         for k, length in (("inputs", max_input_length), ("targets", max_target_length),
-                           ("inputs_segment_ids", max_input_length),
-                           ("targets_segment_ids", max_target_length),
-                           ("inputs_positions", max_input_length),
-                           ("targets_positions", max_target_length))}
+  out = {
+    k: np.full((len(placed), length), pad_id if k in ("inputs", "targets") else 0, np.int32)
+    for k, length in (
+      ("inputs", max_input_length),
+      ("targets", max_target_length),
+      ("inputs_segment_ids", max_input_length),
+      ("targets_segment_ids", max_target_length),
+      ("inputs_positions", max_input_length),
+      ("targets_positions", max_target_length),
+    )
+  }
   for side, j in (("inputs", 0), ("targets", 1)):
     for r, row in enumerate(placed):
       start = 0
@@ -111,6 +120,7 @@ def pack_rows(examples, max_input_length: int, max_target_length: int, pad_id: i
 @dataclasses.dataclass(frozen=True)
 class MakeRows(grain.transforms.Map):
   """A window (list) of tokenized examples -> rows, packed or one example per row."""
+
   max_input_length: int
   max_target_length: int
   pad_id: int
@@ -146,13 +156,14 @@ class ProcessShard(grain.MapDataset):
 @dataclasses.dataclass(frozen=True)
 class Layout:
   """What shapes the training batches (every process must agree)."""
+
   global_batch: int
   max_input_length: int
   max_target_length: int
   pack: bool = False
   pack_window: int = PACK_WINDOW
   seed: int = 0
-  objective: str = "pairs"       # wgqa_jax.data.text_rows.OBJECTIVES
+  objective: str = "pairs"  # wgqa_jax.data.text_rows.OBJECTIVES
   cross_documents: bool = False  # causal_lm: attention may cross document boundaries
 
   @property
@@ -167,8 +178,9 @@ class Layout:
 
   def rows_per_process(self, process_count: int) -> int:
     if self.global_batch % process_count:
-      raise UserError(f"global batch {self.global_batch} is not divisible by the "
-                       f"{process_count} processes")
+      raise UserError(
+        f"global batch {self.global_batch} is not divisible by the {process_count} processes"
+      )
     return self.global_batch // process_count
 
   def window(self, process_count: int) -> int:
@@ -179,19 +191,27 @@ class Layout:
 def transforms(tokenizer, layout: Layout) -> tuple:
   """(per-example tokenize transform, window -> rows transform) of the layout's objective."""
   if layout.objective == "pairs":
-    return (Tokenize(tokenizer, layout.max_input_length, layout.max_target_length),
-            MakeRows(layout.max_input_length, layout.max_target_length, tokenizer.pad_id,
-                     layout.pack))
+    return (
+      Tokenize(tokenizer, layout.max_input_length, layout.max_target_length),
+      MakeRows(layout.max_input_length, layout.max_target_length, tokenizer.pad_id, layout.pack),
+    )
   if layout.objective == "span_corruption":
     from wgqa_jax.data import tokenizers
+
     first, _ = tokenizers.sentinels(tokenizer)
-    return (text_rows.TokenizeDocument(tokenizer, delimit=False),
-            text_rows.SpanCorruptionRows(layout.max_input_length, layout.max_target_length,
-                                         first, tokenizer.eos_id, tokenizer.pad_id))
+    return (
+      text_rows.TokenizeDocument(tokenizer, delimit=False),
+      text_rows.SpanCorruptionRows(
+        layout.max_input_length, layout.max_target_length, first, tokenizer.eos_id, tokenizer.pad_id
+      ),
+    )
   if layout.objective == "causal_lm":
-    return (text_rows.TokenizeDocument(tokenizer, delimit=True),
-            text_rows.CausalLMRows(layout.max_input_length + layout.max_target_length,
-                                   tokenizer.pad_id, layout.cross_documents))
+    return (
+      text_rows.TokenizeDocument(tokenizer, delimit=True),
+      text_rows.CausalLMRows(
+        layout.max_input_length + layout.max_target_length, tokenizer.pad_id, layout.cross_documents
+      ),
+    )
   raise ValueError(f"unknown objective {layout.objective!r}; choose from {text_rows.OBJECTIVES}")
 
 
@@ -212,12 +232,14 @@ def windows(source, tokenizer, layout: Layout, process_index: int = 0, process_c
     raise UserError("the training split is empty")
   w = layout.window(process_count)
   tokenize, make_rows = transforms(tokenizer, layout)
-  ds = (grain.MapDataset.source(source)
-        .shuffle(seed=layout.seed)  # a new permutation each epoch (grain mixes in the epoch)
-        .repeat(None)
-        .pipe(ProcessShard, chunk=w, index=process_index, count=process_count)
-        .map(tokenize)
-        .batch(w, batch_fn=list))
+  ds = (
+    grain.MapDataset.source(source)
+    .shuffle(seed=layout.seed)  # a new permutation each epoch (grain mixes in the epoch)
+    .repeat(None)
+    .pipe(ProcessShard, chunk=w, index=process_index, count=process_count)
+    .map(tokenize)
+    .batch(w, batch_fn=list)
+  )
   # each process draws its own windows' randomness
   return _rows_of(ds, make_rows, layout.seed * 1_000_003 + process_index)
 
@@ -240,19 +262,29 @@ class TrainBatches:
   workers: grain worker processes that tokenize and pack (0: threads of this process);
   position: where to start, e.g. a checkpoint's `position` (default: the beginning)."""
 
-  def __init__(self, source, tokenizer, layout: Layout, process_index: int = 0,
-               process_count: int = 1, position: tuple[int, int] = (0, 0), workers: int = 0,
-               prefetch: int = 8):
+  def __init__(
+    self,
+    source,
+    tokenizer,
+    layout: Layout,
+    process_index: int = 0,
+    process_count: int = 1,
+    position: tuple[int, int] = (0, 0),
+    workers: int = 0,
+    prefetch: int = 8,
+  ):
     if not flags.FLAGS.is_parsed():  # grain reads its options from absl's global flags
       flags.FLAGS.mark_as_parsed()
     self.rows_per_batch = layout.rows_per_process(process_count)
     self.window, self.row = (int(p) for p in position)
-    ds = windows(source, tokenizer, layout, process_index, process_count)[self.window:]
-    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, min(prefetch, 4)),
-                                              prefetch_buffer_size=prefetch))
+    ds = windows(source, tokenizer, layout, process_index, process_count)[self.window :]
+    it = ds.to_iter_dataset(
+      grain.ReadOptions(num_threads=max(1, min(prefetch, 4)), prefetch_buffer_size=prefetch)
+    )
     if workers > 0:
-      it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
-                                                       per_worker_buffer_size=2))
+      it = it.mp_prefetch(
+        grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2)
+      )
     self._iter = iter(it)
     self._rows: dict | None = None
 
@@ -276,13 +308,14 @@ class TrainBatches:
     while need:
       rows = self._current()
       take = min(need, num_rows(rows) - self.row)
-      parts.append({k: v[self.row:self.row + take] for k, v in rows.items()})
+      parts.append({k: v[self.row : self.row + take] for k, v in rows.items()})
       self.row += take
       need -= take
     if self.row == num_rows(rows):  # window used up: the position names the next one
       self.window, self.row, self._rows = self.window + 1, 0, None
-    return {k: np.concatenate([p[k] for p in parts]) if len(parts) > 1 else parts[0][k]
-            for k in parts[0]}
+    return {
+      k: np.concatenate([p[k] for p in parts]) if len(parts) > 1 else parts[0][k] for k in parts[0]
+    }
 
   def close(self) -> None:
     close = getattr(self._iter, "close", None)
@@ -290,8 +323,9 @@ class TrainBatches:
       close()
 
 
-def resume_position(saved: dict | None, step: int, layout: Layout, process_index: int,
-                    process_count: int) -> tuple[tuple[int, int], str | None]:
+def resume_position(
+  saved: dict | None, step: int, layout: Layout, process_index: int, process_count: int
+) -> tuple[tuple[int, int], str | None]:
   """Where process `process_index` starts after a checkpoint at `step` whose data state is
   `saved` ({"process_count": n, "positions": [[window, row], ...]} or None): (position, a
   warning or None). Exact unless a packed run resumes on another process count."""
@@ -304,10 +338,12 @@ def resume_position(saved: dict | None, step: int, layout: Layout, process_index
   # global examples as the slowest old process; examples of its partly used window repeat.
   old = saved["process_count"]
   window = min(w for w, _ in saved["positions"]) * old // process_count
-  return (window, 0), (f"the run resumes on {process_count} processes instead of {old}: "
-                       f"the data order restarts at window {window}, so up to "
-                       f"{layout.pack_window * old} examples repeat; the batches differ from "
-                       f"the uninterrupted run's")
+  return (window, 0), (
+    f"the run resumes on {process_count} processes instead of {old}: "
+    f"the data order restarts at window {window}, so up to "
+    f"{layout.pack_window * old} examples repeat; the batches differ from "
+    f"the uninterrupted run's"
+  )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -315,22 +351,23 @@ def resume_position(saved: dict | None, step: int, layout: Layout, process_index
 # ----------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class TokenizedSplit:
-  inputs: np.ndarray    # (n, max_input_length) int32, 0-padded, EOS-terminated
-  targets: np.ndarray   # (n, max_target_length)
+  inputs: np.ndarray  # (n, max_input_length) int32, 0-padded, EOS-terminated
+  targets: np.ndarray  # (n, max_target_length)
   texts: list[tuple[str, str]]
 
   def __len__(self):
     return len(self.inputs)
 
 
-def eval_split(source, tokenizer, max_input_length: int, max_target_length: int,
-               threads: int = 4) -> TokenizedSplit:
+def eval_split(
+  source, tokenizer, max_input_length: int, max_target_length: int, threads: int = 4
+) -> TokenizedSplit:
   """Every example of `source` in order, tokenized by the training pipeline's Tokenize."""
   texts = list(source)
-  ds = grain.MapDataset.source(texts).map(Tokenize(tokenizer, max_input_length,
-                                                   max_target_length))
-  examples = list(ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,
-                                                       prefetch_buffer_size=64)))
+  ds = grain.MapDataset.source(texts).map(Tokenize(tokenizer, max_input_length, max_target_length))
+  examples = list(
+    ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=64))
+  )
   rows = pad_rows(examples, max_input_length, max_target_length, tokenizer.pad_id)
   return TokenizedSplit(rows["inputs"], rows["targets"], texts)
 
@@ -360,10 +397,14 @@ def eval_rows(source, tokenizer, layout: Layout, documents: int, threads: int = 
   fixed seed: the same held-out rows at every eval and on every run."""
   n = min(documents, len(source))
   tokenize, make_rows = transforms(tokenizer, layout)
-  ds = _rows_of(grain.MapDataset.source(source)[:n].map(tokenize)
-                .batch(layout.pack_window, batch_fn=list), make_rows, seed=0)
-  parts = list(ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,
-                                                    prefetch_buffer_size=threads)))
+  ds = _rows_of(
+    grain.MapDataset.source(source)[:n].map(tokenize).batch(layout.pack_window, batch_fn=list),
+    make_rows,
+    seed=0,
+  )
+  parts = list(
+    ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=threads))
+  )
   return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
@@ -374,6 +415,11 @@ def eval_row_batches(rows: dict, batch_size: int, pad_id: int):
   for start in range(0, n, batch_size):
     idx = np.arange(start, start + batch_size)
     valid = idx < n
-    yield {k: np.where(valid[:, None], v[np.where(valid, idx, 0)],
-                       0 if k in ("segment_ids", "positions") else pad_id).astype(v.dtype)
-           for k, v in rows.items()}
+    yield {
+      k: np.where(
+        valid[:, None],
+        v[np.where(valid, idx, 0)],
+        0 if k in ("segment_ids", "positions") else pad_id,
+      ).astype(v.dtype)
+      for k, v in rows.items()
+    }

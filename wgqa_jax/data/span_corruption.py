@@ -13,6 +13,7 @@ Sentinels count down from `first_sentinel`, the vocabulary's last id (HF T5: <ex
 <extra_id_1> = 32098, ...). seqio draws its segmentations with stateless TF shuffles; here the two
 shuffles are draws of one numpy Generator (noise first), so a row is a function of its rng.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -31,12 +32,15 @@ def _noise_counts(length: int, noise_density: float, mean_noise_span_length: flo
   return num_noise, num_spans
 
 
-def random_spans_helper(inputs_length: int, noise_density: float = NOISE_DENSITY,
-                        mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH
-                        ) -> tuple[int, int]:
+def random_spans_helper(
+  inputs_length: int,
+  noise_density: float = NOISE_DENSITY,
+  mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH,
+) -> tuple[int, int]:
   """(raw tokens per row, target length) such that the corrupted inputs (non-noise tokens, one
   sentinel per span, EOS) are at most `inputs_length` long, as long as possible:
   512 -> (568, 114)."""
+
   def lengths(tokens_length):
     num_noise = int(round(tokens_length * noise_density))
     num_spans = int(round(num_noise / mean_noise_span_length))
@@ -52,8 +56,11 @@ def random_spans_helper(inputs_length: int, noise_density: float = NOISE_DENSITY
   return tokens_length, targets_length
 
 
-def spans_per_row(tokens_length: int, noise_density: float = NOISE_DENSITY,
-                  mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH) -> int:
+def spans_per_row(
+  tokens_length: int,
+  noise_density: float = NOISE_DENSITY,
+  mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH,
+) -> int:
   """Noise spans in a full row: the sentinels a tokenizer must have."""
   return _noise_counts(max(tokens_length, 2), noise_density, mean_noise_span_length)[1]
 
@@ -66,9 +73,12 @@ def _random_segmentation(num_items: int, num_segments: int, rng: np.random.Gener
   return np.bincount(segment_id, minlength=num_segments)
 
 
-def random_spans_noise_mask(length: int, rng: np.random.Generator,
-                            noise_density: float = NOISE_DENSITY,
-                            mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH) -> np.ndarray:
+def random_spans_noise_mask(
+  length: int,
+  rng: np.random.Generator,
+  noise_density: float = NOISE_DENSITY,
+  mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH,
+) -> np.ndarray:
   """Boolean (length,) mask, True on noise tokens; the first token is never noise."""
   orig_length, length = length, max(length, 2)
   num_noise, num_spans = _noise_counts(length, noise_density, mean_noise_span_length)
@@ -91,13 +101,16 @@ def _span_to_sentinel(tokens: np.ndarray, mask: np.ndarray, first_sentinel: int)
   return out[~(mask & prev)]
 
 
-def corrupt(tokens: np.ndarray, noise_mask: np.ndarray, first_sentinel: int,
-            eos_id: int) -> tuple[np.ndarray, np.ndarray]:
+def corrupt(
+  tokens: np.ndarray, noise_mask: np.ndarray, first_sentinel: int, eos_id: int
+) -> tuple[np.ndarray, np.ndarray]:
   """(inputs, targets), int32, each EOS-terminated: the noise spans replaced by sentinels in the
   inputs; the targets list each sentinel followed by the span it replaced."""
   tokens = np.asarray(tokens, np.int32)
   inputs = _span_to_sentinel(tokens, noise_mask, first_sentinel)
   targets = _span_to_sentinel(tokens, ~noise_mask, first_sentinel)
   eos = np.array([eos_id], np.int32)
-  return (np.concatenate([inputs, eos]).astype(np.int32),
-          np.concatenate([targets, eos]).astype(np.int32))
+  return (
+    np.concatenate([inputs, eos]).astype(np.int32),
+    np.concatenate([targets, eos]).astype(np.int32),
+  )

@@ -9,6 +9,7 @@ few hundred steps and ROUGE visibly rises.
 TFDS datasets are read with `tfds.data_source` (array_record, no TensorFlow): random access, so
 a split of any size opens in milliseconds and is read only as batches need it.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,10 +18,10 @@ from wgqa_jax.core import cli
 from wgqa_jax.core.errors import MissingInput, UserError
 
 TASKS = {
-    # name: (tfds name, input field, target field, prefix)
-    "cnn_dailymail": ("cnn_dailymail", "article", "highlights", "summarize: "),
-    "multi_news": ("multi_news", "document", "summary", "summarize: "),
-    "wmt14_de_en": ("wmt14_translate/de-en", "de", "en", "translate German to English: "),
+  # name: (tfds name, input field, target field, prefix)
+  "cnn_dailymail": ("cnn_dailymail", "article", "highlights", "summarize: "),
+  "multi_news": ("multi_news", "document", "summary", "summarize: "),
+  "wmt14_de_en": ("wmt14_translate/de-en", "de", "en", "translate German to English: "),
 }
 
 
@@ -36,7 +37,7 @@ def generation_task(dataset: str) -> str:
 
 
 def metric_of(dataset: str) -> str:
-  """How a task is scored (wgqa_jax.training.metrics.score): "bleu" for translation, else "rouge"."""
+  """How a task is scored (training.metrics.score): "bleu" for translation, or "rouge"."""
   return "bleu" if is_translation(dataset) else "rouge"
 
 
@@ -47,13 +48,13 @@ def synthetic_summarize(n: int, seed: int) -> list[tuple[str, str]]:
   """(document, lead-sentence summary) pairs from a fixed pseudo-word vocabulary."""
   vocab_rng = np.random.default_rng(1234)  # the vocabulary is the same for every split
   syll = ["ka", "to", "mi", "ra", "ne", "lo", "su", "vi", "de", "po", "an", "el"]
-  words = sorted({"".join(vocab_rng.choice(syll, vocab_rng.integers(1, 4)))
-                  for _ in range(400)})
+  words = sorted({"".join(vocab_rng.choice(syll, vocab_rng.integers(1, 4))) for _ in range(400)})
   rng = np.random.default_rng(seed)
   out = []
   for _ in range(n):
-    sents = [" ".join(rng.choice(words, rng.integers(3, 6))) + "."
-             for _ in range(rng.integers(3, 6))]
+    sents = [
+      " ".join(rng.choice(words, rng.integers(3, 6))) + "." for _ in range(rng.integers(3, 6))
+    ]
     out.append(("summarize: " + " ".join(sents), sents[0]))
   return out
 
@@ -72,10 +73,12 @@ def synthetic_translate(n: int, seed: int) -> list[tuple[str, str]]:
   lead-sentence task (the model must learn a 150-word dictionary and the reordering) and scored
   with BLEU, so the translation path runs offline too."""
   vocab_rng = np.random.default_rng(4321)  # the dictionary is the same for every split
-  src_words = _pseudo_words(vocab_rng, ["sch", "ei", "un", "ber", "ach", "ge", "lich", "au",
-                                        "ke", "zu", "ind", "ol"], 150)
-  tgt_words = _pseudo_words(vocab_rng, ["th", "ow", "er", "ing", "ly", "sp", "ea", "ro", "mb",
-                                        "ck", "ai", "us"], 150)
+  src_words = _pseudo_words(
+    vocab_rng, ["sch", "ei", "un", "ber", "ach", "ge", "lich", "au", "ke", "zu", "ind", "ol"], 150
+  )
+  tgt_words = _pseudo_words(
+    vocab_rng, ["th", "ow", "er", "ing", "ly", "sp", "ea", "ro", "mb", "ck", "ai", "us"], 150
+  )
   tgt_words = [str(w) for w in vocab_rng.permutation(tgt_words)]
   lexicon = dict(zip(src_words, tgt_words))
   rng = np.random.default_rng(seed)
@@ -89,8 +92,10 @@ def synthetic_translate(n: int, seed: int) -> list[tuple[str, str]]:
 
 
 # offline datasets the code generates: name -> (generator, train split size)
-SYNTHETIC_TASKS = {"synthetic_summarize": (synthetic_summarize, 4096),
-                   "synthetic_translate": (synthetic_translate, 16384)}
+SYNTHETIC_TASKS = {
+  "synthetic_summarize": (synthetic_summarize, 4096),
+  "synthetic_translate": (synthetic_translate, 16384),
+}
 SYNTHETIC = tuple(SYNTHETIC_TASKS)
 DATASETS = tuple(sorted(TASKS)) + SYNTHETIC
 
@@ -100,15 +105,17 @@ def open_tfds(name: str, split: str, data_dir: str | None):
   until asked), or one line saying how to prepare it."""
   try:
     import tensorflow_datasets as tfds
+
     # download=False: a run reads prepared data; building it here would hang offline
     return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
   except Exception as e:  # TFDS lists every dataset it knows in some of these: keep one line
     raise MissingInput(
-        f"could not open TFDS {name!r} split {split!r} in data_dir={data_dir or 'the default'} "
-        f"({type(e).__name__}: {cli.first_line(e)}). Prepare it where there is internet "
-        f"(tfds build {name} --file_format=array_record) and pass its data_dir (train: "
-        f"--config.data.data_dir, evaluate: --data_dir), or use an offline dataset: synthetic_summarize, "
-        f"synthetic_translate (pairs) or python_stdlib (a corpus).") from e
+      f"could not open TFDS {name!r} split {split!r} in data_dir={data_dir or 'the default'} "
+      f"({type(e).__name__}: {cli.first_line(e)}). Prepare it where there is internet "
+      f"(tfds build {name} --file_format=array_record) and pass its data_dir (train: "
+      f"--config.data.data_dir, evaluate: --data_dir), or use an offline dataset: "
+      f"synthetic_summarize, synthetic_translate (pairs) or python_stdlib (a corpus)."
+    ) from e
 
 
 class TFDSPairs:
@@ -132,9 +139,11 @@ class TFDSPairs:
     try:
       ex = self.source[i]
     except RuntimeError as e:  # riegeli: a damaged array_record shard
-      raise UserError(f"TFDS {self.name!r}: example {i} is damaged "
-                       f"({cli.first_line(e, 160)}); "
-                       f"prepare the dataset again") from None
+      raise UserError(
+        f"TFDS {self.name!r}: example {i} is damaged "
+        f"({cli.first_line(e, 160)}); "
+        f"prepare the dataset again"
+      ) from None
     if self.translation:
       ex = ex.get("translation", ex)
     text = lambda x: x.decode("utf-8") if isinstance(x, bytes) else str(x)
@@ -158,8 +167,9 @@ def source(dataset: str, split: str, n: int | None = None, data_dir: str | None 
   return TFDSPairs(dataset, split, data_dir, n)
 
 
-def tokenizer_sample(items, max_chars: int = 4_000_000, max_examples: int = 20_000,
-                     shuffled: bool = False):
+def tokenizer_sample(
+  items, max_chars: int = 4_000_000, max_examples: int = 20_000, shuffled: bool = False
+):
   """Texts to train a tokenizer on: evenly spaced examples of a split (both sides of a pair),
   or with `shuffled` documents in a fixed random order (a corpus's order is often by topic or
   file name), until max_chars characters. Bounded, so start-up does not grow with the dataset
@@ -167,8 +177,11 @@ def tokenizer_sample(items, max_chars: int = 4_000_000, max_examples: int = 20_0
   n = len(items)
   if n == 0:
     return
-  order = (np.random.default_rng(0).choice(n, min(n, max_examples), replace=False) if shuffled
-           else range(0, n, max(1, n // max_examples)))
+  order = (
+    np.random.default_rng(0).choice(n, min(n, max_examples), replace=False)
+    if shuffled
+    else range(0, n, max(1, n // max_examples))
+  )
   total = 0
   for i in order:
     item = items[int(i)]

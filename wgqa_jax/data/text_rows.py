@@ -3,8 +3,8 @@ transforms that wgqa_jax.data.pipeline applies to each window of documents.
 
 span_corruption (T5, seqio's `span_corruption`): documents tokenized without separators,
   concatenated, cut into chunks of `tokens_length` raw tokens (random_spans_helper: 568 for 512
-  inputs), each chunk corrupted (wgqa_jax.data.span_corruption) into exactly 512 inputs / 114 targets;
-  the window's last, shorter chunk is corrupted too and padded. Rows: {inputs, targets}.
+  inputs), each chunk corrupted (wgqa_jax.data.span_corruption) into exactly 512 inputs / 114
+  targets; the window's last, shorter chunk is corrupted too and padded. Rows: {inputs, targets}.
 
 causal_lm (decoder-only): each document `[BOS] text EOS`, concatenated and cut into rows of
   `length` tokens (no padding but at a window's end); a document longer than a row continues in
@@ -16,6 +16,7 @@ causal_lm (decoder-only): each document `[BOS] text EOS`, concatenated and cut i
 Either way a window's rows are shuffled (with the window's own rng) so consecutive rows do not
 come from one document; a row is a function of (seed, window): resumable, the same on any run.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,8 +25,8 @@ from typing import Any
 import grain
 import numpy as np
 
-from wgqa_jax.data import span_corruption
 from wgqa_jax.core.errors import UserError
+from wgqa_jax.data import span_corruption
 
 OBJECTIVES = ("pairs", "span_corruption", "causal_lm")
 # the model family each pretraining objective is for: is it a decoder-only (causal) one?
@@ -35,6 +36,7 @@ FOR_CAUSAL_MODELS = {"span_corruption": False, "causal_lm": True}
 @dataclasses.dataclass(frozen=True)
 class TokenizeDocument(grain.transforms.Map):
   """A document -> int32 ids; `delimit`: the tokenizer's prefix (BOS) first and EOS last."""
+
   tokenizer: Any
   delimit: bool
 
@@ -53,6 +55,7 @@ def _stream(docs) -> np.ndarray:
 class SpanCorruptionRows(grain.transforms.RandomMap):
   """A window (list) of tokenized documents -> {inputs (n, max_input_length), targets (n,
   max_target_length)}, pad-filled."""
+
   max_input_length: int
   max_target_length: int
   first_sentinel: int
@@ -69,20 +72,21 @@ class SpanCorruptionRows(grain.transforms.RandomMap):
     inputs = np.full((n, self.max_input_length), self.pad_id, np.int32)
     targets = np.full((n, self.max_target_length), self.pad_id, np.int32)
     for r, start in enumerate(rng.permutation(n) * length):
-      chunk = stream[start:start + length]
+      chunk = stream[start : start + length]
       mask = span_corruption.random_spans_noise_mask(len(chunk), rng)
       inp, tgt = span_corruption.corrupt(chunk, mask, self.first_sentinel, self.eos_id)
-      inputs[r, :len(inp)], targets[r, :len(tgt)] = inp, tgt
+      inputs[r, : len(inp)], targets[r, : len(tgt)] = inp, tgt
     return {"inputs": inputs, "targets": targets}
 
 
-def causal_rows(stream: np.ndarray, doc_ids: np.ndarray, length: int, pad_id: int,
-                cross_documents: bool) -> dict:
+def causal_rows(
+  stream: np.ndarray, doc_ids: np.ndarray, length: int, pad_id: int, cross_documents: bool
+) -> dict:
   """Concatenated documents (ids, and the document index of each id) -> rows of `length`."""
   n = -(-len(stream) // length)
   size = n * length
   tokens = np.full(size, pad_id, np.int32)
-  tokens[:len(stream)] = stream
+  tokens[: len(stream)] = stream
   real = np.arange(size) < len(stream)
   doc = np.where(real, np.concatenate([doc_ids, np.zeros(size - len(stream), np.int64)]), -1)
   doc, real = doc.reshape(n, length), real.reshape(n, length)
@@ -103,6 +107,7 @@ def causal_rows(stream: np.ndarray, doc_ids: np.ndarray, length: int, pad_id: in
 class CausalLMRows(grain.transforms.RandomMap):
   """A window (list) of delimited tokenized documents -> {tokens, segment_ids, positions}, each
   (n, length)."""
+
   length: int
   pad_id: int
   cross_documents: bool
@@ -127,6 +132,7 @@ def check_span_lengths(max_input_length: int, max_target_length: int) -> None:
   tokens_length, targets_length = span_corruption.random_spans_helper(max_input_length)
   if max_target_length < targets_length:
     raise UserError(
-        f"config.data.max_target_length={max_target_length}: span corruption of "
-        f"{max_input_length} inputs ({tokens_length} raw tokens per row) makes "
-        f"{targets_length} targets; set max_target_length >= {targets_length} (T5: 512 / 114)")
+      f"config.data.max_target_length={max_target_length}: span corruption of "
+      f"{max_input_length} inputs ({tokens_length} raw tokens per row) makes "
+      f"{targets_length} targets; set max_target_length >= {targets_length} (T5: 512 / 114)"
+    )

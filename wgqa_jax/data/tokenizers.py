@@ -2,14 +2,16 @@
 
 Every tokenizer pickles (grain's worker processes tokenize with a copy). ids: 0 pad, 1 eos, 2 unk
 for the two built-in ones, as T5's vocabularies. `prefix` is what the tokenizer puts before a
-prompt: a Llama tokenizer's BOS, nothing for T5's and ours (wgqa_jax.data.pipeline.Tokenize adds it).
+prompt: a Llama tokenizer's BOS, nothing for T5's and ours (wgqa_jax.data.pipeline.Tokenize adds
+it).
 """
+
 from __future__ import annotations
 
 import io
 import os
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 from wgqa_jax.core import cli
 from wgqa_jax.core.errors import MissingInput, UserError
@@ -29,6 +31,7 @@ def until_eos(ids: Iterable[int], eos_id: int) -> list[int]:
 
 class ByteTokenizer:
   """UTF-8 bytes shifted by 3 (0 = pad, 1 = eos, 2 = unk), like ByT5. Needs no files."""
+
   name = "bytes"
   vocab_size = 259
   pad_id, eos_id = PAD, EOS
@@ -47,11 +50,12 @@ class HFTokenizer:
   """A Hugging Face tokenizer (local dir or hub id): T5's, or a decoder-only model's.
 
   prefix: the BOS the tokenizer itself starts a text with (Llama: yes; T5: none). A tokenizer
-  without a pad token (Llama's) pads with EOS, as HF's recipes do: rows keep their tokens up to
-  the first EOS (wgqa_jax.training.objectives), so a pad that equals EOS is never mistaken for text."""
+  without a pad token (Llama's) pads with EOS, as HF's recipes do: rows keep their tokens up to the
+  first EOS (wgqa_jax.training.objectives), so a pad that equals EOS is never mistaken for text."""
 
   def __init__(self, name: str):
     from transformers import AutoTokenizer
+
     self.name = name
     self.tok = AutoTokenizer.from_pretrained(name)
     self.vocab_size = len(self.tok)
@@ -82,7 +86,7 @@ def sentence_pieces(text: str, limit: int = SPM_MAX_SENTENCE_BYTES - 192) -> lis
   pieces, current = [], ""
   for sentence in re.split(r"(?<=[.!?])\s+", text):
     while len(sentence.encode("utf-8")) > limit:  # one huge "sentence": cut by characters
-      head, sentence = sentence[:limit // 4], sentence[limit // 4:]
+      head, sentence = sentence[: limit // 4], sentence[limit // 4 :]
       pieces.append(head)
     if current and len((current + " " + sentence).encode("utf-8")) > limit:
       pieces.append(current)
@@ -98,6 +102,7 @@ class SentencePieceTokenizer:
 
   extra_ids: that many ids after the pieces, T5's sentinels for span corruption (as seqio's
   SentencePieceVocabulary(extra_ids=100)): the last id is sentinel 0, counting down."""
+
   pad_id, eos_id = PAD, EOS
   prefix: tuple[int, ...] = ()
 
@@ -108,11 +113,13 @@ class SentencePieceTokenizer:
         self._proto = f.read()
       self._load()
     except (OSError, RuntimeError) as e:
-      raise UserError(f"cannot read the sentencepiece model {model_file}: "
-                       f"{cli.first_line(e)}") from e
+      raise UserError(
+        f"cannot read the sentencepiece model {model_file}: {cli.first_line(e)}"
+      ) from e
 
   def _load(self):
     import sentencepiece as spm
+
     self.sp = spm.SentencePieceProcessor(model_proto=self._proto)
     self.pieces = self.sp.get_piece_size()
     self.vocab_size = self.pieces + self.extra_ids
@@ -125,17 +132,28 @@ class SentencePieceTokenizer:
     self._load()
 
   @classmethod
-  def train_or_load(cls, model_file: str, texts: Iterable[str], vocab_size: int,
-                    extra_ids: int = 0):
+  def train_or_load(
+    cls, model_file: str, texts: Iterable[str], vocab_size: int, extra_ids: int = 0
+  ):
     if not os.path.exists(model_file):
       import sentencepiece as spm
+
       os.makedirs(os.path.dirname(model_file) or ".", exist_ok=True)
       proto = io.BytesIO()
       spm.SentencePieceTrainer.train(
-          sentence_iterator=(p for t in texts for p in sentence_pieces(t)), model_writer=proto,
-          vocab_size=vocab_size, model_type="unigram", pad_id=PAD, eos_id=EOS, unk_id=UNK,
-          bos_id=-1, hard_vocab_limit=False, max_sentence_length=SPM_MAX_SENTENCE_BYTES,
-          num_threads=os.cpu_count() or 1, minloglevel=2)
+        sentence_iterator=(p for t in texts for p in sentence_pieces(t)),
+        model_writer=proto,
+        vocab_size=vocab_size,
+        model_type="unigram",
+        pad_id=PAD,
+        eos_id=EOS,
+        unk_id=UNK,
+        bos_id=-1,
+        hard_vocab_limit=False,
+        max_sentence_length=SPM_MAX_SENTENCE_BYTES,
+        num_threads=os.cpu_count() or 1,
+        minloglevel=2,
+      )
       tmp = model_file + ".tmp"
       with open(tmp, "wb") as f:
         f.write(proto.getvalue())
@@ -153,13 +171,17 @@ def fingerprint(tokenizer) -> str:
   """A SHA-256 of everything that decides the ids: a resumed run must tokenize as it started."""
   import hashlib
   import json
+
   h = hashlib.sha256(type(tokenizer).__name__.encode())
   if isinstance(tokenizer, SentencePieceTokenizer):
     h.update(tokenizer._proto + f"|extra_ids={tokenizer.extra_ids}".encode())
   elif isinstance(tokenizer, HFTokenizer):
     backend = getattr(tokenizer.tok, "backend_tokenizer", None)
-    h.update(backend.to_str().encode() if backend is not None else
-             json.dumps(sorted(tokenizer.tok.get_vocab().items())).encode())
+    h.update(
+      backend.to_str().encode()
+      if backend is not None
+      else json.dumps(sorted(tokenizer.tok.get_vocab().items())).encode()
+    )
     h.update(f"|{tokenizer.eos_id}|{tokenizer.pad_id}|{tokenizer.prefix}".encode())
   return h.hexdigest()
 
@@ -173,19 +195,22 @@ def sentinels(tokenizer) -> tuple[int, int]:
   tok = getattr(tokenizer, "tok", None)
   first = tok.convert_tokens_to_ids("<extra_id_0>") if tok is not None else None
   if first is None or first == tok.unk_token_id:
-    raise UserError(f"tokenizer {tokenizer.name!r} has no sentinel ids (<extra_id_0>, ...) for "
-                     f"span corruption: use a T5 tokenizer, or data.tokenizer=sentencepiece")
+    raise UserError(
+      f"tokenizer {tokenizer.name!r} has no sentinel ids (<extra_id_0>, ...) for "
+      f"span corruption: use a T5 tokenizer, or data.tokenizer=sentencepiece"
+    )
   count = 1
   while tok.convert_tokens_to_ids(f"<extra_id_{count}>") == first - count:
     count += 1
   return first, count
 
 
-def get_tokenizer(name: str, workdir: str | None = None, train_texts=None, vocab_size=512,
-                  extra_ids: int = 0):
-  """"bytes" | "sentencepiece" (trained on train_texts, cached in workdir) | a sentencepiece
-  .model file (another run's: a fine-tuning stage reads its pretraining's vocabulary) | HF dir
-  or id. train_texts: an iterable of strings (a bounded sample: wgqa_jax.data.tasks.tokenizer_sample);
+def get_tokenizer(
+  name: str, workdir: str | None = None, train_texts=None, vocab_size=512, extra_ids: int = 0
+):
+  """ "bytes" | "sentencepiece" (trained on train_texts, cached in workdir) | a sentencepiece
+  .model file (another run's: a fine-tuning stage reads its pretraining's vocabulary) | HF dir or
+  id. train_texts: an iterable of strings (a bounded sample: wgqa_jax.data.tasks.tokenizer_sample);
   extra_ids: sentinels appended to a sentencepiece vocabulary (span corruption)."""
   if name == "bytes":
     return ByteTokenizer()
@@ -199,6 +224,7 @@ def get_tokenizer(name: str, workdir: str | None = None, train_texts=None, vocab
     model_file = os.path.join(workdir, "spm.model")
     if train_texts is None and not os.path.exists(model_file):
       raise UserError(f"no {model_file} yet: pass the training texts to train it")
-    return SentencePieceTokenizer.train_or_load(model_file, train_texts or (), vocab_size,
-                                                extra_ids)
+    return SentencePieceTokenizer.train_or_load(
+      model_file, train_texts or (), vocab_size, extra_ids
+    )
   return HFTokenizer(name)

@@ -8,13 +8,21 @@
                  `generate(params, cfg, inputs, gen, rng)`
 - batches.py     decode_batches / predict over a tokenized split (train's eval, evaluate)
 """
+
 from wgqa_jax.decoding.batches import decode_batches, predict, strip
 from wgqa_jax.decoding.search import generate
 from wgqa_jax.decoding.settings import GenerationConfig
 from wgqa_jax.models import family_of
 
-__all__ = ["GenerationConfig", "cache_bytes", "cache_bytes_per_token", "decode_batches",
-           "generate", "predict", "strip"]
+__all__ = [
+  "GenerationConfig",
+  "cache_bytes",
+  "cache_bytes_per_token",
+  "decode_batches",
+  "generate",
+  "predict",
+  "strip",
+]
 
 
 def cache_bytes(cfg, batch: int, prompt_len: int, max_new_tokens: int) -> int:

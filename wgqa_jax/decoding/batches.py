@@ -1,5 +1,6 @@
 """Decoding a tokenized split batch by batch, on the host side of generation: what train's eval
 and `python -m wgqa_jax.evaluate` share."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -11,8 +12,17 @@ from wgqa_jax.decoding.search import generate
 from wgqa_jax.decoding.settings import GenerationConfig
 
 
-def decode_batches(params, cfg, split, tokenizer, batch_size: int, gen: GenerationConfig,
-                   mesh=None, desc: str | None = None, rng=None):
+def decode_batches(
+  params,
+  cfg,
+  split,
+  tokenizer,
+  batch_size: int,
+  gen: GenerationConfig,
+  mesh=None,
+  desc: str | None = None,
+  rng=None,
+):
   """Yield (batch on devices, its detokenized predictions) over a tokenized split, in order,
   decoded as `gen` says (the first of num_return_sequences per input). The last batch is padded
   to batch_size; its padding rows get all-pad targets (they weigh nothing in a loss) and no
@@ -28,20 +38,33 @@ def decode_batches(params, cfg, split, tokenizer, batch_size: int, gen: Generati
     if mesh is not None:
       b = sharding.put_batch(b, mesh)
     out = generate(params, cfg, b["inputs"], gen, rng)
-    rows = sharding.to_host(out)[::gen.num_return_sequences]
+    rows = sharding.to_host(out)[:: gen.num_return_sequences]
     yield b, [tokenizer.decode(r) for r, v in zip(rows, valid) if v]
 
 
-def predict(params, cfg, split, tokenizer, batch_size: int, gen: GenerationConfig,
-            desc: str | None = None, rng=None) -> list[str]:
+def predict(
+  params,
+  cfg,
+  split,
+  tokenizer,
+  batch_size: int,
+  gen: GenerationConfig,
+  desc: str | None = None,
+  rng=None,
+) -> list[str]:
   """Every example's prediction, in order."""
-  return [p for _, texts in decode_batches(params, cfg, split, tokenizer, batch_size, gen,
-                                           desc=desc, rng=rng) for p in texts]
+  return [
+    p
+    for _, texts in decode_batches(
+      params, cfg, split, tokenizer, batch_size, gen, desc=desc, rng=rng
+    )
+    for p in texts
+  ]
 
 
 def strip(ids, eos_id: int = 1) -> list[list[int]]:
   """Rows of ids up to and including the first EOS (pad removed)."""
   out = []
   for row in np.asarray(ids).tolist():
-    out.append(row[:row.index(eos_id) + 1] if eos_id in row else row)
+    out.append(row[: row.index(eos_id) + 1] if eos_id in row else row)
   return out

@@ -7,6 +7,7 @@ of an encoder-decoder, the (left-padded) prompt of a decoder-only model. `min_le
 them, and the repetition penalty and the n-gram blocking see them too (pads included, as HF's
 processors read input_ids).
 """
+
 from __future__ import annotations
 
 import jax
@@ -36,19 +37,23 @@ def banned_ngrams(tokens, i, n: int, prefix, vocab: int):
   if n == 1:  # every id seen so far is banned
     match = jnp.ones((rows, windows), bool)
   else:
-    grams = jnp.stack([full[:, k:k + windows] for k in range(n - 1)], -1)  # (rows, J, n-1)
+    grams = jnp.stack([full[:, k : k + windows] for k in range(n - 1)], -1)  # (rows, J, n-1)
     last = jax.lax.dynamic_slice_in_dim(full, jnp.maximum(known + 1 - n, 0), n - 1, axis=1)
     match = jnp.all(grams == last[:, None, :], -1)
   # an n-gram j counts once all its n ids are known: its last id j + n - 1 < known
   match &= (jnp.arange(windows) + n - 1 < known)[None, :] & (known + 1 >= n)
-  nxt = full[:, n - 1:n - 1 + windows]
-  hit = jnp.zeros((rows, vocab), jnp.int32).at[jnp.arange(rows)[:, None], nxt].max(
-      match.astype(jnp.int32))
+  nxt = full[:, n - 1 : n - 1 + windows]
+  hit = (
+    jnp.zeros((rows, vocab), jnp.int32)
+    .at[jnp.arange(rows)[:, None], nxt]
+    .max(match.astype(jnp.int32))
+  )
   return hit > 0
 
 
-def process_logits(scores, tokens, seen, i, gen: GenerationConfig, eos_id: int, prefix,
-                   sampling: bool):
+def process_logits(
+  scores, tokens, seen, i, gen: GenerationConfig, eos_id: int, prefix, sampling: bool
+):
   """scores (rows, V) float32 (logits; log-probs in beam search, as HF); tokens (rows, L) the
   generated ids (the first i valid); seen (rows, V) ids in [prefix, tokens[:i]]; i: tokens
   generated so far (traced); prefix: the start id, or (rows, P) prompt ids."""
@@ -56,17 +61,18 @@ def process_logits(scores, tokens, seen, i, gen: GenerationConfig, eos_id: int, 
     p = gen.repetition_penalty
     scores = jnp.where(seen, jnp.where(scores < 0, scores * p, scores / p), scores)
   if gen.no_repeat_ngram_size > 0:
-    scores = jnp.where(banned_ngrams(tokens, i, gen.no_repeat_ngram_size, prefix,
-                                     scores.shape[-1]), NEG_INF, scores)
+    scores = jnp.where(
+      banned_ngrams(tokens, i, gen.no_repeat_ngram_size, prefix, scores.shape[-1]), NEG_INF, scores
+    )
   # HF counts the prefix in min_length (the current length is P + i); min_new_tokens, when set,
   # replaces min_length (HF sets min_length = min_new_tokens + prompt length)
   if gen.min_length > 0 and gen.min_new_tokens == 0:
     length = prefix_ids(prefix, scores.shape[0]).shape[1] + i
-    scores = scores.at[:, eos_id].set(jnp.where(length < gen.min_length, NEG_INF,
-                                                scores[:, eos_id]))
+    scores = scores.at[:, eos_id].set(
+      jnp.where(length < gen.min_length, NEG_INF, scores[:, eos_id])
+    )
   if gen.min_new_tokens > 0:
-    scores = scores.at[:, eos_id].set(jnp.where(i < gen.min_new_tokens, NEG_INF,
-                                                scores[:, eos_id]))
+    scores = scores.at[:, eos_id].set(jnp.where(i < gen.min_new_tokens, NEG_INF, scores[:, eos_id]))
   if sampling:
     if gen.temperature != 1.0:
       scores = scores / gen.temperature
@@ -80,8 +86,11 @@ def process_logits(scores, tokens, seen, i, gen: GenerationConfig, eos_id: int, 
       sorted_scores = jnp.take_along_axis(scores, order, -1)
       cum = jnp.cumsum(jax.nn.softmax(sorted_scores, -1), -1)
       remove_sorted = (cum <= 1 - gen.top_p).at[:, -1].set(False)
-      remove = jnp.zeros_like(remove_sorted).at[jnp.arange(scores.shape[0])[:, None],
-                                                order].set(remove_sorted)
+      remove = (
+        jnp.zeros_like(remove_sorted)
+        .at[jnp.arange(scores.shape[0])[:, None], order]
+        .set(remove_sorted)
+      )
       scores = jnp.where(remove, NEG_INF, scores)
   return scores
 

@@ -1,7 +1,7 @@
 """The two search loops every model family shares: greedy search / sampling, and beam search,
-both with Hugging Face `generate()` semantics, over a `Decoder` (wgqa_jax.models.family) that
-the model's family builds (models/t5/decoding.py, models/llama/decoding.py). Everything is
-jitted with a fixed length; the loops stop early once every row has ended. After EOS a row emits pad.
+both with Hugging Face `generate()` semantics, over a `Decoder` (wgqa_jax.models.family) that the
+model's family builds (models/t5/decoding.py, models/llama/decoding.py). Everything is jitted with a
+fixed length; the loops stop early once every row has ended. After EOS a row emits pad.
 
 Beam search is step for step transformers 4.x BeamSearchScorer and 5.x:
 - candidates: the top 2k of (beam, token) by summed log-probability (processed log-probs);
@@ -15,6 +15,7 @@ Beam search is step for step transformers 4.x BeamSearchScorer and 5.x:
 Lengths count generated tokens only (HF subtracts the decoder prompt: T5's start token, a
 decoder-only model's prompt), so one loop serves both families.
 """
+
 from __future__ import annotations
 
 import functools
@@ -24,9 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from wgqa_jax.decoding import processors
+from wgqa_jax.decoding.settings import GenerationConfig
 from wgqa_jax.models import family_of
 from wgqa_jax.models.family import Decoder
-from wgqa_jax.decoding.settings import GenerationConfig
 
 
 def sample(dec: Decoder, gen: GenerationConfig, eos: int, pad: int, vocab: int, rng=None):
@@ -51,8 +52,14 @@ def sample(dec: Decoder, gen: GenerationConfig, eos: int, pad: int, vocab: int, 
     return i + 1, nxt, out, done | (nxt == eos), processors.mark_seen(seen, nxt), cache
 
   seen = processors.seen_at_start(gen, dec.prefix, rows, vocab)
-  state = (jnp.int32(0), dec.first.astype(jnp.int32), jnp.full((rows, max_len), pad, jnp.int32),
-           jnp.zeros((rows,), bool), seen, dec.cache)
+  state = (
+    jnp.int32(0),
+    dec.first.astype(jnp.int32),
+    jnp.full((rows, max_len), pad, jnp.int32),
+    jnp.zeros((rows,), bool),
+    seen,
+    dec.cache,
+  )
   return jax.lax.while_loop(cond, body, state)[2]
 
 
@@ -78,18 +85,21 @@ def beam(dec: Decoder, batch: int, gen: GenerationConfig, eos: int, pad: int, vo
 
   def body(s):
     i, seqs, run_lp, fin_seqs, fin_score, is_fin, unsatisfied, _, seen, cache = s
-    last = jnp.where(i == 0, first,
-                     jax.lax.dynamic_index_in_dim(seqs, jnp.maximum(i - 1, 0), 2,
-                                                  False).reshape(b * k))
+    last = jnp.where(
+      i == 0,
+      first,
+      jax.lax.dynamic_index_in_dim(seqs, jnp.maximum(i - 1, 0), 2, False).reshape(b * k),
+    )
     logits, cache = step(last, i, cache)
-    logp = processors.process_logits(jax.nn.log_softmax(logits), seqs.reshape(b * k, -1), seen,
-                                     i, gen, eos, prefix, sampling=False)
+    logp = processors.process_logits(
+      jax.nn.log_softmax(logits), seqs.reshape(b * k, -1), seen, i, gen, eos, prefix, sampling=False
+    )
     v = logp.shape[-1]
     acc = (logp.reshape(b, k, v) + run_lp[..., None]).reshape(b, k * v)
-    top_lp, top_idx = jax.lax.top_k(acc, 2 * k)                          # (b, 2k), sorted
+    top_lp, top_idx = jax.lax.top_k(acc, 2 * k)  # (b, 2k), sorted
     beam, tok = top_idx // v, (top_idx % v).astype(jnp.int32)
     cand = jax.lax.dynamic_update_index_in_dim(gather(seqs, beam), tok, i, axis=2)
-    hits = (tok == eos) | (i + 1 >= max_len)                              # the candidate ends
+    hits = (tok == eos) | (i + 1 >= max_len)  # the candidate ends
     # running: the k best candidates that did not end
     run_lp, keep = jax.lax.top_k(top_lp - big * hits, k)
     new_seqs, src = gather(cand, keep), gather(beam, keep)
@@ -116,9 +126,18 @@ def beam(dec: Decoder, batch: int, gen: GenerationConfig, eos: int, pad: int, vo
 
   fill = jnp.full((b, k, max_len), pad, jnp.int32)
   run_lp = jnp.concatenate([jnp.zeros((b, 1)), jnp.full((b, k - 1), -big)], 1)
-  init = (jnp.int32(0), fill, run_lp, fill, jnp.full((b, k), -big), jnp.zeros((b, k), bool),
-          jnp.ones((b,), bool), jnp.zeros((b, 2 * k), bool),
-          processors.seen_at_start(gen, prefix, b * k, vocab), cache)
+  init = (
+    jnp.int32(0),
+    fill,
+    run_lp,
+    fill,
+    jnp.full((b, k), -big),
+    jnp.zeros((b, k), bool),
+    jnp.ones((b,), bool),
+    jnp.zeros((b, 2 * k), bool),
+    processors.seen_at_start(gen, prefix, b * k, vocab),
+    cache,
+  )
   fin_seqs = jax.lax.while_loop(cond, body, init)[3]
   out = fin_seqs[:, :n_ret].reshape(b * n_ret, max_len)
   # HF fills after EOS with EOS (its pad 0 is falsy there); we pad, as greedy does
@@ -141,8 +160,9 @@ def generate(params, cfg, inputs, gen: GenerationConfig, rng=None, attention_mas
   (wgqa_jax.models.llama.causal_view)."""
   beams = gen.num_beams > 1
   copies = gen.num_beams if beams else gen.num_return_sequences
-  dec = family_of(cfg).begin_decoding(params, cfg, inputs, attention_mask, copies,
-                                      gen.max_new_tokens)
+  dec = family_of(cfg).begin_decoding(
+    params, cfg, inputs, attention_mask, copies, gen.max_new_tokens
+  )
   eos, pad, vocab = cfg.eos_token_id, cfg.pad_token_id, cfg.vocab_size
   if beams:
     return beam(dec, inputs.shape[0], gen, eos, pad, vocab)

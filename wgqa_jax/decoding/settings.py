@@ -9,6 +9,7 @@ them in generation.json: wgqa_jax.store.generation_file), and `for_task` picks a
 As in HF, `min_length` and `max_length` count the decoder's prompt (T5's start token, a
 decoder-only model's prompt); `min_new_tokens` / `max_new_tokens` do not.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,11 +26,11 @@ class GenerationConfig:
   num_beams: int = 1
   do_sample: bool = False
   temperature: float = 1.0
-  top_k: int = 50                 # HF's default; applies when sampling
+  top_k: int = 50  # HF's default; applies when sampling
   top_p: float = 1.0
-  length_penalty: float = 1.0     # beam scores are sum(log p) / generated_length ** length_penalty
+  length_penalty: float = 1.0  # beam scores are sum(log p) / generated_length ** length_penalty
   early_stopping: bool | str = False  # True: stop at num_beams finished; False: heuristic; "never"
-  min_length: int = 0             # counts the decoder start token (HF); min_new_tokens wins
+  min_length: int = 0  # counts the decoder start token (HF); min_new_tokens wins
   min_new_tokens: int = 0
   no_repeat_ngram_size: int = 0
   repetition_penalty: float = 1.0
@@ -38,6 +39,7 @@ class GenerationConfig:
   def __post_init__(self):
     def bad(msg):
       raise UserError(f"generation: {msg}")
+
     if self.max_new_tokens < 1:
       bad(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
     if self.num_beams < 1:
@@ -46,10 +48,13 @@ class GenerationConfig:
       bad(f"early_stopping must be one of {EARLY_STOPPING}, got {self.early_stopping!r}")
     if self.num_beams > 1 and self.do_sample:
       bad("beam sampling is not supported; use num_beams=1 with do_sample, or do_sample=False")
-    if self.num_return_sequences < 1 or (self.num_beams > 1
-                                         and self.num_return_sequences > self.num_beams):
-      bad(f"num_return_sequences={self.num_return_sequences} must be between 1 and num_beams="
-          f"{self.num_beams}")
+    if self.num_return_sequences < 1 or (
+      self.num_beams > 1 and self.num_return_sequences > self.num_beams
+    ):
+      bad(
+        f"num_return_sequences={self.num_return_sequences} must be between 1 and num_beams="
+        f"{self.num_beams}"
+      )
     if self.num_beams == 1 and not self.do_sample and self.num_return_sequences > 1:
       bad("greedy search returns one sequence: num_return_sequences needs do_sample or beams")
     if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
@@ -57,11 +62,11 @@ class GenerationConfig:
     if self.repetition_penalty <= 0:
       bad(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
 
-  def replace(self, **changes) -> "GenerationConfig":
+  def replace(self, **changes) -> GenerationConfig:
     return dataclasses.replace(self, **changes)
 
   @classmethod
-  def from_hf(cls, d: dict[str, Any], **overrides) -> "GenerationConfig":
+  def from_hf(cls, d: dict[str, Any], **overrides) -> GenerationConfig:
     """From HF generation settings (generation_config.json, or a task_specific_params entry).
     HF's max_length counts the decoder start token: max_new_tokens = max_length - 1."""
     known = {f.name for f in dataclasses.fields(cls)}

@@ -1,10 +1,10 @@
 """Merges of K/V heads that look at what the heads compute, not only at their kernels.
 
-Both take one attention module's MHA params and `gram`, the (d, d) second moment sum x x^T of
-the module's K/V inputs over calibration tokens (wgqa_jax.training.calibration): from it, every head's
-key (value) covariance is W_h^T gram W_l, so no activation is kept. Both give plain GQA params
-(same cache, same kernels, exportable); the maps between a head and its group's shared head are
-absorbed into the head's query kernel (for K) or output kernel (for V).
+Both take one attention module's MHA params and `gram`, the (d, d) second moment sum x x^T of the
+module's K/V inputs over calibration tokens (wgqa_jax.training.calibration): from it, every head's
+key (value) covariance is W_h^T gram W_l, so no activation is kept. Both give plain GQA params (same
+cache, same kernels, exportable); the maps between a head and its group's shared head are absorbed
+into the head's query kernel (for K) or output kernel (for V).
 
 - aligned (arXiv 2412.20677): an orthogonal map Q_h per head rotates it toward its group
   (generalised Procrustes on the calibration keys / values); q_h, k_h get Q_h and v_h gets P_h,
@@ -28,6 +28,7 @@ scores any merge, mean-pooling included, without running the model.
 
 Kernels are (d_model, heads, d_kv) as in our params; `o` is (heads, d_kv, d_model).
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -54,8 +55,9 @@ def planes(d_kv: int) -> list[tuple[int, int]]:
 
 class ModuleInputs(NamedTuple):
   """What a calibrated merge knows of one attention module besides its params."""
-  gram: np.ndarray           # (d, d) sum of x x^T over its K/V inputs (wgqa_jax.training.calibration)
-  rotary: bool = False       # keys are rotated by position (Llama): maps must commute with it
+
+  gram: np.ndarray  # (d, d) sum of x x^T over its K/V inputs (wgqa_jax.training.calibration)
+  rotary: bool = False  # keys are rotated by position (Llama): maps must commute with it
   reorderable: bool = False  # its heads may be reordered (no per-head position bias)
 
 
@@ -120,7 +122,7 @@ def pca_maps(gram, kernel, groups, rotary: bool = False) -> np.ndarray:
       _, vecs = np.linalg.eigh(stacked.T @ c @ stacked)
       top = vecs[:, ::-1][:, :dk]  # (r dk, dk), largest eigenvalue first
       for n, i in enumerate(group):
-        u[i] = top[n * dk:(n + 1) * dk]
+        u[i] = top[n * dk : (n + 1) * dk]
       continue
     for a, b in planes(dk):
       # plane (a, b) of head i is the complex z_i = x (w_ia + i w_ib); cov = E[conj(z) z^T]
@@ -141,8 +143,10 @@ def pca_maps(gram, kernel, groups, rotary: bool = False) -> np.ndarray:
 def rotate(module: dict, qk: np.ndarray, pv: np.ndarray) -> dict:
   """MHA params with head h's q, k multiplied by the orthogonal qk[h] and v by pv[h] (o by
   pv[h]^T): exactly the same function (q.k and v o are unchanged), with rotated heads."""
+
   def per_head(kernel, maps):
     return np.einsum("dhk,hkl->dhl", np.asarray(kernel, np.float64), maps)
+
   out = dict(module)
   out["q"], out["k"] = per_head(module["q"], qk), per_head(module["k"], qk)
   out["v"] = per_head(module["v"], pv)
@@ -198,8 +202,9 @@ def relative_error(gram, kernel, groups, enc, dec) -> float:
   return float(err / np.einsum("dhk,de,ehk->", w, c, w))
 
 
-def proxy_error(method: str, module: dict, gram, kv_index, rotary: bool,
-                reorderable: bool = False) -> float:
+def proxy_error(
+  method: str, module: dict, gram, kv_index, rotary: bool, reorderable: bool = False
+) -> float:
   """The calibration error of a merge ("mean", "aligned", "svd", "search"): the mean of the
   keys' and the values' relative reconstruction errors (0: the merged model reproduces every
   head). A cheap stand-in for the loss right after conversion (benchmarks/pareto reports how
@@ -207,9 +212,12 @@ def proxy_error(method: str, module: dict, gram, kv_index, rotary: bool,
   if method == "search":
     module, method = searched(module, gram, kv_index, rotary, reorderable), "svd"
   groups = head_groups(kv_index)
-  errs = [relative_error(gram, module[name], groups,
-                         *encode_decode(method, gram, module[name], groups, rot))
-          for name, rot in (("k", rotary), ("v", False))]
+  errs = [
+    relative_error(
+      gram, module[name], groups, *encode_decode(method, gram, module[name], groups, rot)
+    )
+    for name, rot in (("k", rotary), ("v", False))
+  ]
   return float(np.mean(errs))
 
 
@@ -224,6 +232,7 @@ def search_groups(module: dict, gram, num_groups: int, rotary: bool) -> list[lis
   def cost(group):  # this group's share of the error
     sub = {k: np.asarray(module[k])[:, group] for k in ("k", "v")}
     return proxy_error("svd", sub, gram, np.zeros(len(group), int), rotary)
+
   costs = [cost(g) for g in groups]
   while True:
     best = (1e-12, None)
@@ -252,8 +261,9 @@ def searched(module: dict, gram, kv_index, rotary: bool, reorderable: bool) -> d
   return permute_heads(module, [i for grp in search_groups(module, gram, g, rotary) for i in grp])
 
 
-def merge(method: str, module: dict, gram, kv_index, rotary: bool, reorderable: bool = False
-          ) -> dict:
+def merge(
+  method: str, module: dict, gram, kv_index, rotary: bool, reorderable: bool = False
+) -> dict:
   """One attention module's MHA params -> GQA params with `kv_index` (H,) groups, by
   `method` ("aligned", "svd", or "search": svd after search_groups, where the module's heads
   may be `reorderable`), from the module's calibration `gram`."""
@@ -267,6 +277,10 @@ def merge(method: str, module: dict, gram, kv_index, rotary: bool, reorderable: 
     sizes = [len(g) for g in groups]  # contiguous, as kv_index gives them
     return {**rotated, **{n: kv_merge.mean_pool(rotated[n], len(groups), sizes) for n in "kv"}}
   if method == "svd":
-    return merge_absorbed(module, groups, pca_maps(gram, module["k"], groups, rotary),
-                          pca_maps(gram, module["v"], groups))
+    return merge_absorbed(
+      module,
+      groups,
+      pca_maps(gram, module["k"], groups, rotary),
+      pca_maps(gram, module["v"], groups),
+    )
   raise ValueError(f"unknown calibrated merge {method!r}; choose from {METHODS}")

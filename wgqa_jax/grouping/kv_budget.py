@@ -11,6 +11,7 @@ is one of the allocations it weighs, so its error is never above uniform's.
     params, cfg = variants.from_mha(params, cfg, "svd", 2, calibration=stats,
                                     module_kv_heads=module_kv_heads)
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -29,8 +30,10 @@ def allocate(errors: dict, total: int) -> dict:
   modules = list(errors)
   least = sum(min(errors[m]) for m in modules)
   if least > total:
-    raise UserError(f"a budget of {total} KV heads cannot cover {len(modules)} attention "
-                     f"modules (at least {least})")
+    raise UserError(
+      f"a budget of {total} KV heads cannot cover {len(modules)} attention "
+      f"modules (at least {least})"
+    )
   inf = np.inf
   best = np.full(total + 1, inf)  # best[u]: least error of the modules so far using u heads
   best[0] = 0.0
@@ -41,7 +44,7 @@ def allocate(errors: dict, total: int) -> dict:
       if g > total:
         continue
       shifted = np.full(total + 1, inf)
-      shifted[g:] = best[:total + 1 - g] + err
+      shifted[g:] = best[: total + 1 - g] + err
       better = shifted < new
       new[better], pick[better] = shifted[better], g
     best = new
@@ -66,9 +69,12 @@ def module_errors(read, cfg, stats, variant: str) -> dict:
   for path in cfg.cached_modules():
     module = {name: np.asarray(read(path + (name,)), np.float64) for name in names}
     gram = stats.gram(path)
-    out[path] = {g: calibrated_merge.proxy_error(merge, module, gram, kv_merge.kv_index(h, g),
-                                                 cfg.rotary_keys, cfg.reorderable_heads(path))
-                 for g in divisors(h)}
+    out[path] = {
+      g: calibrated_merge.proxy_error(
+        merge, module, gram, kv_merge.kv_index(h, g), cfg.rotary_keys, cfg.reorderable_heads(path)
+      )
+      for g in divisors(h)
+    }
   return out
 
 

@@ -10,6 +10,7 @@ Grouping is contiguous: original head h belongs to group h // (H / G), and so do
 - expand:           the inverse direction for export: copy each group's kernel to its query heads
                     (kv_index), giving MHA kernels with identical outputs.
 """
+
 from __future__ import annotations
 
 import jax.numpy as jnp
@@ -20,8 +21,10 @@ from wgqa_jax.core.errors import UserError
 
 def _check(num_heads: int, num_groups: int) -> int:
   if num_groups <= 0 or num_heads % num_groups:
-    raise UserError(f"cannot group {num_heads} heads into {num_groups} groups: "
-                     f"{num_heads} is not divisible by {num_groups}")
+    raise UserError(
+      f"cannot group {num_heads} heads into {num_groups} groups: "
+      f"{num_heads} is not divisible by {num_groups}"
+    )
   return num_heads // num_groups
 
 
@@ -33,7 +36,7 @@ def mean_pool(kernel, num_groups: int, sizes=None):
   if sizes is not None:
     kv_index(h, num_groups, sizes)  # validates
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    return xp.stack([kernel[:, a:a + n].mean(axis=1) for a, n in zip(starts, sizes)], axis=1)
+    return xp.stack([kernel[:, a : a + n].mean(axis=1) for a, n in zip(starts, sizes)], axis=1)
   size = _check(h, num_groups)
   return xp.mean(kernel.reshape(d, num_groups, size, dk), axis=2)
 
@@ -59,8 +62,9 @@ def kv_index(num_heads: int, num_groups: int, sizes=None) -> np.ndarray:
   """(H,) KV head of each query head: contiguous equal groups, or contiguous `sizes`."""
   if sizes is not None:
     if len(sizes) != num_groups or sum(sizes) != num_heads:
-      raise UserError(f"group sizes {list(sizes)} must be {num_groups} sizes summing to "
-                       f"{num_heads}")
+      raise UserError(
+        f"group sizes {list(sizes)} must be {num_groups} sizes summing to {num_heads}"
+      )
     return np.repeat(np.arange(num_groups), sizes)
   return np.arange(num_heads) // _check(num_heads, num_groups)
 
@@ -73,8 +77,14 @@ def wgqa_weight_shape(mode: str, num_heads: int, d_kv: int) -> tuple[int, ...]:
   raise ValueError(f"WGQA mode must be 'row' or 'col', got {mode!r}")
 
 
-def wgqa_init_weights(mode: str, num_heads: int, d_kv: int, init: str = "constant",
-                      value: float = 0.5, rng: np.random.Generator | None = None) -> np.ndarray:
+def wgqa_init_weights(
+  mode: str,
+  num_heads: int,
+  d_kv: int,
+  init: str = "constant",
+  value: float = 0.5,
+  rng: np.random.Generator | None = None,
+) -> np.ndarray:
   """Initial WGQA weights: `value` everywhere (WGQA) or standard normal (RandWGQA)."""
   shape = wgqa_weight_shape(mode, num_heads, d_kv)
   if init == "constant":
@@ -108,7 +118,7 @@ def similarity_groups(q_kernel, num_groups: int) -> list[list[int]]:
     if size == 1:
       group = [free[0]]
     else:
-      pairs = [(sim[i, j], i, j) for a, i in enumerate(free) for j in free[a + 1:]]
+      pairs = [(sim[i, j], i, j) for a, i in enumerate(free) for j in free[a + 1 :]]
       _, i, j = max(pairs)  # ties resolve to the largest indices deterministically
       group = [i, j]
       while len(group) < size:

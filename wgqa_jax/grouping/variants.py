@@ -7,20 +7,20 @@ A model config holds one `Grouping` (how its grouped attention modules share K/V
     params, cfg = variants.fold(params, cfg)                           # WGQA -> plain GQA
     params, cfg = variants.expand_to_mha(params, cfg)                  # GQA -> MHA, same outputs
 
-| variant            | G           | K/V of each group from the MHA heads         | while training        |
-|--------------------|-------------|----------------------------------------------|-----------------------|
-| mha                | H           | unchanged                                    |                       |
-| mqa                | 1           | mean of all heads                            |                       |
-| gqa                | kv_heads    | mean of H/G contiguous heads                 |                       |
-| wgqa, randwgqa     | kv_heads    | sum_i w_i K_i, w init 0.5 / N(0, 1) per head | w learned             |
-| colwgqa, colrand.. | kv_heads    | same, one weight per head and d_kv column    | w learned             |
-| simgqa             | kv_heads    | mean over groups of similar query heads      | optional regrouping   |
-| asymgqa            | len(sizes)  | mean over contiguous groups of unequal sizes |                       |
-| kdgqa, dgqa        | kv_heads    | mean (GQA); queries allocated by key norms   |                       |
-| pgqa               | kv_heads    | mean (GQA)                                   | noise on the logits   |
-| aligned            | kv_heads    | mean after rotating heads toward their group |                       |
-| svd                | kv_heads    | top principal subspace of the group's heads  |                       |
-| search             | kv_heads    | svd, over groups searched to keep heads best |                       |
+| variant            | G          | K/V of each group from the MHA heads         | while training |
+|--------------------|------------|----------------------------------------------|----------------|
+| mha                | H          | unchanged                                    |                |
+| mqa                | 1          | mean of all heads                            |                |
+| gqa                | kv_heads   | mean of H/G contiguous heads                 |                |
+| wgqa, randwgqa     | kv_heads   | sum_i w_i K_i, w init 0.5 / N(0, 1) per head | w learned      |
+| colwgqa, colrand.. | kv_heads   | same, one weight per head and d_kv column    | w learned      |
+| simgqa             | kv_heads   | mean over groups of similar query heads      | may regroup    |
+| asymgqa            | len(sizes) | mean over contiguous groups of unequal sizes |                |
+| kdgqa, dgqa        | kv_heads   | mean (GQA); queries allocated by key norms   |                |
+| pgqa               | kv_heads   | mean (GQA)                                   | logit noise    |
+| aligned            | kv_heads   | mean after rotating heads toward their group |                |
+| svd                | kv_heads   | top principal subspace of the group's heads  |                |
+| search             | kv_heads   | svd, over groups searched to keep heads best |                |
 
 aligned, svd and search are calibrated: they read the MHA model's K/V input statistics
 (wgqa_jax.training.calibration) and absorb each head's map into its q / o kernels
@@ -30,11 +30,13 @@ Which attention modules are grouped is the model family's knowledge (`cfg.attent
 T5 groups decoder self- and cross-attention, and the encoder with `group_encoder`); everything
 here works on any family whose config provides that and a `grouping` field.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import difflib
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import jax
 import numpy as np
@@ -54,6 +56,7 @@ ALLOCATIONS = ("static", "key_norm", "kernel_norm")
 @dataclasses.dataclass(frozen=True)
 class Grouping:
   """How grouped attention modules share K/V heads. `Grouping()` is plain MHA."""
+
   # G, the KV heads of every grouped module. None = one per query head (MHA); 1 = MQA.
   kv_heads: int | None = None
   # Also group the encoder's self-attention (encoder-decoder families; the papers do not).
@@ -61,7 +64,7 @@ class Grouping:
   # WGQA keeps all H original K/V kernels and learns one weight per head ("row") or per head and
   # d_kv column ("col"); the G grouped kernels are weighted sums over each group's heads.
   weights: str = "none"
-  weights_init: str = "constant"   # "constant" (weights_init_value) | "normal" (RandWGQA)
+  weights_init: str = "constant"  # "constant" (weights_init_value) | "normal" (RandWGQA)
   weights_init_value: float = 0.5
   # AsymGQA: contiguous group sizes, one per KV head, summing to the number of query heads.
   group_sizes: tuple[int, ...] | None = None
@@ -78,12 +81,18 @@ class Grouping:
     if self.group_sizes is not None:  # lists from JSON become tuples (hashable: jit-static)
       object.__setattr__(self, "group_sizes", tuple(int(x) for x in self.group_sizes))
     if self.module_kv_heads is not None:
-      pairs = (self.module_kv_heads.items() if isinstance(self.module_kv_heads, dict)
-               else self.module_kv_heads)
-      object.__setattr__(self, "module_kv_heads", tuple(
-          ("/".join(p) if isinstance(p, (tuple, list)) else str(p), int(g)) for p, g in pairs))
+      pairs = (
+        self.module_kv_heads.items()
+        if isinstance(self.module_kv_heads, dict)
+        else self.module_kv_heads
+      )
+      object.__setattr__(
+        self,
+        "module_kv_heads",
+        tuple(("/".join(p) if isinstance(p, (tuple, list)) else str(p), int(g)) for p, g in pairs),
+      )
 
-  def at(self, path: tuple[str, ...]) -> "Grouping":
+  def at(self, path: tuple[str, ...]) -> Grouping:
     """The grouping of the attention module at `path`: its own G when module_kv_heads names
     it. What the module, its params and its decode cache are built from."""
     if self.module_kv_heads is None:
@@ -94,11 +103,10 @@ class Grouping:
   @property
   def per_module(self) -> bool:
     """Some module has its own G (a KV budget allocated across modules)."""
-    return bool(self.module_kv_heads) and any(g != self.kv_heads
-                                              for _, g in self.module_kv_heads)
+    return bool(self.module_kv_heads) and any(g != self.kv_heads for _, g in self.module_kv_heads)
 
   @classmethod
-  def from_dict(cls, d: dict[str, Any]) -> "Grouping":
+  def from_dict(cls, d: dict[str, Any]) -> Grouping:
     """From a saved config's grouping section (files written before the rename say `noise`)."""
     d = dict(d)
     if "noise" in d:
@@ -116,6 +124,7 @@ class Grouping:
   def validate(self, num_heads: int) -> None:
     def bad(msg):
       raise UserError(f"grouping: {msg}")
+
     g = self.num_kv_heads(num_heads)
     if not isinstance(g, int) or g <= 0:
       bad(f"kv_heads must be a positive int or None, got {self.kv_heads!r}")
@@ -128,13 +137,14 @@ class Grouping:
     if self.group_sizes is not None:
       s = self.group_sizes
       if len(s) != g or sum(s) != num_heads or min(s) < 1:
-        bad(f"group_sizes={list(s)} must be {g} positive sizes summing to "
-            f"num_heads={num_heads}")
+        bad(f"group_sizes={list(s)} must be {g} positive sizes summing to num_heads={num_heads}")
       if self.allocation != "static":
         bad("group_sizes are static; key-norm allocation sizes the groups itself")
     elif self.allocation == "static" and num_heads % g:
-      bad(f"num_heads={num_heads} is not divisible by kv_heads={g}; valid choices: "
-          f"{[d for d in range(1, num_heads + 1) if num_heads % d == 0]}")
+      bad(
+        f"num_heads={num_heads} is not divisible by kv_heads={g}; valid choices: "
+        f"{[d for d in range(1, num_heads + 1) if num_heads % d == 0]}"
+      )
     if self.allocation != "static" and self.weights != "none":
       bad("WGQA weights assume static contiguous groups; use allocation='static'")
     if self.attention_noise < 0:
@@ -149,15 +159,16 @@ class Grouping:
     """(H,) KV head of each query head under static allocation."""
     return kv_merge.kv_index(num_heads, self.num_kv_heads(num_heads), self.group_sizes)
 
-  def replace(self, **changes) -> "Grouping":
+  def replace(self, **changes) -> Grouping:
     return dataclasses.replace(self, **changes)
 
   def describe(self, num_heads: int) -> str:
     parts = [f"{num_heads} heads, {self.num_kv_heads(num_heads)} KV heads"]
     if self.per_module:
       heads = [g for _, g in self.module_kv_heads]
-      parts[0] = (f"{num_heads} heads, KV heads per module {','.join(map(str, heads))} "
-                  f"({sum(heads)} in all)")
+      parts[0] = (
+        f"{num_heads} heads, KV heads per module {','.join(map(str, heads))} ({sum(heads)} in all)"
+      )
     if self.weights != "none":
       parts.append(f"WGQA {self.weights} weights")
     if self.group_sizes:
@@ -191,6 +202,7 @@ def options(section) -> dict[str, Any]:
 class Variant:
   """GQA (Ainslie et al. 2023): K/V of each group = mean of its contiguous MHA heads. The
   subclasses below change one step each."""
+
   name: str
 
   def kv_heads(self, num_heads: int, requested: int | None, group_sizes) -> int:
@@ -198,8 +210,14 @@ class Variant:
       raise UserError(f"variant {self.name!r} needs kv_heads (the number of groups G)")
     return requested
 
-  def check(self, *, group_encoder: bool = False, group_sizes=None,
-            attention_noise: float | None = None, regroup_every: int = 0):
+  def check(
+    self,
+    *,
+    group_encoder: bool = False,
+    group_sizes=None,
+    attention_noise: float | None = None,
+    regroup_every: int = 0,
+  ):
     """Options this variant does not take are errors, raised before any work is done (every
     variant may group the encoder)."""
     if group_sizes:
@@ -209,8 +227,15 @@ class Variant:
     if regroup_every and not self.regroups:
       raise UserError(f"{self.name!r} does not regroup during training (simgqa does)")
 
-  def grouping(self, num_heads: int, kv_heads: int | None = None, *, group_encoder=False,
-               group_sizes=None, attention_noise: float | None = None) -> Grouping:
+  def grouping(
+    self,
+    num_heads: int,
+    kv_heads: int | None = None,
+    *,
+    group_encoder=False,
+    group_sizes=None,
+    attention_noise: float | None = None,
+  ) -> Grouping:
     """The model config's grouping section for this variant (validated)."""
     self.check(group_sizes=group_sizes, attention_noise=attention_noise)
     g = self.kv_heads(num_heads, kv_heads, group_sizes)
@@ -225,8 +250,11 @@ class Variant:
     """One attention module's MHA params {q, k, v, o} -> this variant's. calibration: the
     module's calibrated_merge.ModuleInputs, for calibrated variants."""
     g = grouping.kv_heads
-    return {**module, "k": kv_merge.mean_pool(np.asarray(module["k"]), g, grouping.group_sizes),
-            "v": kv_merge.mean_pool(np.asarray(module["v"]), g, grouping.group_sizes)}
+    return {
+      **module,
+      "k": kv_merge.mean_pool(np.asarray(module["k"]), g, grouping.group_sizes),
+      "v": kv_merge.mean_pool(np.asarray(module["v"]), g, grouping.group_sizes),
+    }
 
   calibrated = False  # needs the MHA model's calibration statistics (training.calibration)
   # the merge whose calibration error (calibrated_merge.proxy_error) scores this variant's
@@ -246,6 +274,7 @@ class Variant:
 @dataclasses.dataclass(frozen=True)
 class MHAVariant(Variant):
   """Every query head keeps its own K/V head: the conversion is the identity."""
+
   budgeted = False
 
   def kv_heads(self, num_heads, requested, group_sizes):
@@ -261,6 +290,7 @@ class MHAVariant(Variant):
 @dataclasses.dataclass(frozen=True)
 class MQA(Variant):
   """One K/V head for all queries (Shazeer 2019): the mean of every head."""
+
   budgeted = False
 
   def kv_heads(self, num_heads, requested, group_sizes):
@@ -271,18 +301,21 @@ class MQA(Variant):
 class WGQA(Variant):
   """WGQA (Chinnakonduru & Mohapatra 2024): learnable weights over each group's heads; as in the
   seed repository the weighted heads are *summed*, so 0.5 with two heads a group starts at GQA."""
-  mode: str = "row"        # "row": one weight per head; "col": per head and d_kv column
-  init: str = "constant"   # "constant" 0.5 (WGQA) | "normal" N(0, 1) (RandWGQA)
+
+  mode: str = "row"  # "row": one weight per head; "col": per head and d_kv column
+  init: str = "constant"  # "constant" 0.5 (WGQA) | "normal" N(0, 1) (RandWGQA)
   proxy_merge = None
 
   def _grouping(self, g, group_encoder, group_sizes, attention_noise):
-    return Grouping(kv_heads=g, group_encoder=group_encoder, weights=self.mode,
-                    weights_init=self.init)
+    return Grouping(
+      kv_heads=g, group_encoder=group_encoder, weights=self.mode, weights_init=self.init
+    )
 
   def convert_module(self, module, grouping, rng, calibration=None):
     h, dk = np.shape(module["k"])[1:]
-    w = lambda: kv_merge.wgqa_init_weights(self.mode, h, dk, self.init,
-                                         grouping.weights_init_value, rng)
+    w = lambda: kv_merge.wgqa_init_weights(
+      self.mode, h, dk, self.init, grouping.weights_init_value, rng
+    )
     return {**module, "wk": w(), "wv": w()}  # all H K/V kernels stay, and stay trainable
 
 
@@ -291,6 +324,7 @@ class SimGQA(Variant):
   """SimGQA: heads with similar query kernels are made neighbours, then pooled. Exact for
   cross-attention; in self-attention the stack's shared relative-position table stays in place
   (as in the seed repository), so a moved head reads another head's bias row."""
+
   regroups = True
   proxy_merge = None
 
@@ -330,6 +364,7 @@ class SimGQA(Variant):
 @dataclasses.dataclass(frozen=True)
 class AsymGQA(Variant):
   """Contiguous groups of unequal sizes (group_sizes), each K/V the mean of its group."""
+
   budgeted = False
   proxy_merge = None
 
@@ -338,8 +373,7 @@ class AsymGQA(Variant):
       raise UserError("asymgqa needs group_sizes, e.g. (3, 1, 2, 2)")
     return len(group_sizes)
 
-  def check(self, *, group_encoder=False, group_sizes=None, attention_noise=None,
-            regroup_every=0):
+  def check(self, *, group_encoder=False, group_sizes=None, attention_noise=None, regroup_every=0):
     super().check(attention_noise=attention_noise, regroup_every=regroup_every)
     self.kv_heads(0, None, group_sizes)
 
@@ -351,6 +385,7 @@ class AsymGQA(Variant):
 class KeyNormGQA(Variant):
   """KDGQA / DGQA: GQA pooling; each KV head gets a number of query heads in proportion to the
   norm of its keys (KDGQA, per forward pass) or of its K kernel (DGQA)."""
+
   allocation: str = "key_norm"
   proxy_merge = None
 
@@ -366,10 +401,10 @@ class KeyNormGQA(Variant):
 class PGQA(Variant):
   """PGQA: GQA with Gaussian noise subtracted from the grouped modules' attention logits while
   training (std `attention_noise`, 0.1 unless given)."""
+
   default_noise: float = 0.1
 
-  def check(self, *, group_encoder=False, group_sizes=None, attention_noise=None,
-            regroup_every=0):
+  def check(self, *, group_encoder=False, group_sizes=None, attention_noise=None, regroup_every=0):
     super().check(group_sizes=group_sizes, regroup_every=regroup_every)
 
   def _grouping(self, g, group_encoder, group_sizes, attention_noise):
@@ -383,6 +418,7 @@ class CalibratedGQA(Variant):
   "aligned" (rotate each head toward its group, then mean-pool), "svd" (the group's top
   principal subspace) or "search" (svd over searched groups), the maps absorbed into q and o
   (wgqa_jax.grouping.calibrated_merge)."""
+
   method: str = "svd"
   calibrated = True
 
@@ -393,20 +429,36 @@ class CalibratedGQA(Variant):
   def convert_module(self, module, grouping, rng, calibration=None):
     if calibration is None:
       raise UserError(f"{self.name!r} needs calibration statistics of the MHA model")
-    return calibrated_merge.merge(self.method, module, calibration.gram,
-                                  grouping.kv_index(np.shape(module["q"])[1]),
-                                  calibration.rotary, calibration.reorderable)
+    return calibrated_merge.merge(
+      self.method,
+      module,
+      calibration.gram,
+      grouping.kv_index(np.shape(module["q"])[1]),
+      calibration.rotary,
+      calibration.reorderable,
+    )
 
 
-VARIANTS: dict[str, Variant] = {v.name: v for v in (
-    MHAVariant("mha"), MQA("mqa"), Variant("gqa", aliases=("mean",)),
-    WGQA("wgqa"), WGQA("randwgqa", init="normal"),
-    WGQA("colwgqa", mode="col"), WGQA("colrandwgqa", mode="col", init="normal"),
-    SimGQA("simgqa"), AsymGQA("asymgqa"),
-    KeyNormGQA("kdgqa", allocation="key_norm"), KeyNormGQA("dgqa", allocation="kernel_norm"),
-    PGQA("pgqa"), CalibratedGQA("aligned", method="aligned"), CalibratedGQA("svd", method="svd"),
+VARIANTS: dict[str, Variant] = {
+  v.name: v
+  for v in (
+    MHAVariant("mha"),
+    MQA("mqa"),
+    Variant("gqa", aliases=("mean",)),
+    WGQA("wgqa"),
+    WGQA("randwgqa", init="normal"),
+    WGQA("colwgqa", mode="col"),
+    WGQA("colrandwgqa", mode="col", init="normal"),
+    SimGQA("simgqa"),
+    AsymGQA("asymgqa"),
+    KeyNormGQA("kdgqa", allocation="key_norm"),
+    KeyNormGQA("dgqa", allocation="kernel_norm"),
+    PGQA("pgqa"),
+    CalibratedGQA("aligned", method="aligned"),
+    CalibratedGQA("svd", method="svd"),
     CalibratedGQA("search", method="search"),
-)}
+  )
+}
 
 
 ALIASES = {alias: v for v in VARIANTS.values() for alias in v.aliases}
@@ -441,68 +493,133 @@ def map_modules(params, paths: Iterable[tuple[str, ...]], fn: Callable[[dict, tu
 
 
 def is_mha(cfg) -> bool:
-  return cfg.grouping.kv_heads in (None, cfg.num_heads) and cfg.grouping.weights == "none" \
-      and not cfg.grouping.unequal and not cfg.grouping.per_module
+  return (
+    cfg.grouping.kv_heads in (None, cfg.num_heads)
+    and cfg.grouping.weights == "none"
+    and not cfg.grouping.unequal
+    and not cfg.grouping.per_module
+  )
 
 
-def from_mha(params, cfg, variant: str, kv_heads: int | None = None, *,
-             group_encoder: bool = False, group_sizes=None, attention_noise: float | None = None,
-             seed: int = 0, calibration=None, module_kv_heads=None):
+def from_mha(
+  params,
+  cfg,
+  variant: str,
+  kv_heads: int | None = None,
+  *,
+  group_encoder: bool = False,
+  group_sizes=None,
+  attention_noise: float | None = None,
+  seed: int = 0,
+  calibration=None,
+  module_kv_heads=None,
+):
   """MHA params -> `variant` with G = kv_heads groups. Returns (params, cfg).
 
   group_sizes: AsymGQA's contiguous group sizes. attention_noise: PGQA's logit noise std
-  (default 0.1).
-  seed: RandWGQA's weight init. calibration: the MHA model's wgqa_jax.training.calibration.Statistics,
-  which calibrated variants (aligned, svd, search) need. module_kv_heads: {module path: G} of
-  modules with their own G (a KV budget allocated across modules, wgqa_jax.grouping.kv_budget)."""
-  new_cfg, convert = converter(cfg, variant, kv_heads, group_encoder=group_encoder,
-                               group_sizes=group_sizes, attention_noise=attention_noise, seed=seed,
-                               calibration=calibration, module_kv_heads=module_kv_heads)
+  (default 0.1). seed: RandWGQA's weight init. calibration: the MHA model's calibration
+  statistics (wgqa_jax.training.calibration.Statistics), which calibrated variants (aligned, svd,
+  search) need. module_kv_heads: {module path: G} of modules with their own G (a KV budget
+  allocated across modules, wgqa_jax.grouping.kv_budget)."""
+  new_cfg, convert = converter(
+    cfg,
+    variant,
+    kv_heads,
+    group_encoder=group_encoder,
+    group_sizes=group_sizes,
+    attention_noise=attention_noise,
+    seed=seed,
+    calibration=calibration,
+    module_kv_heads=module_kv_heads,
+  )
   return map_modules(params, grouped_paths(new_cfg), convert), new_cfg
 
 
-def converter(cfg, variant: str, kv_heads: int | None = None, *, group_encoder: bool = False,
-              group_sizes=None, attention_noise: float | None = None, seed: int = 0,
-              calibration=None, module_kv_heads=None):
+def converter(
+  cfg,
+  variant: str,
+  kv_heads: int | None = None,
+  *,
+  group_encoder: bool = False,
+  group_sizes=None,
+  attention_noise: float | None = None,
+  seed: int = 0,
+  calibration=None,
+  module_kv_heads=None,
+):
   """(the variant's config, convert): convert(module dict, its path) turns one grouped
   attention module's MHA params into the variant's. Called on grouped_paths(config) in order
   it gives what from_mha gives (RandWGQA draws its weights in that order); wgqa_jax.store.streaming
   converts a checkpoint so, one module at a time."""
-  new_cfg = grouped_config(cfg, variant, kv_heads, group_encoder=group_encoder,
-                           group_sizes=group_sizes, attention_noise=attention_noise,
-                           module_kv_heads=module_kv_heads)
+  new_cfg = grouped_config(
+    cfg,
+    variant,
+    kv_heads,
+    group_encoder=group_encoder,
+    group_sizes=group_sizes,
+    attention_noise=attention_noise,
+    module_kv_heads=module_kv_heads,
+  )
   v, rng = get(variant), np.random.default_rng(seed)
 
   def convert(module, path):
     if v.calibrated and calibration is None:
-      raise UserError(f"variant {variant!r} needs calibration statistics of the MHA model "
-                      f"(wgqa_jax.training.calibration; a training run collects them)")
-    inputs = calibrated_merge.ModuleInputs(calibration.gram(path), cfg.rotary_keys,
-                                           cfg.reorderable_heads(path)) if v.calibrated else None
+      raise UserError(
+        f"variant {variant!r} needs calibration statistics of the MHA model "
+        f"(wgqa_jax.training.calibration; a training run collects them)"
+      )
+    inputs = (
+      calibrated_merge.ModuleInputs(
+        calibration.gram(path), cfg.rotary_keys, cfg.reorderable_heads(path)
+      )
+      if v.calibrated
+      else None
+    )
     return v.convert_module(module, new_cfg.grouping_at(path), rng, inputs)
+
   return new_cfg, convert
 
 
-def grouped_config(cfg, variant: str, kv_heads: int | None = None, *, group_encoder=False,
-                   group_sizes=None, attention_noise: float | None = None,
-                   module_kv_heads=None):
+def grouped_config(
+  cfg,
+  variant: str,
+  kv_heads: int | None = None,
+  *,
+  group_encoder=False,
+  group_sizes=None,
+  attention_noise: float | None = None,
+  module_kv_heads=None,
+):
   """The model config from_mha() gives, without any params (the planner sizes runs from it)."""
   if not is_mha(cfg):
-    raise UserError(f"from_mha() needs MHA params; these have "
-                     f"{cfg.grouping.describe(cfg.num_heads)} (fold/expand them first)")
-  grouping = get(variant).grouping(cfg.num_heads, kv_heads, group_encoder=group_encoder,
-                                   group_sizes=group_sizes, attention_noise=attention_noise)
+    raise UserError(
+      f"from_mha() needs MHA params; these have "
+      f"{cfg.grouping.describe(cfg.num_heads)} (fold/expand them first)"
+    )
+  grouping = get(variant).grouping(
+    cfg.num_heads,
+    kv_heads,
+    group_encoder=group_encoder,
+    group_sizes=group_sizes,
+    attention_noise=attention_noise,
+  )
   if module_kv_heads:
     if not get(variant).budgeted or get(variant).regroups:
       raise UserError(f"{variant!r} takes no per-module KV heads")
-    grouped = [path for path, is_grouped in cfg.replace(grouping=grouping).attention_modules()
-               if is_grouped]
+    grouped = [
+      path for path, is_grouped in cfg.replace(grouping=grouping).attention_modules() if is_grouped
+    ]
     unknown = sorted(set(map(tuple, module_kv_heads)) - set(grouped))
     if unknown:
-      raise UserError(f"module_kv_heads names {'/'.join(unknown[0])}, which is not a grouped "
-                       f"attention module of this model")
-    grouping = grouping.replace(module_kv_heads=tuple(
-        ("/".join(p), int(module_kv_heads[p])) for p in grouped if p in module_kv_heads))
+      raise UserError(
+        f"module_kv_heads names {'/'.join(unknown[0])}, which is not a grouped "
+        f"attention module of this model"
+      )
+    grouping = grouping.replace(
+      module_kv_heads=tuple(
+        ("/".join(p), int(module_kv_heads[p])) for p in grouped if p in module_kv_heads
+      )
+    )
     grouping.validate(cfg.num_heads)
   return cfg.replace(grouping=grouping)
 
@@ -518,8 +635,10 @@ def fold(params, cfg):
     for kernel, w in (("k", "wk"), ("v", "wv")):
       m[kernel] = kv_merge.weighted_sum(np.asarray(m[kernel]), np.asarray(m.pop(w)), g)
     return m
+
   return map_modules(params, grouped_paths(cfg), fold_module), cfg.replace(
-      grouping=grp.replace(weights="none", weights_init="constant"))
+    grouping=grp.replace(weights="none", weights_init="constant")
+  )
 
 
 def expand_to_mha(params, cfg):
@@ -527,16 +646,22 @@ def expand_to_mha(params, cfg):
   params, cfg = fold(params, cfg)
   grp = cfg.grouping
   if grp.allocation != "static":
-    raise UserError(f"allocation={grp.allocation!r} decides the grouping at run time; it has no "
-                     f"fixed MHA equivalent to export")
+    raise UserError(
+      f"allocation={grp.allocation!r} decides the grouping at run time; it has no "
+      f"fixed MHA equivalent to export"
+    )
   if is_mha(cfg):
     return params, cfg.replace(grouping=MHA.replace(group_encoder=grp.group_encoder))
   h = cfg.num_heads
   expand = lambda m, path: {
-      name: kv_merge.expand(np.asarray(m[name]), h, grp.group_sizes)
-      if name in ("k", "v") and np.shape(m[name])[1] != h else m[name] for name in m}
+    name: kv_merge.expand(np.asarray(m[name]), h, grp.group_sizes)
+    if name in ("k", "v") and np.shape(m[name])[1] != h
+    else m[name]
+    for name in m
+  }
   return map_modules(params, grouped_paths(cfg), expand), cfg.replace(
-      grouping=MHA.replace(group_encoder=grp.group_encoder))
+    grouping=MHA.replace(group_encoder=grp.group_encoder)
+  )
 
 
 def weights_of(params) -> dict[tuple[str, ...], Any]:

@@ -6,6 +6,7 @@ wgqa_jax/tools/analysis.py).
   heuristic of GQA with two heads per group) at each step.
 - Curves: an eval metric (default ROUGE-Lsum) against step for several runs on one plot.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,9 +19,11 @@ from wgqa_jax.core.errors import MissingInput
 from wgqa_jax.grouping import variants
 from wgqa_jax.store import checkpoints
 
+
 def weights_by_step(workdir: str) -> dict[int, np.ndarray]:
   """{step: flat WGQA weights} for every checkpoint kept in workdir/checkpoints that verifies
-  (wgqa_jax.store.checkpoints; one that does not is skipped with a warning, and left where it is)."""
+  (wgqa_jax.store.checkpoints; one that does not is skipped with a warning, and left where it is).
+  """
   workdir = os.path.abspath(workdir)
   if not checkpoints.has_checkpoints(workdir):
     raise MissingInput(f"{workdir} has no checkpoints")
@@ -39,15 +42,24 @@ def weights_by_step(workdir: str) -> dict[int, np.ndarray]:
 def ttest(weights: np.ndarray, popmean: float = 0.5) -> dict[str, float]:
   """Two-sided one-sample t-test of the weights' mean against popmean."""
   from scipy import stats
+
   t, p = stats.ttest_1samp(np.asarray(weights, np.float64), popmean)
-  return {"n": int(len(weights)), "mean": float(np.mean(weights)), "std": float(np.std(weights)),
-          "t": float(t), "p_value": float(p), "popmean": popmean}
+  return {
+    "n": int(len(weights)),
+    "mean": float(np.mean(weights)),
+    "std": float(np.std(weights)),
+    "t": float(t),
+    "p_value": float(p),
+    "popmean": popmean,
+  }
 
 
 def plot_weight_distributions(by_step: dict[int, np.ndarray], out_png: str, title: str = "") -> str:
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   steps = sorted(by_step)
   fig, ax = plt.subplots(figsize=(7, 4))
   lo = min(float(by_step[s].min()) for s in steps)
@@ -56,8 +68,15 @@ def plot_weight_distributions(by_step: dict[int, np.ndarray], out_png: str, titl
   bins = np.linspace(lo, hi, int(np.clip(n // 3, 8, 40)))
   cmap = plt.get_cmap("viridis")
   for i, s in enumerate(steps):
-    ax.hist(by_step[s], bins=bins, histtype="step", lw=2, density=True,
-            color=cmap(i / max(len(steps) - 1, 1)), label=f"step {s}")
+    ax.hist(
+      by_step[s],
+      bins=bins,
+      histtype="step",
+      lw=2,
+      density=True,
+      color=cmap(i / max(len(steps) - 1, 1)),
+      label=f"step {s}",
+    )
   ax.axvline(0.5, color="k", ls="--", lw=1, label="0.5 (GQA mean)")
   ax.set_xlabel("learned WGQA weight (K and V heads)")
   ax.set_ylabel("density")
@@ -79,8 +98,10 @@ def read_metrics(workdir: str) -> list[dict]:
 def plot_curves(runs: dict[str, str], metric: str, out_png: str) -> str:
   """One line per run: `metric` (e.g. eval/rougeLsum, train/loss) against step."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   fig, ax = plt.subplots(figsize=(7, 4))
   for name, workdir in runs.items():
     pts = sorted((r["step"], r[metric]) for r in read_metrics(workdir) if metric in r)
@@ -99,16 +120,21 @@ def plot_curves(runs: dict[str, str], metric: str, out_png: str) -> str:
 def analyse(workdirs: list[str], out_dir: str, metric: str = "eval/rougeLsum") -> dict:
   os.makedirs(out_dir, exist_ok=True)
   names = {os.path.basename(os.path.normpath(w)): w for w in workdirs}
-  report: dict = {"curves": plot_curves(names, metric, os.path.join(out_dir, "curves.png")),
-                  "wgqa": {}}
+  report: dict = {
+    "curves": plot_curves(names, metric, os.path.join(out_dir, "curves.png")),
+    "wgqa": {},
+  }
   for name, w in names.items():
     if not os.path.isdir(os.path.join(w, workdir_lib.CHECKPOINTS)):
       continue
     by_step = weights_by_step(w)
     if not by_step or not len(next(iter(by_step.values()))):
       continue
-    png = plot_weight_distributions(by_step, os.path.join(out_dir, f"wgqa_weights_{name}.png"),
-                                    f"{name}: learned K/V head weights")
+    png = plot_weight_distributions(
+      by_step,
+      os.path.join(out_dir, f"wgqa_weights_{name}.png"),
+      f"{name}: learned K/V head weights",
+    )
     report["wgqa"][name] = {"plot": png, "ttest_vs_0.5": {s: ttest(v) for s, v in by_step.items()}}
   with open(os.path.join(out_dir, "analysis.json"), "w") as f:
     json.dump(report, f, indent=1)

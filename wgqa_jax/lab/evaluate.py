@@ -10,6 +10,7 @@ t5-small's "summarization": 4 beams, length penalty 2.0, n-gram blocking 3, ...)
 arguments override both. The result is written whole, as JSON: {"scores": {metric: {"mean",
 "ci95"}}, "predictions": [...], ...}.
 """
+
 from __future__ import annotations
 
 import os
@@ -28,13 +29,16 @@ from wgqa_jax.training import metrics
 from wgqa_jax.training.config import base_config
 
 
-def generation_config(settings: dict, task: str, default_max: int,
-                      max_decode_length: int | None = None, **overrides) -> GenerationConfig:
+def generation_config(
+  settings: dict, task: str, default_max: int, max_decode_length: int | None = None, **overrides
+) -> GenerationConfig:
   """The checkpoint's settings for `task`, `overrides` (HF names) winning; max_new_tokens from
   max_decode_length, the settings' max_length, or the run's target length, in that order."""
   gen = for_task(settings, task, **overrides)
-  known = {**settings.get("generation_config", {}),
-           **settings.get("task_specific_params", {}).get(task, {})}
+  known = {
+    **settings.get("generation_config", {}),
+    **settings.get("task_specific_params", {}).get(task, {}),
+  }
   if max_decode_length:
     return gen.replace(max_new_tokens=max_decode_length)
   if not (known.get("max_new_tokens") or known.get("max_length")):
@@ -42,12 +46,23 @@ def generation_config(settings: dict, task: str, default_max: int,
   return gen
 
 
-def evaluate(checkpoint: str, split: str = "test", *, dataset: str | None = None,
-             data_dir: str | None = None, tokenizer: str | None = None,
-             num_examples: int | None = None, batch_size: int = 32,
-             max_input_length: int | None = None, max_decode_length: int | None = None,
-             seed: int = 0, fold: bool = False, bootstrap: int = 1000,
-             generation: dict | None = None, out: str | None = None) -> tuple[dict, str]:
+def evaluate(
+  checkpoint: str,
+  split: str = "test",
+  *,
+  dataset: str | None = None,
+  data_dir: str | None = None,
+  tokenizer: str | None = None,
+  num_examples: int | None = None,
+  batch_size: int = 32,
+  max_input_length: int | None = None,
+  max_decode_length: int | None = None,
+  seed: int = 0,
+  fold: bool = False,
+  bootstrap: int = 1000,
+  generation: dict | None = None,
+  out: str | None = None,
+) -> tuple[dict, str]:
   """(the result, the path it was written to: `out`, else <params dir>/eval_<split>.json)."""
   source = resolve(checkpoint)
   run = source.run_config
@@ -56,39 +71,57 @@ def evaluate(checkpoint: str, split: str = "test", *, dataset: str | None = None
     params, cfg = variants.fold(params, cfg)
   rd = {**base_config().data.to_dict(), **run.get("data", {})}  # the run's, else the defaults
   if rd.get("objective", "pairs") != "pairs" and not dataset:
-    raise UserError(f"{checkpoint} was trained with data.objective={rd['objective']} on "
-                    f"{rd['dataset']}: its held-out loss and perplexity are in "
-                    f"{workdir_lib.METRICS}. evaluate decodes a task of pairs: pass "
-                    f"--dataset=TASK")
+    raise UserError(
+      f"{checkpoint} was trained with data.objective={rd['objective']} on "
+      f"{rd['dataset']}: its held-out loss and perplexity are in "
+      f"{workdir_lib.METRICS}. evaluate decodes a task of pairs: pass "
+      f"--dataset=TASK"
+    )
   dataset = dataset or rd["dataset"]
   path = source.path
   workdir = os.path.dirname(os.path.abspath(path)) if run else path  # where spm.model is
   tok = tokenizers.get_tokenizer(tokenizer or rd["tokenizer"], workdir)
   max_dec = max_decode_length or rd["max_target_length"]
   task = tasks.generation_task(dataset)
-  gen = generation_config(source.generation_settings, task, max_dec, max_decode_length,
-                          **(generation or {}))
+  gen = generation_config(
+    source.generation_settings, task, max_dec, max_decode_length, **(generation or {})
+  )
   split_data = pipeline.eval_split(
-      tasks.source(dataset, split, num_examples, data_dir or rd["data_dir"]), tok,
-      max_input_length or rd["max_input_length"], max_dec)
+    tasks.source(dataset, split, num_examples, data_dir or rd["data_dir"]),
+    tok,
+    max_input_length or rd["max_input_length"],
+    max_dec,
+  )
   pairs = split_data.texts
-  print(f"{path}: {cfg.grouping.describe(cfg.num_heads)} | {dataset} {split}: "
-        f"{len(split_data)} examples")
+  print(
+    f"{path}: {cfg.grouping.describe(cfg.num_heads)} | {dataset} {split}: "
+    f"{len(split_data)} examples"
+  )
   changed = {k: v for k, v in gen.to_dict().items() if v != getattr(GenerationConfig(), k)}
-  print(f"generation ({'the checkpoint' if source.generation_settings else 'defaults'}'s "
-        f"settings for {task}, flags override): "
-        + ", ".join(f"{k}={v}" for k, v in changed.items()))
+  print(
+    f"generation ({'the checkpoint' if source.generation_settings else 'defaults'}'s "
+    f"settings for {task}, flags override): " + ", ".join(f"{k}={v}" for k, v in changed.items())
+  )
 
   t0 = time.time()
-  preds = decoding.predict(params, cfg, split_data, tok, batch_size, gen, desc="decode",
-                           rng=jax.random.PRNGKey(seed))
+  preds = decoding.predict(
+    params, cfg, split_data, tok, batch_size, gen, desc="decode", rng=jax.random.PRNGKey(seed)
+  )
   seconds = time.time() - t0
   refs = [t for _, t in pairs]
   scores = metrics.score(preds, refs, tasks.metric_of(dataset), bootstrap)
-  result = {"checkpoint": os.path.abspath(path), "dataset": dataset, "split": split,
-            "num_examples": len(preds), "generation": gen.to_dict(), "decode_seconds": seconds,
-            "scores": scores, "predictions": preds, "references": refs,
-            "inputs": [s for s, _ in pairs]}
+  result = {
+    "checkpoint": os.path.abspath(path),
+    "dataset": dataset,
+    "split": split,
+    "num_examples": len(preds),
+    "generation": gen.to_dict(),
+    "decode_seconds": seconds,
+    "scores": scores,
+    "predictions": preds,
+    "references": refs,
+    "inputs": [s for s, _ in pairs],
+  }
   out_path = out or os.path.join(path, f"eval_{split}.json")
   workdir_lib.write_json(out_path, result, indent=1)  # a kill while writing leaves no half
   return result, out_path

@@ -12,6 +12,7 @@ Every run's workdir is OUT/<method>_kv<G> (OUT/mha): held-out eval at step 0 is 
 right after conversion, at --steps after uptraining. Re-running resumes: finished runs are read
 back, partial ones continue.
 """
+
 from __future__ import annotations
 
 import fractions
@@ -37,22 +38,34 @@ METHODS = {"allocated": {"variant": "svd", "layer_budget": "proxy"}}
 def proxies(points: list[Point], init_from: str) -> None:
   """Each point's calibration error (its merge's, on the MHA model's calibration statistics
   from any calibrated run), where the method has one; sets Point.proxy."""
-  stats_file = next((os.path.join(p.workdir, workdir_lib.CALIBRATION) for p in points
-                     if os.path.exists(os.path.join(p.workdir, workdir_lib.CALIBRATION))), None)
+  stats_file = next(
+    (
+      os.path.join(p.workdir, workdir_lib.CALIBRATION)
+      for p in points
+      if os.path.exists(os.path.join(p.workdir, workdir_lib.CALIBRATION))
+    ),
+    None,
+  )
   if stats_file is None:
     return
   reader = resolve(init_from).open_weights()
   cfg = reader.cfg
   stats = calibration.load(stats_file, cfg)
-  scored = {i: (variant_of(p.method).proxy_merge, converted(p.workdir))
-            for i, p in enumerate(points) if variant_of(p.method).proxy_merge}
+  scored = {
+    i: (variant_of(p.method).proxy_merge, converted(p.workdir))
+    for i, p in enumerate(points)
+    if variant_of(p.method).proxy_merge
+  }
   errors = {i: [] for i in scored}
   for path in cfg.cached_modules():  # one module in memory at a time
     module = {n: np.asarray(reader.read(path + (n,)), np.float64) for n in "qkvo"}
     for i, (merge, grouped) in scored.items():
       index = kv_merge.kv_index(cfg.num_heads, grouped.kv_heads_at(path))
-      errors[i].append(calibrated_merge.proxy_error(merge, module, stats.gram(path), index,
-                                                    cfg.rotary_keys, cfg.reorderable_heads(path)))
+      errors[i].append(
+        calibrated_merge.proxy_error(
+          merge, module, stats.gram(path), index, cfg.rotary_keys, cfg.reorderable_heads(path)
+        )
+      )
   for i, errs in errors.items():
     points[i].proxy = float(np.mean(errs))
 
@@ -60,15 +73,17 @@ def proxies(points: list[Point], init_from: str) -> None:
 def proxy_ranking(points: list[Point]) -> str | None:
   """How well the calibration error ranks the loss right after conversion (Spearman)."""
   from scipy import stats
+
   scored = [p for p in points if p.proxy is not None]
   if len(scored) < 3:
     return None
-  rho, pval = stats.spearmanr([p.proxy for p in scored],
-                              [p.at_conversion["loss"] for p in scored])
-  return (f"Calibration error (the merge's relative K/V reconstruction error, computed without "
-          f"running the model) against the loss right after conversion: Spearman rho = "
-          f"{rho:.2f} (p = {pval:.2g}) over {len(scored)} points "
-          f"({', '.join(sorted({p.method for p in scored}))}).")
+  rho, pval = stats.spearmanr([p.proxy for p in scored], [p.at_conversion["loss"] for p in scored])
+  return (
+    f"Calibration error (the merge's relative K/V reconstruction error, computed without "
+    f"running the model) against the loss right after conversion: Spearman rho = "
+    f"{rho:.2f} (p = {pval:.2g}) over {len(scored)} points "
+    f"({', '.join(sorted({p.method for p in scored}))})."
+  )
 
 
 def variant_of(method: str) -> variants.Variant:
@@ -81,9 +96,11 @@ def grouping_of(method: str) -> dict:
   name (mean: gqa)."""
   variant = variant_of(method)
   if not variant.budgeted:
-    raise UserError(f"method {method!r} fixes its own KV heads; a KV budget needs one of "
-                    f"mean, wgqa, aligned, svd, search, allocated or another variant that "
-                    f"takes kv_heads")
+    raise UserError(
+      f"method {method!r} fixes its own KV heads; a KV budget needs one of "
+      f"mean, wgqa, aligned, svd, search, allocated or another variant that "
+      f"takes kv_heads"
+    )
   return {**METHODS.get(method, {}), "variant": variant.name}
 
 
@@ -95,10 +112,13 @@ def kv_heads_of(budget: str, num_heads: int) -> int:
     raise UserError(f"budget {budget!r} is not a fraction like 1/4") from None
   g = share * num_heads
   if not 0 < share <= 1 or g.denominator != 1 or num_heads % int(g):
-    choices = [str(fractions.Fraction(d, num_heads)) for d in range(1, num_heads + 1)
-               if num_heads % d == 0]
-    raise UserError(f"budget {budget} of {num_heads} heads is not a whole number of KV heads "
-                     f"dividing {num_heads}: choose among {choices}")
+    choices = [
+      str(fractions.Fraction(d, num_heads)) for d in range(1, num_heads + 1) if num_heads % d == 0
+    ]
+    raise UserError(
+      f"budget {budget} of {num_heads} heads is not a whole number of KV heads "
+      f"dividing {num_heads}: choose among {choices}"
+    )
   return int(g)
 
 
@@ -107,26 +127,34 @@ def evals(row: dict) -> dict:
   return {k.split("/", 1)[1]: v for k, v in row.items() if k.startswith("eval/")}
 
 
-def check(base, methods: list[str], budgets: list[str], steps: int,
-          pretrain_steps: int) -> tuple[object, dict]:
+def check(
+  base, methods: list[str], budgets: list[str], steps: int, pretrain_steps: int
+) -> tuple[object, dict]:
   """(the MHA model config, {(method, budget): kv_heads}): every bad input fails here, before
   any training."""
   if steps < 1:
-    raise UserError(f"--steps={steps}: at least 1 (the eval at step 0 is the quality right "
-                    f"after conversion)")
+    raise UserError(
+      f"--steps={steps}: at least 1 (the eval at step 0 is the quality right after conversion)"
+    )
   if not methods or not budgets:
     raise UserError("pass at least one method (--methods) and one budget (--budgets)")
   if pretrain_steps <= 0:
     if base.model.init_from == RANDOM:
-      raise UserError("pareto converts one MHA checkpoint: pass --config.model.init_from=DIR "
-                      "(or --pretrain_steps=N to train a random one first)")
+      raise UserError(
+        "pareto converts one MHA checkpoint: pass --config.model.init_from=DIR "
+        "(or --pretrain_steps=N to train a random one first)"
+      )
     if base.data.tokenizer == "sentencepiece":
-      raise UserError("the MHA checkpoint's vocabulary is needed: pass "
-                      "--config.data.tokenizer=<its run's spm.model>")
+      raise UserError(
+        "the MHA checkpoint's vocabulary is needed: pass "
+        "--config.data.tokenizer=<its run's spm.model>"
+      )
   cfg = resolve(base.model.init_from, base.model.arch).cfg
   if not variants.is_mha(cfg):
-    raise UserError(f"{base.model.init_from} is not MHA "
-                     f"({cfg.grouping.describe(cfg.num_heads)}): pareto converts an MHA model")
+    raise UserError(
+      f"{base.model.init_from} is not MHA "
+      f"({cfg.grouping.describe(cfg.num_heads)}): pareto converts an MHA model"
+    )
   heads = {}
   for m in methods:
     grouping = grouping_of(m)
@@ -145,8 +173,15 @@ def converted(workdir: str):
   return resolve(os.path.join(workdir, workdir_lib.FINAL)).cfg
 
 
-def run(base, methods: list[str], budgets: list[str], steps: int, pretrain_steps: int, out: str,
-        command: str) -> str:
+def run(
+  base,
+  methods: list[str],
+  budgets: list[str],
+  steps: int,
+  pretrain_steps: int,
+  out: str,
+  command: str,
+) -> str:
   """Every point (the MHA reference, then each budget x method), the report rewritten after
   each; returns results.md."""
   cfg, heads = check(base, methods, budgets, steps, pretrain_steps)
@@ -157,11 +192,19 @@ def run(base, methods: list[str], budgets: list[str], steps: int, pretrain_steps
   def point(method: str, grouping: dict, g: int, budget: str) -> Point:
     workdir = os.path.join(out, "mha" if method == "mha" else f"{method}_kv{g}")
     final = sweep.uptrain(base, grouping, init_from, pre, steps, workdir, evals=1)
-    return Point(method, g, budget, decoding.cache_bytes_per_token(converted(workdir).replace(dtype=base.model.dtype)),
-                 evals(sweep.finished(workdir, 0)), evals(final), workdir)
+    return Point(
+      method,
+      g,
+      budget,
+      decoding.cache_bytes_per_token(converted(workdir).replace(dtype=base.model.dtype)),
+      evals(sweep.finished(workdir, 0)),
+      evals(final),
+      workdir,
+    )
 
-  write = lambda ranking=None: pareto_report.write(points, methods, out, steps, command,
-                                                   init_from, base, time.time() - t0, ranking)
+  write = lambda ranking=None: pareto_report.write(
+    points, methods, out, steps, command, init_from, base, time.time() - t0, ranking
+  )
   points = [point("mha", dict(variant="mha"), cfg.num_heads, "1")]
   for b in budgets:
     for m in methods:

@@ -1,5 +1,6 @@
 """The conversion lab's report: tables of held-out loss per KV budget and method (the frontier
 marked), the calibration error, other metrics, results.json and pareto.png."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,10 +27,13 @@ def dominated(points: list[Point], key: str) -> set[int]:
   out = set()
   for i, p in enumerate(points):
     for q in points:
-      better = (q.bytes_per_token <= p.bytes_per_token and
-                getattr(q, key)["loss"] <= getattr(p, key)["loss"])
-      strictly = (q.bytes_per_token < p.bytes_per_token or
-                  getattr(q, key)["loss"] < getattr(p, key)["loss"])
+      better = (
+        q.bytes_per_token <= p.bytes_per_token
+        and getattr(q, key)["loss"] <= getattr(p, key)["loss"]
+      )
+      strictly = (
+        q.bytes_per_token < p.bytes_per_token or getattr(q, key)["loss"] < getattr(p, key)["loss"]
+      )
       if better and strictly:
         out.add(i)
         break
@@ -40,41 +44,60 @@ def table(points: list[Point], methods: list[str], title: str, cell) -> list[str
   """Rows: KV budgets (most bytes first); columns: methods; cell(index, point) -> text."""
   cells = {(p.method, p.kv_heads): cell(i, p) for i, p in enumerate(points)}
   rows = sorted({(p.kv_heads, p.budget, p.bytes_per_token) for p in points}, reverse=True)
-  lines = [f"### {title}", "", "| KV heads (budget) | bytes / token | " + " | ".join(methods)
-           + " |", "|---|---|" + "---|" * len(methods)]
+  lines = [
+    f"### {title}",
+    "",
+    "| KV heads (budget) | bytes / token | " + " | ".join(methods) + " |",
+    "|---|---|" + "---|" * len(methods),
+  ]
   for g, budget, nbytes in rows:
-    lines.append(f"| {g} ({budget}) | {nbytes} | "
-                 + " | ".join(cells.get((m, g), "") for m in methods) + " |")
+    lines.append(
+      f"| {g} ({budget}) | {nbytes} | " + " | ".join(cells.get((m, g), "") for m in methods) + " |"
+    )
   return lines + [""]
 
 
 def loss_table(points: list[Point], methods: list[str], key: str, title: str) -> list[str]:
   """Held-out loss per budget and method; `*`: on the frontier."""
   off = dominated(points, key)
-  return table(points, methods, title, lambda i, p: f"{getattr(p, key)['loss']:.4f}"
-               + ("" if i in off else " *"))
+  return table(
+    points,
+    methods,
+    title,
+    lambda i, p: f"{getattr(p, key)['loss']:.4f}" + ("" if i in off else " *"),
+  )
 
 
 def plot(points: list[Point], out_png: str, steps: int) -> None:
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=False)
   methods = list(dict.fromkeys(p.method for p in points))
-  for ax, key, title in ((axes[0], "at_conversion", "right after conversion"),
-                         (axes[1], "after", f"after {steps} uptraining steps")):
+  for ax, key, title in (
+    (axes[0], "at_conversion", "right after conversion"),
+    (axes[1], "after", f"after {steps} uptraining steps"),
+  ):
     off = dominated(points, key)
     for n, m in enumerate(methods):
-      mine = sorted((p.bytes_per_token, getattr(p, key)["loss"], i)
-                    for i, p in enumerate(points) if p.method == m)
+      mine = sorted(
+        (p.bytes_per_token, getattr(p, key)["loss"], i)
+        for i, p in enumerate(points)
+        if p.method == m
+      )
       color = f"C{n}"
-      ax.plot([b for b, _, _ in mine], [l for _, l, _ in mine], "-", color=color, alpha=0.6,
-              label=m)
+      ax.plot(
+        [b for b, _, _ in mine], [l for _, l, _ in mine], "-", color=color, alpha=0.6, label=m
+      )
       for b, loss, i in mine:
-        ax.plot(b, loss, "o", color=color, markersize=7,
-                markerfacecolor="white" if i in off else color)
-    frontier = sorted((p.bytes_per_token, getattr(p, key)["loss"])
-                      for i, p in enumerate(points) if i not in off)
+        ax.plot(
+          b, loss, "o", color=color, markersize=7, markerfacecolor="white" if i in off else color
+        )
+    frontier = sorted(
+      (p.bytes_per_token, getattr(p, key)["loss"]) for i, p in enumerate(points) if i not in off
+    )
     ax.plot([b for b, _ in frontier], [l for _, l in frontier], "k:", lw=1, label="frontier")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("KV-cache bytes per token")
@@ -88,37 +111,69 @@ def plot(points: list[Point], out_png: str, steps: int) -> None:
   plt.close(fig)
 
 
-def write(points, methods: list[str], out: str, steps: int, command: str, init_from: str, base,
-          seconds: float, ranking: str | None = None) -> None:
+def write(
+  points,
+  methods: list[str],
+  out: str,
+  steps: int,
+  command: str,
+  init_from: str,
+  base,
+  seconds: float,
+  ranking: str | None = None,
+) -> None:
   """OUT/results.md, results.json and pareto.png of the points so far. ranking: how well the
   calibration error ranks the loss at conversion (a sentence), once every point is scored."""
   what = describe_data(base.data)
-  lines = [f"# Quality vs KV cache: {', '.join(methods)}", "",
-           f"Command: `python -m wgqa_jax.pareto {command}`", "",
-           f"MHA checkpoint {init_from}; {what}; held-out loss (lower is better) of the same "
-           f"objective; every point uptrained {steps} steps with one config; "
-           f"{seconds:.0f} s in all. `*`: on the frontier (no point has fewer or equal bytes "
-           f"and a lower loss). KV cache in {base.model.dtype}.", ""]
+  lines = [
+    f"# Quality vs KV cache: {', '.join(methods)}",
+    "",
+    f"Command: `python -m wgqa_jax.pareto {command}`",
+    "",
+    f"MHA checkpoint {init_from}; {what}; held-out loss (lower is better) of the same "
+    f"objective; every point uptrained {steps} steps with one config; "
+    f"{seconds:.0f} s in all. `*`: on the frontier (no point has fewer or equal bytes "
+    f"and a lower loss). KV cache in {base.model.dtype}.",
+    "",
+  ]
   lines += loss_table(points, ["mha"] + methods, "at_conversion", "Right after conversion")
   lines += loss_table(points, ["mha"] + methods, "after", f"After {steps} uptraining steps")
   if ranking:
-    lines += table(points, ["mha"] + methods, "Calibration error of the merge (lower keeps the "
-                   "heads better)", lambda i, p: "" if p.proxy is None else f"{p.proxy:.4f}")
+    lines += table(
+      points,
+      ["mha"] + methods,
+      "Calibration error of the merge (lower keeps the heads better)",
+      lambda i, p: "" if p.proxy is None else f"{p.proxy:.4f}",
+    )
     lines += [ranking, ""]
   extra = sorted({k for p in points for k in p.after} - {"loss", "perplexity"})
   if extra:
-    lines += [f"Other metrics after {steps} steps:", "",
-              "| method | KV heads | " + " | ".join(extra) + " |",
-              "|---|---|" + "---|" * len(extra)]
-    lines += [f"| {p.method} | {p.kv_heads} | " + " | ".join(
-        f"{p.after.get(k, float('nan')):.2f}" for k in extra) + " |" for p in points]
+    lines += [
+      f"Other metrics after {steps} steps:",
+      "",
+      "| method | KV heads | " + " | ".join(extra) + " |",
+      "|---|---|" + "---|" * len(extra),
+    ]
+    lines += [
+      f"| {p.method} | {p.kv_heads} | "
+      + " | ".join(f"{p.after.get(k, float('nan')):.2f}" for k in extra)
+      + " |"
+      for p in points
+    ]
   with open(os.path.join(out, "results.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
-  workdir_lib.write_json(os.path.join(out, "results.json"), {
-      "command": command, "init_from": init_from, "steps": steps,
+  workdir_lib.write_json(
+    os.path.join(out, "results.json"),
+    {
+      "command": command,
+      "init_from": init_from,
+      "steps": steps,
       "points": [dataclasses.asdict(p) for p in points],
-      "frontier_at_conversion": [i for i in range(len(points))
-                                 if i not in dominated(points, "at_conversion")],
-      "frontier_after": [i for i in range(len(points)) if i not in dominated(points, "after")]},
-      indent=1)
+      "frontier_at_conversion": [
+        i for i in range(len(points)) if i not in dominated(points, "at_conversion")
+      ],
+      "frontier_after": [i for i in range(len(points)) if i not in dominated(points, "after")],
+    },
+    indent=1,
+  )
   plot(points, os.path.join(out, "pareto.png"), steps)

@@ -18,6 +18,7 @@ the device's memory (device_memory_gib x usable_fraction: JAX on GPUs preallocat
 XLA_PYTHON_CLIENT_MEM_FRACTION says otherwise; set it to match). XLA:CPU's figures are close to,
 not the same as, a GPU's (fusion and collective buffers differ): leave a margin.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,16 +29,20 @@ from wgqa_jax.core.errors import UserError
 
 # Nothing here imports JAX at module level: the command line fakes N devices (use_fake_devices)
 # before JAX starts.
-GIB = 2 ** 30
+GIB = 2**30
 
 
 def use_fake_devices(n: int) -> None:
   """N CPU devices for this process; must run before JAX initialises its backends."""
   os.environ["JAX_PLATFORMS"] = "cpu"
-  flags_ = [f for f in os.environ.get("XLA_FLAGS", "").split()
-            if not f.startswith("--xla_force_host_platform_device_count")]
+  flags_ = [
+    f
+    for f in os.environ.get("XLA_FLAGS", "").split()
+    if not f.startswith("--xla_force_host_platform_device_count")
+  ]
   os.environ["XLA_FLAGS"] = " ".join(flags_ + [f"--xla_force_host_platform_device_count={n}"])
   import jax
+
   jax.config.update("jax_platforms", "cpu")
   try:
     jax.config.update("jax_num_cpu_devices", n)
@@ -53,12 +58,15 @@ def model_config(c, source, calibration_file: str | None = None):
   program is the accelerator's: no CPU-only matmul layout."""
   from wgqa_jax.grouping import variants
   from wgqa_jax.training import calibration, model_setup
+
   cfg, read, stats = source.cfg, None, None
   if c.grouping.layer_budget == "proxy" and variants.is_mha(source.cfg):
     if not calibration_file:
-      raise UserError("grouping.layer_budget=proxy spreads the KV heads by calibration error on "
-                      "the run's data: pass --calibration=WORKDIR/calibration.npz (a training "
-                      "run writes it before its first step), or plan without layer_budget")
+      raise UserError(
+        "grouping.layer_budget=proxy spreads the KV heads by calibration error on "
+        "the run's data: pass --calibration=WORKDIR/calibration.npz (a training "
+        "run writes it before its first step), or plan without layer_budget"
+      )
     reader = model_setup.open_weights(c, source)
     cfg, read, stats = reader.cfg, reader.read, calibration.load(calibration_file, reader.cfg)
   cfg, _ = model_setup.converted_config(c, cfg, read, stats)
@@ -69,23 +77,37 @@ def abstract_batch(c, mesh):
   """The pipeline's rows for one step (wgqa_jax.data.pipeline), as sharded shapes."""
   import jax
   import jax.numpy as jnp
+
   from wgqa_jax.core import sharding
   from wgqa_jax.data import text_rows
+
   d, b = c.data, c.optim.batch_size
   lengths = text_rows.row_lengths(d.objective, d.max_input_length, d.max_target_length)
   if d.pack and d.objective == "pairs":
-    lengths.update({f"{side}_{kind}": lengths[side] for side in ("inputs", "targets")
-                    for kind in ("segment_ids", "positions")})
-  return {k: jax.ShapeDtypeStruct((b, n), jnp.int32, sharding=sharding.batch_sharding(mesh))
-          for k, n in lengths.items()}
+    lengths.update(
+      {
+        f"{side}_{kind}": lengths[side]
+        for side in ("inputs", "targets")
+        for kind in ("segment_ids", "positions")
+      }
+    )
+  return {
+    k: jax.ShapeDtypeStruct((b, n), jnp.int32, sharding=sharding.batch_sharding(mesh))
+    for k, n in lengths.items()
+  }
 
 
-def plan(c, device_memory_gib: float = 80.0, usable_fraction: float = 0.9,
-         calibration_file: str | None = None) -> dict:
+def plan(
+  c,
+  device_memory_gib: float = 80.0,
+  usable_fraction: float = 0.9,
+  calibration_file: str | None = None,
+) -> dict:
   """Compile the train step of config `c` on this process's devices; the planner's result."""
   from wgqa_jax.core import sharding
   from wgqa_jax.training import preflight
   from wgqa_jax.training.validation import validate
+
   validate(c)
   with sharding.use_rules(preflight.sharding_rules(c)):
     return _plan(c, device_memory_gib, usable_fraction, calibration_file)
@@ -93,10 +115,12 @@ def plan(c, device_memory_gib: float = 80.0, usable_fraction: float = 0.9,
 
 def _plan(c, device_memory_gib: float, usable_fraction: float, calibration_file) -> dict:
   import jax
+
   from wgqa_jax import decoding
   from wgqa_jax.grouping import variants
   from wgqa_jax.store.resolve import resolve
   from wgqa_jax.training import preflight, steps
+
   source = resolve(c.model.init_from, c.model.arch)  # the config alone (a hub id: config.json)
   preflight.check_model(c, source.cfg)
   cfg = model_config(c, source, calibration_file)
@@ -117,26 +141,34 @@ def _plan(c, device_memory_gib: float, usable_fraction: float, calibration_file)
     calibration = sum(calibration_peak(c, source.cfg, mesh, batch))
   n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(state["params"]))
   per_device = lambda tree: sum(
-      math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(tree))
+    math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(tree)
+  )
   usable = device_memory_gib * usable_fraction * GIB
   return {
-      "model": c.model.arch if source.is_random else c.model.init_from,
-      "grouping": cfg.grouping.describe(cfg.num_heads),
-      "params": n_params,
-      "kv_cache_bytes_per_token": decoding.cache_bytes_per_token(cfg),
-      "mesh": dict(mesh.shape),
-      "batch": {k: list(v.shape) for k, v in batch.items()},
-      "grad_accum_steps": c.optim.grad_accum_steps,
-      "remat": cfg.remat, "scan_layers": cfg.scan_layers, "dtype": cfg.dtype,
-      "per_device_bytes": {"params": per_device(state["params"]),
-                           "opt_state": per_device(state["opt_state"]),
-                           "arguments": arguments, "temp": temp, "outputs": outputs,
-                           "total": total},
-      # a calibrated variant first runs the MHA model on a batch (wgqa_jax.training.calibration)
-      "calibration_per_device_bytes": calibration,
-      "compile_s": round(compile_s, 1),
-      "device_memory_gib": device_memory_gib, "usable_fraction": usable_fraction,
-      "fits": bool(max(total, calibration or 0) <= usable),
+    "model": c.model.arch if source.is_random else c.model.init_from,
+    "grouping": cfg.grouping.describe(cfg.num_heads),
+    "params": n_params,
+    "kv_cache_bytes_per_token": decoding.cache_bytes_per_token(cfg),
+    "mesh": dict(mesh.shape),
+    "batch": {k: list(v.shape) for k, v in batch.items()},
+    "grad_accum_steps": c.optim.grad_accum_steps,
+    "remat": cfg.remat,
+    "scan_layers": cfg.scan_layers,
+    "dtype": cfg.dtype,
+    "per_device_bytes": {
+      "params": per_device(state["params"]),
+      "opt_state": per_device(state["opt_state"]),
+      "arguments": arguments,
+      "temp": temp,
+      "outputs": outputs,
+      "total": total,
+    },
+    # a calibrated variant first runs the MHA model on a batch (wgqa_jax.training.calibration)
+    "calibration_per_device_bytes": calibration,
+    "compile_s": round(compile_s, 1),
+    "device_memory_gib": device_memory_gib,
+    "usable_fraction": usable_fraction,
+    "fits": bool(max(total, calibration or 0) <= usable),
   }
 
 
@@ -144,19 +176,27 @@ def peak_bytes(compiled) -> tuple[int, int, int]:
   """(arguments, temporaries, outputs not written in place) one device holds at a compiled
   program's peak, from XLA's memory analysis."""
   mem = compiled.memory_analysis()
-  return (mem.argument_size_in_bytes, mem.temp_size_in_bytes,
-          mem.output_size_in_bytes - mem.alias_size_in_bytes)
+  return (
+    mem.argument_size_in_bytes,
+    mem.temp_size_in_bytes,
+    mem.output_size_in_bytes - mem.alias_size_in_bytes,
+  )
 
 
 def calibration_peak(c, source_cfg, mesh, batch) -> tuple[int, int, int]:
   """peak_bytes of the calibration step a calibrated variant runs before converting: the MHA
   model, its params sharded as the run places them, on one batch."""
   import jax
+
   from wgqa_jax.models import family_of
   from wgqa_jax.training import calibration, model_setup, steps
+
   cfg = model_setup.calibration_config(source_cfg, c).replace(transpose_weight_grad_on_cpu=False)
-  params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                        family_of(cfg).param_shapes(cfg), steps.param_shardings(cfg, mesh))
+  params = jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+    family_of(cfg).param_shapes(cfg),
+    steps.param_shardings(cfg, mesh),
+  )
   with jax.set_mesh(mesh):
     return peak_bytes(calibration.grams_step(cfg).lower(params, batch).compile())
 
@@ -164,22 +204,43 @@ def calibration_peak(c, source_cfg, mesh, batch) -> tuple[int, int, int]:
 def table(r: dict) -> str:
   b = r["per_device_bytes"]
   gib = lambda x: f"{x / GIB:.2f} GiB"
-  rows = [("model", f"{r['model']} ({r['grouping']}), {r['params'] / 1e9:.3f}B params, "
-                    f"{r['dtype']} compute"),
-          ("mesh", " x ".join(f"{k} {v}" for k, v in r["mesh"].items())),
-          ("KV cache / token", f"{r['kv_cache_bytes_per_token']} bytes"),
-          ("batch", ", ".join(f"{k} {v[0]} x {v[1]}" for k, v in r["batch"].items())
-           + (f" in {r['grad_accum_steps']} micro-batches" if r["grad_accum_steps"] > 1 else "")),
-          ("layers", f"remat {r['remat']}, {'scanned' if r['scan_layers'] else 'unrolled'}"),
-          ("params / device", gib(b["params"])), ("optimizer state / device", gib(b["opt_state"])),
-          ("arguments / device", gib(b["arguments"])), ("temporaries / device", gib(b["temp"])),
-          ("outputs / device", gib(b["outputs"])), ("total / device", gib(b["total"])),
-          *([("calibration / device", f"{gib(r['calibration_per_device_bytes'])} (the MHA "
-                                      f"model on one batch, before converting)")]
-            if r.get("calibration_per_device_bytes") is not None else []),
-          ("usable / device", f"{r['device_memory_gib'] * r['usable_fraction']:.1f} GiB "
-                              f"({r['usable_fraction']:.0%} of {r['device_memory_gib']:g})"),
-          ("compile", f"{r['compile_s']:.1f} s"),
-          ("fits", "yes" if r["fits"] else "NO")]
+  rows = [
+    (
+      "model",
+      f"{r['model']} ({r['grouping']}), {r['params'] / 1e9:.3f}B params, {r['dtype']} compute",
+    ),
+    ("mesh", " x ".join(f"{k} {v}" for k, v in r["mesh"].items())),
+    ("KV cache / token", f"{r['kv_cache_bytes_per_token']} bytes"),
+    (
+      "batch",
+      ", ".join(f"{k} {v[0]} x {v[1]}" for k, v in r["batch"].items())
+      + (f" in {r['grad_accum_steps']} micro-batches" if r["grad_accum_steps"] > 1 else ""),
+    ),
+    ("layers", f"remat {r['remat']}, {'scanned' if r['scan_layers'] else 'unrolled'}"),
+    ("params / device", gib(b["params"])),
+    ("optimizer state / device", gib(b["opt_state"])),
+    ("arguments / device", gib(b["arguments"])),
+    ("temporaries / device", gib(b["temp"])),
+    ("outputs / device", gib(b["outputs"])),
+    ("total / device", gib(b["total"])),
+    *(
+      [
+        (
+          "calibration / device",
+          f"{gib(r['calibration_per_device_bytes'])} (the MHA "
+          f"model on one batch, before converting)",
+        )
+      ]
+      if r.get("calibration_per_device_bytes") is not None
+      else []
+    ),
+    (
+      "usable / device",
+      f"{r['device_memory_gib'] * r['usable_fraction']:.1f} GiB "
+      f"({r['usable_fraction']:.0%} of {r['device_memory_gib']:g})",
+    ),
+    ("compile", f"{r['compile_s']:.1f} s"),
+    ("fits", "yes" if r["fits"] else "NO"),
+  ]
   width = max(len(k) for k, _ in rows)
   return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

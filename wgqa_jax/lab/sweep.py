@@ -7,6 +7,7 @@
 3. results.md / results.json: eval loss and ROUGE per variant (the paper's Table I), curves.png,
    WGQA weight plots and t-tests (wgqa_jax.analysis). Re-running resumes finished/partial runs.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,18 +22,32 @@ from wgqa_jax.training.validation import validate
 
 DEFAULT_VARIANTS = "mha,mqa,gqa,wgqa,randwgqa,colwgqa,simgqa,kdgqa,dgqa,pgqa"
 
-def uptrain(base, grouping: dict, init_from: str, pretrain_dir: str | None, steps: int,
-            workdir: str, evals: int = 3) -> dict:
+
+def uptrain(
+  base,
+  grouping: dict,
+  init_from: str,
+  pretrain_dir: str | None,
+  steps: int,
+  workdir: str,
+  evals: int = 3,
+) -> dict:
   """Uptrain one grouping (the config's grouping section, e.g. {"variant": "gqa"}) from the MHA
   checkpoint for `steps`, evaluating at the start and `evals` times; returns its final eval
   metrics. A run that already finished (with this config) is read back, not started."""
   c = base.copy_and_resolve_references()
   every = max(steps // evals, 1)  # three "epochs" of weights for the plots by default
-  c.update(dict(model=dict(init_from=init_from), grouping=grouping,
-                optim=dict(num_train_steps=steps, num_epochs=0,
-                           warmup_steps=min(c.optim.warmup_steps, steps // 10)),
-                eval=dict(every=every, at_start=True),
-                checkpoint=dict(every=every, keep=10)))
+  c.update(
+    dict(
+      model=dict(init_from=init_from),
+      grouping=grouping,
+      optim=dict(
+        num_train_steps=steps, num_epochs=0, warmup_steps=min(c.optim.warmup_steps, steps // 10)
+      ),
+      eval=dict(every=every, at_start=True),
+      checkpoint=dict(every=every, keep=10),
+    )
+  )
   preflight.check_resume(c, workdir)  # results of another config are not reused
   done = finished(workdir, steps)
   if done is not None:
@@ -40,10 +55,14 @@ def uptrain(base, grouping: dict, init_from: str, pretrain_dir: str | None, step
   if pretrain_dir and c.data.tokenizer == "sentencepiece":  # the MHA checkpoint's vocabulary
     os.makedirs(workdir, exist_ok=True)
     if not os.path.exists(os.path.join(workdir, workdir_lib.SPM_MODEL)):
-      shutil.copy(os.path.join(pretrain_dir, workdir_lib.SPM_MODEL),
-                  os.path.join(workdir, workdir_lib.SPM_MODEL))
-  print(f"== {', '.join(f'{k}={v}' for k, v in grouping.items())}: {steps} steps from "
-        f"{init_from} -> {workdir}")
+      shutil.copy(
+        os.path.join(pretrain_dir, workdir_lib.SPM_MODEL),
+        os.path.join(workdir, workdir_lib.SPM_MODEL),
+      )
+  print(
+    f"== {', '.join(f'{k}={v}' for k, v in grouping.items())}: {steps} steps from "
+    f"{init_from} -> {workdir}"
+  )
   trainer.train(c, workdir)
   return finished(workdir, steps)
 
@@ -66,8 +85,13 @@ def mha_checkpoint(base, out: str, pretrain_steps: int) -> tuple[str, str | None
   c = base.copy_and_resolve_references()
   # held-out loss of a pretraining objective is cheap: show its curve; decoding is not
   every = max(pretrain_steps // 4, 1) if c.data.objective != "pairs" else 0
-  c.update(dict(grouping=dict(variant="mha"), eval=dict(every=every),
-                optim=dict(num_train_steps=pretrain_steps, num_epochs=0)))
+  c.update(
+    dict(
+      grouping=dict(variant="mha"),
+      eval=dict(every=every),
+      optim=dict(num_train_steps=pretrain_steps, num_epochs=0),
+    )
+  )
   print(f"== pretraining MHA for {pretrain_steps} steps -> {pre}")
   trainer.train(c, pre)
   return os.path.join(pre, workdir_lib.FINAL), pre
@@ -76,39 +100,70 @@ def mha_checkpoint(base, out: str, pretrain_steps: int) -> tuple[str, str | None
 def report(results: dict, runs: dict, header: list[str], out: str) -> tuple[list[str], dict]:
   """results.md lines (table, orderings, WGQA t-tests) and results.json content; plots."""
   variants = list(results)
-  metric_names = [m for m in ("eval/perplexity", "eval/rouge1", "eval/rouge2", "eval/rougeL",
-                              "eval/rougeLsum", "eval/bleu")
-                  if m in next(iter(results.values()))]
+  metric_names = [
+    m
+    for m in (
+      "eval/perplexity",
+      "eval/rouge1",
+      "eval/rouge2",
+      "eval/rougeL",
+      "eval/rougeLsum",
+      "eval/bleu",
+    )
+    if m in next(iter(results.values()))
+  ]
   lines = header + [
-      "| variant | eval loss | " + " | ".join(m.split("/")[1] for m in metric_names) + " |",
-      "|---|---|" + "---|" * len(metric_names)]
+    "| variant | eval loss | " + " | ".join(m.split("/")[1] for m in metric_names) + " |",
+    "|---|---|" + "---|" * len(metric_names),
+  ]
   for v in variants:
     r = results[v]
-    lines.append(f"| {v} | {r['eval/loss']:.4f} | " +
-                 " | ".join(f"{r[m]:.2f}" for m in metric_names) + " |")
+    lines.append(
+      f"| {v} | {r['eval/loss']:.4f} | " + " | ".join(f"{r[m]:.2f}" for m in metric_names) + " |"
+    )
   main_metric = metric_names[0] if metric_names else "eval/loss"
   lower = main_metric in ("eval/loss", "eval/perplexity")  # else higher is better
   order = sorted(variants, key=lambda v: results[v][main_metric] * (1 if lower else -1))
   by_loss = sorted(variants, key=lambda v: results[v]["eval/loss"])
-  start = {v: next((r[main_metric] for r in analysis.read_metrics(runs[v])
-                    if r.get("step") == 0 and main_metric in r), float("nan")) for v in variants}
-  lines += ["", f"Right after conversion (step 0), {main_metric}: " + ", ".join(
-      f"{v} {start[v]:.1f}" for v in variants)]
-  lines += ["", f"Ordering by {main_metric}, best first: " + ", ".join(order),
-            "Ordering by eval loss (lower is better; finer-grained when the metric saturates): "
-            + " < ".join(by_loss)]
+  start = {
+    v: next(
+      (
+        r[main_metric]
+        for r in analysis.read_metrics(runs[v])
+        if r.get("step") == 0 and main_metric in r
+      ),
+      float("nan"),
+    )
+    for v in variants
+  }
+  lines += [
+    "",
+    f"Right after conversion (step 0), {main_metric}: "
+    + ", ".join(f"{v} {start[v]:.1f}" for v in variants),
+  ]
+  lines += [
+    "",
+    f"Ordering by {main_metric}, best first: " + ", ".join(order),
+    "Ordering by eval loss (lower is better; finer-grained when the metric saturates): "
+    + " < ".join(by_loss),
+  ]
   analysed = analysis.analyse(list(runs.values()), os.path.join(out, "analysis"), main_metric)
   for name, r in analysed["wgqa"].items():
     last = r["ttest_vs_0.5"][max(r["ttest_vs_0.5"])]
-    lines.append(f"{name}: learned weights mean {last['mean']:.3f} (n={last['n']}), "
-                 f"t-test vs 0.5: p={last['p_value']:.3g}")
+    lines.append(
+      f"{name}: learned weights mean {last['mean']:.3f} (n={last['n']}), "
+      f"t-test vs 0.5: p={last['p_value']:.3g}"
+    )
   return lines, {"results": results, "ordering": order, "ordering_by_loss": by_loss}
 
 
 def describe_data(d) -> str:
   """What a config's data section trains on, for a results header."""
-  return (f"{d.objective} on {corpora.describe(d.dataset)}" if d.objective != "pairs"
-          else f"pairs: {d.dataset}")
+  return (
+    f"{d.objective} on {corpora.describe(d.dataset)}"
+    if d.objective != "pairs"
+    else f"pairs: {d.dataset}"
+  )
 
 
 def check(base, variants: list[str]) -> None:
@@ -119,8 +174,9 @@ def check(base, variants: list[str]) -> None:
     validate(c)
 
 
-def run(base, variants: list[str], out: str, pretrain_steps: int, steps: int,
-        command: str) -> list[str]:
+def run(
+  base, variants: list[str], out: str, pretrain_steps: int, steps: int, command: str
+) -> list[str]:
   """The sweep: the MHA checkpoint, every variant uptrained with the same budget, then
   OUT/results.md (returned as lines), results.json, curves and WGQA weight plots."""
   check(base, variants)
@@ -132,22 +188,31 @@ def run(base, variants: list[str], out: str, pretrain_steps: int, steps: int,
 
   # ---- 2. uptrain every variant with the same budget ----
   runs = {v: os.path.join(out, v) for v in variants}
-  results = {v: uptrain(base, dict(variant=v), init_from, pre, steps, runs[v])
-             for v in variants}
+  results = {v: uptrain(base, dict(variant=v), init_from, pre, steps, runs[v]) for v in variants}
 
   # ---- 3. table, curves, weights ----
   d = base.data
-  header = [f"# Sweep: {', '.join(variants)}", "",
-            f"Command: `python -m wgqa_jax.sweep {command}`",
-            f"Objective: {describe_data(d)}; eval on held-out data"
-            + (" (loss and perplexity of the same objective)" if d.objective != "pairs"
-               else ""),
-            f"Every variant uptrained {steps} steps from the same MHA checkpoint "
-            f"({init_from}); {time.time() - t0:.0f} s in all.", ""]
+  header = [
+    f"# Sweep: {', '.join(variants)}",
+    "",
+    f"Command: `python -m wgqa_jax.sweep {command}`",
+    f"Objective: {describe_data(d)}; eval on held-out data"
+    + (" (loss and perplexity of the same objective)" if d.objective != "pairs" else ""),
+    f"Every variant uptrained {steps} steps from the same MHA checkpoint "
+    f"({init_from}); {time.time() - t0:.0f} s in all.",
+    "",
+  ]
   lines, summary = report(results, runs, header, out)
   with open(os.path.join(out, "results.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
-  workdir_lib.write_json(os.path.join(out, "results.json"), {
-      **summary, "init_from": init_from, "objective": d.objective,
-      "dataset": corpora.describe(d.dataset)}, indent=1)
+  workdir_lib.write_json(
+    os.path.join(out, "results.json"),
+    {
+      **summary,
+      "init_from": init_from,
+      "objective": d.objective,
+      "dataset": corpora.describe(d.dataset),
+    },
+    indent=1,
+  )
   return lines

@@ -10,7 +10,14 @@
 Architecture presets (`preset(name)`, the training config's model.arch) are named across the
 families: "tiny" and "t5-*" are T5, "llama-*" Llama.
 """
-from wgqa_jax.models.family import (config_from_dict, config_from_hf, families, family_of, preset,
-                                    presets)
+
+from wgqa_jax.models.family import (
+  config_from_dict,
+  config_from_hf,
+  families,
+  family_of,
+  preset,
+  presets,
+)
 
 __all__ = ["config_from_dict", "config_from_hf", "families", "family_of", "preset", "presets"]

@@ -15,13 +15,15 @@ the merged R*t rows, benchmarks/attention_layout.py, so we keep the merged form.
 - PGQA `attention_noise`: Gaussian noise subtracted from the logits while training.
 
 With the `calibration` collection mutable, each module also keeps the gram sum of its K/V inputs
-over the keys some query reads: the statistics the calibrated merges need (wgqa_jax.training.calibration).
+over the keys some query reads: the statistics the calibrated merges need
+(wgqa_jax.training.calibration).
 
 T5 uses none of the two position options (its init absorbs 1/sqrt(d), its position bias is
 additive and comes from the caller); Llama sets `query_scale` = head_dim^-0.5 and `rope_theta`
 (rotary embeddings, HF's rotate-half convention, applied to q in `attend` and to k in
 `project_kv`, both given the token positions). No projection biases.
 """
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -29,10 +31,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wgqa_jax.grouping import kv_merge
-from wgqa_jax.models.ops import dense
 from wgqa_jax.core.sharding import constrain
+from wgqa_jax.grouping import kv_merge
 from wgqa_jax.grouping.variants import MHA, Grouping
+from wgqa_jax.models.ops import dense
 
 NEG_INF = float(np.finfo(np.float32).min)
 # The variable collection in which each module keeps the gram sum of its K/V inputs over the
@@ -43,6 +45,7 @@ CALIBRATION = "calibration"
 
 class Attention(nn.Module):
   """Attention over G = grouping.num_kv_heads(num_heads) K/V heads."""
+
   num_heads: int
   head_dim: int
   width: int  # of the K/V inputs and of the output
@@ -65,29 +68,38 @@ class Attention(nn.Module):
     part = nn.with_logical_partitioning
     self.dropout = nn.Dropout(self.dropout_rate)
     # HF T5 init (so a random model trains like theirs): q absorbs the 1/sqrt(d_kv) scale.
-    self.q = self.param("q", part(normal((d * dk) ** -0.5), ("embed", "heads", "kv")),
-                        (d, h, dk), pdt)
-    self.o = self.param("o", part(normal((h * dk) ** -0.5), ("heads", "kv", "embed")),
-                        (h, dk, d), pdt)
+    self.q = self.param(
+      "q", part(normal((d * dk) ** -0.5), ("embed", "heads", "kv")), (d, h, dk), pdt
+    )
+    self.o = self.param(
+      "o", part(normal((h * dk) ** -0.5), ("heads", "kv", "embed")), (h, dk, d), pdt
+    )
     weighted = self.grouping.weights != "none"
     # WGQA keeps the H original heads, still trainable.
     kv_axes = ("embed", "heads", "kv") if weighted else ("embed", "kv_heads", "kv")
     kv_shape = (d, h if weighted else g, dk)
-    self.k = self.param("k", part(normal(d ** -0.5), kv_axes), kv_shape, pdt)
-    self.v = self.param("v", part(normal(d ** -0.5), kv_axes), kv_shape, pdt)
+    self.k = self.param("k", part(normal(d**-0.5), kv_axes), kv_shape, pdt)
+    self.v = self.param("v", part(normal(d**-0.5), kv_axes), kv_shape, pdt)
     if weighted:
       grp = self.grouping
       shape = kv_merge.wgqa_weight_shape(grp.weights, h, dk)
       axes = ("heads",) if grp.weights == "row" else ("heads", "kv")
-      init = (nn.initializers.normal(stddev=1.0) if grp.weights_init == "normal"
-              else nn.initializers.constant(grp.weights_init_value))
+      init = (
+        nn.initializers.normal(stddev=1.0)
+        if grp.weights_init == "normal"
+        else nn.initializers.constant(grp.weights_init_value)
+      )
       self.wk = self.param("wk", part(init, axes), shape, pdt)
       self.wv = self.param("wv", part(init, axes), shape, pdt)
 
   def _dense(self, x, kernel, n_in: int = 1):
     dtype = jnp.dtype(self.dtype)
-    return dense(x.astype(dtype), kernel.astype(dtype), n_in,
-                 transpose_weight_grad_on_cpu=self.transpose_weight_grad_on_cpu)
+    return dense(
+      x.astype(dtype),
+      kernel.astype(dtype),
+      n_in,
+      transpose_weight_grad_on_cpu=self.transpose_weight_grad_on_cpu,
+    )
 
   def grouped_kv_kernels(self):
     """The (d_model, G, d_kv) K and V kernels the attention actually uses."""
@@ -127,8 +139,9 @@ class Attention(nn.Module):
     logits = jnp.einsum("bgqd,bsgd->bgqs", q, k).reshape(b, g, r, t, s).astype(jnp.float32)
     if bias is not None:  # (b|1, H|1, t, s) -> (b|1, G|1, R|1, t, s)
       bias = jnp.asarray(bias, jnp.float32)
-      bias = bias.reshape(bias.shape[0], *((g, r) if bias.shape[1] == h else (1, 1)),
-                          *bias.shape[-2:])
+      bias = bias.reshape(
+        bias.shape[0], *((g, r) if bias.shape[1] == h else (1, 1)), *bias.shape[-2:]
+      )
       logits = logits + bias
     weights = self._softmax(logits, deterministic).astype(v.dtype).reshape(b, g, r * t, s)
     out = jnp.einsum("bgqs,bsgd->bgqd", weights, v)
@@ -138,8 +151,11 @@ class Attention(nn.Module):
     """Replace the K/V inputs project_kv kept by their gram sum x x^T over the keys some query
     reads (padding does not count) and that count: (d, d) per module, whatever the batch, so
     no module's inputs outlive its attention."""
-    read = (jnp.ones((1, key_shape[1]), bool) if bias is None
-            else jnp.any(jnp.asarray(bias) > NEG_INF / 2, axis=(1, 2)))
+    read = (
+      jnp.ones((1, key_shape[1]), bool)
+      if bias is None
+      else jnp.any(jnp.asarray(bias) > NEG_INF / 2, axis=(1, 2))
+    )
     m = jnp.broadcast_to(read, key_shape).astype(jnp.float32)
     x = self.get_variable(CALIBRATION, "inputs").astype(jnp.float32)
     self.put_variable(CALIBRATION, "inputs", jnp.zeros((), jnp.float32))

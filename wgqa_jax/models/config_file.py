@@ -1,5 +1,6 @@
 """What every model config (a frozen dataclass: T5Config, LlamaConfig) does the same way:
 `replace`, `save` as JSON, and `from_dict` that names unknown keys instead of a TypeError."""
+
 from __future__ import annotations
 
 import dataclasses

@@ -21,10 +21,12 @@ same fields and methods, which the grouping, storage, decoding and training code
   grouping_at(path), kv_heads_at(path), reorderable_heads(path)
   replace(**changes), save(path), to_dict(), from_dict(d), from_hf(hf dict), to_hf()
 """
+
 from __future__ import annotations
 
 import abc
-from typing import Any, Callable, Iterator, NamedTuple
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 from wgqa_jax.core.errors import UserError
 
@@ -37,11 +39,12 @@ class Decoder(NamedTuple):
   """What a family hands the search loops (wgqa_jax.decoding.search), for `rows` = inputs x
   copies rows (the copies of an input adjacent: its beams, or its num_return_sequences
   samples)."""
-  step: Callable   # (tokens (rows,), i, cache) -> (logits (rows, V) float32, cache): token i
-  cache: Any       # the KV cache, prompt or encoder output already in it
-  first: Any       # (rows,) the token fed at i = 0 (T5's start token, a prompt's last token)
-  prefix: Any      # the decoder ids before the generated ones, for the logits processors: a
-                   # start id (int) or (rows, P) prompt ids
+
+  step: Callable  # (tokens (rows,), i, cache) -> (logits (rows, V) float32, cache): token i
+  cache: Any  # the KV cache, prompt or encoder output already in it
+  first: Any  # (rows,) the token fed at i = 0 (T5's start token, a prompt's last token)
+  prefix: Any  # the decoder ids before the generated ones, for the logits processors: a
+  # start id (int) or (rows, P) prompt ids
   reorder: Callable  # (cache, rows) -> the cache whose row r is the old row rows[r]
 
 
@@ -49,8 +52,9 @@ class HFRow(NamedTuple):
   """One row of a family's Hugging Face key table (wgqa_jax.store.hf reads and writes by it).
   layout: how a PyTorch [out, in] tensor becomes our param and back: same | T | heads_in
   ([H*dk, d] -> (d, H, dk)) | heads_out ([d, H*dk] -> (H, dk, d))."""
-  path: tuple[str, ...]     # our param path
-  key: str                  # HF state-dict key
+
+  path: tuple[str, ...]  # our param path
+  key: str  # HF state-dict key
   layout: str
   aliases: tuple[str, ...] = ()
 
@@ -58,12 +62,13 @@ class HFRow(NamedTuple):
 class Family(abc.ABC):
   """What a model family provides. Attributes first, then the model, its HF form, decoding and
   the training objective."""
-  name: str                        # cfg.family, the key in saved configs
-  config_class: type               # its model config dataclass
-  presets: dict[str, dict]         # architecture presets (names unique across families)
+
+  name: str  # cfg.family, the key in saved configs
+  config_class: type  # its model config dataclass
+  presets: dict[str, dict]  # architecture presets (names unique across families)
   hf_model_types: tuple[str, ...]  # config.json model_type values this family reads
-  title: str                       # for messages: "T5", "Llama"
-  description: str                 # ... and its kind: "T5 (encoder-decoder)", "decoder-only"
+  title: str  # for messages: "T5", "Llama"
+  description: str  # ... and its kind: "T5 (encoder-decoder)", "decoder-only"
   # the data objectives (wgqa_jax.data.text_rows) its models train on, and the values of
   # optim.loss_on it takes (none: it always trains on its targets)
   objectives: tuple[str, ...]
@@ -107,8 +112,9 @@ class Family(abc.ABC):
 
   # ---- decoding (wgqa_jax.decoding) ----
   @abc.abstractmethod
-  def begin_decoding(self, params, cfg, inputs, attention_mask, copies: int,
-                     max_new_tokens: int) -> Decoder:
+  def begin_decoding(
+    self, params, cfg, inputs, attention_mask, copies: int, max_new_tokens: int
+  ) -> Decoder:
     """The Decoder of `copies` rows per input: the prompt or encoder output in its cache."""
 
   @abc.abstractmethod
@@ -117,8 +123,16 @@ class Family(abc.ABC):
 
   # ---- training ----
   @abc.abstractmethod
-  def forward(self, params, batch, cfg, rng=None, train: bool = False,
-              loss_on: str | None = None, mutable=False):
+  def forward(
+    self,
+    params,
+    batch,
+    cfg,
+    rng=None,
+    train: bool = False,
+    loss_on: str | None = None,
+    mutable=False,
+  ):
     """(logits, labels, label weights) of a batch of pipeline rows, aligned so that position t
     predicts label t; with `mutable` (collection names) also the variables modules sowed."""
 
@@ -126,6 +140,7 @@ class Family(abc.ABC):
 def families() -> dict[str, Family]:
   """The registry: every model family, by name."""
   from wgqa_jax.models import llama, t5
+
   return {f.name: f for f in (t5.FAMILY, llama.FAMILY)}
 
 
@@ -144,7 +159,8 @@ def family_of(cfg) -> Family:
 def config_from_dict(d: dict[str, Any]):
   """A model config from its saved dict: `family` names it."""
   return get(d.get("family", LEGACY_FAMILY)).config_class.from_dict(
-      {k: v for k, v in d.items() if k != "family"})
+    {k: v for k, v in d.items() if k != "family"}
+  )
 
 
 def config_from_hf(hf: dict[str, Any], weights=None):
@@ -154,15 +170,18 @@ def config_from_hf(hf: dict[str, Any], weights=None):
   kind = hf.get("model_type")
   by_type = {t: f for f in families().values() for t in f.hf_model_types}
   if kind is not None and kind not in by_type:
-    raise UserError(f"model_type={kind!r} is not a family wgqa_jax has: {list(by_type)} "
-                    f"({', '.join(f.description for f in families().values())})")
+    raise UserError(
+      f"model_type={kind!r} is not a family wgqa_jax has: {list(by_type)} "
+      f"({', '.join(f.description for f in families().values())})"
+    )
   family = by_type[kind] if kind is not None else get(LEGACY_FAMILY)
   try:
     return family.config_from_hf(hf, weights)
   except KeyError as e:
-    raise UserError(f"config.json has no {e.args[0]!r}, which a {family.title} config needs"
-                    + ("" if kind else f" (and no model_type: read as {family.description})")
-                    ) from None
+    raise UserError(
+      f"config.json has no {e.args[0]!r}, which a {family.title} config needs"
+      + ("" if kind else f" (and no model_type: read as {family.description})")
+    ) from None
 
 
 def presets() -> dict[str, type]:

@@ -1,17 +1,19 @@
 """Layers every model family shares (attention is wgqa_jax.models.attention)."""
+
 from __future__ import annotations
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from wgqa_jax.models.attention import CALIBRATION
 from wgqa_jax.core.errors import UserError
+from wgqa_jax.models.attention import CALIBRATION
 
 
 class RMSNorm(nn.Module):
   """T5's layer norm and Llama's RMSNorm: no mean subtraction, no bias, computed in float32,
   the result in the compute dtype."""
+
   dim: int
   eps: float
   dtype: str = "float32"
@@ -19,8 +21,12 @@ class RMSNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-                       (self.dim,), jnp.dtype(self.param_dtype))
+    scale = self.param(
+      "scale",
+      nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+      (self.dim,),
+      jnp.dtype(self.param_dtype),
+    )
     x = x.astype(jnp.float32)
     x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
     return (jnp.asarray(scale, jnp.float32) * x).astype(jnp.dtype(self.dtype))
@@ -30,10 +36,10 @@ class RMSNorm(nn.Module):
 # Layer stacks for real sizes: rematerialisation and scanned layers (training only)
 # ----------------------------------------------------------------------------------------------
 REMAT_POLICIES = {
-    "none": None,  # keep every activation for the backward pass
-    "full": jax.checkpoint_policies.nothing_saveable,  # keep each layer's input only
-    # keep the projections' outputs (matmuls without batch dims), recompute the rest
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+  "none": None,  # keep every activation for the backward pass
+  "full": jax.checkpoint_policies.nothing_saveable,  # keep each layer's input only
+  # keep the projections' outputs (matmuls without batch dims), recompute the rest
+  "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 
 
@@ -45,19 +51,25 @@ def remat(layer_cls, policy: str, static_argnums: tuple[int, ...] = (), scanned:
   if policy == "none":
     return layer_cls
   # inside a scan the loop already keeps XLA from merging forward and recomputation
-  return nn.remat(layer_cls, policy=REMAT_POLICIES[policy], static_argnums=static_argnums,
-                  prevent_cse=not scanned)
+  return nn.remat(
+    layer_cls, policy=REMAT_POLICIES[policy], static_argnums=static_argnums, prevent_cse=not scanned
+  )
 
 
 def scan(layer_cls, length: int, broadcast_args: int):
   """`length` layers as one scanned layer (one compiled body whatever the depth): layer_cls's
   __call__ takes (carry, *broadcast_args) and returns (carry, None); its params get a leading
   layer axis under one `layers` node (stack_layers gives that layout)."""
-  # the calibration statistics of the attention modules (wgqa_jax.training.calibration) stack like params
-  return nn.scan(layer_cls, variable_axes={"params": 0, CALIBRATION: 0},
-                 split_rngs={"params": True, "dropout": True},
-                 in_axes=(nn.broadcast,) * broadcast_args, length=length,
-                 metadata_params={nn.PARTITION_NAME: "layers"})
+  # the calibration statistics of the attention modules (wgqa_jax.training.calibration) stack like
+  # params
+  return nn.scan(
+    layer_cls,
+    variable_axes={"params": 0, CALIBRATION: 0},
+    split_rngs={"params": True, "dropout": True},
+    in_axes=(nn.broadcast,) * broadcast_args,
+    length=length,
+    metadata_params={nn.PARTITION_NAME: "layers"},
+  )
 
 
 def _layer_index(key: str) -> int | None:

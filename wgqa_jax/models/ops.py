@@ -7,6 +7,7 @@ On CPU we materialise x^T first (an optimization barrier stops XLA from folding 
 back into the dot), which costs one copy and recovers the NN speed. Other backends keep the
 plain autodiff matmul: their GEMMs take any layout at full speed.
 """
+
 from __future__ import annotations
 
 import math
@@ -37,7 +38,7 @@ def dense(x, kernel, n_in: int = 1, transpose_weight_grad_on_cpu: bool = True):
 
   transpose_weight_grad_on_cpu: a model config field (so jit caches each setting apart); the
   benchmark turns it off to time the difference."""
-  lead, k_in = x.shape[:-n_in], math.prod(x.shape[len(x.shape) - n_in:])
+  lead, k_in = x.shape[:-n_in], math.prod(x.shape[len(x.shape) - n_in :])
   out = kernel.shape[n_in:]
   a, b = x.reshape(-1, k_in), kernel.reshape(k_in, -1)
   cpu = transpose_weight_grad_on_cpu and jax.default_backend() == "cpu"

@@ -1,10 +1,11 @@
 """Training checkpoints that are verified before they are trusted.
 
 orbax writes the state (async) to workdir/checkpoints/<step>/state, and the input pipeline's
-position (wgqa_jax.data.pipeline: where each process's next batch starts) to .../<step>/data; beside
-them we write workdir/integrity/<step>.json, a fingerprint of every array computed on device from
-the very state being saved (position-weighted sums of its bits, so flipped, garbled or reordered
-bytes change it), and the data position itself. Restoring walks the checkpoints newest first and takes the first one that
+position (wgqa_jax.data.pipeline: where each process's next batch starts) to .../<step>/data;
+beside them we write workdir/integrity/<step>.json, a fingerprint of every array computed on
+device from the very state being saved (position-weighted sums of its bits, so flipped, garbled
+or reordered bytes change it), and the data position itself. Restoring walks the checkpoints
+newest first and takes the first one that
   1. restores (orbax can read every file),
   2. matches its fingerprint, and
   3. holds only finite numbers;
@@ -12,6 +13,7 @@ a checkpoint that fails is moved to workdir/checkpoints_quarantine/ (never delet
 warning that names it and why, and the next older one is tried. If none is good the run stops
 with one clear error.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -43,8 +45,10 @@ class NoGoodCheckpoint(UserError):
 
 def _flat_fingerprint(tree) -> dict[str, list[int]]:
   fp = jax.device_get(fingerprint(tree))
-  return {jax.tree_util.keystr(path): [int(v) for v in np.asarray(leaf)]
-          for path, leaf in jax.tree_util.tree_leaves_with_path(fp)}
+  return {
+    jax.tree_util.keystr(path): [int(v) for v in np.asarray(leaf)]
+    for path, leaf in jax.tree_util.tree_leaves_with_path(fp)
+  }
 
 
 def _canonical(key: str) -> str:
@@ -63,6 +67,7 @@ def has_checkpoints(workdir: str) -> bool:
 class DiskFull(Failure):
   """A checkpoint could not be written: no space left (or quota). The run stops (exit 74,
   errors.EXIT_DISK_FULL) naming the last good checkpoint; freeing space and rerunning resumes."""
+
   exit_code = EXIT_DISK_FULL
   exit_now = True  # orbax's save threads, stuck on the full disk, would spew at shutdown
   label = "disk full"
@@ -82,8 +87,11 @@ class Checkpoints:
 
   def _manager(self) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(
-        self.dir, options=ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=True,
-                                                       enable_async_checkpointing=True))
+      self.dir,
+      options=ocp.CheckpointManagerOptions(
+        max_to_keep=self.keep, create=True, enable_async_checkpointing=True
+      ),
+    )
 
   def _record(self, step: int) -> str:
     return os.path.join(self.integrity_dir, f"{step}.json")
@@ -97,8 +105,12 @@ class Checkpoints:
       if jax.process_index() == 0:  # written before orbax finalises the step
         os.makedirs(self.integrity_dir, exist_ok=True)
         workdir_lib.write_json(self._record(step), record)
-      self.mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                   data=ocp.args.JsonSave(data_state)))
+      self.mngr.save(
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)
+        ),
+      )
     self._saving = step
 
   def check(self) -> None:
@@ -133,12 +145,18 @@ class Checkpoints:
     failed = re.search(r"checkpoints/(\d+)\.orbax-checkpoint-tmp", str(e))
     step = int(failed.group(1)) if failed else step
     good = [s for s in self.mngr.all_steps() if s < limit and os.path.exists(self._record(s))]
-    what = (f"writing {e.filename}" if getattr(e, "filename", None) else
-            f"saving checkpoint {step}" if step is not None else "saving a checkpoint")
+    what = (
+      f"writing {e.filename}"
+      if getattr(e, "filename", None)
+      else f"saving checkpoint {step}"
+      if step is not None
+      else "saving a checkpoint"
+    )
     return DiskFull(
-        f"no space left on the device of {self.workdir} while {what}; the last good "
-        f"checkpoint is {'step ' + str(max(good)) if good else 'none'}. Free space and run "
-        f"the same command again to resume")
+      f"no space left on the device of {self.workdir} while {what}; the last good "
+      f"checkpoint is {'step ' + str(max(good)) if good else 'none'}. Free space and run "
+      f"the same command again to resume"
+    )
 
   def steps(self) -> list[int]:
     return list(self.mngr.all_steps())
@@ -147,8 +165,9 @@ class Checkpoints:
     """(state, data state) of the newest checkpoint that restores, verifies and is finite,
     restored onto `shardings`; None if the workdir has no checkpoint. Bad ones are quarantined
     on the way. The data state is None for checkpoints written before it was saved."""
-    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                            template, shardings)
+    abstract = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), template, shardings
+    )
     steps = sorted(self.steps(), reverse=True)
     for step in steps:
       restored, problem = self.try_restore(step, abstract)
@@ -157,8 +176,9 @@ class Checkpoints:
       self._quarantine(step, problem)
     if steps:
       raise NoGoodCheckpoint(
-          f"no checkpoint in {self.dir} restores intact (steps {sorted(steps)} were moved to "
-          f"{self.quarantine_dir}); start fresh with another --workdir, or restore a backup")
+        f"no checkpoint in {self.dir} restores intact (steps {sorted(steps)} were moved to "
+        f"{self.quarantine_dir}); start fresh with another --workdir, or restore a backup"
+      )
     return None
 
   def try_restore(self, step: int, abstract=None):
@@ -168,8 +188,12 @@ class Checkpoints:
       if os.path.isdir(os.path.join(self.dir, str(step), "default")):  # before the data state
         state, data_state = self.mngr.restore(step, args=ocp.args.StandardRestore(abstract)), None
       else:
-        both = self.mngr.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
+        both = self.mngr.restore(
+          step,
+          args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()
+          ),
+        )
         state, data_state = both["state"], dict(both["data"])
     except Exception as e:  # garbled or truncated files: orbax / tensorstore errors
       first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
@@ -186,8 +210,10 @@ class Checkpoints:
         got = {_canonical(k): v for k, v in got.items()}
       bad = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
       if bad:
-        return None, (f"fails its integrity check ({len(bad)} of {len(want)} arrays differ "
-                      f"from what was saved, e.g. {bad[0]})")
+        return None, (
+          f"fails its integrity check ({len(bad)} of {len(want)} arrays differ "
+          f"from what was saved, e.g. {bad[0]})"
+        )
     else:
       log.warning("checkpoint step %d has no integrity record; checking finiteness only", step)
     if not bool(all_finite(state)):
@@ -202,10 +228,12 @@ class Checkpoints:
       shutil.move(os.path.join(self.dir, str(step)), dest)
       if os.path.exists(self._record(step)):
         shutil.move(self._record(step), dest + ".integrity.json")
-      print(f"warning: checkpoint step {step} {problem}; moved to {dest}", file=sys.stderr,
-            flush=True)
+      print(
+        f"warning: checkpoint step {step} {problem}; moved to {dest}", file=sys.stderr, flush=True
+      )
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
+
       multihost_utils.sync_global_devices(f"wgqa_jax: quarantined {step}")
     self.mngr.close()
     self.mngr = self._manager()

@@ -2,6 +2,7 @@
 "task_specific_params": {...}}, as HF keeps them. A params dir keeps them in generation.json;
 a HF checkpoint in generation_config.json and config.json's task_specific_params.
 wgqa_jax.decoding.settings.for_task turns them into a GenerationConfig."""
+
 from __future__ import annotations
 
 import json
@@ -38,9 +39,11 @@ def from_hf_dir(hf_dir: str, hf_config: dict[str, Any]) -> dict[str, Any]:
   return out
 
 
-
 # Offline default (configs/tiny*.py): what t5-small's summarization entry asks for, scaled to the
 # built-in tasks' short targets (n-gram blocking off: their outputs repeat words on purpose).
-OFFLINE_DEFAULT = {"task_specific_params": {
+OFFLINE_DEFAULT = {
+  "task_specific_params": {
     "summarization": {"num_beams": 4, "length_penalty": 1.0, "early_stopping": True},
-    "translation": {"num_beams": 4, "length_penalty": 1.0, "early_stopping": True}}}
+    "translation": {"num_beams": 4, "length_penalty": 1.0, "early_stopping": True},
+  }
+}

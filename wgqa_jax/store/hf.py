@@ -18,6 +18,7 @@ apart:
   heads_out [d, H*dk] -> (H, dk, d)   (o)
 safetensors are read without torch; pytorch_model.bin (and sharded index files) need torch.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,7 @@ from flax import traverse_util
 from wgqa_jax.core import cli
 from wgqa_jax.core.errors import MissingDependency, MissingInput, UserError
 from wgqa_jax.models import family_of
-from wgqa_jax.models.family import HFRow as Row
-from wgqa_jax.models.family import config_from_hf
+from wgqa_jax.models.family import HFRow as Row, config_from_hf
 from wgqa_jax.store import generation_file
 from wgqa_jax.store.tensor_files import SafetensorsFile
 
@@ -52,7 +52,7 @@ def _hf_shape(layout: str, ours: tuple[int, ...]) -> tuple[int, ...]:
     return ours
   if layout == "T":
     return ours[::-1]
-  if layout == "heads_in":   # ours (d, H, dk)
+  if layout == "heads_in":  # ours (d, H, dk)
     return (ours[1] * ours[2], ours[0])
   if layout == "heads_out":  # ours (H, dk, d)
     return (ours[2], ours[0] * ours[1])
@@ -79,8 +79,10 @@ def _to_hf(layout: str, x: np.ndarray) -> np.ndarray:
 # State dicts
 # ----------------------------------------------------------------------------------------------
 def _shapes(cfg) -> dict[tuple[str, ...], tuple[int, ...]]:
-  return {k: tuple(v.shape) for k, v in
-          traverse_util.flatten_dict(family_of(cfg).param_shapes(cfg)).items()}
+  return {
+    k: tuple(v.shape)
+    for k, v in traverse_util.flatten_dict(family_of(cfg).param_shapes(cfg)).items()
+  }
 
 
 def _key_of(row: Row, sd: Mapping[str, Any]) -> str | None:
@@ -92,14 +94,18 @@ def _read_row(row: Row, sd: Mapping[str, Any], shape: tuple[int, ...]) -> np.nda
   """One param in our layout (float32) from its HF tensor."""
   key = _key_of(row, sd)
   if key is None:
-    raise UserError(f"checkpoint is missing {row.key!r}" +
-                   (f" (also tried {list(row.aliases)})" if row.aliases else "") +
-                   f"; it has {len(sd)} tensors, e.g. {sorted(sd)[:3]}")
+    raise UserError(
+      f"checkpoint is missing {row.key!r}"
+      + (f" (also tried {list(row.aliases)})" if row.aliases else "")
+      + f"; it has {len(sd)} tensors, e.g. {sorted(sd)[:3]}"
+    )
   value = sd[key]
   want = _hf_shape(row.layout, shape)
   if tuple(np.shape(value)) != want:
-    raise UserError(f"checkpoint tensor {key!r} has shape {tuple(np.shape(value))}, but the "
-                     f"config implies {want}: config and weights disagree")
+    raise UserError(
+      f"checkpoint tensor {key!r} has shape {tuple(np.shape(value))}, but the "
+      f"config implies {want}: config and weights disagree"
+    )
   return np.ascontiguousarray(_to_ours(row.layout, np.asarray(value, np.float32), shape))
 
 
@@ -107,15 +113,20 @@ def hf_to_params(sd: Mapping[str, Any], cfg) -> dict:
   """HF state dict (numpy/torch tensors, PyTorch [out, in] layout; or a Reader) -> our params:
   MHA for T5, the checkpoint's own G KV heads for Llama."""
   if not family_of(cfg).hf_holds(cfg):
-    raise ValueError("hf_to_params builds the params HF holds; pass the HF config, then call "
-                     "variants.from_mha()")
+    raise ValueError(
+      "hf_to_params builds the params HF holds; pass the HF config, then call variants.from_mha()"
+    )
   shapes = _shapes(cfg)
   flat = {row.path: _read_row(row, sd, shapes[row.path]) for row in table(cfg)}
-  ignored = sorted(k for k in set(sd) - {_key_of(row, sd) for row in table(cfg)}
-                   if not k.endswith(("embed_tokens.weight", "lm_head.weight")))
+  ignored = sorted(
+    k
+    for k in set(sd) - {_key_of(row, sd) for row in table(cfg)}
+    if not k.endswith(("embed_tokens.weight", "lm_head.weight"))
+  )
   if ignored:
-    log.warning("ignoring %d checkpoint tensors the model does not use: %s", len(ignored),
-                ignored[:5])
+    log.warning(
+      "ignoring %d checkpoint tensors the model does not use: %s", len(ignored), ignored[:5]
+    )
   return traverse_util.unflatten_dict(flat)
 
 
@@ -129,9 +140,10 @@ def params_to_hf(params, cfg) -> dict[str, np.ndarray]:
   """Our params (any variant) -> HF state dict (see `exportable`)."""
   params, cfg = exportable(params, cfg)
   flat = traverse_util.flatten_dict(params)
-  return {row.key: np.ascontiguousarray(_to_hf(row.layout, np.asarray(flat[row.path])),
-                                        np.float32)
-          for row in table(cfg)}
+  return {
+    row.key: np.ascontiguousarray(_to_hf(row.layout, np.asarray(flat[row.path])), np.float32)
+    for row in table(cfg)
+  }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -151,15 +163,29 @@ def resolve_hf_dir(path_or_id: str, config_only: bool = False) -> str:
     raise MissingInput(f"no such checkpoint directory: {path_or_id!r}")
   try:
     from huggingface_hub import snapshot_download
-    return snapshot_download(path_or_id, allow_patterns=["config.json"] if config_only else [
-        "config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
-        "pytorch_model.bin", "pytorch_model.bin.index.json", "spiece.model", "tokenizer*",
-        "special_tokens_map.json"])
+
+    return snapshot_download(
+      path_or_id,
+      allow_patterns=["config.json"]
+      if config_only
+      else [
+        "config.json",
+        "generation_config.json",
+        "*.safetensors",
+        "model.safetensors.index.json",
+        "pytorch_model.bin",
+        "pytorch_model.bin.index.json",
+        "spiece.model",
+        "tokenizer*",
+        "special_tokens_map.json",
+      ],
+    )
   except Exception as e:  # offline, unknown repo, auth ...
     raise MissingInput(
-        f"{path_or_id!r} is not a local directory and could not be fetched from the Hugging "
-        f"Face hub ({type(e).__name__}: {' '.join(str(e).split())[:240]}). Download it where "
-        f"there is internet and pass the directory instead.") from e
+      f"{path_or_id!r} is not a local directory and could not be fetched from the Hugging "
+      f"Face hub ({type(e).__name__}: {' '.join(str(e).split())[:240]}). Download it where "
+      f"there is internet and pass the directory instead."
+    ) from e
 
 
 class Reader(Mapping):
@@ -181,8 +207,9 @@ class Reader(Mapping):
       else:
         self._where.update(_torch_state_dict(file))
     self.cfg = config_from_hf(self.hf_config, self)
-    self._rows = ({row.path: row for row in table(self.cfg)}
-                  if family_of(self.cfg).hf_holds(self.cfg) else {})
+    self._rows = (
+      {row.path: row for row in table(self.cfg)} if family_of(self.cfg).hf_holds(self.cfg) else {}
+    )
     self._param_shapes = None
 
   def __getitem__(self, key: str):
@@ -205,17 +232,24 @@ def _torch_state_dict(file: str) -> dict[str, np.ndarray]:
   try:
     import torch
   except ImportError as e:
-    raise MissingDependency(f"{file} is a PyTorch pickle; reading it needs torch "
-                      f"(pip install 'wgqa_jax[torch]'), or convert it to safetensors") from e
+    raise MissingDependency(
+      f"{file} is a PyTorch pickle; reading it needs torch "
+      f"(pip install 'wgqa_jax[torch]'), or convert it to safetensors"
+    ) from e
   import pickle
+
   try:  # weights_only: a pickle that would run code is refused, not executed
     state = torch.load(file, map_location="cpu", weights_only=True)
   except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
-    why = ("it holds Python objects beyond tensors, which could run code"
-           if "weights only" in str(e).lower() else
-           cli.first_line(e, 160))
-    raise UserError(f"{file} was refused: {why}. Convert it to safetensors with a tool you "
-                     f"trust, or use another checkpoint") from None
+    why = (
+      "it holds Python objects beyond tensors, which could run code"
+      if "weights only" in str(e).lower()
+      else cli.first_line(e, 160)
+    )
+    raise UserError(
+      f"{file} was refused: {why}. Convert it to safetensors with a tool you "
+      f"trust, or use another checkpoint"
+    ) from None
   if not isinstance(state, dict):
     raise UserError(f"{file} holds a {type(state).__name__}, not a state dict")
   return {k: v.float().numpy() for k, v in state.items()}
@@ -230,8 +264,9 @@ def _weight_files(path: str) -> list[str]:
   for name in ("model.safetensors", "pytorch_model.bin"):
     if os.path.exists(os.path.join(path, name)):
       return [os.path.join(path, name)]
-  raise MissingInput(f"{path} has no model.safetensors or pytorch_model.bin "
-                          f"(found: {sorted(os.listdir(path))})")
+  raise MissingInput(
+    f"{path} has no model.safetensors or pytorch_model.bin (found: {sorted(os.listdir(path))})"
+  )
 
 
 def read_config(path: str) -> dict[str, Any]:
@@ -247,7 +282,8 @@ def read_config(path: str) -> dict[str, Any]:
 
 def from_hf(path_or_id: str):
   """(params, config) of a HF checkpoint: T5 (MHA) or Llama / Mistral (its own G heads);
-  variants.from_mha() groups MHA params. wgqa_jax.store.streaming reads one without holding it whole."""
+  variants.from_mha() groups MHA params. wgqa_jax.store.streaming reads one without holding it
+  whole."""
   reader = Reader(path_or_id)
   return hf_to_params(reader, reader.cfg), reader.cfg
 
@@ -264,11 +300,14 @@ def save_hf(params, cfg, out_dir: str, generation_settings: dict | None = None) 
   generation settings as generation_config.json / task_specific_params when given): T5 with MHA
   heads, Llama as a native GQA model with G heads."""
   from safetensors.numpy import save_file
+
   from wgqa_jax.core.workdir import writing_dir
+
   params, cfg = exportable(params, cfg)
   with writing_dir(out_dir) as tmp:  # an old export's shards and index go whole
-    save_file(params_to_hf(params, cfg), os.path.join(tmp, "model.safetensors"),
-              metadata={"format": "pt"})
+    save_file(
+      params_to_hf(params, cfg), os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"}
+    )
     settings = generation_settings or {}
     hf_cfg = cfg.to_hf()
     if settings.get("task_specific_params"):

@@ -12,6 +12,7 @@ in: a target is always the old directory or the new one, complete.
 Any path a user names (a params dir, a workdir, a HF checkpoint) is read through
 wgqa_jax.store.resolve.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,10 @@ def crc32(x: np.ndarray) -> int:
 
 
 def flatten(params) -> dict[str, np.ndarray]:
-  return {k: np.ascontiguousarray(np.asarray(v))
-          for k, v in traverse_util.flatten_dict(params, sep="/").items()}
+  return {
+    k: np.ascontiguousarray(np.asarray(v))
+    for k, v in traverse_util.flatten_dict(params, sep="/").items()
+  }
 
 
 def is_params_dir(path: str) -> bool:
@@ -48,11 +51,16 @@ def save(params, cfg, out_dir: str, generation_settings: dict | None = None) -> 
   """Write the params dir: into a temporary sibling, then swapped in for `out_dir` (whose old
   contents, if any, are replaced whole; a save killed midway leaves `out_dir` as it was)."""
   from safetensors.numpy import save_file
+
   from wgqa_jax.core.workdir import writing_dir
+
   with writing_dir(out_dir) as tmp:
     flat = flatten(params)
-    save_file(flat, os.path.join(tmp, PARAMS_FILE),
-              metadata={CHECKSUMS: json.dumps({k: crc32(v) for k, v in flat.items()})})
+    save_file(
+      flat,
+      os.path.join(tmp, PARAMS_FILE),
+      metadata={CHECKSUMS: json.dumps({k: crc32(v) for k, v in flat.items()})},
+    )
     cfg.save(os.path.join(tmp, CONFIG_FILE))
     if generation_settings:
       generation_file.save(generation_settings, tmp)
@@ -82,12 +90,13 @@ class Reader:
     x = np.array(self.file.view(key))
     where = os.path.join(self.dir, PARAMS_FILE)
     if key in self.checksums and crc32(x) != self.checksums[key]:
-      raise UserError(f"{where} is damaged: {key} does not match the checksum written with it. "
-                       f"Use another copy (best/, final/ or a checkpoint of the run)")
+      raise UserError(
+        f"{where} is damaged: {key} does not match the checksum written with it. "
+        f"Use another copy (best/, final/ or a checkpoint of the run)"
+      )
     if np.issubdtype(x.dtype, np.inexact) or x.dtype.name == "bfloat16":
       if not np.isfinite(x.astype(np.float32)).all():
-        raise UserError(f"{where}: {key} holds NaN or infinite values; these params cannot "
-                         f"be used")
+        raise UserError(f"{where}: {key} holds NaN or infinite values; these params cannot be used")
     return x
 
   def paths(self) -> list[tuple[str, ...]]:
@@ -111,14 +120,17 @@ def load_config(path: str):
 
 def check_shapes(got: dict[str, tuple[int, ...]], cfg) -> None:
   """Raise if the '/'-joined param paths -> shapes `got` are not exactly those `cfg` implies."""
-  expected = {k: tuple(v.shape) for k, v in
-              traverse_util.flatten_dict(family_of(cfg).param_shapes(cfg), sep="/").items()}
+  expected = {
+    k: tuple(v.shape)
+    for k, v in traverse_util.flatten_dict(family_of(cfg).param_shapes(cfg), sep="/").items()
+  }
   got = {k: tuple(v) for k, v in got.items()}
   missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
   wrong = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
   if missing or extra or wrong:
     raise UserError(
-        "params do not match the config:" +
-        (f"\n  missing: {missing[:8]}" if missing else "") +
-        (f"\n  unexpected: {extra[:8]}" if extra else "") +
-        "".join(f"\n  {k}: has {got[k]}, config implies {expected[k]}" for k in wrong[:8]))
+      "params do not match the config:"
+      + (f"\n  missing: {missing[:8]}" if missing else "")
+      + (f"\n  unexpected: {extra[:8]}" if extra else "")
+      + "".join(f"\n  {k}: has {got[k]}, config implies {expected[k]}" for k in wrong[:8])
+    )

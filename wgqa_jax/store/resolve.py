@@ -13,6 +13,7 @@ A name is, in this order:
   a HF directory      config.json + weights (wgqa_jax.store.hf), or a hub id to download
 A hub id downloads config.json first, so every check runs before the weights are fetched.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,15 +33,15 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model", "t
 
 @dataclasses.dataclass
 class ModelSource:
-  name: str                    # as the user gave it
-  kind: str                    # "random" | "params" | "hf"
-  path: str | None             # the params dir or HF dir it names (random: None)
-  cfg: Any                     # its model config (random: the preset's); once the weights are
-                               # open, the one they imply
-  generation_settings: dict    # the checkpoint's, or the offline default for a random init
+  name: str  # as the user gave it
+  kind: str  # "random" | "params" | "hf"
+  path: str | None  # the params dir or HF dir it names (random: None)
+  cfg: Any  # its model config (random: the preset's); once the weights are
+  # open, the one they imply
+  generation_settings: dict  # the checkpoint's, or the offline default for a random init
   tokenizer: str | None = None  # a local directory holding the checkpoint's tokenizer, if any
   run_config: dict = dataclasses.field(default_factory=dict)  # the workdir's training config
-  reader: Any = None           # the weights, read tensor by tensor, once open_weights() ran
+  reader: Any = None  # the weights, read tensor by tensor, once open_weights() ran
 
   @property
   def is_random(self) -> bool:
@@ -67,6 +68,7 @@ class ModelSource:
   def load(self):
     """(params, cfg) of a checkpoint, whole in host memory, verified as they are read."""
     from flax import traverse_util
+
     if self.is_random:
       raise ValueError("a random init has no weights to load")
     reader = self.open_weights()
@@ -96,25 +98,33 @@ def resolve(name: str, arch: str | None = None) -> ModelSource:
   if name == RANDOM:
     if arch is None:
       raise UserError(f"{RANDOM} needs an architecture preset (model.arch)")
-    return ModelSource(name, "random", None, preset(arch),
-                       generation_file.OFFLINE_DEFAULT)
+    return ModelSource(name, "random", None, preset(arch), generation_file.OFFLINE_DEFAULT)
   if params_io.is_params_dir(name):
     parent = os.path.dirname(os.path.abspath(name))
-    return ModelSource(name, "params", name, params_io.load_config(name),
-                       generation_file.load(name),
-                       run_config=_run_config(parent) if workdir.is_workdir(parent) else {})
+    return ModelSource(
+      name,
+      "params",
+      name,
+      params_io.load_config(name),
+      generation_file.load(name),
+      run_config=_run_config(parent) if workdir.is_workdir(parent) else {},
+    )
   if os.path.isdir(name) and workdir.is_workdir(name):
     for sub in (workdir.BEST, workdir.FINAL):
       path = os.path.join(name, sub)
       if params_io.is_params_dir(path):
         return dataclasses.replace(resolve(path), name=name, run_config=_run_config(name))
-    raise MissingInput(f"{name} is a training workdir with no {workdir.BEST}/ or "
-                       f"{workdir.FINAL}/ yet: use one of its params dirs once the run has "
-                       f"written it")
+    raise MissingInput(
+      f"{name} is a training workdir with no {workdir.BEST}/ or "
+      f"{workdir.FINAL}/ yet: use one of its params dirs once the run has "
+      f"written it"
+    )
   local = hf.resolve_hf_dir(name, config_only=True)
   cfg_path = os.path.join(local, "config.json")
   if not os.path.exists(cfg_path):
-    raise MissingInput(f"{name} is neither a training workdir (best/ or final/), a wgqa_jax "
-                       f"params dir nor a HF T5 / Llama directory (it has no config.json)")
+    raise MissingInput(
+      f"{name} is neither a training workdir (best/ or final/), a wgqa_jax "
+      f"params dir nor a HF T5 / Llama directory (it has no config.json)"
+    )
   cfg = config_from_hf(hf.read_config(cfg_path))
   return ModelSource(name, "hf", local, cfg, hf.generation_settings(local), _tokenizer_dir(local))

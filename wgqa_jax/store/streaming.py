@@ -14,9 +14,10 @@ jax.make_array_from_callback: a process reads only the slices its own devices ho
 the host copy before the next module. Peak host memory is about one attention module in float32
 (benchmarks/RESULTS_scale.md measures it).
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -44,25 +45,37 @@ class MemorySource:
 def place(x: np.ndarray, shape, sharding) -> jax.Array:
   """A host array -> a global array with `sharding`, built from this process's slices only."""
   if tuple(x.shape) != tuple(shape.shape):
-    raise UserError(f"a param has shape {tuple(x.shape)} where the config implies "
-                     f"{tuple(shape.shape)}: config and weights disagree")
+    raise UserError(
+      f"a param has shape {tuple(x.shape)} where the config implies "
+      f"{tuple(shape.shape)}: config and weights disagree"
+    )
   # a copy per slice: the device buffer must not alias a memory-mapped file
   return jax.make_array_from_callback(
-      x.shape, sharding, lambda idx: np.array(x[idx], dtype=shape.dtype, copy=True))
+    x.shape, sharding, lambda idx: np.array(x[idx], dtype=shape.dtype, copy=True)
+  )
 
 
-def load_sharded(source, cfg, shardings, convert: Callable[[dict], dict] | None = None,
-                 desc: str | None = "loading params") -> dict:
+def load_sharded(
+  source,
+  cfg,
+  shardings,
+  convert: Callable[[dict], dict] | None = None,
+  desc: str | None = "loading params",
+) -> dict:
   """Params of `cfg` (global arrays placed with `shardings`, a params-shaped tree) from `source`,
   whose cfg is `cfg` itself or, with `convert`, the MHA config it converts: convert(module, path)
   gives each grouped attention module's params (variants.converter)."""
   shapes = traverse_util.flatten_dict(family_of(cfg).param_shapes(cfg))
   flat_shardings = traverse_util.flatten_dict(shardings)
-  src_paths = list(traverse_util.flatten_dict(
-      family_of(source.cfg).param_shapes(source.cfg)))
+  src_paths = list(traverse_util.flatten_dict(family_of(source.cfg).param_shapes(source.cfg)))
   placed: dict[tuple[str, ...], jax.Array] = {}
-  bar = tqdm(total=len(shapes), desc=desc, unit="tensor", leave=False,
-             disable=desc is None or jax.process_index() != 0)
+  bar = tqdm(
+    total=len(shapes),
+    desc=desc,
+    unit="tensor",
+    leave=False,
+    disable=desc is None or jax.process_index() != 0,
+  )
   done_src = set()
   for module_path, grouped in cfg.attention_modules():
     n = len(module_path)

@@ -10,6 +10,7 @@ data (https://github.com/huggingface/safetensors#format); mapping each tensor wh
 ml_dtypes' bfloat16 and lazy reads. Each view is its own mapping: dropping it unmaps its pages,
 so a streamed load's resident memory does not grow with the file.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,11 +19,21 @@ import struct
 
 import ml_dtypes
 import numpy as np
+
 from wgqa_jax.core.errors import UserError
 
-DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16,
-          "BF16": ml_dtypes.bfloat16, "I64": np.int64, "I32": np.int32, "I16": np.int16,
-          "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+DTYPES = {
+  "F64": np.float64,
+  "F32": np.float32,
+  "F16": np.float16,
+  "BF16": ml_dtypes.bfloat16,
+  "I64": np.int64,
+  "I32": np.int32,
+  "I16": np.int16,
+  "I8": np.int8,
+  "U8": np.uint8,
+  "BOOL": np.bool_,
+}
 
 
 class SafetensorsFile:

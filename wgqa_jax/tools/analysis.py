@@ -6,6 +6,7 @@ library: wgqa_jax.lab.analysis).
 WGQA weight distributions at every kept checkpoint (PNG, like the WGQA paper's Fig. 3) with a
 one-sample t-test of their mean against 0.5, and an eval metric's curves for several runs.
 """
+
 from __future__ import annotations
 
 from absl import flags
@@ -29,8 +30,10 @@ def main(argv: list[str] | None = None) -> int:
   for name, r in report["wgqa"].items():
     print(f"{name}: {r['plot']}")
     for step, t in r["ttest_vs_0.5"].items():
-      print(f"  step {step}: mean {t['mean']:.4f} (std {t['std']:.4f}, n={t['n']}), "
-            f"t={t['t']:.2f}, p={t['p_value']:.3g} vs 0.5")
+      print(
+        f"  step {step}: mean {t['mean']:.4f} (std {t['std']:.4f}, n={t['n']}), "
+        f"t={t['t']:.2f}, p={t['p_value']:.3g} vs 0.5"
+      )
   return 0
 
 

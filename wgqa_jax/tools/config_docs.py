@@ -1,6 +1,7 @@
 """python -m wgqa_jax.train_config > docs/CONFIG.md: the training config's keys, defaults and
 meanings as Markdown tables, generated from wgqa_jax/training/config.py (the source is the
 documentation)."""
+
 from __future__ import annotations
 
 from wgqa_jax.core import cli

@@ -4,7 +4,7 @@ checkpoint's config.json.
 
     python -m wgqa_jax.convert --hf=t5-small --out=/tmp/t5s_gqa4 --variant=gqa --kv_heads=4
     python -m wgqa_jax.convert --params=/tmp/run/final --fold --out=/tmp/folded
-    python -m wgqa_jax.convert --params=/tmp/folded --export_hf=/tmp/hf_out   # transformers loads it
+    python -m wgqa_jax.convert --params=/tmp/folded --export_hf=/tmp/hf_out  # transformers loads
     python -m wgqa_jax.convert --hf=LLAMA_DIR --variant=wgqa --kv_heads=8 --out=/tmp/llama_wgqa8
     python -m wgqa_jax.convert --params=/tmp/llama_wgqa8 --fold --export_hf=/tmp/llama_gqa8
         # a native GQA Llama: num_key_value_heads=8, a KV cache of 8 heads in any server
@@ -19,10 +19,12 @@ A checkpoint that is already GQA (a Llama with num_key_value_heads < H) is re-gr
 The library behind it: wgqa_jax.store (HF files, our params directory),
 wgqa_jax.grouping.variants (MHA -> variant, fold, expand).
 """
+
 from __future__ import annotations
 
-from absl import flags
 import os
+
+from absl import flags
 
 from wgqa_jax.core import cli
 from wgqa_jax.core.errors import UserError
@@ -31,29 +33,48 @@ from wgqa_jax.lab import convert
 from wgqa_jax.store import hf, params_io
 
 FLAGS = cli.flag_set()
-flags.DEFINE_string("hf", None, "HF checkpoint (T5, Llama, Mistral): local directory or hub id",
-                    flag_values=FLAGS)
-flags.DEFINE_string("params", None, "a wgqa_jax params directory (written by this tool or train)",
-                    flag_values=FLAGS)
-flags.DEFINE_enum("variant", None, sorted(variants.VARIANTS),
-                  "variant to convert MHA params into (default: keep them as they are)",
-                  flag_values=FLAGS)
+flags.DEFINE_string(
+  "hf", None, "HF checkpoint (T5, Llama, Mistral): local directory or hub id", flag_values=FLAGS
+)
+flags.DEFINE_string(
+  "params", None, "a wgqa_jax params directory (written by this tool or train)", flag_values=FLAGS
+)
+flags.DEFINE_enum(
+  "variant",
+  None,
+  sorted(variants.VARIANTS),
+  "variant to convert MHA params into (default: keep them as they are)",
+  flag_values=FLAGS,
+)
 flags.DEFINE_integer("kv_heads", None, "G, the number of KV heads", flag_values=FLAGS)
-flags.DEFINE_list("group_sizes", None, "asymgqa: contiguous group sizes, e.g. 3,1,2,2",
-                  flag_values=FLAGS)
-flags.DEFINE_bool("group_encoder", False, "group the encoder self-attention too (default: "
-                  "decoder only)", flag_values=FLAGS)
+flags.DEFINE_list(
+  "group_sizes", None, "asymgqa: contiguous group sizes, e.g. 3,1,2,2", flag_values=FLAGS
+)
+flags.DEFINE_bool(
+  "group_encoder",
+  False,
+  "group the encoder self-attention too (default: decoder only)",
+  flag_values=FLAGS,
+)
 flags.DEFINE_integer("seed", 0, "RandWGQA init seed", flag_values=FLAGS)
-flags.DEFINE_string("calibration", None, "aligned / svd / search: the MHA model's calibration "
-                    "statistics (the calibration.npz a training run with that variant writes "
-                    "in its workdir)", flag_values=FLAGS)
+flags.DEFINE_string(
+  "calibration",
+  None,
+  "aligned / svd / search: the MHA model's calibration "
+  "statistics (the calibration.npz a training run with that variant writes "
+  "in its workdir)",
+  flag_values=FLAGS,
+)
 flags.DEFINE_bool("fold", False, "fold WGQA weights into plain GQA kernels", flag_values=FLAGS)
 flags.DEFINE_string("out", None, "write wgqa_jax params here", flag_values=FLAGS)
-flags.DEFINE_string("export_hf", None, "write a transformers directory here (T5: KV heads "
-                    "expanded to MHA; Llama: native GQA, num_key_value_heads=G)",
-                    flag_values=FLAGS)
-flags.DEFINE_bool("overwrite", False, "replace an existing --out / --export_hf",
-                  flag_values=FLAGS)
+flags.DEFINE_string(
+  "export_hf",
+  None,
+  "write a transformers directory here (T5: KV heads "
+  "expanded to MHA; Llama: native GQA, num_key_value_heads=G)",
+  flag_values=FLAGS,
+)
+flags.DEFINE_bool("overwrite", False, "replace an existing --out / --export_hf", flag_values=FLAGS)
 
 
 def check_outputs(a) -> None:
@@ -65,10 +86,12 @@ def check_outputs(a) -> None:
     raise UserError("--out and --export_hf are the same directory; pass two")
   for flag, path in targets:
     full = os.path.abspath(path)
-    if source and (full == source or source.startswith(full + os.sep)
-                   or full.startswith(source + os.sep)):
-      raise UserError(f"--{flag}={path} would overwrite the input {a.hf or a.params}; write "
-                       f"elsewhere")
+    if source and (
+      full == source or source.startswith(full + os.sep) or full.startswith(source + os.sep)
+    ):
+      raise UserError(
+        f"--{flag}={path} would overwrite the input {a.hf or a.params}; write elsewhere"
+      )
     if os.path.isfile(full) or (os.path.isdir(full) and os.listdir(full)):
       if not a.overwrite:
         raise UserError(f"--{flag}={path} exists; pass --overwrite to replace it")
@@ -88,9 +111,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"loading HF checkpoint {a.hf} ...")
   source = convert.load(a.hf or a.params, "hf" if a.hf else "params")
   params, cfg = convert.convert(
-      *source.load(), a.variant, a.kv_heads, group_encoder=a.group_encoder,
-      group_sizes=[int(x) for x in a.group_sizes] if a.group_sizes else None, seed=a.seed,
-      calibration_file=a.calibration, fold=a.fold)
+    *source.load(),
+    a.variant,
+    a.kv_heads,
+    group_encoder=a.group_encoder,
+    group_sizes=[int(x) for x in a.group_sizes] if a.group_sizes else None,
+    seed=a.seed,
+    calibration_file=a.calibration,
+    fold=a.fold,
+  )
   settings = source.generation_settings  # kept through every step
   if a.export_hf:
     hf.exportable(params, cfg)  # can HF hold it? refuse before writing anything

@@ -13,6 +13,7 @@ tokenizer, lengths) come from its config.json, and the generation settings from 
 penalty 2.0, n-gram blocking 3, ...; printed); flags override both.
 Writes JSON: {"scores": {metric: {"mean", "ci95"}}, "predictions": [...], ...}.
 """
+
 from __future__ import annotations
 
 import os
@@ -34,8 +35,11 @@ _d("tokenizer", None, "bytes | sentencepiece | HF tokenizer (default: the run's)
 _i("num_examples", None, "default: the whole split")
 _i("batch_size", 32, "decoding batch")
 _i("max_input_length", None, "default: the run's")
-_i("max_decode_length", None, "max new tokens (default: the checkpoint's max_length - 1, else "
-   "the run's max_target_length)")
+_i(
+  "max_decode_length",
+  None,
+  "max new tokens (default: the checkpoint's max_length - 1, else the run's max_target_length)",
+)
 _i("seed", 0, "sampling seed")
 flags.DEFINE_bool("fold", False, "fold WGQA weights first (same outputs)", flag_values=FLAGS)
 # Generation overrides (HF names); unset: the checkpoint's settings for the task.
@@ -45,16 +49,31 @@ _i("min_new_tokens", None, "at least this many new tokens before EOS")
 _i("no_repeat_ngram_size", None, "block repeated n-grams of this size")
 _i("num_return_sequences", None, "sequences per input; the first is scored")
 _i("top_k", None, "sampling: top-k")
-for _name, _help in (("length_penalty", "beam length penalty"),
-                     ("repetition_penalty", "HF repetition penalty"),
-                     ("temperature", "sampling temperature"), ("top_p", "sampling: top-p")):
+for _name, _help in (
+  ("length_penalty", "beam length penalty"),
+  ("repetition_penalty", "HF repetition penalty"),
+  ("temperature", "sampling temperature"),
+  ("top_p", "sampling: top-p"),
+):
   flags.DEFINE_float(_name, None, _help, flag_values=FLAGS)
-flags.DEFINE_enum("early_stopping", None, ["true", "false", "never"], "beam early stopping",
-                  flag_values=FLAGS)
+flags.DEFINE_enum(
+  "early_stopping", None, ["true", "false", "never"], "beam early stopping", flag_values=FLAGS
+)
 flags.DEFINE_bool("do_sample", None, "sample instead of greedy search", flag_values=FLAGS)
-GENERATION_FLAGS = ("num_beams", "min_length", "min_new_tokens", "no_repeat_ngram_size",
-                    "num_return_sequences", "top_k", "length_penalty", "repetition_penalty",
-                    "temperature", "top_p", "early_stopping", "do_sample")
+GENERATION_FLAGS = (
+  "num_beams",
+  "min_length",
+  "min_new_tokens",
+  "no_repeat_ngram_size",
+  "num_return_sequences",
+  "top_k",
+  "length_penalty",
+  "repetition_penalty",
+  "temperature",
+  "top_p",
+  "early_stopping",
+  "do_sample",
+)
 _i("bootstrap", 1000, "bootstrap resamples for the CIs")
 _d("out", None, "JSON path (default: <checkpoint>/eval_<split>.json)")
 
@@ -62,8 +81,15 @@ _d("out", None, "JSON path (default: <checkpoint>/eval_<split>.json)")
 def check_flags(a) -> None:
   """Every numeric flag in range and the output path writable, before anything is loaded or
   decoded (a bad value used to be ignored, or to fail after the whole decode)."""
-  for name in ("num_examples", "batch_size", "max_input_length", "max_decode_length",
-               "num_beams", "num_return_sequences", "top_k"):
+  for name in (
+    "num_examples",
+    "batch_size",
+    "max_input_length",
+    "max_decode_length",
+    "num_beams",
+    "num_return_sequences",
+    "top_k",
+  ):
     if a[name].value is not None and a[name].value <= 0:
       raise UserError(f"--{name}={a[name].value}: must be positive")
   for name in ("min_length", "min_new_tokens", "no_repeat_ngram_size", "bootstrap"):
@@ -89,12 +115,24 @@ def main(argv: list[str] | None = None) -> int:
   overrides = {name: a[name].value for name in GENERATION_FLAGS if a[name].value is not None}
   if "early_stopping" in overrides:
     overrides["early_stopping"] = {"true": True, "false": False}.get(
-        overrides["early_stopping"], "never")
+      overrides["early_stopping"], "never"
+    )
   result, out_path = evaluate.evaluate(
-      a.checkpoint, a.split, dataset=a.dataset, data_dir=a.data_dir, tokenizer=a.tokenizer,
-      num_examples=a.num_examples, batch_size=a.batch_size,
-      max_input_length=a.max_input_length, max_decode_length=a.max_decode_length, seed=a.seed,
-      fold=a.fold, bootstrap=a.bootstrap, generation=overrides, out=a.out)
+    a.checkpoint,
+    a.split,
+    dataset=a.dataset,
+    data_dir=a.data_dir,
+    tokenizer=a.tokenizer,
+    num_examples=a.num_examples,
+    batch_size=a.batch_size,
+    max_input_length=a.max_input_length,
+    max_decode_length=a.max_decode_length,
+    seed=a.seed,
+    fold=a.fold,
+    bootstrap=a.bootstrap,
+    generation=overrides,
+    out=a.out,
+  )
   for k, v in result["scores"].items():
     ci = f"  (95% CI {v['ci95'][0]:.2f} - {v['ci95'][1]:.2f})" if v["ci95"] else ""
     print(f"{k:>10}: {v['mean']:6.2f}{ci}")

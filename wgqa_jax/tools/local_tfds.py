@@ -6,6 +6,7 @@ wgqa_jax.data.local_tfds).
     python -m wgqa_jax.train --config=configs/tiny.py --config.data.dataset=cnn_dailymail \
         --config.data.data_dir=/tmp/tfds
 """
+
 from __future__ import annotations
 
 import os
@@ -17,12 +18,14 @@ from wgqa_jax.core.errors import UserError
 from wgqa_jax.data.local_tfds import SHAPES, build
 
 FLAGS = cli.flag_set()
-flags.DEFINE_enum("dataset", "cnn_dailymail", sorted(SHAPES), "the dataset whose shape to build",
-                  flag_values=FLAGS)
+flags.DEFINE_enum(
+  "dataset", "cnn_dailymail", sorted(SHAPES), "the dataset whose shape to build", flag_values=FLAGS
+)
 flags.DEFINE_string("data_dir", None, "TFDS data_dir to build into", flag_values=FLAGS)
 flags.DEFINE_integer("train", None, "train examples (default: the real count)", flag_values=FLAGS)
-flags.DEFINE_integer("eval", None, "validation and test examples (default: the real counts)",
-                     flag_values=FLAGS)
+flags.DEFINE_integer(
+  "eval", None, "validation and test examples (default: the real counts)", flag_values=FLAGS
+)
 
 
 def main(argv: list[str] | None = None) -> int:

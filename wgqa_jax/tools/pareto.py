@@ -10,6 +10,7 @@ every KV budget, from one MHA checkpoint (the library: wgqa_jax.lab.pareto).
 run. OUT/results.md, results.json and pareto.png: quality against KV-cache bytes per token, a
 column per method, the points off the frontier marked. Re-running resumes.
 """
+
 from __future__ import annotations
 
 import sys
@@ -22,15 +23,22 @@ from wgqa_jax.core.errors import UserError
 from wgqa_jax.lab import pareto
 
 FLAGS = cli.flag_set()
-_CONFIG = config_flags.DEFINE_config_file("config", None, "training config file",
-                                          lock_config=True, flag_values=FLAGS)
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "training config file", lock_config=True, flag_values=FLAGS
+)
 flags.DEFINE_list("methods", "mean,wgqa,aligned,svd", "conversion methods", flag_values=FLAGS)
-flags.DEFINE_list("budgets", "1/2,1/4,1/8", "KV-head budgets, shares of the MHA heads",
-                  flag_values=FLAGS)
-flags.DEFINE_integer("steps", 100, "uptraining steps per point (>= 1; step 0 is the conversion)",
-                     flag_values=FLAGS)
-flags.DEFINE_integer("pretrain_steps", 0, "train a random MHA this long first (0: use "
-                     "config.model.init_from)", flag_values=FLAGS)
+flags.DEFINE_list(
+  "budgets", "1/2,1/4,1/8", "KV-head budgets, shares of the MHA heads", flag_values=FLAGS
+)
+flags.DEFINE_integer(
+  "steps", 100, "uptraining steps per point (>= 1; step 0 is the conversion)", flag_values=FLAGS
+)
+flags.DEFINE_integer(
+  "pretrain_steps",
+  0,
+  "train a random MHA this long first (0: use config.model.init_from)",
+  flag_values=FLAGS,
+)
 flags.DEFINE_string("out", None, "results directory", flag_values=FLAGS)
 
 
@@ -41,9 +49,17 @@ def main(argv: list[str] | None = None) -> int:
   if not args.out:
     raise UserError("pass --out=DIR")
   command = " ".join(argv if argv is not None else sys.argv[1:])
-  print(pareto.run(_CONFIG.value, [m.strip() for m in args.methods if m.strip()],
-                   [b.strip() for b in args.budgets if b.strip()], args.steps,
-                   args.pretrain_steps, args.out, command))
+  print(
+    pareto.run(
+      _CONFIG.value,
+      [m.strip() for m in args.methods if m.strip()],
+      [b.strip() for b in args.budgets if b.strip()],
+      args.steps,
+      args.pretrain_steps,
+      args.out,
+      command,
+    )
+  )
   return 0
 
 

@@ -8,6 +8,7 @@ budget and write the paper's table (the library: wgqa_jax.lab.sweep).
 --config and --config.SECTION.KEY=VALUE overrides work as in wgqa_jax.train and apply to every
 run. Re-running resumes finished and partial runs.
 """
+
 from __future__ import annotations
 
 import sys
@@ -20,12 +21,17 @@ from wgqa_jax.core.errors import UserError
 from wgqa_jax.lab import sweep
 
 FLAGS = cli.flag_set()
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "training config file",
-                                          lock_config=True, flag_values=FLAGS)
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", "configs/tiny.py", "training config file", lock_config=True, flag_values=FLAGS
+)
 flags.DEFINE_list("variants", sweep.DEFAULT_VARIANTS, "variants to uptrain", flag_values=FLAGS)
 flags.DEFINE_string("out", None, "sweep directory", flag_values=FLAGS)
-flags.DEFINE_integer("pretrain_steps", 1000, "train a random MHA this long first "
-                     "(0: use config.model.init_from)", flag_values=FLAGS)
+flags.DEFINE_integer(
+  "pretrain_steps",
+  1000,
+  "train a random MHA this long first (0: use config.model.init_from)",
+  flag_values=FLAGS,
+)
 flags.DEFINE_integer("steps", 120, "uptraining steps per variant", flag_values=FLAGS)
 
 

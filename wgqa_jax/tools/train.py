@@ -9,6 +9,7 @@
 Re-running the same command with the same workdir resumes. Exit codes: 0 done, 2 bad input,
 3 diverged, 74 disk full, 75 preempted (saved; rerun to resume).
 """
+
 from __future__ import annotations
 
 import os
@@ -21,21 +22,28 @@ from wgqa_jax.core.errors import UserError
 from wgqa_jax.training import trainer
 
 FLAGS = cli.flag_set()
-_CONFIG = config_flags.DEFINE_config_file("config", None, "training config file",
-                                          lock_config=True, flag_values=FLAGS)
-_WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints and metrics go "
-                               "(default: workdirs/<config name>)", flag_values=FLAGS)
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "training config file", lock_config=True, flag_values=FLAGS
+)
+_WORKDIR = flags.DEFINE_string(
+  "workdir",
+  None,
+  "where checkpoints and metrics go (default: workdirs/<config name>)",
+  flag_values=FLAGS,
+)
 
 
 def initialize_distributed() -> None:
   """Join a multi-host run when the environment describes one (launch/multihost.sh sets the
   JAX_* variables; SLURM is auto-detected); a single-host run does nothing."""
   import jax
+
   if os.environ.get("JAX_COORDINATOR_ADDRESS"):
     jax.distributed.initialize(
-        coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
-        num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
-        process_id=int(os.environ["JAX_PROCESS_ID"]))
+      coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+      num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+      process_id=int(os.environ["JAX_PROCESS_ID"]),
+    )
   elif os.environ.get("SLURM_JOB_ID") and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
     jax.distributed.initialize()
 
@@ -46,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     raise UserError("pass --config=configs/NAME.py")
   config_file = FLAGS["config"].config_filename.split(":")[0]
   workdir = _WORKDIR.value or os.path.join(
-      "workdirs", os.path.splitext(os.path.basename(config_file))[0])
+    "workdirs", os.path.splitext(os.path.basename(config_file))[0]
+  )
   logging.set_verbosity(logging.WARNING)  # orbax is chatty at INFO; our progress is printed
   cli.quiet_disk_full_logs()  # a full disk is reported once, as DiskFull
   initialize_distributed()

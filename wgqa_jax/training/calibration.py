@@ -1,16 +1,18 @@
 """Calibration statistics: what a pretrained MHA model's attention modules see on real data.
 
-For every attention module, the (d_model, d_model) sum of x x^T over its K/V inputs x (keys that
-no query reads, padding, are left out). Every head's key and value covariance follows from it
-(W_h^T gram W_l), which is all the calibrated merges (wgqa_jax.grouping.calibrated_merge) need; a few
-MB for a 7B model, whatever the number of calibration tokens.
+For every attention module, the (d_model, d_model) sum of x x^T over its K/V inputs x (keys that no
+query reads, padding, are left out). Every head's key and value covariance follows from it (W_h^T
+gram W_l), which is all the calibrated merges (wgqa_jax.grouping.calibrated_merge) need; a few MB
+for a 7B model, whatever the number of calibration tokens.
 
     stats = calibration.collect(params, cfg, batches)     # placed batches of the training data
     calibration.save(path, stats); calibration.load(path, cfg)
 
-wgqa_jax.training.trainer collects them from the first `grouping.calibration_batches` training batches when
-the variant is calibrated, and keeps them in WORKDIR/calibration.npz (a resumed run reads them).
+wgqa_jax.training.trainer collects them from the first `grouping.calibration_batches` training
+batches when the variant is calibrated, and keeps them in WORKDIR/calibration.npz (a resumed run
+reads them).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,8 +24,8 @@ from flax import traverse_util
 from tqdm import tqdm
 
 from wgqa_jax.core.errors import UserError
-from wgqa_jax.training import objectives
 from wgqa_jax.models.attention import CALIBRATION
+from wgqa_jax.training import objectives
 
 FILE = "calibration.npz"
 
@@ -31,6 +33,7 @@ FILE = "calibration.npz"
 @dataclasses.dataclass
 class Statistics:
   """Per attention module (param path): the gram sum x x^T (float64) and its token count."""
+
   grams: dict[tuple[str, ...], np.ndarray]
   tokens: dict[tuple[str, ...], int]
   batches: int = 0
@@ -60,7 +63,7 @@ def module_grams(params, batch, cfg) -> dict[tuple[str, ...], tuple[jax.Array, j
       continue
     i = path.index("layers")  # a scanned stack: one leading axis over its layers
     for n in range(gram.shape[0]):
-      out[path[:i] + (f"layers_{n}",) + path[i + 1:]] = (gram[n], tokens[n])
+      out[path[:i] + (f"layers_{n}",) + path[i + 1 :]] = (gram[n], tokens[n])
   return out
 
 
@@ -72,14 +75,18 @@ def grams_step(cfg):
   return jax.jit(lambda p, b: module_grams(p, b, cfg.replace(remat="none")))
 
 
-def collect(params, cfg, batches, num_batches: int, desc: str | None = "calibrating"
-            ) -> Statistics:
+def collect(params, cfg, batches, num_batches: int, desc: str | None = "calibrating") -> Statistics:
   """Statistics of `cfg`'s MHA model over `num_batches` batches of `batches` (an iterator of
   model inputs, on the params' mesh)."""
   step = grams_step(cfg)
   stats = Statistics({}, {})
-  for batch in tqdm(batches, total=num_batches, desc=desc, leave=False,
-                    disable=desc is None or jax.process_index() != 0):
+  for batch in tqdm(
+    batches,
+    total=num_batches,
+    desc=desc,
+    leave=False,
+    disable=desc is None or jax.process_index() != 0,
+  ):
     stats.add(jax.device_get(step(params, batch)))
     if stats.batches == num_batches:
       break
@@ -106,8 +113,11 @@ def load(path: str, cfg=None) -> Statistics:
   """Statistics from `save`; with `cfg`, checked to cover its grouped attention modules."""
   try:
     with np.load(path) as f:
-      grams = {tuple(k[5:].split("/")): np.asarray(f[k], np.float64)
-               for k in f.files if k.startswith("gram:")}
+      grams = {
+        tuple(k[5:].split("/")): np.asarray(f[k], np.float64)
+        for k in f.files
+        if k.startswith("gram:")
+      }
       tokens = {tuple(k[7:].split("/")): int(f[k]) for k in f.files if k.startswith("tokens:")}
       batches = int(f["batches"])
       source = str(f["source"]) if "source" in f.files else ""
@@ -120,10 +130,14 @@ def load(path: str, cfg=None) -> Statistics:
       if not grouped:
         continue
       if module not in grams:
-        raise UserError(f"{path} has no statistics of attention module {'/'.join(module)}: "
-                         f"it was calibrated on another model")
+        raise UserError(
+          f"{path} has no statistics of attention module {'/'.join(module)}: "
+          f"it was calibrated on another model"
+        )
       if grams[module].shape != (d, d):
-        raise UserError(f"{path} has statistics of shape {grams[module].shape} for "
-                         f"{'/'.join(module)}, whose inputs are {d} wide: it was calibrated on "
-                         f"another model")
+        raise UserError(
+          f"{path} has statistics of shape {grams[module].shape} for "
+          f"{'/'.join(module)}, whose inputs are {d} wide: it was calibrated on "
+          f"another model"
+        )
   return stats

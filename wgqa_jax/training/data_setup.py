@@ -1,6 +1,7 @@
 """The data a run trains and evaluates on, from its config: the sources (pairs or a corpus),
 the tokenizer (a sentencepiece vocabulary trained on the fly once), the validation rows, the
 number of steps, and the rows' layout (wgqa_jax.data.pipeline)."""
+
 from __future__ import annotations
 
 import os
@@ -32,8 +33,9 @@ def open_sources(c: ml_collections.ConfigDict):
     return train, corpora.open_corpus(d.dataset, "validation", d.data_dir, d.text_field)
   train = tasks.source(d.dataset, "train", d.train_examples, d.data_dir)
   if not d.pack and len(train) < c.optim.batch_size:
-    raise UserError(f"the training split has {len(train)} examples, fewer than one batch "
-                    f"({c.optim.batch_size})")
+    raise UserError(
+      f"the training split has {len(train)} examples, fewer than one batch ({c.optim.batch_size})"
+    )
   return train, tasks.source(d.dataset, "validation", c.eval.examples, d.data_dir)
 
 
@@ -45,9 +47,16 @@ def rows_kind(c: ml_collections.ConfigDict) -> str:
 
 def layout_of(c: ml_collections.ConfigDict) -> pipeline.Layout:
   d = c.data
-  return pipeline.Layout(c.optim.batch_size, d.max_input_length, d.max_target_length,
-                         pack=d.pack, pack_window=d.pack_window, seed=c.seed,
-                         objective=d.objective, cross_documents=d.cross_documents)
+  return pipeline.Layout(
+    c.optim.batch_size,
+    d.max_input_length,
+    d.max_target_length,
+    pack=d.pack,
+    pack_window=d.pack_window,
+    seed=c.seed,
+    objective=d.objective,
+    cross_documents=d.cross_documents,
+  )
 
 
 def open_tokenizer(c: ml_collections.ConfigDict, workdir: str, train_source=None):
@@ -56,8 +65,7 @@ def open_tokenizer(c: ml_collections.ConfigDict, workdir: str, train_source=None
   are opened (and checked) before the workdir is written. Span corruption needs sentinels, and
   as many as a full row has spans."""
   d = c.data
-  needed = span_corruption.spans_per_row(
-      span_corruption.random_spans_helper(d.max_input_length)[0])
+  needed = span_corruption.spans_per_row(span_corruption.random_spans_helper(d.max_input_length)[0])
   # a vocabulary made here gets as many sentinels as a row can use (T5's 100, or more)
   extra_ids = max(SENTINELS, needed) if d.objective == "span_corruption" else 0
   if d.tokenizer == "sentencepiece":
@@ -66,18 +74,29 @@ def open_tokenizer(c: ml_collections.ConfigDict, workdir: str, train_source=None
     # A corpus's sample is documents in a fixed random order, and smaller: sentencepiece's
     # training time grows with the sample and with how varied the text is (4M characters of
     # English-like text: 15 s on 2 cores; 1M: ~4 s), while a few hundred pieces need far less.
-    sample = (tasks.tokenizer_sample(train_source, max_chars=CORPUS_SAMPLE_CHARS, shuffled=True)
-              if d.objective != "pairs" else tasks.tokenizer_sample(train_source))
-    tokenizer = first_on_process_0(lambda: tokenizers.get_tokenizer(
-        d.tokenizer, workdir, sample, vocab_size=preset(c.model.arch).vocab_size,
-        extra_ids=extra_ids))
+    sample = (
+      tasks.tokenizer_sample(train_source, max_chars=CORPUS_SAMPLE_CHARS, shuffled=True)
+      if d.objective != "pairs"
+      else tasks.tokenizer_sample(train_source)
+    )
+    tokenizer = first_on_process_0(
+      lambda: tokenizers.get_tokenizer(
+        d.tokenizer,
+        workdir,
+        sample,
+        vocab_size=preset(c.model.arch).vocab_size,
+        extra_ids=extra_ids,
+      )
+    )
   else:
     tokenizer = tokenizers.get_tokenizer(d.tokenizer, workdir, extra_ids=extra_ids)
   if d.objective == "span_corruption":
     _, count = tokenizers.sentinels(tokenizer)
     if count < needed:
-      raise UserError(f"tokenizer {d.tokenizer!r} has {count} sentinel ids but span "
-                      f"corruption of {d.max_input_length} inputs needs {needed}")
+      raise UserError(
+        f"tokenizer {d.tokenizer!r} has {count} sentinel ids but span "
+        f"corruption of {d.max_input_length} inputs needs {needed}"
+      )
   return tokenizer
 
 
@@ -86,19 +105,24 @@ def check_tokenizer(workdir: str, tokenizer, resuming: bool) -> None:
   is kept in WORKDIR/tokenizer.json and compared (an edited spm.model that still parses would
   otherwise train on other ids)."""
   path = os.path.join(workdir, workdir_lib.TOKENIZER_RECORD)
-  now = {"tokenizer": getattr(tokenizer, "name", type(tokenizer).__name__),
-         "sha256": tokenizers.fingerprint(tokenizer)}
+  now = {
+    "tokenizer": getattr(tokenizer, "name", type(tokenizer).__name__),
+    "sha256": tokenizers.fingerprint(tokenizer),
+  }
   saved = workdir_lib.read_json(path)
   if resuming and saved is not None and saved.get("sha256") != now["sha256"]:
-    raise UserError(f"{workdir} was trained with another tokenizer than {now['tokenizer']} "
-                    f"(its fingerprint in {path} differs): resume with the same vocabulary, or "
-                    f"pass another --workdir")
+    raise UserError(
+      f"{workdir} was trained with another tokenizer than {now['tokenizer']} "
+      f"(its fingerprint in {path} differs): resume with the same vocabulary, or "
+      f"pass another --workdir"
+    )
   if is_main_process() and saved != now:
     workdir_lib.write_json(path, now)
 
 
-def prepare_data(c: ml_collections.ConfigDict, workdir: str, train_source, eval_source,
-                 tokenizer=None):
+def prepare_data(
+  c: ml_collections.ConfigDict, workdir: str, train_source, eval_source, tokenizer=None
+):
   """(tokenizer, validation data, total train steps). The validation data: the tokenized split
   (pairs), or the objective's rows of the first eval.examples held-out documents."""
   d = c.data
@@ -107,8 +131,9 @@ def prepare_data(c: ml_collections.ConfigDict, workdir: str, train_source, eval_
   if layout.documents:
     eval_split = pipeline.eval_rows(eval_source, tokenizer, layout, c.eval.examples)
   else:
-    eval_split = pipeline.eval_split(eval_source, tokenizer, d.max_input_length,
-                                     d.max_target_length)
+    eval_split = pipeline.eval_split(
+      eval_source, tokenizer, d.max_input_length, d.max_target_length
+    )
   total_steps = c.optim.num_train_steps
   if not total_steps:  # packed or documents: an epoch's rows are estimated from the first window
     rows = len(train_source) * pipeline.rows_per_example(train_source, tokenizer, layout)

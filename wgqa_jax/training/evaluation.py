@@ -1,6 +1,7 @@
 """The evaluation a run does while it trains: held-out loss, and for tasks of pairs ROUGE or
 BLEU of cached greedy decoding (cheap enough to run often; `python -m wgqa_jax.evaluate`
 decodes with the checkpoint's settings); which metric best/ follows."""
+
 from __future__ import annotations
 
 import ml_collections
@@ -36,14 +37,18 @@ def run_eval(params, cfg, c, split, tokenizer, mesh, eval_step) -> tuple[dict, l
     loss = nll / max(n, 1.0)
     return {"eval/loss": loss, "eval/perplexity": float(np.exp(min(loss, 80.0)))}, []
   gen = decoding.GenerationConfig(
-      max_new_tokens=c.eval.max_decode_length or c.data.max_target_length)
-  for batch, texts in decoding.decode_batches(params, cfg, split, tokenizer, c.eval.batch_size,
-                                              gen, mesh=mesh):
+    max_new_tokens=c.eval.max_decode_length or c.data.max_target_length
+  )
+  for batch, texts in decoding.decode_batches(
+    params, cfg, split, tokenizer, c.eval.batch_size, gen, mesh=mesh
+  ):
     b_nll, b_n = eval_step(params, batch)
     nll, n, preds = nll + float(b_nll), n + float(b_n), preds + texts
   scores = metrics.score(preds, [t for _, t in split.texts], tasks.metric_of(c.data.dataset))
-  return {"eval/loss": nll / max(n, 1.0),
-          **{f"eval/{k}": v["mean"] for k, v in scores.items()}}, preds
+  return {
+    "eval/loss": nll / max(n, 1.0),
+    **{f"eval/{k}": v["mean"] for k, v in scores.items()},
+  }, preds
 
 
 def wgqa_weight_stats(params) -> dict[str, float]:
@@ -51,5 +56,9 @@ def wgqa_weight_stats(params) -> dict[str, float]:
   ws = variants.weights_flat(params)
   if not len(ws):
     return {}
-  return {"wgqa/mean": float(ws.mean()), "wgqa/std": float(ws.std()),
-          "wgqa/min": float(ws.min()), "wgqa/max": float(ws.max())}
+  return {
+    "wgqa/mean": float(ws.mean()),
+    "wgqa/std": float(ws.std()),
+    "wgqa/min": float(ws.min()),
+    "wgqa/max": float(ws.max()),
+  }

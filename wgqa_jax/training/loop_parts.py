@@ -1,5 +1,6 @@
 """The small named parts of the train loop: the metric writer, best/, the NaN guard's
 give-up rule, preemption, and the two ways a run stops early (Diverged, Preempted)."""
+
 from __future__ import annotations
 
 import json
@@ -16,12 +17,14 @@ from wgqa_jax.training.evaluation import LOWER_IS_BETTER
 
 class Diverged(Failure):
   """Too many consecutive steps were non-finite; the last good checkpoint is left as it was."""
+
   exit_code = EXIT_DIVERGED
 
 
 class Preempted(Failure):
   """SIGTERM / SIGINT (or stop_after) stopped the run after it saved a checkpoint; running the
   same command again resumes. `metrics`: the last train and eval metrics, as train() returns."""
+
   exit_code = EXIT_PREEMPTED
   label = "preempted"
 
@@ -39,7 +42,7 @@ class MetricWriter:
     self.tb = None
     # step -> its eval row, on every process (a finished run is not evaluated again: all
     # processes must agree, the eval is a collective)
-    rows = (workdir_lib.read_jsonl(self.path) if os.path.exists(self.path) else [])
+    rows = workdir_lib.read_jsonl(self.path) if os.path.exists(self.path) else []
     rows = [r for r in rows if r["step"] <= start]
     self.evals = {r["step"]: r for r in rows if "eval/loss" in r}
     if is_main_process():
@@ -48,6 +51,7 @@ class MetricWriter:
           f.writelines(json.dumps(r) + "\n" for r in rows)
         os.replace(self.path + ".tmp", self.path)
       from tensorboardX import SummaryWriter
+
       self.tb = SummaryWriter(os.path.join(workdir, workdir_lib.TENSORBOARD))
 
   def write(self, step: int, scalars: dict[str, float], objective: str | None = None) -> None:
@@ -55,8 +59,10 @@ class MetricWriter:
     if self.tb is None:
       return
     with open(self.path, "a") as f:
-      f.write(json.dumps({"step": step, **({"objective": objective} if objective else {}),
-                          **scalars}) + "\n")
+      f.write(
+        json.dumps({"step": step, **({"objective": objective} if objective else {}), **scalars})
+        + "\n"
+      )
     for k, v in scalars.items():
       self.tb.add_scalar(k, v, step)
     self.tb.flush()
@@ -108,11 +114,12 @@ class SkipGuard:
     if self.run > self.limit:
       good = max(ckpts.steps(), default=None)
       raise Diverged(
-          f"diverged: {self.run} steps in a row (to step {step}) were non-finite and skipped; "
-          f"params and optimizer state are those of step {step - self.run}"
-          + (f"; the last good checkpoint is step {good} in {ckpts.dir}" if good else "")
-          + ". Lower optim.learning_rate (or raise optim.max_skipped_steps) and start again "
-            "with another --workdir.")
+        f"diverged: {self.run} steps in a row (to step {step}) were non-finite and skipped; "
+        f"params and optimizer state are those of step {step - self.run}"
+        + (f"; the last good checkpoint is step {good} in {ckpts.dir}" if good else "")
+        + ". Lower optim.learning_rate (or raise optim.max_skipped_steps) and start again "
+        "with another --workdir."
+      )
 
 
 class Preemption:
@@ -130,8 +137,11 @@ class Preemption:
 
   def check_startup(self, workdir: str) -> None:
     if self.signal:
-      raise Preempted(f"signal {self.signal} during start-up, before any step: nothing to "
-                      f"save; run the same command again to start ({workdir})", {})
+      raise Preempted(
+        f"signal {self.signal} during start-up, before any step: nothing to "
+        f"save; run the same command again to start ({workdir})",
+        {},
+      )
 
   def _on_signal(self, signum, _):
     self.signal = signum

@@ -1,5 +1,6 @@
 """ROUGE (rouge-score, with our own sentence splitting for ROUGE-Lsum) and BLEU (sacrebleu),
 with bootstrap confidence intervals."""
+
 from __future__ import annotations
 
 import re
@@ -18,6 +19,7 @@ def split_sentences(text: str) -> str:
 def rouge_per_example(predictions: list[str], references: list[str]) -> dict[str, np.ndarray]:
   """F-measure x 100 of each example for rouge1/2/L/Lsum (Porter stemmer)."""
   from rouge_score import rouge_scorer
+
   if len(predictions) != len(references):
     raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
   scorer = rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=True)
@@ -37,11 +39,13 @@ def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
 
 def bleu(predictions: list[str], references: list[str]) -> dict[str, float]:
   import sacrebleu
+
   return {"bleu": float(sacrebleu.corpus_bleu(predictions, [references]).score)}
 
 
-def bootstrap_ci(values: np.ndarray, n: int = 1000, seed: int = 0,
-                 level: float = 0.95) -> tuple[float, float]:
+def bootstrap_ci(
+  values: np.ndarray, n: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
   """Percentile bootstrap CI of the mean of per-example values."""
   values = np.asarray(values, np.float64)
   if len(values) == 0:
@@ -55,12 +59,14 @@ def bootstrap_ci(values: np.ndarray, n: int = 1000, seed: int = 0,
 def bleu_ci(predictions, references, n: int = 200, seed: int = 0, level: float = 0.95):
   """Bootstrap CI of corpus BLEU (resampling sentences)."""
   import sacrebleu
+
   rng = np.random.default_rng(seed)
   scores = []
   for _ in range(n):
     idx = rng.integers(0, len(predictions), len(predictions))
-    scores.append(sacrebleu.corpus_bleu([predictions[i] for i in idx],
-                                        [[references[i] for i in idx]]).score)
+    scores.append(
+      sacrebleu.corpus_bleu([predictions[i] for i in idx], [[references[i] for i in idx]]).score
+    )
   lo, hi = np.percentile(scores, [50 * (1 - level), 100 - 50 * (1 - level)])
   return float(lo), float(hi)
 
@@ -77,6 +83,10 @@ def score(predictions, references, kind: str, bootstrap: int = 0) -> dict:
   if kind != "rouge":
     raise ValueError(f"unknown metric kind {kind!r}: rouge or bleu")
   per = rouge_per_example(predictions, references)
-  return {k: {"mean": float(v.mean()) if len(v) else 0.0,
-              "ci95": list(bootstrap_ci(v, bootstrap)) if bootstrap else None}
-          for k, v in per.items()}
+  return {
+    k: {
+      "mean": float(v.mean()) if len(v) else 0.0,
+      "ci95": list(bootstrap_ci(v, bootstrap)) if bootstrap else None,
+    }
+    for k, v in per.items()
+  }

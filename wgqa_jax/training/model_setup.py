@@ -1,6 +1,7 @@
 """The model a run trains, from its config and its source (wgqa_jax.store.resolve): the source
 as the run reads it, the config it converts to (the one the planner compiles), calibration for
 the calibrated variants, and the params placed on the mesh."""
+
 from __future__ import annotations
 
 import json
@@ -46,11 +47,13 @@ def open_weights(c: ml_collections.ConfigDict, source: ModelSource, tokenizer=No
     return source.open_weights()
   cfg = source.cfg
   if tokenizer is not None:
-    cfg = family_of(cfg).for_tokenizer(cfg.replace(
-        vocab_size=max(tokenizer.vocab_size, cfg.vocab_size)), tokenizer)
+    cfg = family_of(cfg).for_tokenizer(
+      cfg.replace(vocab_size=max(tokenizer.vocab_size, cfg.vocab_size)), tokenizer
+    )
   family = family_of(cfg)
   return streaming.MemorySource(
-      jax.device_get(family.init_params(cfg, jax.random.PRNGKey(c.seed))), cfg)
+    jax.device_get(family.init_params(cfg, jax.random.PRNGKey(c.seed))), cfg
+  )
 
 
 def converted_config(c: ml_collections.ConfigDict, cfg, read=None, stats=None):
@@ -65,30 +68,50 @@ def converted_config(c: ml_collections.ConfigDict, cfg, read=None, stats=None):
     module_kv_heads = None
     if g.layer_budget == "proxy":  # the same KV heads in all, spread by calibration error
       if stats is None:
-        raise UserError("grouping.layer_budget=proxy spreads the KV heads by calibration error "
-                        "on the run's data: it needs the MHA model's calibration statistics")
+        raise UserError(
+          "grouping.layer_budget=proxy spreads the KV heads by calibration error "
+          "on the run's data: it needs the MHA model's calibration statistics"
+        )
       module_kv_heads = kv_budget.by_proxy(read, cfg, stats, g.variant, g.kv_heads)
-      say(f"KV heads per module: {','.join(map(str, module_kv_heads.values()))} "
-          f"({sum(module_kv_heads.values())} in all, as {g.kv_heads} in each)")
-    cfg, convert = variants.converter(cfg, g.variant, g.kv_heads, **variants.options(g),
-                                      seed=c.seed, calibration=stats,
-                                      module_kv_heads=module_kv_heads)
+      say(
+        f"KV heads per module: {','.join(map(str, module_kv_heads.values()))} "
+        f"({sum(module_kv_heads.values())} in all, as {g.kv_heads} in each)"
+      )
+    cfg, convert = variants.converter(
+      cfg,
+      g.variant,
+      g.kv_heads,
+      **variants.options(g),
+      seed=c.seed,
+      calibration=stats,
+      module_kv_heads=module_kv_heads,
+    )
   return with_run_numerics(cfg, c), convert
 
 
 def check_tokenizer_fits(c: ml_collections.ConfigDict, cfg, tokenizer, source: ModelSource):
   if tokenizer.vocab_size > cfg.vocab_size:
-    raise UserError(f"tokenizer {c.data.tokenizer!r} has {tokenizer.vocab_size} ids but the "
-                    f"model only {cfg.vocab_size} embeddings")
+    raise UserError(
+      f"tokenizer {c.data.tokenizer!r} has {tokenizer.vocab_size} ids but the "
+      f"model only {cfg.vocab_size} embeddings"
+    )
   if tokenizer.eos_id != cfg.eos_token_id:
-    raise UserError(f"tokenizer {c.data.tokenizer!r} ends examples with id {tokenizer.eos_id} "
-                    f"but the model's eos_token_id is {cfg.eos_token_id}: train with the "
-                    f"checkpoint's own tokenizer (config.data.tokenizer="
-                    f"{source.tokenizer or c.model.init_from})")
+    raise UserError(
+      f"tokenizer {c.data.tokenizer!r} ends examples with id {tokenizer.eos_id} "
+      f"but the model's eos_token_id is {cfg.eos_token_id}: train with the "
+      f"checkpoint's own tokenizer (config.data.tokenizer="
+      f"{source.tokenizer or c.model.init_from})"
+    )
 
 
-def build_model(c: ml_collections.ConfigDict, tokenizer, mesh, source: ModelSource,
-                calibration_data=None, workdir: str | None = None):
+def build_model(
+  c: ml_collections.ConfigDict,
+  tokenizer,
+  mesh,
+  source: ModelSource,
+  calibration_data=None,
+  workdir: str | None = None,
+):
   """(params placed on `mesh` as the state shards them, model config): a random init or a
   checkpoint read tensor by tensor (wgqa_jax.store.streaming), converted to the variant one
   attention module at a time, never whole in host memory. A calibrated variant first runs the
@@ -102,13 +125,18 @@ def build_model(c: ml_collections.ConfigDict, tokenizer, mesh, source: ModelSour
     stats = calibrate(c, reader, cfg, mesh, calibration_data, workdir)
   cfg, convert = converted_config(c, cfg, reader.read, stats)
   params = streaming.load_sharded(
-      reader, cfg, steps.param_shardings(cfg, mesh), convert,
-      desc=None if source.is_random else f"loading {c.model.init_from}")
+    reader,
+    cfg,
+    steps.param_shardings(cfg, mesh),
+    convert,
+    desc=None if source.is_random else f"loading {c.model.init_from}",
+  )
   return params, cfg
 
 
-def calibrate(c: ml_collections.ConfigDict, reader, cfg, mesh, calibration_data,
-              workdir: str) -> calibration.Statistics:
+def calibrate(
+  c: ml_collections.ConfigDict, reader, cfg, mesh, calibration_data, workdir: str
+) -> calibration.Statistics:
   """The MHA model's calibration statistics over the first grouping.calibration_batches
   training batches, kept in WORKDIR/calibration.npz: a resumed run reads them back, so its
   conversion is the one the run started from."""
@@ -116,17 +144,26 @@ def calibrate(c: ml_collections.ConfigDict, reader, cfg, mesh, calibration_data,
   # what the statistics were computed from: a file left by a run of other data or another
   # model (one that stopped before its first checkpoint, so check_resume had nothing to compare)
   # is computed afresh, never reused
-  source = json.dumps({"init_from": c.model.init_from, "seed": c.seed, "data": c.data.to_dict(),
-                       "batch_size": c.optim.batch_size, "dtype": c.model.dtype,
-                       "batches": c.grouping.calibration_batches}, sort_keys=True)
+  source = json.dumps(
+    {
+      "init_from": c.model.init_from,
+      "seed": c.seed,
+      "data": c.data.to_dict(),
+      "batch_size": c.optim.batch_size,
+      "dtype": c.model.dtype,
+      "batches": c.grouping.calibration_batches,
+    },
+    sort_keys=True,
+  )
   if os.path.exists(path):
     stats = calibration.load(path, cfg)
     if stats.source == source:
       return stats
     say(f"calibration: {path} was computed for another model or data; computing it afresh")
   run_cfg = calibration_config(cfg, c)
-  params = streaming.load_sharded(reader, run_cfg, steps.param_shardings(run_cfg, mesh),
-                                  desc="calibration: loading the MHA model")
+  params = streaming.load_sharded(
+    reader, run_cfg, steps.param_shardings(run_cfg, mesh), desc="calibration: loading the MHA model"
+  )
   rows = calibration_data()
   try:
     placed = (sharding.put_process_batch(batch, mesh) for batch in rows)

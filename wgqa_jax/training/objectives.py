@@ -8,12 +8,14 @@ batch (models.family.Family.forward: logits, labels and label weights):
   every token ("all") or on the target only ("answer"); eval loss is always the answer's, the
   same quantity T5 reports. Rows of documents (causal_lm) count every token.
 """
+
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
 from wgqa_jax.models import family_of
+
 
 def token_loss_sums(logits, labels, weights, label_smoothing: float, z_loss: float):
   """(sum of token losses, sum of weights, sum of plain NLLs) of logits (..., V) at labels."""
@@ -24,18 +26,27 @@ def token_loss_sums(logits, labels, weights, label_smoothing: float, z_loss: flo
   if label_smoothing > 0:
     loss = (1 - label_smoothing) * nll - label_smoothing * logp.mean(-1)
   if z_loss > 0:
-    loss = loss + z_loss * logz ** 2
+    loss = loss + z_loss * logz**2
   return (loss * weights).sum(), weights.sum(), (nll * weights).sum()
 
 
-def forward(params, batch, cfg, rng=None, train: bool = False, loss_on: str | None = None,
-            mutable=False):
+def forward(
+  params, batch, cfg, rng=None, train: bool = False, loss_on: str | None = None, mutable=False
+):
   """(logits, labels, label weights) of `cfg`'s family (and the sown variables, `mutable`)."""
   return family_of(cfg).forward(params, batch, cfg, rng, train, loss_on, mutable)
 
 
-def loss_sums(params, batch, rng, cfg, label_smoothing: float, z_loss: float, train: bool,
-              loss_on: str | None = None):
+def loss_sums(
+  params,
+  batch,
+  rng,
+  cfg,
+  label_smoothing: float,
+  z_loss: float,
+  train: bool,
+  loss_on: str | None = None,
+):
   """(sum of token losses, number of loss tokens, sum of log-likelihood-only losses) of `cfg`'s
   family. loss_on: for the families that take it (decoder-only: "all", the default, or
   "answer")."""

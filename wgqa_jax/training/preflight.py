@@ -1,6 +1,7 @@
 """What must hold before a run writes anything: the variant and objective fit the model, a
 workdir resumes only under the config it started with, and the batch splits over the mesh.
 Each fails in one line (UserError); the trainer, the sweeps and the planner ask the same."""
+
 from __future__ import annotations
 
 import json
@@ -22,14 +23,18 @@ def check_model(c: ml_collections.ConfigDict, src) -> None:
   of model.init_from)."""
   g, family = c.grouping, family_of(src)
   if c.optim.loss_on is not None and c.optim.loss_on not in family.loss_on:
-    raise UserError(f"config.optim.loss_on={c.optim.loss_on!r}: {family.title} always trains "
-                    f"on its targets; loss_on is for decoder-only models")
+    raise UserError(
+      f"config.optim.loss_on={c.optim.loss_on!r}: {family.title} always trains "
+      f"on its targets; loss_on is for decoder-only models"
+    )
   objective = c.data.objective
   if objective not in family.objectives:
     model = c.model.arch if c.model.init_from == RANDOM else c.model.init_from
     right = [o for o in family.objectives if o != "pairs"]
-    raise UserError(f"config.data.objective={objective!r} does not fit {model} "
-                    f"({family.description}): use data.objective={right[0]} (or pairs)")
+    raise UserError(
+      f"config.data.objective={objective!r} does not fit {model} "
+      f"({family.description}): use data.objective={right[0]} (or pairs)"
+    )
   if variants.is_mha(src):
     variants.get(g.variant).grouping(src.num_heads, g.kv_heads, **variants.options(g))
 
@@ -43,8 +48,10 @@ def check_resume(c: ml_collections.ConfigDict, workdir: str) -> None:
   with open(saved) as f:
     diffs = resume_differences(json.load(f), c)
   if diffs:
-    raise UserError(f"{workdir} holds a run started with another config, and resuming it must "
-                    f"keep: {'; '.join(diffs)}. To start fresh, pass another --workdir.")
+    raise UserError(
+      f"{workdir} holds a run started with another config, and resuming it must "
+      f"keep: {'; '.join(diffs)}. To start fresh, pass another --workdir."
+    )
 
 
 def make_mesh(c: ml_collections.ConfigDict):
@@ -56,10 +63,11 @@ def make_mesh(c: ml_collections.ConfigDict):
   micro = o.batch_size // o.grad_accum_steps
   if micro % ways:
     raise UserError(
-        f"optim.batch_size={o.batch_size}" + (f" / grad_accum_steps={o.grad_accum_steps}"
-                                              if o.grad_accum_steps > 1 else "")
-        + f" = {micro} rows do not split over data x fsdp = {mesh.shape['data']} x "
-          f"{mesh.shape['fsdp']} devices: make the batch a multiple of {ways}")
+      f"optim.batch_size={o.batch_size}"
+      + (f" / grad_accum_steps={o.grad_accum_steps}" if o.grad_accum_steps > 1 else "")
+      + f" = {micro} rows do not split over data x fsdp = {mesh.shape['data']} x "
+      f"{mesh.shape['fsdp']} devices: make the batch a multiple of {ways}"
+    )
   return mesh
 
 

@@ -15,6 +15,7 @@ Workdir (wgqa_jax.core.workdir names its files): checkpoints/ (orbax: step, para
 metrics.jsonl, tb/ (TensorBoard), config.json, best/ and final/ (params dirs:
 python -m wgqa_jax.convert --params=...).
 """
+
 from __future__ import annotations
 
 import os
@@ -34,10 +35,17 @@ from wgqa_jax.grouping import variants
 from wgqa_jax.store import checkpoints, params_io
 from wgqa_jax.store.resolve import resolve
 from wgqa_jax.training import data_setup, evaluation, model_setup, preflight, steps
+from wgqa_jax.training.loop_parts import (
+  BestTracker,
+  Diverged,
+  MetricWriter,
+  Preempted,
+  Preemption,
+  SkipGuard,
+  close_unless_disk_full,
+  restore_or_init,
+)
 from wgqa_jax.training.validation import validate
-from wgqa_jax.training.loop_parts import (BestTracker, Diverged, MetricWriter, Preempted,
-                                          Preemption, SkipGuard, close_unless_disk_full,
-                                          restore_or_init)
 
 __all__ = ["Diverged", "Preempted", "train"]
 
@@ -59,8 +67,9 @@ def train(c: ml_collections.ConfigDict, workdir: str, stop_after: int | None = N
     lock.release()
 
 
-def _train(c, workdir: str, stop_after: int | None, lock: workdir_lib.Lock,
-           preempted: Preemption) -> dict:
+def _train(
+  c, workdir: str, stop_after: int | None, lock: workdir_lib.Lock, preempted: Preemption
+) -> dict:
   # ---- checks that can fail, before anything in the workdir is written ----
   variant = variants.get(c.grouping.variant)
   workdir = os.path.abspath(workdir)
@@ -79,17 +88,23 @@ def _train(c, workdir: str, stop_after: int | None, lock: workdir_lib.Lock,
       f.write(c.to_json_best_effort(indent=2))
 
   # ---- data ----
-  tokenizer, eval_split, total_steps = data_setup.prepare_data(c, workdir, train_source, eval_source,
-                                                    tokenizer)
+  tokenizer, eval_split, total_steps = data_setup.prepare_data(
+    c, workdir, train_source, eval_source, tokenizer
+  )
   data_setup.check_tokenizer(workdir, tokenizer, checkpoints.has_checkpoints(workdir))
   preempted.check_startup(workdir)
 
   # ---- model, sharded state ----
   params, cfg = model_setup.build_model(
-      c, tokenizer, mesh, model_source, workdir=workdir,
-      calibration_data=lambda: pipeline.TrainBatches(  # the run's first batches, from the start
-          train_source, tokenizer, data_setup.layout_of(c), jax.process_index(),
-          jax.process_count()))
+    c,
+    tokenizer,
+    mesh,
+    model_source,
+    workdir=workdir,
+    calibration_data=lambda: pipeline.TrainBatches(  # the run's first batches, from the start
+      train_source, tokenizer, data_setup.layout_of(c), jax.process_index(), jax.process_count()
+    ),
+  )
   settings = model_source.generation_settings
   del model_source  # its memory-mapped files
   train_cfg = model_setup.for_training(cfg, c)
@@ -98,12 +113,17 @@ def _train(c, workdir: str, stop_after: int | None, lock: workdir_lib.Lock,
   state = steps.init_state(params, tx, state_shard)
   del params
   n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
-  source_kind = ("examples" if c.data.objective == "pairs"
-                 else f"documents of {corpora.describe(c.data.dataset)}")
-  say(f"model: {c.grouping.variant}: {cfg.grouping.describe(cfg.num_heads)}, "
-      f"{n_params / 1e6:.2f}M params | mesh {dict(mesh.shape)} | {total_steps} steps of "
-      f"{c.optim.batch_size} {data_setup.rows_kind(c)} from {len(train_source)} {source_kind} "
-      f"| workdir {workdir}")
+  source_kind = (
+    "examples"
+    if c.data.objective == "pairs"
+    else f"documents of {corpora.describe(c.data.dataset)}"
+  )
+  say(
+    f"model: {c.grouping.variant}: {cfg.grouping.describe(cfg.num_heads)}, "
+    f"{n_params / 1e6:.2f}M params | mesh {dict(mesh.shape)} | {total_steps} steps of "
+    f"{c.optim.batch_size} {data_setup.rows_kind(c)} from {len(train_source)} {source_kind} "
+    f"| workdir {workdir}"
+  )
   preempted.check_startup(workdir)  # the model is built: the last stop before files open
 
   # ---- checkpoints: resume from the newest good one, if any ----
@@ -111,12 +131,20 @@ def _train(c, workdir: str, stop_after: int | None, lock: workdir_lib.Lock,
   state, saved_position = restore_or_init(ckpts, state, state_shard)
   start = int(state["step"])
   layout = data_setup.layout_of(c)
-  position, warning = pipeline.resume_position(saved_position, start, layout,
-                                               jax.process_index(), jax.process_count())
+  position, warning = pipeline.resume_position(
+    saved_position, start, layout, jax.process_index(), jax.process_count()
+  )
   if warning:
     say(f"warning: {warning}")
-  batches = pipeline.TrainBatches(train_source, tokenizer, layout, jax.process_index(),
-                                  jax.process_count(), position, workers=c.data.workers)
+  batches = pipeline.TrainBatches(
+    train_source,
+    tokenizer,
+    layout,
+    jax.process_index(),
+    jax.process_count(),
+    position,
+    workers=c.data.workers,
+  )
 
   # ---- compiled steps, writers ----
   train_step = steps.compile_train_step(train_cfg, c.optim, tx, state_shard, mesh)
@@ -128,12 +156,17 @@ def _train(c, workdir: str, stop_after: int | None, lock: workdir_lib.Lock,
   latest_eval: dict = {}
 
   def evaluate_and_log(step: int) -> dict:
-    result, preds = evaluation.run_eval(state["params"], cfg, c, eval_split, tokenizer, mesh, eval_step)
+    result, preds = evaluation.run_eval(
+      state["params"], cfg, c, eval_split, tokenizer, mesh, eval_step
+    )
     host_params = sharding.to_host(state["params"])  # every process: a collective on multi-host
     result.update(evaluation.wgqa_weight_stats(host_params))
     writer.write(step, result, objective=c.data.objective)
-    say(f"eval @ {step} ({c.data.objective}): " + " ".join(f"{k}={v:.4g}" for k, v in result.items())
-        + (f" | e.g. {preds[0][:70]!r}" if preds else ""))
+    say(
+      f"eval @ {step} ({c.data.objective}): "
+      + " ".join(f"{k}={v:.4g}" for k, v in result.items())
+      + (f" | e.g. {preds[0][:70]!r}" if preds else "")
+    )
     best.update(step, result, host_params, cfg)
     latest_eval.update(result)
     return result
@@ -142,8 +175,14 @@ def _train(c, workdir: str, stop_after: int | None, lock: workdir_lib.Lock,
   rng = jax.random.PRNGKey(c.seed)
   last: dict = {}
   t0, t0_step = time.time(), start
-  bar = tqdm(range(start, total_steps), initial=start, total=total_steps, desc="train",
-             disable=not is_main_process(), dynamic_ncols=True)
+  bar = tqdm(
+    range(start, total_steps),
+    initial=start,
+    total=total_steps,
+    desc="train",
+    disable=not is_main_process(),
+    dynamic_ncols=True,
+  )
   previous = None  # (step, its "skipped" flag), read one step late to keep the device busy
   padding = []  # padding fraction of each batch since the last log
   try:
@@ -152,8 +191,9 @@ def _train(c, workdir: str, stop_after: int | None, lock: workdir_lib.Lock,
         evaluate_and_log(0)
       for step in bar:
         batch = next(batches)
-        state, out = train_step(state, sharding.put_process_batch(batch, mesh),
-                                jax.random.fold_in(rng, step))
+        state, out = train_step(
+          state, sharding.put_process_batch(batch, mesh), jax.random.fold_in(rng, step)
+        )
         padding.append(pipeline.padding_fraction(batch, tokenizer.pad_id))
         done = step + 1
         if previous is not None:  # Diverged stops the run (below)
@@ -164,21 +204,30 @@ def _train(c, workdir: str, stop_after: int | None, lock: workdir_lib.Lock,
         if done % c.log_every == 0 or done == total_steps:
           out = sharding.to_host(out)
           dt, tokens = time.time() - t0, float(out["tokens"]) * (done - t0_step)
-          last = {"train/loss": float(out["loss"]), "train/nll": float(out["nll"]),
-                  "train/grad_norm": float(out["grad_norm"]), "train/lr": float(schedule(step)),
-                  "train/skipped": float(out["skipped"]),
-                  "train/target_tokens_per_s": tokens / max(dt, 1e-9),
-                  "train/steps_per_s": (done - t0_step) / max(dt, 1e-9),
-                  "train/padding": sum(padding) / len(padding)}
+          last = {
+            "train/loss": float(out["loss"]),
+            "train/nll": float(out["nll"]),
+            "train/grad_norm": float(out["grad_norm"]),
+            "train/lr": float(schedule(step)),
+            "train/skipped": float(out["skipped"]),
+            "train/target_tokens_per_s": tokens / max(dt, 1e-9),
+            "train/steps_per_s": (done - t0_step) / max(dt, 1e-9),
+            "train/padding": sum(padding) / len(padding),
+          }
           padding = []
           writer.write(done, last)
           ckpts.check()  # an asynchronous save that failed for lack of space stops the run now
           last["step"] = done
-          bar.set_postfix(loss=f"{last['train/loss']:.3f}",
-                          tok_s=f"{last['train/target_tokens_per_s']:.0f}")
+          bar.set_postfix(
+            loss=f"{last['train/loss']:.3f}", tok_s=f"{last['train/target_tokens_per_s']:.0f}"
+          )
           t0, t0_step = time.time(), done
-        if variant.regroups and c.grouping.regroup_every and done % c.grouping.regroup_every == 0 \
-            and done != total_steps:
+        if (
+          variant.regroups
+          and c.grouping.regroup_every
+          and done % c.grouping.regroup_every == 0
+          and done != total_steps
+        ):
           state = jax.device_put(variant.regroup(sharding.to_host(state), cfg), state_shard)
         if c.eval.every > 0 and done % c.eval.every == 0 and done != total_steps:
           evaluate_and_log(done)
@@ -193,8 +242,9 @@ def _train(c, workdir: str, stop_after: int | None, lock: workdir_lib.Lock,
         if start < total_steps or total_steps not in writer.evals:
           evaluate_and_log(total_steps)
         else:  # a finished run, rerun (or killed after its last eval): that eval stands
-          latest_eval.update({k: v for k, v in writer.evals[total_steps].items()
-                              if k not in ("step", "objective")})
+          latest_eval.update(
+            {k: v for k, v in writer.evals[total_steps].items() if k not in ("step", "objective")}
+          )
         last["step"] = total_steps
   except Diverged:
     ckpts.close()  # pending saves finish; nothing more is written
@@ -210,8 +260,11 @@ def _train(c, workdir: str, stop_after: int | None, lock: workdir_lib.Lock,
       close_unless_disk_full(close)
   last = {**latest_eval, **last}
   if preempted.signal:
-    raise Preempted(f"signal {preempted.signal}: saved step {stopped_at} in "
-                    f"{workdir}; run the same command again to resume", last)
+    raise Preempted(
+      f"signal {preempted.signal}: saved step {stopped_at} in "
+      f"{workdir}; run the same command again to resume",
+      last,
+    )
 
   # ---- final params ----
   final_params = sharding.to_host(state["params"])
@@ -219,7 +272,11 @@ def _train(c, workdir: str, stop_after: int | None, lock: workdir_lib.Lock,
     raise Diverged("the final params are not finite; final/ was not written")
   if is_main_process():
     params_io.save(final_params, cfg, os.path.join(workdir, workdir_lib.FINAL), settings)
-    fold = (f" (fold WGQA: python -m wgqa_jax.convert --params={workdir}/final --fold "
-            f"--out={workdir}/folded)" if cfg.grouping.weights != "none" else "")
+    fold = (
+      f" (fold WGQA: python -m wgqa_jax.convert --params={workdir}/final --fold "
+      f"--out={workdir}/folded)"
+      if cfg.grouping.weights != "none"
+      else ""
+    )
     say(f"done: {workdir}/final{fold}")
   return last

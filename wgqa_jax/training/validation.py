@@ -1,6 +1,7 @@
 """Every value of a training config checked before a run starts, with the key named: each
 section against its owner (the variants, the datasets and corpora, the presets, the model
 families' objectives, the sharding rules)."""
+
 from __future__ import annotations
 
 import ml_collections
@@ -17,10 +18,12 @@ from wgqa_jax.training.config import LAYER_BUDGETS
 
 def validate(c: ml_collections.ConfigDict) -> None:
   """Fail early, with the key named, on values the run could only trip over later."""
+
   def bad(key, msg):
     section, _, name = key.rpartition(".")
     value = (c[section] if section else c)[name]
     raise UserError(f"config.{key}={value!r}: {msg}")
+
   g, d, o = c.grouping, c.data, c.optim
   try:
     variant = variants.get(g.variant)
@@ -31,16 +34,24 @@ def validate(c: ml_collections.ConfigDict) -> None:
   except ValueError as e:
     bad("grouping.variant", str(e))
   if variant.calibrated and g.calibration_batches < 1:
-    bad("grouping.calibration_batches", f"{g.variant} calibrates its merge on training "
-                                        f"batches: give at least 1")
+    bad(
+      "grouping.calibration_batches",
+      f"{g.variant} calibrates its merge on training batches: give at least 1",
+    )
   if g.layer_budget not in LAYER_BUDGETS:
     bad("grouping.layer_budget", f"choose from {LAYER_BUDGETS}")
   if g.layer_budget == "proxy" and not variant.calibrated:
-    bad("grouping.layer_budget", f"spreading KV heads by calibration error needs a calibrated "
-                                 f"variant (aligned, svd, search), not {g.variant!r}")
+    bad(
+      "grouping.layer_budget",
+      f"spreading KV heads by calibration error needs a calibrated "
+      f"variant (aligned, svd, search), not {g.variant!r}",
+    )
   if g.layer_budget == "proxy" and c.model.scan_layers:
-    bad("grouping.layer_budget", "per-module KV heads give the layers different shapes, which "
-                                 "cannot be scanned: set model.scan_layers=False")
+    bad(
+      "grouping.layer_budget",
+      "per-module KV heads give the layers different shapes, which "
+      "cannot be scanned: set model.scan_layers=False",
+    )
   if c.model.init_from == RANDOM and c.model.arch not in presets():
     bad("model.arch", f"choose from {sorted(presets())}")
   loss_on = sorted({v for f in families().values() for v in f.loss_on})
@@ -53,21 +64,41 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if d.objective not in text_rows.OBJECTIVES:
     bad("data.objective", f"choose from {text_rows.OBJECTIVES}")
   if d.objective == "pairs" and d.dataset not in tasks.DATASETS:
-    bad("data.dataset", f"choose from {list(tasks.DATASETS)}"
-        + (" (a text corpus needs data.objective=span_corruption or causal_lm)"
-           if corpora.is_corpus(d.dataset) else ""))
+    bad(
+      "data.dataset",
+      f"choose from {list(tasks.DATASETS)}"
+      + (
+        " (a text corpus needs data.objective=span_corruption or causal_lm)"
+        if corpora.is_corpus(d.dataset)
+        else ""
+      ),
+    )
   if d.objective != "pairs" and not corpora.is_corpus(d.dataset):
-    bad("data.dataset", f"data.objective={d.objective} reads a text corpus: "
-                        f"{corpora.STDLIB}, tfds:NAME or a prepared corpus directory"
-        + (" (this is a task of input/target pairs: data.objective=pairs)"
-           if d.dataset in tasks.DATASETS else ""))
+    bad(
+      "data.dataset",
+      f"data.objective={d.objective} reads a text corpus: "
+      f"{corpora.STDLIB}, tfds:NAME or a prepared corpus directory"
+      + (
+        " (this is a task of input/target pairs: data.objective=pairs)"
+        if d.dataset in tasks.DATASETS
+        else ""
+      ),
+    )
   if d.objective == "causal_lm" and o.loss_on not in (None, "all"):
-    bad("optim.loss_on", "causal_lm trains on every token of the documents: leave it unset "
-                         "or 'all'")
-  for key in ("optim.batch_size", "optim.grad_accum_steps", "optim.max_skipped_steps",
-              "data.max_input_length",
-              "data.max_target_length", "log_every", "eval.batch_size", "checkpoint.every",
-              "checkpoint.keep"):
+    bad(
+      "optim.loss_on", "causal_lm trains on every token of the documents: leave it unset or 'all'"
+    )
+  for key in (
+    "optim.batch_size",
+    "optim.grad_accum_steps",
+    "optim.max_skipped_steps",
+    "data.max_input_length",
+    "data.max_target_length",
+    "log_every",
+    "eval.batch_size",
+    "checkpoint.every",
+    "checkpoint.keep",
+  ):
     section, _, name = key.rpartition(".")
     if (c[section] if section else c)[name] <= 0:
       bad(key, "must be positive")
@@ -88,5 +119,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   sharding.parse_rules(c.mesh.param_rules, "mesh.param_rules")
   sharding.parse_rules(c.mesh.activation_rules, "mesh.activation_rules")
   if d.pack and not variant.packs:
-    bad("data.pack", f"{g.variant} chooses its heads per row, which packing would share across "
-                     f"examples; train it unpacked")
+    bad(
+      "data.pack",
+      f"{g.variant} chooses its heads per row, which packing would share across "
+      f"examples; train it unpacked",
+    )

@@ -8,6 +8,7 @@ window).
   decoding.py     the adapter to the search loops (left-padded prompts prefilled once)
   objective.py    the training loss inputs (next token; every token or the answer)
 """
+
 from __future__ import annotations
 
 from wgqa_jax.core.errors import UserError
@@ -17,8 +18,7 @@ from wgqa_jax.models.llama import decoding, hf_table, model, objective
 from wgqa_jax.models.llama.config import MODEL_TYPES, PRESETS, LlamaConfig
 from wgqa_jax.models.llama.model import Llama, init_params, param_axes, param_shapes
 
-__all__ = ["FAMILY", "PRESETS", "Llama", "LlamaConfig", "init_params", "param_axes",
-           "param_shapes"]
+__all__ = ["FAMILY", "PRESETS", "Llama", "LlamaConfig", "init_params", "param_axes", "param_shapes"]
 
 
 class LlamaFamily(Family):
@@ -43,8 +43,11 @@ class LlamaFamily(Family):
 
   def for_tokenizer(self, cfg, tokenizer):
     """A random decoder-only model takes the data's pad, EOS and BOS ids."""
-    return cfg.replace(pad_token_id=tokenizer.pad_id, eos_token_id=tokenizer.eos_id,
-                       bos_token_id=(tokenizer.prefix or (tokenizer.eos_id,))[0])
+    return cfg.replace(
+      pad_token_id=tokenizer.pad_id,
+      eos_token_id=tokenizer.eos_id,
+      bos_token_id=(tokenizer.prefix or (tokenizer.eos_id,))[0],
+    )
 
   def hf_table(self, cfg):
     return hf_table.table(cfg)
@@ -60,8 +63,10 @@ class LlamaFamily(Family):
     """WGQA weights folded, G heads kept: a native GQA checkpoint."""
     params, cfg = variants.fold(params, cfg)
     if not self.hf_holds(cfg):
-      raise UserError(f"{cfg.grouping.describe(cfg.num_heads)}: HF Llama holds equal groups "
-                      f"only; unequal or run-time groups cannot be exported")
+      raise UserError(
+        f"{cfg.grouping.describe(cfg.num_heads)}: HF Llama holds equal groups "
+        f"only; unequal or run-time groups cannot be exported"
+      )
     return params, cfg
 
   def begin_decoding(self, params, cfg, inputs, attention_mask, copies, max_new_tokens):

@@ -1,11 +1,12 @@
-"""How a decoder-only model reads the pipeline's two-sided rows (wgqa_jax.data.pipeline: `inputs` and
-`targets`, padded or packed, each example EOS-terminated).
+"""How a decoder-only model reads the pipeline's two-sided rows (wgqa_jax.data.pipeline:
+`inputs` and `targets`, padded or packed, each example EOS-terminated).
 
 Each example becomes one sequence, prompt then answer: `[BOS] input EOS target EOS` (BOS when the
 tokenizer has one, added by pipeline.Tokenize). `sequences` compacts a batch of rows into such
 sequences inside the jitted step, so one pipeline, one packing and one resumable position serve
 both families; `prompts` turns the inputs side into the left-padded prompts generation expects.
 """
+
 from __future__ import annotations
 
 import jax
@@ -23,10 +24,10 @@ def real_tokens(ids, eos_id: int):
 def sequences(batch: dict, eos_id: int) -> dict:
   """Rows of (b, Li) inputs and (b, Lt) targets -> (b, Li + Lt) sequences:
 
-    tokens       each example's input then its target, examples in row order, padding last
-    segment_ids  1, 2, ... per example (packed rows: the pipeline's), 0 on padding
-    positions    0.. within each example (RoPE positions)
-    answer       True on target tokens
+  tokens       each example's input then its target, examples in row order, padding last
+  segment_ids  1, 2, ... per example (packed rows: the pipeline's), 0 on padding
+  positions    0.. within each example (RoPE positions)
+  answer       True on target tokens
   """
   inputs, targets = batch["inputs"], batch["targets"]
   b, li = inputs.shape
@@ -44,8 +45,12 @@ def sequences(batch: dict, eos_id: int) -> dict:
   seg = take(seg)
   starts = jnp.concatenate([jnp.ones((b, 1), bool), seg[:, 1:] != seg[:, :-1]], axis=1)
   first = jax.lax.cummax(jnp.where(starts, j, 0), axis=1)
-  return {"tokens": take(tokens), "segment_ids": seg, "positions": (j - first).astype(jnp.int32),
-          "answer": take(jnp.broadcast_to(j >= li, tokens.shape)) & (seg > 0)}
+  return {
+    "tokens": take(tokens),
+    "segment_ids": seg,
+    "positions": (j - first).astype(jnp.int32),
+    "answer": take(jnp.broadcast_to(j >= li, tokens.shape)) & (seg > 0),
+  }
 
 
 def prompts(inputs, eos_id: int, pad_id: int):

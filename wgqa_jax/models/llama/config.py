@@ -4,14 +4,15 @@ the same nested `grouping` section as T5Config (wgqa_jax.grouping.variants.Group
 HF's `num_key_value_heads` is the grouping: G == H is MHA, G < H a checkpoint that is already
 GQA (plain mean-pooled groups as far as we are concerned), which can be re-grouped to fewer heads.
 """
+
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
 
-from wgqa_jax.models.config_file import DTYPES, REMATS, ConfigFile
-from wgqa_jax.grouping.variants import MHA, Grouping
 from wgqa_jax.core.errors import UserError
+from wgqa_jax.grouping.variants import MHA, Grouping
+from wgqa_jax.models.config_file import DTYPES, REMATS, ConfigFile
 
 MODEL_TYPES = ("llama", "mistral")
 
@@ -23,7 +24,7 @@ class LlamaConfig(ConfigFile):
   intermediate_size: int = 11008
   num_layers: int = 32
   num_heads: int = 32
-  head_dim: int = 128           # may differ from hidden_size / num_heads
+  head_dim: int = 128  # may differ from hidden_size / num_heads
   rope_theta: float = 10000.0
   rms_norm_eps: float = 1e-6
   tie_word_embeddings: bool = False
@@ -31,26 +32,32 @@ class LlamaConfig(ConfigFile):
   pad_token_id: int = 0
   bos_token_id: int = 1
   eos_token_id: int = 2
-  model_type: str = "llama"     # what to_hf writes back ("llama" | "mistral")
+  model_type: str = "llama"  # what to_hf writes back ("llama" | "mistral")
 
-  # ---- grouped key/value attention (wgqa_jax.grouping.variants); every attention module is grouped ----
+  # ---- grouped key/value attention (wgqa_jax.grouping.variants); every module is grouped ----
   grouping: Grouping = MHA
 
   # ---- numerics ----
   dtype: str = "float32"
   param_dtype: str = "float32"
   transpose_weight_grad_on_cpu: bool = True
-  dropout_rate: float = 0.0     # Llama trains without dropout; kept for the shared train loop
+  dropout_rate: float = 0.0  # Llama trains without dropout; kept for the shared train loop
   # ---- memory and compile time (training only; params keep the per-layer layout) ----
-  remat: str = "none"           # none | full | dots (wgqa_jax.models.layers.REMAT_POLICIES)
-  scan_layers: bool = False     # the layers as one scanned layer: compile time flat in depth
+  remat: str = "none"  # none | full | dots (wgqa_jax.models.layers.REMAT_POLICIES)
+  scan_layers: bool = False  # the layers as one scanned layer: compile time flat in depth
 
   family = "llama"
   rotary_keys = True  # keys rotated by position: a merge's maps on keys must commute with it
 
   def __post_init__(self):
-    for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
-                 "head_dim"):
+    for name in (
+      "vocab_size",
+      "hidden_size",
+      "intermediate_size",
+      "num_layers",
+      "num_heads",
+      "head_dim",
+    ):
       value = getattr(self, name)
       if not isinstance(value, int) or value <= 0:
         raise UserError(f"LlamaConfig: {name} must be a positive int, got {value!r}")
@@ -67,8 +74,10 @@ class LlamaConfig(ConfigFile):
     if self.remat not in REMATS:
       raise UserError(f"LlamaConfig: remat must be one of {REMATS}, got {self.remat!r}")
     if self.scan_layers and self.grouping.per_module:
-      raise UserError("LlamaConfig: per-layer KV heads give the layers different shapes: they "
-                       "cannot be scanned (scan_layers=False)")
+      raise UserError(
+        "LlamaConfig: per-layer KV heads give the layers different shapes: they "
+        "cannot be scanned (scan_layers=False)"
+      )
 
   # ---- grouping, as T5Config ----
   @property
@@ -112,81 +121,142 @@ class LlamaConfig(ConfigFile):
     return {"family": self.family, **dataclasses.asdict(self)}
 
   @classmethod
-  def from_hf(cls, hf: dict[str, Any], **overrides) -> "LlamaConfig":
+  def from_hf(cls, hf: dict[str, Any], **overrides) -> LlamaConfig:
     """From a HF LlamaConfig / MistralConfig dict (transformers 4.x or 5.x)."""
     model_type = hf.get("model_type", "llama")
     if model_type not in MODEL_TYPES:
       raise UserError(f"not a Llama-architecture config: model_type={model_type!r}")
     if model_type == "mistral" and hf.get("sliding_window") is not None:
-      raise UserError("Mistral with a sliding window is not supported (set sliding_window "
-                       "to null for models trained without it)")
+      raise UserError(
+        "Mistral with a sliding window is not supported (set sliding_window "
+        "to null for models trained without it)"
+      )
     if hf.get("attention_bias") or hf.get("mlp_bias"):
       raise UserError("projection biases (attention_bias / mlp_bias) are not supported")
     if hf.get("hidden_act", "silu") != "silu":
       raise UserError(f"hidden_act {hf.get('hidden_act')!r} is not supported (silu only)")
     rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
     if rope.get("rope_type", rope.get("type", "default")) not in ("default", None):
-      raise UserError(f"rope scaling {rope.get('rope_type', rope.get('type'))!r} is not "
-                       f"supported (plain RoPE only)")
+      raise UserError(
+        f"rope scaling {rope.get('rope_type', rope.get('type'))!r} is not "
+        f"supported (plain RoPE only)"
+      )
     h = hf["num_attention_heads"]
     g = hf.get("num_key_value_heads") or h
     first = lambda x: x[0] if isinstance(x, (list, tuple)) else x
     kwargs = dict(
-        vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
-        intermediate_size=hf["intermediate_size"], num_layers=hf["num_hidden_layers"],
-        num_heads=h, head_dim=hf.get("head_dim") or hf["hidden_size"] // h,
-        rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
-        rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
-        tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        max_position_embeddings=hf.get("max_position_embeddings", 2048),
-        pad_token_id=hf.get("pad_token_id") or 0, bos_token_id=first(hf.get("bos_token_id", 1)),
-        eos_token_id=first(hf.get("eos_token_id", 2)), model_type=model_type,
-        grouping=MHA if g == h else Grouping(kv_heads=g))
+      vocab_size=hf["vocab_size"],
+      hidden_size=hf["hidden_size"],
+      intermediate_size=hf["intermediate_size"],
+      num_layers=hf["num_hidden_layers"],
+      num_heads=h,
+      head_dim=hf.get("head_dim") or hf["hidden_size"] // h,
+      rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
+      rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+      tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+      max_position_embeddings=hf.get("max_position_embeddings", 2048),
+      pad_token_id=hf.get("pad_token_id") or 0,
+      bos_token_id=first(hf.get("bos_token_id", 1)),
+      eos_token_id=first(hf.get("eos_token_id", 2)),
+      model_type=model_type,
+      grouping=MHA if g == h else Grouping(kv_heads=g),
+    )
     kwargs.update(overrides)
     return cls(**kwargs)
 
   def to_hf(self) -> dict[str, Any]:
     """A config.json transformers loads as a *native* GQA model: num_key_value_heads = G."""
     if self.grouping.weights != "none" or self.grouping.unequal:
-      raise UserError("fold WGQA weights (and keep equal groups) before exporting: HF Llama "
-                       "has plain equal groups")
+      raise UserError(
+        "fold WGQA weights (and keep equal groups) before exporting: HF Llama "
+        "has plain equal groups"
+      )
     if self.grouping.per_module:
-      raise UserError(f"this model has per-layer KV heads "
-                       f"({','.join(str(g) for _, g in self.grouping.module_kv_heads)}), and a "
-                       f"Hugging Face Llama has one num_key_value_heads for every layer: keep "
-                       f"the wgqa_jax params dir, or convert with one G for all layers")
+      raise UserError(
+        f"this model has per-layer KV heads "
+        f"({','.join(str(g) for _, g in self.grouping.module_kv_heads)}), and a "
+        f"Hugging Face Llama has one num_key_value_heads for every layer: keep "
+        f"the wgqa_jax params dir, or convert with one G for all layers"
+      )
     arch = "MistralForCausalLM" if self.model_type == "mistral" else "LlamaForCausalLM"
-    out = {"architectures": [arch], "model_type": self.model_type,
-           "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
-           "intermediate_size": self.intermediate_size, "num_hidden_layers": self.num_layers,
-           "num_attention_heads": self.num_heads, "num_key_value_heads": self.kv_heads,
-           "head_dim": self.head_dim, "rope_theta": self.rope_theta,
-           "rms_norm_eps": self.rms_norm_eps, "tie_word_embeddings": self.tie_word_embeddings,
-           "max_position_embeddings": self.max_position_embeddings, "hidden_act": "silu",
-           "attention_bias": False, "mlp_bias": False, "pad_token_id": self.pad_token_id,
-           "bos_token_id": self.bos_token_id, "eos_token_id": self.eos_token_id}
+    out = {
+      "architectures": [arch],
+      "model_type": self.model_type,
+      "vocab_size": self.vocab_size,
+      "hidden_size": self.hidden_size,
+      "intermediate_size": self.intermediate_size,
+      "num_hidden_layers": self.num_layers,
+      "num_attention_heads": self.num_heads,
+      "num_key_value_heads": self.kv_heads,
+      "head_dim": self.head_dim,
+      "rope_theta": self.rope_theta,
+      "rms_norm_eps": self.rms_norm_eps,
+      "tie_word_embeddings": self.tie_word_embeddings,
+      "max_position_embeddings": self.max_position_embeddings,
+      "hidden_act": "silu",
+      "attention_bias": False,
+      "mlp_bias": False,
+      "pad_token_id": self.pad_token_id,
+      "bos_token_id": self.bos_token_id,
+      "eos_token_id": self.eos_token_id,
+    }
     if self.model_type == "mistral":
       out["sliding_window"] = None
     return out
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # the offline decoder-only default (configs/llama_tiny.py)
-    "llama-tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=160, num_layers=2,
-                       num_heads=4, head_dim=16, max_position_embeddings=512),
-    # the conversion lab's offline MHA model (benchmarks/pareto): 8 heads, so KV budgets go
-    # down to 1/8, and enough width and depth for the heads to specialise
-    "llama-tiny-8head": dict(vocab_size=512, hidden_size=128, intermediate_size=320,
-                             num_layers=4, num_heads=8, head_dim=16, max_position_embeddings=512),
-    # real shapes, as MHA checkpoints to uptrain (the planner, configs/scale.py). Llama-2-70B
-    # itself ships with 8 KV heads: its GQA-8 rows are the released model's shape.
-    "llama-2-7b": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008,
-                       num_layers=32, num_heads=32, head_dim=128, rms_norm_eps=1e-5,
-                       max_position_embeddings=4096),
-    "llama-2-13b": dict(vocab_size=32000, hidden_size=5120, intermediate_size=13824,
-                        num_layers=40, num_heads=40, head_dim=128, rms_norm_eps=1e-5,
-                        max_position_embeddings=4096),
-    "llama-2-70b": dict(vocab_size=32000, hidden_size=8192, intermediate_size=28672,
-                        num_layers=80, num_heads=64, head_dim=128, rms_norm_eps=1e-5,
-                        max_position_embeddings=4096),
+  # the offline decoder-only default (configs/llama_tiny.py)
+  "llama-tiny": dict(
+    vocab_size=512,
+    hidden_size=64,
+    intermediate_size=160,
+    num_layers=2,
+    num_heads=4,
+    head_dim=16,
+    max_position_embeddings=512,
+  ),
+  # the conversion lab's offline MHA model (benchmarks/pareto): 8 heads, so KV budgets go
+  # down to 1/8, and enough width and depth for the heads to specialise
+  "llama-tiny-8head": dict(
+    vocab_size=512,
+    hidden_size=128,
+    intermediate_size=320,
+    num_layers=4,
+    num_heads=8,
+    head_dim=16,
+    max_position_embeddings=512,
+  ),
+  # real shapes, as MHA checkpoints to uptrain (the planner, configs/scale.py). Llama-2-70B
+  # itself ships with 8 KV heads: its GQA-8 rows are the released model's shape.
+  "llama-2-7b": dict(
+    vocab_size=32000,
+    hidden_size=4096,
+    intermediate_size=11008,
+    num_layers=32,
+    num_heads=32,
+    head_dim=128,
+    rms_norm_eps=1e-5,
+    max_position_embeddings=4096,
+  ),
+  "llama-2-13b": dict(
+    vocab_size=32000,
+    hidden_size=5120,
+    intermediate_size=13824,
+    num_layers=40,
+    num_heads=40,
+    head_dim=128,
+    rms_norm_eps=1e-5,
+    max_position_embeddings=4096,
+  ),
+  "llama-2-70b": dict(
+    vocab_size=32000,
+    hidden_size=8192,
+    intermediate_size=28672,
+    num_layers=80,
+    num_heads=64,
+    head_dim=128,
+    rms_norm_eps=1e-5,
+    max_position_embeddings=4096,
+  ),
 }

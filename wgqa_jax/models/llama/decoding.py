@@ -9,8 +9,10 @@ feeds the last prompt token first. As HF's processors read input_ids, the repeti
 n-gram blocking and min_length see the padded prompt.
 
 Without a mask, the inputs are the pipeline's right-padded rows `input EOS`, whose prompts are
-`[BOS] input EOS` (wgqa_jax.models.llama.causal_view): the answer the model was trained to continue with.
+`[BOS] input EOS` (wgqa_jax.models.llama.causal_view): the answer the model was trained to
+continue with.
 """
+
 from __future__ import annotations
 
 import jax
@@ -18,8 +20,8 @@ import jax.numpy as jnp
 
 from wgqa_jax.models.family import Decoder
 from wgqa_jax.models.llama import causal_view
-from wgqa_jax.models.llama.model import Llama
 from wgqa_jax.models.llama.config import LlamaConfig
+from wgqa_jax.models.llama.model import Llama
 
 
 def begin(params, cfg: LlamaConfig, inputs, attention_mask, copies: int, max_new_tokens: int):
@@ -33,15 +35,23 @@ def begin(params, cfg: LlamaConfig, inputs, attention_mask, copies: int, max_new
   cache = m.apply({"params": params}, b, s + max_new_tokens, method=Llama.init_cache)
   key_mask = jnp.concatenate([attention_mask, jnp.ones((b, max_new_tokens), jnp.int32)], axis=1)
   if s > 1:
-    _, cache = m.apply({"params": params}, inputs[:, :-1], positions[:, :-1], cache, 0, key_mask,
-                       method=Llama.extend)
+    _, cache = m.apply(
+      {"params": params}, inputs[:, :-1], positions[:, :-1], cache, 0, key_mask, method=Llama.extend
+    )
   rows = lambda x: jnp.repeat(x, copies, axis=0)  # copies adjacent
   cache, key_mask, ids = jax.tree.map(rows, (cache, key_mask, inputs.astype(jnp.int32)))
   last_position = rows(positions[:, -1])
 
   def step(tokens, i, cache):
-    return m.apply({"params": params}, tokens[:, None], (last_position + i)[:, None], cache,
-                   s - 1 + i, key_mask, method=Llama.extend)
+    return m.apply(
+      {"params": params},
+      tokens[:, None],
+      (last_position + i)[:, None],
+      cache,
+      s - 1 + i,
+      key_mask,
+      method=Llama.extend,
+    )
 
   def reorder(cache, rows):
     return [{"k": c["k"][rows], "v": c["v"][rows]} for c in cache]

@@ -1,8 +1,9 @@
 """The Llama-architecture Hugging Face key table: our param paths <-> `LlamaForCausalLM` /
 `MistralForCausalLM` state-dict keys (wgqa_jax.store.hf reads and writes by it, both ways)."""
+
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 from wgqa_jax.models.family import HFRow as Row
 from wgqa_jax.models.llama.config import LlamaConfig
@@ -13,8 +14,9 @@ def table(cfg: LlamaConfig) -> Iterator[Row]:
   for i in range(cfg.num_layers):
     ours, pre = (f"layers_{i}",), f"model.layers.{i}"
     yield Row(ours + ("input_norm", "scale"), f"{pre}.input_layernorm.weight", "same")
-    yield Row(ours + ("post_attention_norm", "scale"), f"{pre}.post_attention_layernorm.weight",
-              "same")
+    yield Row(
+      ours + ("post_attention_norm", "scale"), f"{pre}.post_attention_layernorm.weight", "same"
+    )
     for w in "qkv":
       yield Row(ours + ("attention", w), f"{pre}.self_attn.{w}_proj.weight", "heads_in")
     yield Row(ours + ("attention", "o"), f"{pre}.self_attn.o_proj.weight", "heads_out")

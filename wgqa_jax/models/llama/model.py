@@ -2,8 +2,8 @@
 heads, sharing wgqa_jax.models.attention with T5.
 
 Numerically equal to HF PyTorch `LlamaForCausalLM` / `MistralForCausalLM` on converted weights
-(tests/models/test_llama.py). RMSNorm in float32, RoPE (rotate-half, rope_theta) on q and k, SwiGLU MLP,
-optional tied embeddings, logical axis names on every param.
+(tests/models/test_llama.py). RMSNorm in float32, RoPE (rotate-half, rope_theta) on q and k, SwiGLU
+MLP, optional tied embeddings, logical axis names on every param.
 
 Param tree (what hf.llama_table maps to HF names and variants.py converts):
   embed/embedding                      (vocab, hidden)
@@ -12,6 +12,7 @@ Param tree (what hf.llama_table maps to HF names and variants.py converts):
   mlp: gate, up (d, ff); down (ff, d)
   final_norm/scale; lm_head (d, vocab) unless tied
 """
+
 from __future__ import annotations
 
 import functools
@@ -20,19 +21,23 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from wgqa_jax.core.sharding import constrain
+from wgqa_jax.models import layers
 from wgqa_jax.models.attention import NEG_INF, Attention
 from wgqa_jax.models.llama.config import LlamaConfig
-from wgqa_jax.models import layers
 from wgqa_jax.models.ops import dense
-from wgqa_jax.core.sharding import constrain
 
 _INIT = nn.initializers.normal(0.02)  # HF's initializer_range
 
 
 def _dense(cfg: LlamaConfig, x, kernel):
   dtype = jnp.dtype(cfg.dtype)
-  return dense(x.astype(dtype), kernel.astype(dtype), 1,
-               transpose_weight_grad_on_cpu=cfg.transpose_weight_grad_on_cpu)
+  return dense(
+    x.astype(dtype),
+    kernel.astype(dtype),
+    1,
+    transpose_weight_grad_on_cpu=cfg.transpose_weight_grad_on_cpu,
+  )
 
 
 def RMSNorm(cfg, name: str | None = None) -> layers.RMSNorm:  # noqa: N802 (a module)
@@ -41,6 +46,7 @@ def RMSNorm(cfg, name: str | None = None) -> layers.RMSNorm:  # noqa: N802 (a mo
 
 class MLP(nn.Module):
   """SwiGLU: down(silu(gate(x)) * up(x))."""
+
   config: LlamaConfig
 
   @nn.compact
@@ -59,11 +65,19 @@ class MLP(nn.Module):
 def attention(cfg: LlamaConfig, path: tuple[str, ...], name: str | None = None) -> Attention:
   """The one place Llama builds an attention module (at param path `path`, with its grouping):
   1/sqrt(head_dim) and RoPE."""
-  return Attention(num_heads=cfg.num_heads, head_dim=cfg.head_dim, width=cfg.width,
-                   grouping=cfg.grouping_at(path), dropout_rate=0.0, dtype=cfg.dtype,
-                   param_dtype=cfg.param_dtype,
-                   transpose_weight_grad_on_cpu=cfg.transpose_weight_grad_on_cpu,
-                   query_scale=cfg.head_dim ** -0.5, rope_theta=cfg.rope_theta, name=name)
+  return Attention(
+    num_heads=cfg.num_heads,
+    head_dim=cfg.head_dim,
+    width=cfg.width,
+    grouping=cfg.grouping_at(path),
+    dropout_rate=0.0,
+    dtype=cfg.dtype,
+    param_dtype=cfg.param_dtype,
+    transpose_weight_grad_on_cpu=cfg.transpose_weight_grad_on_cpu,
+    query_scale=cfg.head_dim**-0.5,
+    rope_theta=cfg.rope_theta,
+    name=name,
+  )
 
 
 class DecoderLayer(nn.Module):
@@ -105,23 +119,35 @@ class Llama(nn.Module):
 
   def setup(self):
     cfg = self.config
-    self.embed = nn.Embed(cfg.vocab_size, cfg.hidden_size,
-                          embedding_init=nn.with_logical_partitioning(_INIT, ("vocab", "embed")),
-                          dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
+    self.embed = nn.Embed(
+      cfg.vocab_size,
+      cfg.hidden_size,
+      embedding_init=nn.with_logical_partitioning(_INIT, ("vocab", "embed")),
+      dtype=jnp.dtype(cfg.dtype),
+      param_dtype=jnp.dtype(cfg.param_dtype),
+    )
     if cfg.scan_layers:  # training: one scanned layer (params stacked by layers.module_params)
-      self.layers = layers.scan(layers.remat(DecoderLayer, cfg.remat, scanned=True),
-                                cfg.num_layers, broadcast_args=2)(cfg)
+      self.layers = layers.scan(
+        layers.remat(DecoderLayer, cfg.remat, scanned=True), cfg.num_layers, broadcast_args=2
+      )(cfg)
     else:
       self.layers = [layers.remat(DecoderLayer, cfg.remat)(cfg) for _ in range(cfg.num_layers)]
     self.final_norm = RMSNorm(cfg)
     if not cfg.tie_word_embeddings:
-      self.lm_head = self.param("lm_head", nn.with_logical_partitioning(_INIT, ("embed", "vocab")),
-                                (cfg.hidden_size, cfg.vocab_size), jnp.dtype(cfg.param_dtype))
+      self.lm_head = self.param(
+        "lm_head",
+        nn.with_logical_partitioning(_INIT, ("embed", "vocab")),
+        (cfg.hidden_size, cfg.vocab_size),
+        jnp.dtype(cfg.param_dtype),
+      )
 
   def logits(self, x):
     x = self.final_norm(x)
-    out = self.embed.attend(x) if self.config.tie_word_embeddings else _dense(self.config, x,
-                                                                              self.lm_head)
+    out = (
+      self.embed.attend(x)
+      if self.config.tie_word_embeddings
+      else _dense(self.config, x, self.lm_head)
+    )
     return constrain(out, ("batch", "length", "vocab")).astype(jnp.float32)
 
   def __call__(self, input_ids, attention_mask=None, positions=None, segment_ids=None):
@@ -143,8 +169,10 @@ class Llama(nn.Module):
   def init_cache(self, batch: int, max_len: int):
     """Per layer an empty K/V cache of its G heads: {"k", "v"} (batch, max_len, G, head_dim)."""
     cfg = self.config
-    zeros = lambda i: jnp.zeros((batch, max_len, cfg.kv_heads_at((f"layers_{i}", "attention")),
-                                 cfg.head_dim), jnp.dtype(cfg.dtype))
+    zeros = lambda i: jnp.zeros(
+      (batch, max_len, cfg.kv_heads_at((f"layers_{i}", "attention")), cfg.head_dim),
+      jnp.dtype(cfg.dtype),
+    )
     return [{"k": zeros(i), "v": zeros(i)} for i in range(cfg.num_layers)]
 
   def extend(self, input_ids, positions, cache, index, key_mask):

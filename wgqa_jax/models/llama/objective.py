@@ -4,6 +4,7 @@ token ("all": language modelling on the text) or on the target tokens only ("ans
 instruction-style tuning); eval loss is always the answer's, the quantity T5 reports. Rows of
 documents (data.objective=causal_lm: {tokens, segment_ids, positions}, wgqa_jax.data.text_rows)
 already are sequences; the loss is on every token."""
+
 from __future__ import annotations
 
 import jax.numpy as jnp
@@ -14,16 +15,29 @@ from wgqa_jax.models.llama.config import LlamaConfig
 from wgqa_jax.models.llama.model import Llama
 
 
-def forward(params, batch, cfg: LlamaConfig, rng=None, train: bool = False,
-            loss_on: str | None = None, mutable=False):
+def forward(
+  params,
+  batch,
+  cfg: LlamaConfig,
+  rng=None,
+  train: bool = False,
+  loss_on: str | None = None,
+  mutable=False,
+):
   """(logits, labels, label weights) of a decoder-only batch, aligned so that position t
   predicts label t; with `mutable` also the variables the modules sowed. Llama trains without
   dropout: rng and train change nothing."""
   # rows of documents are sequences already; rows of pairs are compacted into sequences
   s = batch if "tokens" in batch else causal_view.sequences(batch, cfg.eos_token_id)
   seg = s["segment_ids"]
-  out = Llama(cfg).apply({"params": layers.module_params(params, cfg)}, s["tokens"],
-                         (seg > 0).astype(jnp.int32), s["positions"], seg, mutable=mutable)
+  out = Llama(cfg).apply(
+    {"params": layers.module_params(params, cfg)},
+    s["tokens"],
+    (seg > 0).astype(jnp.int32),
+    s["positions"],
+    seg,
+    mutable=mutable,
+  )
   logits = out[0] if mutable else out
   # token t predicts token t + 1 of the same example
   weights = (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] > 0)

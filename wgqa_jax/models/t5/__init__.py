@@ -7,6 +7,7 @@ untied).
   decoding.py   the adapter to the search loops (encoder once, cross K/V cached once per input)
   objective.py  the training loss inputs (targets given inputs)
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,8 +18,17 @@ from wgqa_jax.models.t5 import decoding, hf_table, model, objective
 from wgqa_jax.models.t5.config import PRESETS, T5Config, preset
 from wgqa_jax.models.t5.model import T5, init_params, param_axes, param_shapes, shift_right
 
-__all__ = ["FAMILY", "PRESETS", "T5", "T5Config", "init_params", "param_axes", "param_shapes",
-           "preset", "shift_right"]
+__all__ = [
+  "FAMILY",
+  "PRESETS",
+  "T5",
+  "T5Config",
+  "init_params",
+  "param_axes",
+  "param_shapes",
+  "preset",
+  "shift_right",
+]
 
 
 class T5Family(Family):
@@ -49,10 +59,13 @@ class T5Family(Family):
     cfg = T5Config.from_hf(hf)
     head = weights.get("lm_head.weight") if weights is not None else None
     shared = weights.get("shared.weight") if weights is not None else None
-    if (cfg.tie_word_embeddings and head is not None and shared is not None
-        and not np.array_equal(np.asarray(head), np.asarray(shared))):
-      cfg = cfg.replace(tie_word_embeddings=False,
-                        scale_decoder_outputs=cfg.scales_decoder_outputs)
+    if (
+      cfg.tie_word_embeddings
+      and head is not None
+      and shared is not None
+      and not np.array_equal(np.asarray(head), np.asarray(shared))
+    ):
+      cfg = cfg.replace(tie_word_embeddings=False, scale_decoder_outputs=cfg.scales_decoder_outputs)
     return cfg
 
   def hf_holds(self, cfg):

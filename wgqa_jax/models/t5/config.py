@@ -3,14 +3,15 @@
 The same object describes an MHA checkpoint, its GQA/MQA conversion and a WGQA model under
 uptraining: only `grouping` differs (wgqa_jax.grouping.variants.Grouping).
 """
+
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
 
-from wgqa_jax.models.config_file import DTYPES, REMATS, ConfigFile
-from wgqa_jax.grouping.variants import MHA, Grouping
 from wgqa_jax.core.errors import UserError
+from wgqa_jax.grouping.variants import MHA, Grouping
+from wgqa_jax.models.config_file import DTYPES, REMATS, ConfigFile
 
 ACTIVATIONS = ("relu", "gelu", "gelu_new", "silu")
 
@@ -48,7 +49,7 @@ class T5Config(ConfigFile):
   # measure what it buys (benchmarks/run.py).
   transpose_weight_grad_on_cpu: bool = True
   # ---- memory and compile time (training only; params keep the per-layer layout) ----
-  remat: str = "none"        # none | full | dots (wgqa_jax.models.layers.REMAT_POLICIES)
+  remat: str = "none"  # none | full | dots (wgqa_jax.models.layers.REMAT_POLICIES)
   scan_layers: bool = False  # each stack one scanned layer: compile time flat in depth
 
   family = "t5"
@@ -58,15 +59,23 @@ class T5Config(ConfigFile):
     def bad(msg):
       raise UserError(f"T5Config: {msg}")
 
-    for name in ("vocab_size", "d_model", "d_kv", "d_ff", "num_heads", "num_encoder_layers",
-                 "num_decoder_layers", "relative_attention_num_buckets",
-                 "relative_attention_max_distance"):
+    for name in (
+      "vocab_size",
+      "d_model",
+      "d_kv",
+      "d_ff",
+      "num_heads",
+      "num_encoder_layers",
+      "num_decoder_layers",
+      "relative_attention_num_buckets",
+      "relative_attention_max_distance",
+    ):
       value = getattr(self, name)
       if not isinstance(value, int) or value <= 0:
         bad(f"{name} must be a positive int, got {value!r}")
     if not 0.0 <= self.dropout_rate < 1.0:
       bad(f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
-    self.ffn_activation  # validates feed_forward_proj
+    _ = self.ffn_activation  # validates feed_forward_proj
     if isinstance(self.grouping, dict):  # from JSON
       object.__setattr__(self, "grouping", Grouping.from_dict(self.grouping))
     self.grouping.validate(self.num_heads)
@@ -76,8 +85,10 @@ class T5Config(ConfigFile):
     if self.remat not in REMATS:
       bad(f"remat must be one of {REMATS}, got {self.remat!r}")
     if self.scan_layers and self.grouping.per_module:
-      bad("per-module KV heads give the layers different shapes: they cannot be scanned "
-          "(scan_layers=False)")
+      bad(
+        "per-module KV heads give the layers different shapes: they cannot be scanned "
+        "(scan_layers=False)"
+      )
 
   # ---- derived ----
   @property
@@ -93,14 +104,16 @@ class T5Config(ConfigFile):
   def ffn_activation(self) -> str:
     parts = self.feed_forward_proj.split("-")
     if len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated"):
-      raise UserError(f"T5Config: feed_forward_proj must be 'ACT' or 'gated-ACT', "
-                       f"got {self.feed_forward_proj!r}")
+      raise UserError(
+        f"T5Config: feed_forward_proj must be 'ACT' or 'gated-ACT', got {self.feed_forward_proj!r}"
+      )
     act = parts[-1]
     if self.feed_forward_proj == "gated-gelu":  # HF: v1.1 checkpoints use the tanh approximation
       act = "gelu_new"
     if act not in ACTIVATIONS:
-      raise UserError(f"T5Config: unsupported activation {act!r} in feed_forward_proj; "
-                       f"supported: {ACTIVATIONS}")
+      raise UserError(
+        f"T5Config: unsupported activation {act!r} in feed_forward_proj; supported: {ACTIVATIONS}"
+      )
     return act
 
   @property
@@ -161,7 +174,7 @@ class T5Config(ConfigFile):
     return _upgrade_flat_grouping(d)
 
   @classmethod
-  def from_hf(cls, hf: dict[str, Any], **overrides) -> "T5Config":
+  def from_hf(cls, hf: dict[str, Any], **overrides) -> T5Config:
     """From a Hugging Face T5 config.json dict (any transformers version)."""
     if hf.get("model_type", "t5") not in ("t5", "mt5"):
       raise UserError(f"not a T5 config: model_type={hf.get('model_type')!r}")
@@ -170,23 +183,23 @@ class T5Config(ConfigFile):
     # separately; older configs use tie_word_embeddings=False to mean "v1.1: untied, no scaling".
     scale = hf.get("scale_decoder_outputs", tie)
     kwargs = dict(
-        vocab_size=hf["vocab_size"],
-        d_model=hf["d_model"],
-        d_kv=hf["d_kv"],
-        d_ff=hf["d_ff"],
-        num_heads=hf["num_heads"],
-        num_encoder_layers=hf["num_layers"],
-        num_decoder_layers=hf.get("num_decoder_layers") or hf["num_layers"],
-        relative_attention_num_buckets=hf.get("relative_attention_num_buckets", 32),
-        relative_attention_max_distance=hf.get("relative_attention_max_distance", 128),
-        dropout_rate=hf.get("dropout_rate", 0.1),
-        layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-6),
-        feed_forward_proj=hf.get("feed_forward_proj", "relu"),
-        tie_word_embeddings=bool(tie),
-        scale_decoder_outputs=bool(scale),
-        pad_token_id=hf.get("pad_token_id", 0) or 0,
-        eos_token_id=_first(hf.get("eos_token_id", 1)),
-        decoder_start_token_id=hf.get("decoder_start_token_id", 0) or 0,
+      vocab_size=hf["vocab_size"],
+      d_model=hf["d_model"],
+      d_kv=hf["d_kv"],
+      d_ff=hf["d_ff"],
+      num_heads=hf["num_heads"],
+      num_encoder_layers=hf["num_layers"],
+      num_decoder_layers=hf.get("num_decoder_layers") or hf["num_layers"],
+      relative_attention_num_buckets=hf.get("relative_attention_num_buckets", 32),
+      relative_attention_max_distance=hf.get("relative_attention_max_distance", 128),
+      dropout_rate=hf.get("dropout_rate", 0.1),
+      layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-6),
+      feed_forward_proj=hf.get("feed_forward_proj", "relu"),
+      tie_word_embeddings=bool(tie),
+      scale_decoder_outputs=bool(scale),
+      pad_token_id=hf.get("pad_token_id", 0) or 0,
+      eos_token_id=_first(hf.get("eos_token_id", 1)),
+      decoder_start_token_id=hf.get("decoder_start_token_id", 0) or 0,
     )
     kwargs.update(overrides)
     return cls(**kwargs)
@@ -194,34 +207,40 @@ class T5Config(ConfigFile):
   def to_hf(self) -> dict[str, Any]:
     """A config.json that transformers (4.x and 5.x) loads as this model with MHA heads."""
     return {
-        "architectures": ["T5ForConditionalGeneration"],
-        "model_type": "t5",
-        "vocab_size": self.vocab_size,
-        "d_model": self.d_model,
-        "d_kv": self.d_kv,
-        "d_ff": self.d_ff,
-        "num_heads": self.num_heads,
-        "num_layers": self.num_encoder_layers,
-        "num_decoder_layers": self.num_decoder_layers,
-        "relative_attention_num_buckets": self.relative_attention_num_buckets,
-        "relative_attention_max_distance": self.relative_attention_max_distance,
-        "dropout_rate": self.dropout_rate,
-        "layer_norm_epsilon": self.layer_norm_epsilon,
-        "feed_forward_proj": self.feed_forward_proj,
-        "tie_word_embeddings": self.tie_word_embeddings,
-        "scale_decoder_outputs": self.scales_decoder_outputs,
-        "is_encoder_decoder": True,
-        "pad_token_id": self.pad_token_id,
-        "eos_token_id": self.eos_token_id,
-        "decoder_start_token_id": self.decoder_start_token_id,
+      "architectures": ["T5ForConditionalGeneration"],
+      "model_type": "t5",
+      "vocab_size": self.vocab_size,
+      "d_model": self.d_model,
+      "d_kv": self.d_kv,
+      "d_ff": self.d_ff,
+      "num_heads": self.num_heads,
+      "num_layers": self.num_encoder_layers,
+      "num_decoder_layers": self.num_decoder_layers,
+      "relative_attention_num_buckets": self.relative_attention_num_buckets,
+      "relative_attention_max_distance": self.relative_attention_max_distance,
+      "dropout_rate": self.dropout_rate,
+      "layer_norm_epsilon": self.layer_norm_epsilon,
+      "feed_forward_proj": self.feed_forward_proj,
+      "tie_word_embeddings": self.tie_word_embeddings,
+      "scale_decoder_outputs": self.scales_decoder_outputs,
+      "is_encoder_decoder": True,
+      "pad_token_id": self.pad_token_id,
+      "eos_token_id": self.eos_token_id,
+      "decoder_start_token_id": self.decoder_start_token_id,
     }
 
 
 # wgqa_config.json files written before the grouping section existed held these flat keys.
-_FLAT_GROUPING_KEYS = {"num_kv_heads": "kv_heads", "group_encoder": "group_encoder",
-                       "wgqa": "weights", "wgqa_init": "weights_init",
-                       "wgqa_init_value": "weights_init_value", "kv_group_sizes": "group_sizes",
-                       "kv_allocation": "allocation", "attention_noise": "attention_noise"}
+_FLAT_GROUPING_KEYS = {
+  "num_kv_heads": "kv_heads",
+  "group_encoder": "group_encoder",
+  "wgqa": "weights",
+  "wgqa_init": "weights_init",
+  "wgqa_init_value": "weights_init_value",
+  "kv_group_sizes": "group_sizes",
+  "kv_allocation": "allocation",
+  "attention_noise": "attention_noise",
+}
 
 
 def _upgrade_flat_grouping(d: dict[str, Any]) -> dict[str, Any]:
@@ -237,28 +256,74 @@ def _first(x):
 
 # Named architectures. "tiny" is the offline default; the others match the public checkpoints.
 PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(vocab_size=512, d_model=64, d_kv=16, d_ff=128, num_heads=4,
-                 num_encoder_layers=2, num_decoder_layers=2, dropout_rate=0.0),
-    # the conversion lab's offline MHA model (benchmarks/pareto): 8 heads, budgets down to 1/8
-    "tiny-8head": dict(vocab_size=512, d_model=128, d_kv=16, d_ff=256, num_heads=8,
-                       num_encoder_layers=3, num_decoder_layers=3, dropout_rate=0.0),
-    "t5-small": dict(d_model=512, d_kv=64, d_ff=2048, num_heads=8,
-                     num_encoder_layers=6, num_decoder_layers=6),
-    "t5-base": dict(d_model=768, d_kv=64, d_ff=3072, num_heads=12,
-                    num_encoder_layers=12, num_decoder_layers=12),
-    "t5-v1_1-small": dict(d_model=512, d_kv=64, d_ff=1024, num_heads=6, num_encoder_layers=8,
-                          num_decoder_layers=8, feed_forward_proj="gated-gelu",
-                          tie_word_embeddings=False),
-    "t5-v1_1-base": dict(d_model=768, d_kv=64, d_ff=2048, num_heads=12, num_encoder_layers=12,
-                         num_decoder_layers=12, feed_forward_proj="gated-gelu",
-                         tie_word_embeddings=False),
-    # the GQA paper's sizes (the planner, configs/scale.py)
-    "t5-v1_1-xl": dict(d_model=2048, d_kv=64, d_ff=5120, num_heads=32, num_encoder_layers=24,
-                       num_decoder_layers=24, feed_forward_proj="gated-gelu",
-                       tie_word_embeddings=False),
-    "t5-v1_1-xxl": dict(d_model=4096, d_kv=64, d_ff=10240, num_heads=64, num_encoder_layers=24,
-                        num_decoder_layers=24, feed_forward_proj="gated-gelu",
-                        tie_word_embeddings=False),
+  "tiny": dict(
+    vocab_size=512,
+    d_model=64,
+    d_kv=16,
+    d_ff=128,
+    num_heads=4,
+    num_encoder_layers=2,
+    num_decoder_layers=2,
+    dropout_rate=0.0,
+  ),
+  # the conversion lab's offline MHA model (benchmarks/pareto): 8 heads, budgets down to 1/8
+  "tiny-8head": dict(
+    vocab_size=512,
+    d_model=128,
+    d_kv=16,
+    d_ff=256,
+    num_heads=8,
+    num_encoder_layers=3,
+    num_decoder_layers=3,
+    dropout_rate=0.0,
+  ),
+  "t5-small": dict(
+    d_model=512, d_kv=64, d_ff=2048, num_heads=8, num_encoder_layers=6, num_decoder_layers=6
+  ),
+  "t5-base": dict(
+    d_model=768, d_kv=64, d_ff=3072, num_heads=12, num_encoder_layers=12, num_decoder_layers=12
+  ),
+  "t5-v1_1-small": dict(
+    d_model=512,
+    d_kv=64,
+    d_ff=1024,
+    num_heads=6,
+    num_encoder_layers=8,
+    num_decoder_layers=8,
+    feed_forward_proj="gated-gelu",
+    tie_word_embeddings=False,
+  ),
+  "t5-v1_1-base": dict(
+    d_model=768,
+    d_kv=64,
+    d_ff=2048,
+    num_heads=12,
+    num_encoder_layers=12,
+    num_decoder_layers=12,
+    feed_forward_proj="gated-gelu",
+    tie_word_embeddings=False,
+  ),
+  # the GQA paper's sizes (the planner, configs/scale.py)
+  "t5-v1_1-xl": dict(
+    d_model=2048,
+    d_kv=64,
+    d_ff=5120,
+    num_heads=32,
+    num_encoder_layers=24,
+    num_decoder_layers=24,
+    feed_forward_proj="gated-gelu",
+    tie_word_embeddings=False,
+  ),
+  "t5-v1_1-xxl": dict(
+    d_model=4096,
+    d_kv=64,
+    d_ff=10240,
+    num_heads=64,
+    num_encoder_layers=24,
+    num_decoder_layers=24,
+    feed_forward_proj="gated-gelu",
+    tie_word_embeddings=False,
+  ),
 }
 
 

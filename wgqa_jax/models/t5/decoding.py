@@ -4,17 +4,18 @@ heads, once per input whatever the number of beams or samples. The self-attentio
 (rows, max_new_tokens, G, d_kv), updated in place at each step: with GQA the cache is G/H of
 MHA's, which is the point. Decoding starts from the decoder start token.
 """
+
 from __future__ import annotations
 
 import jax.numpy as jnp
 
 from wgqa_jax.models.family import Decoder
-from wgqa_jax.models.t5.model import T5
 from wgqa_jax.models.t5.config import T5Config
+from wgqa_jax.models.t5.model import T5
 
 
 def _encode(params, inputs, attention_mask, cfg: T5Config):
-  mask = ((inputs != cfg.pad_token_id) if attention_mask is None else attention_mask)
+  mask = (inputs != cfg.pad_token_id) if attention_mask is None else attention_mask
   mask = mask.astype(jnp.int32)
   encoded = T5(cfg).apply({"params": params}, inputs, mask, method=T5.encode)
   return encoded, mask
@@ -44,7 +45,9 @@ def cache_bytes(cfg: T5Config, batch: int, src_len: int, max_len: int) -> int:
   """Bytes of the decode cache: self K/V (max_len) + cross K/V (src_len), all decoder layers
   (each module with its own G)."""
   per_head = 2 * cfg.d_kv * jnp.dtype(cfg.dtype).itemsize
-  heads = sum(max_len * cfg.kv_heads_at(("decoder", f"layers_{i}", "self_attention"))
-              + src_len * cfg.kv_heads_at(("decoder", f"layers_{i}", "cross_attention"))
-              for i in range(cfg.num_decoder_layers))
+  heads = sum(
+    max_len * cfg.kv_heads_at(("decoder", f"layers_{i}", "self_attention"))
+    + src_len * cfg.kv_heads_at(("decoder", f"layers_{i}", "cross_attention"))
+    for i in range(cfg.num_decoder_layers)
+  )
   return int(batch * heads * per_head)

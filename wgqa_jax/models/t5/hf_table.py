@@ -1,26 +1,34 @@
 """T5's Hugging Face key table: our param paths <-> `T5ForConditionalGeneration` state-dict
 keys (wgqa_jax.store.hf reads and writes by it, in both directions)."""
+
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 from wgqa_jax.models.family import HFRow as Row
 from wgqa_jax.models.t5.config import T5Config
 
 _T5_ATTENTION = {  # our module -> (HF sub-layer index, HF module name, our norm name)
-    ("encoder", "attention"): (0, "SelfAttention", "attention_norm"),
-    ("decoder", "self_attention"): (0, "SelfAttention", "self_attention_norm"),
-    ("decoder", "cross_attention"): (1, "EncDecAttention", "cross_attention_norm"),
+  ("encoder", "attention"): (0, "SelfAttention", "attention_norm"),
+  ("decoder", "self_attention"): (0, "SelfAttention", "self_attention_norm"),
+  ("decoder", "cross_attention"): (1, "EncDecAttention", "cross_attention_norm"),
 }
 _T5_MLP_INDEX = {"encoder": 1, "decoder": 2}
 
 
 def table(cfg: T5Config) -> Iterator[Row]:
-  yield Row(("shared", "embedding"), "shared.weight", "same",
-            ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight"))
+  yield Row(
+    ("shared", "embedding"),
+    "shared.weight",
+    "same",
+    ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight"),
+  )
   for stack, n in (("encoder", cfg.num_encoder_layers), ("decoder", cfg.num_decoder_layers)):
-    yield Row((stack, "relpos_bias", "rel_embedding"),
-              f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight", "same")
+    yield Row(
+      (stack, "relpos_bias", "rel_embedding"),
+      f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+      "same",
+    )
     for i in range(n):
       ours = (stack, f"layers_{i}")
       for (st, module), (j, hf_name, norm) in _T5_ATTENTION.items():

@@ -16,6 +16,7 @@ Param tree (what hf.py maps to HF names and variants.py converts):
   attention: q (d, H, dk), k/v (d, G, dk) [WGQA: (d, H, dk) + wk/wv], o (H, dk, d)
   mlp: wi (d, ff) | wi_0, wi_1 (d, ff); wo (ff, d)
 """
+
 from __future__ import annotations
 
 import functools
@@ -25,11 +26,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from wgqa_jax.models.attention import NEG_INF, Attention
-from wgqa_jax.models.t5.config import T5Config
-from wgqa_jax.models import layers
-from wgqa_jax.models.ops import dense
 from wgqa_jax.core.sharding import constrain
+from wgqa_jax.models import layers
+from wgqa_jax.models.attention import NEG_INF, Attention
+from wgqa_jax.models.ops import dense
+from wgqa_jax.models.t5.config import T5Config
 
 
 def _normal(stddev):
@@ -38,21 +39,33 @@ def _normal(stddev):
 
 def _dense(cfg: T5Config, x, kernel, n_in: int = 1):
   dtype = jnp.dtype(cfg.dtype)
-  return dense(x.astype(dtype), kernel.astype(dtype), n_in,
-               transpose_weight_grad_on_cpu=cfg.transpose_weight_grad_on_cpu)
+  return dense(
+    x.astype(dtype),
+    kernel.astype(dtype),
+    n_in,
+    transpose_weight_grad_on_cpu=cfg.transpose_weight_grad_on_cpu,
+  )
 
 
 def attention(cfg: T5Config, path: tuple[str, ...], name: str | None = None) -> Attention:
   """The attention module at param path `path`, with its grouping (the one place T5 decides
   it; a scanned stack's one layer is "layers", which per-module KV heads refuse)."""
-  return Attention(num_heads=cfg.num_heads, head_dim=cfg.d_kv, width=cfg.width,
-                   grouping=cfg.grouping_at(path), dropout_rate=cfg.dropout_rate,
-                   dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-                   transpose_weight_grad_on_cpu=cfg.transpose_weight_grad_on_cpu, name=name)
+  return Attention(
+    num_heads=cfg.num_heads,
+    head_dim=cfg.d_kv,
+    width=cfg.width,
+    grouping=cfg.grouping_at(path),
+    dropout_rate=cfg.dropout_rate,
+    dtype=cfg.dtype,
+    param_dtype=cfg.param_dtype,
+    transpose_weight_grad_on_cpu=cfg.transpose_weight_grad_on_cpu,
+    name=name,
+  )
 
 
-def relative_position_bucket(relative_position, bidirectional: bool, num_buckets: int,
-                             max_distance: int):
+def relative_position_bucket(
+  relative_position, bidirectional: bool, num_buckets: int, max_distance: int
+):
   """Bucket (memory_position - query_position) exactly as Mesh TF / HF T5 do."""
   rel = jnp.asarray(relative_position, jnp.int32)
   buckets = jnp.zeros_like(rel)
@@ -66,14 +79,16 @@ def relative_position_bucket(relative_position, bidirectional: bool, num_buckets
   is_small = rel < max_exact
   # log of a clipped value: positions < max_exact take the other branch anyway.
   rel_f = jnp.maximum(rel, 1).astype(jnp.float32)
-  large = max_exact + (jnp.log(rel_f / max_exact) / math.log(max_distance / max_exact)
-                       * (num_buckets - max_exact)).astype(jnp.int32)
+  large = max_exact + (
+    jnp.log(rel_f / max_exact) / math.log(max_distance / max_exact) * (num_buckets - max_exact)
+  ).astype(jnp.int32)
   large = jnp.minimum(large, num_buckets - 1)
   return buckets + jnp.where(is_small, rel, large)
 
 
 class RelativePositionBias(nn.Module):
   """One table (num_buckets, H) per stack; returns an additive bias (1, H, q_len, k_len)."""
+
   config: T5Config
   bidirectional: bool
 
@@ -81,13 +96,18 @@ class RelativePositionBias(nn.Module):
   def __call__(self, query_positions, key_positions):
     cfg = self.config
     table = self.param(
-        "rel_embedding",
-        nn.with_logical_partitioning(_normal(cfg.d_model ** -0.5), ("relpos_buckets", "heads")),
-        (cfg.relative_attention_num_buckets, cfg.num_heads), jnp.dtype(cfg.param_dtype))
+      "rel_embedding",
+      nn.with_logical_partitioning(_normal(cfg.d_model**-0.5), ("relpos_buckets", "heads")),
+      (cfg.relative_attention_num_buckets, cfg.num_heads),
+      jnp.dtype(cfg.param_dtype),
+    )
     rel = key_positions[None, :] - query_positions[:, None]  # (q, k)
-    buckets = relative_position_bucket(rel, self.bidirectional,
-                                       cfg.relative_attention_num_buckets,
-                                       cfg.relative_attention_max_distance)
+    buckets = relative_position_bucket(
+      rel,
+      self.bidirectional,
+      cfg.relative_attention_num_buckets,
+      cfg.relative_attention_max_distance,
+    )
     bias = jnp.take(jnp.asarray(table, jnp.float32), buckets, axis=0)  # (q, k, H)
     return jnp.transpose(bias, (2, 0, 1))[None]
 
@@ -97,10 +117,10 @@ def RMSNorm(cfg, name: str | None = None) -> layers.RMSNorm:  # noqa: N802 (a mo
 
 
 _ACT = {
-    "relu": jax.nn.relu,
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-    "silu": jax.nn.silu,
+  "relu": jax.nn.relu,
+  "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+  "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+  "silu": jax.nn.silu,
 }
 
 
@@ -113,8 +133,9 @@ class MLP(nn.Module):
     dtype, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     part = nn.with_logical_partitioning
     act = _ACT[cfg.ffn_activation]
-    win = lambda name: self.param(name, part(_normal(cfg.d_model ** -0.5), ("embed", "mlp")),
-                                  (cfg.d_model, cfg.d_ff), pdt).astype(dtype)
+    win = lambda name: self.param(
+      name, part(_normal(cfg.d_model**-0.5), ("embed", "mlp")), (cfg.d_model, cfg.d_ff), pdt
+    ).astype(dtype)
     x = x.astype(dtype)
     if cfg.is_gated:
       h = act(_dense(cfg, x, win("wi_0"))) * _dense(cfg, x, win("wi_1"))
@@ -122,8 +143,9 @@ class MLP(nn.Module):
       h = act(_dense(cfg, x, win("wi")))
     h = constrain(h, ("batch", "length", "mlp"))
     h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
-    wo = self.param("wo", part(_normal(cfg.d_ff ** -0.5), ("mlp", "embed")),
-                    (cfg.d_ff, cfg.d_model), pdt)
+    wo = self.param(
+      "wo", part(_normal(cfg.d_ff**-0.5), ("mlp", "embed")), (cfg.d_ff, cfg.d_model), pdt
+    )
     return _dense(cfg, h, wo)
 
 
@@ -138,8 +160,9 @@ class EncoderLayer(nn.Module):
   def __call__(self, x, bias, deterministic: bool):
     cfg = self.config
     h = RMSNorm(cfg, name="attention_norm")(x)
-    h = attention(cfg, ("encoder", self.name, "attention"), name="attention")(h, h, bias,
-                                                                             deterministic)
+    h = attention(cfg, ("encoder", self.name, "attention"), name="attention")(
+      h, h, bias, deterministic
+    )
     x = _residual(cfg, x, h, deterministic)
     h = MLP(cfg, name="mlp")(RMSNorm(cfg, name="mlp_norm")(x), deterministic)
     return constrain(_residual(cfg, x, h, deterministic), ("batch", "length", "embed")), None
@@ -187,10 +210,12 @@ class DecoderLayer(nn.Module):
     cross K/V; writes position `index` of the self cache and returns (y, cache)."""
     h = self.self_attention_norm(y)
     k, v = self.self_attention.project_kv(h)
-    self_k = jax.lax.dynamic_update_slice_in_dim(cache["self_k"], k.astype(cache["self_k"].dtype),
-                                                 index, axis=1)
-    self_v = jax.lax.dynamic_update_slice_in_dim(cache["self_v"], v.astype(cache["self_v"].dtype),
-                                                 index, axis=1)
+    self_k = jax.lax.dynamic_update_slice_in_dim(
+      cache["self_k"], k.astype(cache["self_k"].dtype), index, axis=1
+    )
+    self_v = jax.lax.dynamic_update_slice_in_dim(
+      cache["self_v"], v.astype(cache["self_v"].dtype), index, axis=1
+    )
     h = self.self_attention.attend(h, self_k, self_v, self_bias, True)
     y = self._residual(y, h, True)
     y = self._cross_and_mlp(y, cache["cross_k"], cache["cross_v"], cross_bias, True)
@@ -232,12 +257,16 @@ class Encoder(nn.Module):
     # Packed rows keep row indices here: within one example their differences are its relative
     # positions, and the segment bias masks every pair across examples.
     bias = RelativePositionBias(cfg, bidirectional=True, name="relpos_bias")(pos, pos)
-    bias = bias + (padding_bias(attention_mask) if segment_ids is None
-                   else segment_bias(segment_ids, segment_ids))
+    bias = bias + (
+      padding_bias(attention_mask)
+      if segment_ids is None
+      else segment_bias(segment_ids, segment_ids)
+    )
     layer = layers.remat(EncoderLayer, cfg.remat, static_argnums=(3,), scanned=cfg.scan_layers)
     if cfg.scan_layers:  # training: one scanned layer (params stacked by layers.module_params)
-      x, _ = layers.scan(layer, cfg.num_encoder_layers, broadcast_args=2)(
-          cfg, name="layers")(x, bias, deterministic)
+      x, _ = layers.scan(layer, cfg.num_encoder_layers, broadcast_args=2)(cfg, name="layers")(
+        x, bias, deterministic
+      )
     else:
       for i in range(cfg.num_encoder_layers):
         x, _ = layer(cfg, name=f"layers_{i}")(x, bias, deterministic)
@@ -254,16 +283,28 @@ class Decoder(nn.Module):
     self.relpos_bias = RelativePositionBias(cfg, bidirectional=False)
     if cfg.scan_layers:  # training: one scanned layer (params stacked by layers.module_params)
       self.layers = layers.scan(
-          layers.remat(DecoderLayer, cfg.remat, static_argnums=(5,), scanned=True),
-          cfg.num_decoder_layers, broadcast_args=4)(cfg)
+        layers.remat(DecoderLayer, cfg.remat, static_argnums=(5,), scanned=True),
+        cfg.num_decoder_layers,
+        broadcast_args=4,
+      )(cfg)
     else:
-      self.layers = [layers.remat(DecoderLayer, cfg.remat, static_argnums=(5,))(cfg)
-                     for _ in range(cfg.num_decoder_layers)]
+      self.layers = [
+        layers.remat(DecoderLayer, cfg.remat, static_argnums=(5,))(cfg)
+        for _ in range(cfg.num_decoder_layers)
+      ]
     self.final_norm = RMSNorm(cfg)
     self.dropout = nn.Dropout(cfg.dropout_rate)
 
-  def __call__(self, decoder_input_ids, encoded, encoder_mask, decoder_mask,
-               deterministic: bool, segment_ids=None, encoder_segment_ids=None):
+  def __call__(
+    self,
+    decoder_input_ids,
+    encoded,
+    encoder_mask,
+    decoder_mask,
+    deterministic: bool,
+    segment_ids=None,
+    encoder_segment_ids=None,
+  ):
     y = self.dropout(self.embed(decoder_input_ids), deterministic=deterministic)
     t = decoder_input_ids.shape[1]
     pos = jnp.arange(t)
@@ -316,18 +357,23 @@ class T5(nn.Module):
   def setup(self):
     cfg = self.config
     self.shared = nn.Embed(
-        cfg.vocab_size, cfg.d_model,
-        embedding_init=nn.with_logical_partitioning(_normal(1.0), ("vocab", "embed")),
-        dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
+      cfg.vocab_size,
+      cfg.d_model,
+      embedding_init=nn.with_logical_partitioning(_normal(1.0), ("vocab", "embed")),
+      dtype=jnp.dtype(cfg.dtype),
+      param_dtype=jnp.dtype(cfg.param_dtype),
+    )
     self.encoder = Encoder(cfg, self.shared)
     self.decoder = Decoder(cfg, self.shared)
     if not cfg.tie_word_embeddings:
       self.lm_head = self.param(
-          "lm_head", nn.with_logical_partitioning(_normal(1.0), ("embed", "vocab")),
-          (cfg.d_model, cfg.vocab_size), jnp.dtype(cfg.param_dtype))
+        "lm_head",
+        nn.with_logical_partitioning(_normal(1.0), ("embed", "vocab")),
+        (cfg.d_model, cfg.vocab_size),
+        jnp.dtype(cfg.param_dtype),
+      )
 
-  def encode(self, input_ids, attention_mask=None, deterministic: bool = True,
-             segment_ids=None):
+  def encode(self, input_ids, attention_mask=None, deterministic: bool = True, segment_ids=None):
     if attention_mask is None:
       attention_mask = jnp.ones_like(input_ids)
     return self.encoder(input_ids, attention_mask, deterministic, segment_ids)
@@ -335,7 +381,7 @@ class T5(nn.Module):
   def logits(self, y):
     cfg = self.config
     if cfg.scales_decoder_outputs:
-      y = y * cfg.d_model ** -0.5
+      y = y * cfg.d_model**-0.5
     if cfg.tie_word_embeddings:
       out = self.shared.attend(y)
     else:
@@ -343,12 +389,27 @@ class T5(nn.Module):
     out = constrain(out, ("batch", "length", "vocab"))
     return out.astype(jnp.float32)
 
-  def decode(self, decoder_input_ids, encoded, encoder_mask=None, decoder_mask=None,
-             deterministic: bool = True, segment_ids=None, encoder_segment_ids=None):
+  def decode(
+    self,
+    decoder_input_ids,
+    encoded,
+    encoder_mask=None,
+    decoder_mask=None,
+    deterministic: bool = True,
+    segment_ids=None,
+    encoder_segment_ids=None,
+  ):
     if encoder_mask is None:
       encoder_mask = jnp.ones(encoded.shape[:2], jnp.int32)
-    y = self.decoder(decoder_input_ids, encoded, encoder_mask, decoder_mask, deterministic,
-                     segment_ids, encoder_segment_ids)
+    y = self.decoder(
+      decoder_input_ids,
+      encoded,
+      encoder_mask,
+      decoder_mask,
+      deterministic,
+      segment_ids,
+      encoder_segment_ids,
+    )
     return self.logits(y)
 
   def init_cache(self, encoded, max_len: int, beams: int = 1):
@@ -360,24 +421,38 @@ class T5(nn.Module):
     y, cache = self.decoder.step(token_ids, index, cache, encoder_mask)
     return self.logits(y)[:, 0], cache
 
-  def __call__(self, input_ids, decoder_input_ids, attention_mask=None,
-               decoder_attention_mask=None, deterministic: bool = True,
-               encoder_segment_ids=None, decoder_segment_ids=None):
+  def __call__(
+    self,
+    input_ids,
+    decoder_input_ids,
+    attention_mask=None,
+    decoder_attention_mask=None,
+    deterministic: bool = True,
+    encoder_segment_ids=None,
+    decoder_segment_ids=None,
+  ):
     """Teacher-forced logits (b, t, vocab), float32. Packed rows (wgqa_jax.data.pipeline) pass both
     segment ids; they replace the attention masks."""
     if attention_mask is None:
       attention_mask = jnp.ones_like(input_ids)
     encoded = self.encode(input_ids, attention_mask, deterministic, encoder_segment_ids)
-    return self.decode(decoder_input_ids, encoded, attention_mask, decoder_attention_mask,
-                       deterministic, decoder_segment_ids, encoder_segment_ids)
+    return self.decode(
+      decoder_input_ids,
+      encoded,
+      attention_mask,
+      decoder_attention_mask,
+      deterministic,
+      decoder_segment_ids,
+      encoder_segment_ids,
+    )
 
 
-def shift_right(labels, decoder_start_token_id: int = 0, pad_token_id: int = 0,
-                segment_ids=None):
+def shift_right(labels, decoder_start_token_id: int = 0, pad_token_id: int = 0, segment_ids=None):
   """Teacher-forcing decoder inputs from labels (HF `_shift_right`; -100 becomes pad). Packed
   rows: each example starts with its own decoder start token (T5X)."""
   shifted = jnp.concatenate(
-      [jnp.full_like(labels[:, :1], decoder_start_token_id), labels[:, :-1]], axis=1)
+    [jnp.full_like(labels[:, :1], decoder_start_token_id), labels[:, :-1]], axis=1
+  )
   if segment_ids is not None:
     previous = jnp.concatenate([jnp.zeros_like(segment_ids[:, :1]), segment_ids[:, :-1]], axis=1)
     shifted = jnp.where(segment_ids == previous, shifted, decoder_start_token_id)
