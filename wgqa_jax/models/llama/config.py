@@ -205,58 +205,24 @@ class LlamaConfig(ConfigFile):
     return out
 
 
+# Named architectures: the rows of a table (ruff format would give each value its own line).
+# fmt: off
+_LLAMA_2 = dict(vocab_size=32000, head_dim=128, rms_norm_eps=1e-5, max_position_embeddings=4096)
 PRESETS: dict[str, dict[str, Any]] = {
   # the offline decoder-only default (configs/llama_tiny.py)
-  "llama-tiny": dict(
-    vocab_size=512,
-    hidden_size=64,
-    intermediate_size=160,
-    num_layers=2,
-    num_heads=4,
-    head_dim=16,
-    max_position_embeddings=512,
-  ),
+  "llama-tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=160, num_layers=2,
+                     num_heads=4, head_dim=16, max_position_embeddings=512),
   # the conversion lab's offline MHA model (benchmarks/pareto): 8 heads, so KV budgets go
   # down to 1/8, and enough width and depth for the heads to specialise
-  "llama-tiny-8head": dict(
-    vocab_size=512,
-    hidden_size=128,
-    intermediate_size=320,
-    num_layers=4,
-    num_heads=8,
-    head_dim=16,
-    max_position_embeddings=512,
-  ),
+  "llama-tiny-8head": dict(vocab_size=512, hidden_size=128, intermediate_size=320, num_layers=4,
+                           num_heads=8, head_dim=16, max_position_embeddings=512),
   # real shapes, as MHA checkpoints to uptrain (the planner, configs/scale.py). Llama-2-70B
   # itself ships with 8 KV heads: its GQA-8 rows are the released model's shape.
-  "llama-2-7b": dict(
-    vocab_size=32000,
-    hidden_size=4096,
-    intermediate_size=11008,
-    num_layers=32,
-    num_heads=32,
-    head_dim=128,
-    rms_norm_eps=1e-5,
-    max_position_embeddings=4096,
-  ),
-  "llama-2-13b": dict(
-    vocab_size=32000,
-    hidden_size=5120,
-    intermediate_size=13824,
-    num_layers=40,
-    num_heads=40,
-    head_dim=128,
-    rms_norm_eps=1e-5,
-    max_position_embeddings=4096,
-  ),
-  "llama-2-70b": dict(
-    vocab_size=32000,
-    hidden_size=8192,
-    intermediate_size=28672,
-    num_layers=80,
-    num_heads=64,
-    head_dim=128,
-    rms_norm_eps=1e-5,
-    max_position_embeddings=4096,
-  ),
+  "llama-2-7b": dict(hidden_size=4096, intermediate_size=11008, num_layers=32, num_heads=32,
+                     **_LLAMA_2),
+  "llama-2-13b": dict(hidden_size=5120, intermediate_size=13824, num_layers=40, num_heads=40,
+                      **_LLAMA_2),
+  "llama-2-70b": dict(hidden_size=8192, intermediate_size=28672, num_layers=80, num_heads=64,
+                      **_LLAMA_2),
 }
+# fmt: on

@@ -255,76 +255,30 @@ def _first(x):
 
 
 # Named architectures. "tiny" is the offline default; the others match the public checkpoints.
+# The rows of a table (ruff format would give each value its own line).
+# fmt: off
+_V1_1 = dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False)
 PRESETS: dict[str, dict[str, Any]] = {
-  "tiny": dict(
-    vocab_size=512,
-    d_model=64,
-    d_kv=16,
-    d_ff=128,
-    num_heads=4,
-    num_encoder_layers=2,
-    num_decoder_layers=2,
-    dropout_rate=0.0,
-  ),
+  "tiny": dict(vocab_size=512, d_model=64, d_kv=16, d_ff=128, num_heads=4,
+               num_encoder_layers=2, num_decoder_layers=2, dropout_rate=0.0),
   # the conversion lab's offline MHA model (benchmarks/pareto): 8 heads, budgets down to 1/8
-  "tiny-8head": dict(
-    vocab_size=512,
-    d_model=128,
-    d_kv=16,
-    d_ff=256,
-    num_heads=8,
-    num_encoder_layers=3,
-    num_decoder_layers=3,
-    dropout_rate=0.0,
-  ),
-  "t5-small": dict(
-    d_model=512, d_kv=64, d_ff=2048, num_heads=8, num_encoder_layers=6, num_decoder_layers=6
-  ),
-  "t5-base": dict(
-    d_model=768, d_kv=64, d_ff=3072, num_heads=12, num_encoder_layers=12, num_decoder_layers=12
-  ),
-  "t5-v1_1-small": dict(
-    d_model=512,
-    d_kv=64,
-    d_ff=1024,
-    num_heads=6,
-    num_encoder_layers=8,
-    num_decoder_layers=8,
-    feed_forward_proj="gated-gelu",
-    tie_word_embeddings=False,
-  ),
-  "t5-v1_1-base": dict(
-    d_model=768,
-    d_kv=64,
-    d_ff=2048,
-    num_heads=12,
-    num_encoder_layers=12,
-    num_decoder_layers=12,
-    feed_forward_proj="gated-gelu",
-    tie_word_embeddings=False,
-  ),
+  "tiny-8head": dict(vocab_size=512, d_model=128, d_kv=16, d_ff=256, num_heads=8,
+                     num_encoder_layers=3, num_decoder_layers=3, dropout_rate=0.0),
+  "t5-small": dict(d_model=512, d_kv=64, d_ff=2048, num_heads=8,
+                   num_encoder_layers=6, num_decoder_layers=6),
+  "t5-base": dict(d_model=768, d_kv=64, d_ff=3072, num_heads=12,
+                  num_encoder_layers=12, num_decoder_layers=12),
+  "t5-v1_1-small": dict(d_model=512, d_kv=64, d_ff=1024, num_heads=6,
+                        num_encoder_layers=8, num_decoder_layers=8, **_V1_1),
+  "t5-v1_1-base": dict(d_model=768, d_kv=64, d_ff=2048, num_heads=12,
+                       num_encoder_layers=12, num_decoder_layers=12, **_V1_1),
   # the GQA paper's sizes (the planner, configs/scale.py)
-  "t5-v1_1-xl": dict(
-    d_model=2048,
-    d_kv=64,
-    d_ff=5120,
-    num_heads=32,
-    num_encoder_layers=24,
-    num_decoder_layers=24,
-    feed_forward_proj="gated-gelu",
-    tie_word_embeddings=False,
-  ),
-  "t5-v1_1-xxl": dict(
-    d_model=4096,
-    d_kv=64,
-    d_ff=10240,
-    num_heads=64,
-    num_encoder_layers=24,
-    num_decoder_layers=24,
-    feed_forward_proj="gated-gelu",
-    tie_word_embeddings=False,
-  ),
+  "t5-v1_1-xl": dict(d_model=2048, d_kv=64, d_ff=5120, num_heads=32,
+                     num_encoder_layers=24, num_decoder_layers=24, **_V1_1),
+  "t5-v1_1-xxl": dict(d_model=4096, d_kv=64, d_ff=10240, num_heads=64,
+                      num_encoder_layers=24, num_decoder_layers=24, **_V1_1),
 }
+# fmt: on
 
 
 def preset(name: str, **overrides) -> T5Config:
