@@ -354,7 +354,6 @@ def test_sigterm_during_start_up_exits_75_with_nothing_half_written(tmp_path):
   """A preemption before the first step (here: during imports and start-up) is still a
   preemption: exit 75, one line, no checkpoint, and the rerun completes."""
   import signal
-  import time
 
   args = [
     "--config=configs/tiny.py",
@@ -365,7 +364,17 @@ def test_sigterm_during_start_up_exits_75_with_nothing_half_written(tmp_path):
     "--config.mesh.data=1",
   ]
   proc = start_train(*args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-  time.sleep(1.5)  # importing jax: long before any step
+
+  def catches_sigterm():  # its handler is in (a bit of SigCgt in /proc)
+    with open(f"/proc/{proc.pid}/status") as f:
+      caught = next(line.split()[1] for line in f if line.startswith("SigCgt:"))
+    return bool(int(caught, 16) >> (signal.SIGTERM - 1) & 1)
+
+  # not a fixed sleep (a loaded host starts slowly): as soon as a handler is in, which must be
+  # before JAX is even loaded
+  wait_until(catches_sigterm, 60, poll=0.005)
+  with open(f"/proc/{proc.pid}/maps") as f:
+    assert "jaxlib" not in f.read(), "SIGTERM is first caught after JAX has loaded"
   proc.send_signal(signal.SIGTERM)
   out = proc.communicate(timeout=180)[0]
   assert proc.returncode == errors.EXIT_PREEMPTED, out[-2000:]
