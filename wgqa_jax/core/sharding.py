@@ -207,6 +207,14 @@ def param_shardings(axes_tree, shapes_tree, mesh: Mesh):
   )
 
 
+def abstract(tree, shardings):
+  """ShapeDtypeStructs of `tree`'s arrays (or shapes) placed as `shardings`: what jit lowers and
+  orbax restores onto, nothing allocated."""
+  return jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
+  )
+
+
 def constrain(x, axes):
   """Pin an activation's sharding by its logical axes (the activation rules in force) when a
   mesh is set (jax.set_mesh: training and sharded eval); a no-op otherwise (tests,

@@ -9,14 +9,12 @@ import numpy as np
 from wgqa_jax.core.errors import MissingInput, UserError
 from wgqa_jax.grouping import variants
 from wgqa_jax.store import params_io
-from wgqa_jax.store.resolve import ModelSource
+from wgqa_jax.store.resolve import ModelSource, resolve
 from wgqa_jax.training import calibration
 
 
 def load(name: str, kind: str) -> ModelSource:
   """The source a --hf (kind "hf") or --params (kind "params") flag names."""
-  from wgqa_jax.store.resolve import resolve
-
   source = resolve(name)
   if kind == "params" and source.kind != "params":
     raise MissingInput(

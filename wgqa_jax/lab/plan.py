@@ -188,15 +188,12 @@ def calibration_peak(c, source_cfg, mesh, batch) -> tuple[int, int, int]:
   model, its params sharded as the run places them, on one batch."""
   import jax
 
+  from wgqa_jax.core import sharding
   from wgqa_jax.models import family_of
   from wgqa_jax.training import calibration, model_setup, steps
 
   cfg = model_setup.calibration_config(source_cfg, c).replace(transpose_weight_grad_on_cpu=False)
-  params = jax.tree.map(
-    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-    family_of(cfg).param_shapes(cfg),
-    steps.param_shardings(cfg, mesh),
-  )
+  params = sharding.abstract(family_of(cfg).param_shapes(cfg), steps.param_shardings(cfg, mesh))
   with jax.set_mesh(mesh):
     return peak_bytes(calibration.grams_step(cfg).lower(params, batch).compile())
 

@@ -29,7 +29,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from wgqa_jax.core import workdir as workdir_lib
+from wgqa_jax.core import sharding, workdir as workdir_lib
 from wgqa_jax.core.errors import EXIT_DISK_FULL, Failure, UserError, is_disk_full
 from wgqa_jax.core.numerics import all_finite, fingerprint
 
@@ -165,9 +165,7 @@ class Checkpoints:
     """(state, data state) of the newest checkpoint that restores, verifies and is finite,
     restored onto `shardings`; None if the workdir has no checkpoint. Bad ones are quarantined
     on the way. The data state is None for checkpoints written before it was saved."""
-    abstract = jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), template, shardings
-    )
+    abstract = sharding.abstract(template, shardings)
     steps = sorted(self.steps(), reverse=True)
     for step in steps:
       restored, problem = self.try_restore(step, abstract)

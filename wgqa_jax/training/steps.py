@@ -68,9 +68,7 @@ def abstract_state(cfg, tx, shardings: dict) -> dict:
     "params": shapes,
     "opt_state": jax.eval_shape(tx.init, shapes),
   }
-  return jax.tree.map(
-    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings
-  )
+  return sharding.abstract(state, shardings)
 
 
 def init_state(params, tx, shardings: dict) -> dict:
