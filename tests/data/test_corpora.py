@@ -64,7 +64,7 @@ def test_prepared_corpus_holds_every_document_once_in_order(tmp_path):
     str(tmp_path / "corpus"),
     text_unit="paragraph",
     validation_every=10,
-    shard_mb=0,
+    shard_mb=1e-6,
     progress=False,
   )
   expected = (
@@ -78,7 +78,7 @@ def test_prepared_corpus_holds_every_document_once_in_order(tmp_path):
   assert [val[i] for i in range(len(val))] == expected[::10]
   assert [train[i] for i in range(len(train))] == [e for i, e in enumerate(expected) if i % 10]
   assert m["empty_documents_skipped"] == 1
-  assert len(m["splits"]["train"]["files"]) > 1  # shard_mb=0: a shard per document
+  assert len(m["splits"]["train"]["files"]) > 1  # shard_mb=1e-6: a shard per document
   assert pickle.loads(pickle.dumps(train))[5] == train[5]  # grain workers get a copy
 
 
@@ -101,6 +101,15 @@ def run_prepare(*args):
     ("exists", "exists; pass --overwrite"),
     ("format", "unknown format"),
     ("gzip", "cannot read"),
+    ("json_number", "a.jsonl:3: 'text' is a JSON number (12345), not a string"),
+    ("json_object", "a.jsonl:3: 'text' is a JSON object ({\"nested\": 1}), not a string"),
+    ("json_false", "a.jsonl:3: 'text' is a JSON boolean (false), not a string"),
+    ("parquet_int", "column 'text' holds int64, not strings"),
+    ("parquet_binary", "column 'text' holds binary, not strings"),
+    ("parquet_list", "column 'text' holds list<"),
+    ("shard_mb", "--shard_mb=0.0: must be positive"),
+    ("twice", "is named twice by --input"),
+    ("overlap", "is named twice by --input"),
   ],
 )
 def test_bad_inputs_are_one_line_errors_and_write_nothing(tmp_path, case, needle):
@@ -108,6 +117,20 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(tmp_path, case, needle
   (tmp_path / "blank.txt").write_text("\n\n")
   (tmp_path / "bad.json.gz").write_bytes(b"not gzip at all")
   (tmp_path / "x.csv").write_text("a,b\n")
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+
+  for kind, column in {
+    "int": pa.array([1, 2], pa.int64()),
+    "binary": pa.array([b"x", b"y"], pa.binary()),
+    "list": pa.array([["x"], ["y"]], pa.list_(pa.string())),
+  }.items():
+    pq.write_table(pa.table({"text": column}), tmp_path / f"bad_{kind}.parquet")
+  value = {"json_number": 12345, "json_object": {"nested": 1}, "json_false": False}.get(case)
+  if value is not None:  # the third line of a.jsonl: not a string
+    lines = (tmp_path / "a.jsonl").read_text().splitlines(keepends=True)
+    lines[2] = json.dumps({"text": value}) + "\n"
+    (tmp_path / "a.jsonl").write_text("".join(lines))
   out = tmp_path / "out"
   args = {
     "missing": ["--input=" + str(tmp_path / "nope*.jsonl")],
@@ -117,6 +140,15 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(tmp_path, case, needle
     "exists": ["--input=" + str(tmp_path / "a.jsonl")],
     "format": ["--input=" + str(tmp_path / "x.csv")],
     "gzip": ["--input=" + str(tmp_path / "bad.json.gz")],
+    "json_number": ["--input=" + str(tmp_path / "a.jsonl")],
+    "json_object": ["--input=" + str(tmp_path / "a.jsonl")],
+    "json_false": ["--input=" + str(tmp_path / "a.jsonl")],
+    "parquet_int": ["--input=" + str(tmp_path / "bad_int.parquet")],
+    "parquet_binary": ["--input=" + str(tmp_path / "bad_binary.parquet")],
+    "parquet_list": ["--input=" + str(tmp_path / "bad_list.parquet")],
+    "shard_mb": ["--input=" + str(tmp_path / "a.jsonl"), "--shard_mb=0"],
+    "twice": ["--input=" + str(tmp_path / "a.jsonl"), "--input=" + str(tmp_path / "a.jsonl")],
+    "overlap": ["--input=" + str(tmp_path / "*.jsonl"), "--input=" + str(tmp_path / "a*")],
   }[case]
   if case == "exists":
     out.mkdir()
@@ -132,6 +164,53 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(tmp_path, case, needle
   else:
     assert not out.exists()
   assert not [p for p in os.listdir(tmp_path) if p.startswith(".out.tmp")]
+
+
+@pytest.mark.parametrize("case", ["out_is_input", "through_a_link", "not_a_corpus", "a_file"])
+def test_overwrite_never_destroys_an_input_or_what_is_not_a_corpus(tmp_path, case):
+  """--overwrite replaces a prepared corpus and nothing else: not an input file, not a directory
+  holding one (seen through a symbolic link), not a directory or file of the user's."""
+  write_inputs(tmp_path)
+  d2 = tmp_path / "d2"
+  d2.mkdir()
+  (d2 / "good.jsonl").write_text(json.dumps({"text": "keep me"}) + "\n")
+  (tmp_path / "d2link").symlink_to(d2)
+  (tmp_path / "notes").mkdir()
+  (tmp_path / "notes" / "mine.txt").write_text("mine")
+  (tmp_path / "file.txt").write_text("mine")
+  a = str(tmp_path / "a.jsonl")
+  inputs, out, needle = {
+    "out_is_input": ([a], a, "is the input"),
+    "through_a_link": ([str(tmp_path / "d2link" / "*.jsonl")], str(d2), "holds the input"),
+    "not_a_corpus": ([a], str(tmp_path / "notes"), "is not a prepared corpus"),
+    "a_file": ([a], str(tmp_path / "file.txt"), "is a file, not a corpus directory"),
+  }[case]
+  before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+  r = run_prepare(*[f"--input={i}" for i in inputs], f"--out={out}", "--overwrite")
+  assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr
+  assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_a_second_writer_of_one_corpus_refuses_and_leaves_the_first_alone(tmp_path):
+  """Two prepare_corpus runs on one --out: the second refuses in one line, and neither the
+  first's lock nor its half-written folder is touched (a real flock held by this process)."""
+  from wgqa_jax.core import workdir
+
+  write_inputs(tmp_path)
+  out = tmp_path / "corpus"
+  first = tmp_path / ".corpus.tmp-999999"  # the first writer's folder, half written
+  first.mkdir()
+  (first / "train-00000.array_record").write_bytes(b"half")
+  with workdir.one_writer(str(tmp_path / ".corpus.lock"), f"writing {out}"):
+    r = run_prepare(f"--input={tmp_path / 'a.jsonl'}", f"--out={out}")
+    assert r.returncode == 2 and f"is writing {out}" in r.stderr, r.stderr
+    assert f"PID {os.getpid()}" in r.stderr and "Traceback" not in r.stderr
+    assert (first / "train-00000.array_record").read_bytes() == b"half"
+    assert not out.exists()
+  assert not (tmp_path / ".corpus.lock").exists()  # released: removed
+  r = run_prepare(f"--input={tmp_path / 'a.jsonl'}", f"--out={out}")  # now it may, and cleans up
+  assert r.returncode == 0, r.stderr
+  assert not first.exists() and len(corpora.open_corpus(str(out), "train")) == 30 - 30 // 200 - 1
 
 
 def test_overwrite_replaces_a_corpus_whole(tmp_path):

@@ -8,7 +8,8 @@ per workdir.
 - `write_json`: a whole file via a temporary sibling and a rename.
 - `read_jsonl`: the rows of metrics.jsonl, dropping (with a warning) a trailing line a kill cut.
 - `read_json`: a small JSON file, None (with a warning) when it is empty or torn.
-- `writing_dir`: an output directory written beside its target and swapped in whole.
+- `writing_dir`: an output directory written beside its target and swapped in whole, by one
+  process at a time (`one_writer`).
 """
 
 from __future__ import annotations
@@ -124,27 +125,59 @@ def read_jsonl(path: str) -> list[dict]:
 
 
 @contextlib.contextmanager
+def one_writer(path: str, what: str):
+  """`with one_writer(path + ".lock", "writing X"):` held by one process at a time; another
+  refuses in one line naming the holder. The lock file is removed on exit (a kill leaves it,
+  unlocked: the next writer takes it)."""
+  while True:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
+      os.close(fd)
+      raise UserError(f"{holder} is {what}: wait for it or stop it") from None
+    try:  # the file we locked may have been removed by the holder before us: lock the new one
+      same = os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+      same = False
+    if same:
+      break
+    os.close(fd)
+  try:
+    os.ftruncate(fd, 0)
+    os.write(fd, f"PID {os.getpid()} on {socket.gethostname()}".encode())
+    yield
+  finally:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(path)  # while still locked: a waiter then finds it gone and retries
+    os.close(fd)
+
+
+@contextlib.contextmanager
 def writing_dir(out_dir: str):
   """`with writing_dir(out) as tmp:` write into tmp; on success tmp replaces `out` (its old
-  contents go whole), on failure `out` is left as it was. Leftovers of a killed write are
-  removed first."""
+  contents go whole), on failure `out` is left as it was. One process writes `out` at a time
+  (a second refuses); leftovers of a killed write are removed first."""
   out_dir = os.path.abspath(out_dir)
   parent, name = os.path.dirname(out_dir), os.path.basename(out_dir)
   os.makedirs(parent, exist_ok=True)
-  for stale in os.listdir(parent):
-    if stale.startswith(f".{name}.tmp-"):
-      shutil.rmtree(os.path.join(parent, stale), ignore_errors=True)
-  tmp = os.path.join(parent, f".{name}.tmp-{os.getpid()}")
-  os.makedirs(tmp)
-  try:
-    yield tmp
-    if os.path.exists(out_dir):
-      old = tmp + ".old"
-      os.rename(out_dir, old)
-      os.rename(tmp, out_dir)
-      shutil.rmtree(old) if os.path.isdir(old) else os.remove(old)
-    else:
-      os.rename(tmp, out_dir)
-  finally:
-    if os.path.exists(tmp):
-      shutil.rmtree(tmp, ignore_errors=True)
+  with one_writer(os.path.join(parent, f".{name}.lock"), f"writing {out_dir}"):
+    for stale in os.listdir(parent):
+      if stale.startswith(f".{name}.tmp-"):
+        shutil.rmtree(os.path.join(parent, stale), ignore_errors=True)
+    tmp = os.path.join(parent, f".{name}.tmp-{os.getpid()}")
+    os.makedirs(tmp)
+    try:
+      yield tmp
+      if os.path.exists(out_dir):
+        old = tmp + ".old"
+        os.rename(out_dir, old)
+        os.rename(tmp, out_dir)
+        # a symbolic link named `out` is replaced, not what it points to
+        shutil.rmtree(old) if os.path.isdir(old) and not os.path.islink(old) else os.remove(old)
+      else:
+        os.rename(tmp, out_dir)
+    finally:
+      if os.path.exists(tmp):
+        shutil.rmtree(tmp, ignore_errors=True)

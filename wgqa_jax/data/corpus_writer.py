@@ -48,6 +48,24 @@ def _open_text(path: str):
   )
 
 
+def _json_kind(value) -> str:
+  return {bool: "boolean", int: "number", float: "number", dict: "object", list: "array"}.get(
+    type(value), type(value).__name__
+  )
+
+
+def _is_text(arrow_type) -> bool:
+  import pyarrow as pa
+
+  if pa.types.is_dictionary(arrow_type):  # dictionary-encoded strings read as strings
+    arrow_type = arrow_type.value_type
+  return (
+    pa.types.is_string(arrow_type)
+    or pa.types.is_large_string(arrow_type)
+    or pa.types.is_string_view(arrow_type)
+  )
+
+
 def read_documents(path: str, text_field: str, text_unit: str):
   """Yield (document, bytes of input consumed) of one file, in order."""
   kind = kind_of(path)
@@ -60,6 +78,9 @@ def read_documents(path: str, text_field: str, text_unit: str):
         f"{path} has no column {text_field!r}; its columns: "
         f"{f.schema_arrow.names} (set --text_field)"
       )
+    column = f.schema_arrow.field(text_field).type
+    if not _is_text(column):
+      raise UserError(f"{path}: column {text_field!r} holds {column}, not strings")
     per_row = os.path.getsize(path) / max(f.metadata.num_rows, 1)
     for batch in f.iter_batches(columns=[text_field], batch_size=1024):
       for text in batch.column(0).to_pylist():
@@ -79,7 +100,13 @@ def read_documents(path: str, text_field: str, text_unit: str):
           raise UserError(
             f"{path}:{n} has no field {text_field!r}; its fields: {keys} (set --text_field)"
           )
-        yield str(record[text_field] or ""), len(line)
+        text = record[text_field]
+        if text is not None and not isinstance(text, str):
+          raise UserError(
+            f"{path}:{n}: {text_field!r} is a JSON {_json_kind(text)} ({json.dumps(text)[:40]}),"
+            f" not a string"
+          )
+        yield text or "", len(line)
     elif text_unit == "file":
       text = f.read()
       yield text, len(text)
@@ -132,17 +159,54 @@ class ShardWriter:
 
 
 def input_files(patterns: list[str]) -> list[str]:
-  files = []
+  """The files the --input globs name, in order; a file named twice (by one path or another)
+  is refused: its documents would be written twice."""
+  files, named_by = [], {}
   for pattern in patterns:
     matched = sorted(glob.glob(os.path.expanduser(pattern)))
     if not matched:
       raise MissingInput(f"--input {pattern!r} matches no file")
-    files += [m for m in matched if os.path.isfile(m)]
+    for m in matched:
+      if not os.path.isfile(m):
+        continue
+      real = os.path.realpath(m)
+      if real in named_by:
+        first = named_by[real]
+        raise UserError(
+          f"{m} is named twice by --input ({first!r}{'' if first == pattern else f', {pattern!r}'}"
+          f"): its documents would be written twice; name each file once"
+        )
+      named_by[real] = pattern
+      files.append(m)
   if not files:
     raise MissingInput(f"--input {','.join(patterns)} matches no file (only directories)")
   for f in files:
     kind_of(f)
   return files
+
+
+def check_out(out: str, files: list[str], overwrite: bool) -> None:
+  """What --out may be: a new or empty directory, or (with overwrite) a prepared corpus; never
+  an input or a directory holding one (compared by real path: links and `..` resolved)."""
+  real = os.path.realpath(out)
+  for f in files:
+    f_real = os.path.realpath(f)
+    if f_real == real or f_real.startswith(real + os.sep):
+      raise UserError(
+        f"--out={out} {'is' if f_real == real else 'holds'} the input {f}: write the corpus "
+        f"elsewhere"
+      )
+  if not os.path.lexists(out) or (os.path.isdir(out) and not os.listdir(out)):
+    return
+  if not os.path.isdir(out):
+    raise UserError(f"--out={out} is a file, not a corpus directory: name another --out")
+  if not overwrite:
+    raise UserError(f"--out={out} exists; pass --overwrite to replace it")
+  if not os.path.exists(os.path.join(out, corpora.MANIFEST)):
+    raise UserError(
+      f"--out={out} is not a prepared corpus (no {corpora.MANIFEST}): --overwrite replaces "
+      f"only a corpus; name a new or empty directory"
+    )
 
 
 def prepare(
@@ -151,18 +215,17 @@ def prepare(
   text_field: str = "text",
   text_unit: str = "line",
   validation_every: int = 200,
-  shard_mb: int = 64,
+  shard_mb: float = 64,
   overwrite: bool = False,
   progress: bool = True,
 ) -> dict:
   """Write the corpus of `files` to `out`; returns its manifest."""
   if validation_every < 2:
     raise UserError(f"--validation_every={validation_every}: must be at least 2")
+  if not shard_mb > 0:
+    raise UserError(f"--shard_mb={shard_mb}: must be positive")
   out = os.path.abspath(os.path.expanduser(out))
-  if os.path.exists(out) and not (os.path.isdir(out) and not os.listdir(out)) and not overwrite:
-    raise UserError(f"--out={out} exists; pass --overwrite to replace it")
-  if any(os.path.abspath(f).startswith(out + os.sep) for f in files):
-    raise UserError(f"--out={out} holds inputs; write the corpus elsewhere")
+  check_out(out, files, overwrite)
   bar = tqdm(
     total=sum(os.path.getsize(f) for f in files),
     unit="B",
@@ -175,7 +238,7 @@ def prepare(
   try:
     with writing_dir(out) as tmp:  # `out` is always whole: the old corpus or the new one
       writers = {
-        split: ShardWriter(tmp, split, shard_mb << 20) for split in ("train", "validation")
+        split: ShardWriter(tmp, split, int(shard_mb * 2**20)) for split in ("train", "validation")
       }
       n, empty = 0, 0
       done = 0  # bytes of the files finished

@@ -36,7 +36,7 @@ flags.DEFINE_integer(
   "validation_every", 200, "hold out every N-th document as validation", flag_values=FLAGS
 )
 # array_record reads slow down with the shard: 1 ms a document at 1 GB, 0.1 ms at 64 MB
-flags.DEFINE_integer("shard_mb", 64, "train shard size (MB of text)", flag_values=FLAGS)
+flags.DEFINE_float("shard_mb", 64, "train shard size (MB of text)", flag_values=FLAGS)
 flags.DEFINE_bool("overwrite", False, "replace an existing --out", flag_values=FLAGS)
 
 
