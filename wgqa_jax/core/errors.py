@@ -14,9 +14,11 @@
 from __future__ import annotations
 
 import errno
+import re
 
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
+EXIT_DATA_ERROR = 65  # EX_DATAERR: training data found damaged mid-run; prepare it again
 EXIT_DISK_FULL = 74  # EX_IOERR: no space left; free some and rerun to resume
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: saved, try again
 
@@ -31,6 +33,26 @@ class MissingInput(UserError, FileNotFoundError):
 
 class MissingDependency(UserError, ImportError):
   """The input needs an optional package that is not installed."""
+
+
+class DamagedData(UserError):
+  """Data that was readable when the run opened it and is not now (a damaged shard or
+  record). At start-up it is a user error; met mid-run, the trainer stops as it does on a full
+  disk (wgqa_jax.training.loop_parts.DataDamaged), naming its last good checkpoint."""
+
+  @classmethod
+  def within(cls, e: BaseException) -> DamagedData | None:
+    """The DamagedData an error is, or carries in its text (a worker process's error that a
+    library re-raised as another type: "INTERNAL: ValueError: <our message>")."""
+    if isinstance(e, cls):
+      return e
+    m = re.search(r"([^\n]* is damaged \([^\n]*\); prepare (?:it|the dataset) again)", str(e))
+    if m is None:
+      return None
+    text = m.group(1)
+    while re.match(r"[A-Za-z_]\w*: ", text):  # status and exception names put in front
+      text = text.split(": ", 1)[1]
+    return cls(text)
 
 
 class Failure(Exception):

@@ -37,6 +37,7 @@ BEST = "best"  # params dir at the best eval metric so far
 BEST_RECORD = "best_metric.json"  # which step best/ is, and its value
 FINAL = "final"  # params dir of the last step
 TOKENIZER_RECORD = "tokenizer.json"  # the tokenizer's fingerprint (resume checks it)
+DATA_RECORD = "data.json"  # the train and validation data's fingerprints (resume checks them)
 SPM_MODEL = "spm.model"  # a sentencepiece vocabulary trained by the run
 CALIBRATION = "calibration.npz"  # the MHA model's calibration statistics (calibrated variants)
 LOCK_FILE = ".lock"

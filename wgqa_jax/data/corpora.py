@@ -23,7 +23,8 @@ import sysconfig
 import zlib
 
 from wgqa_jax.core import cli
-from wgqa_jax.core.errors import MissingInput, UserError
+from wgqa_jax.core.errors import DamagedData, MissingInput, UserError
+from wgqa_jax.data import fingerprints
 
 STDLIB = "python_stdlib"
 TFDS_PREFIX = "tfds:"
@@ -73,6 +74,16 @@ class PythonStdlib:
     validation = split == "validation"
     self.keys = [k for k in keys if held_out(k) == validation]
 
+  def fingerprint(self) -> str:
+    """Which documents, and their sizes: another Python version differs (stat, not read)."""
+    parts = [f"python {sysconfig.get_python_version()}"]
+    for key in self.keys:
+      if key.startswith("topic:"):
+        parts.append(f"{key} {len(self[self.keys.index(key)])}")
+      else:
+        parts.append(f"{key} {os.path.getsize(os.path.join(self.root, key))}")
+    return fingerprints.digest(parts)
+
   def __len__(self) -> int:
     return len(self.keys)
 
@@ -97,6 +108,7 @@ class TFDSText:
     self.field = text_field
     if len(self.source) == 0:
       raise UserError(f"TFDS {name!r} split {split!r} is empty")
+    self.split = split
     first = self.source[0]
     if text_field not in first:
       raise UserError(
@@ -111,14 +123,28 @@ class TFDSText:
     try:
       text = self.source[i][self.field]
     except RuntimeError as e:  # riegeli: a damaged array_record shard
-      raise UserError(
+      raise DamagedData(
         f"TFDS document {i} is damaged ({cli.first_line(e, 160)}); prepare the dataset again"
       ) from None
     return text.decode("utf-8") if isinstance(text, bytes) else str(text)
 
+  def fingerprint(self) -> str:
+    return fingerprints.tfds_split(self.source, self.split)
+
 
 def shard_paths(directory: str, split: str, manifest: dict) -> list[str]:
   return [os.path.join(directory, name) for name in manifest["splits"][split]["files"]]
+
+
+def _check_shard_names(path: str, manifest: dict) -> None:
+  """A corpus's shards are files of its own directory: a name with a path in it is refused."""
+  for split, s in manifest["splits"].items():
+    for name in s["files"]:
+      if not isinstance(name, str) or os.path.basename(name) != name or name in ("", ".", ".."):
+        raise UserError(
+          f"{path} names the {split} shard {name!r}, which is not a file of its directory: "
+          f"prepare the corpus again"
+        )
 
 
 def read_manifest(directory: str) -> dict:
@@ -135,9 +161,12 @@ def read_manifest(directory: str) -> dict:
     with open(path) as f:
       manifest = json.load(f)
     assert manifest["format"] == FORMAT
-    return manifest
-  except (ValueError, KeyError, AssertionError, TypeError) as e:
-    raise UserError(f"{path} is not a {FORMAT!r} manifest ({type(e).__name__})") from e
+    for s in manifest["splits"].values():
+      assert isinstance(s["files"], list) and isinstance(s["documents"], int)
+  except (ValueError, KeyError, AssertionError, TypeError, AttributeError) as e:
+    raise UserError(f"{path} is not a {FORMAT!r} manifest ({type(e).__name__})") from None
+  _check_shard_names(path, manifest)
+  return manifest
 
 
 class PreparedCorpus:
@@ -157,6 +186,7 @@ class PreparedCorpus:
     if missing:
       raise MissingInput(f"corpus {directory} is incomplete: {missing[0]} is missing")
     self.documents, self.directory = manifest["splits"][split]["documents"], directory
+    self.manifest, self.split, self.paths = manifest, split, paths
     try:
       self.source = grain.sources.ArrayRecordDataSource(paths) if paths else []
       size = len(self.source)
@@ -173,11 +203,21 @@ class PreparedCorpus:
   def __len__(self) -> int:
     return self.documents
 
+  def fingerprint(self) -> str:
+    """The split's documents as prepare_corpus hashed them while writing (kept in corpus.json;
+    not read here), and each shard's name, size, first and last bytes (its index): a corpus
+    prepared again from other text, or a shard replaced, differs; the same text prepared again
+    does not. Bytes edited inside a shard are caught by its checksums when read (DamagedData)."""
+    split = self.manifest["splits"][self.split]
+    # a corpus from before the hash was kept: its whole corpus.json (with the time it was made)
+    content = split.get("sha256") or json.dumps(self.manifest, sort_keys=True)
+    return fingerprints.digest([content] + [fingerprints.of_file(p) for p in self.paths])
+
   def __getitem__(self, i: int) -> str:
     try:
       return self.source[i].decode("utf-8")
     except (RuntimeError, UnicodeDecodeError) as e:
-      raise UserError(
+      raise DamagedData(
         f"corpus {self.directory}: document {i} is damaged "
         f"({cli.first_line(e, 160)}); "
         f"prepare it again"
@@ -197,6 +237,9 @@ class Head:
     if not 0 <= i < self.n:
       raise IndexError(i)
     return self.docs[i]
+
+  def fingerprint(self) -> str:
+    return fingerprints.digest([f"the first {self.n} of", fingerprints.of(self.docs)])
 
 
 def describe(dataset: str) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import glob
 import gzip
+import hashlib
 import json
 import os
 
@@ -132,6 +133,7 @@ class ShardWriter:
   def __init__(self, directory: str, split: str, shard_bytes: int):
     self.directory, self.split, self.shard_bytes = directory, split, shard_bytes
     self.files, self.documents, self.bytes = [], 0, 0
+    self.sha256 = hashlib.sha256()  # of the documents, in order: what a resume compares
     self._writer, self._in_shard = None, 0
 
   def write(self, record: bytes) -> None:
@@ -145,6 +147,7 @@ class ShardWriter:
       self.files.append(name)
       self._in_shard = 0
     self._writer.write(record)
+    self.sha256.update(len(record).to_bytes(8, "little") + record)
     self.documents += 1
     self.bytes += len(record)
     self._in_shard += len(record)
@@ -155,7 +158,12 @@ class ShardWriter:
       self._writer = None
 
   def summary(self) -> dict:
-    return {"files": self.files, "documents": self.documents, "bytes": self.bytes}
+    return {
+      "files": self.files,
+      "documents": self.documents,
+      "bytes": self.bytes,
+      "sha256": self.sha256.hexdigest(),
+    }
 
 
 def input_files(patterns: list[str]) -> list[str]:

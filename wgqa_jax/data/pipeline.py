@@ -35,7 +35,7 @@ import grain
 import numpy as np
 from absl import flags
 
-from wgqa_jax.core.errors import UserError
+from wgqa_jax.core.errors import DamagedData, UserError
 from wgqa_jax.data import text_rows
 
 # Examples packed together. Bigger windows pack tighter (first-fit has more rows to choose from);
@@ -293,11 +293,22 @@ class TrainBatches:
     """(window, row) of the next row this iterator yields."""
     return self.window, self.row
 
+  def _next_window(self) -> dict:
+    try:
+      return next(self._iter)
+    except DamagedData:
+      raise
+    except Exception as e:  # a worker's DamagedData may come back as another type
+      damaged = DamagedData.within(e)
+      if damaged is None:
+        raise
+      raise damaged from None
+
   def _current(self) -> dict:
     if self._rows is None:
-      self._rows = next(self._iter)  # window self.window: the iterator starts there
+      self._rows = self._next_window()  # window self.window: the iterator starts there
     while self.row >= num_rows(self._rows):  # a start position past a window's end
-      self.window, self.row, self._rows = self.window + 1, 0, next(self._iter)
+      self.window, self.row, self._rows = self.window + 1, 0, self._next_window()
     return self._rows
 
   def __iter__(self):

@@ -15,7 +15,8 @@ from __future__ import annotations
 import numpy as np
 
 from wgqa_jax.core import cli
-from wgqa_jax.core.errors import MissingInput, UserError
+from wgqa_jax.core.errors import DamagedData, MissingInput, UserError
+from wgqa_jax.data import fingerprints
 
 TASKS = {
   # name: (tfds name, input field, target field, prefix)
@@ -129,6 +130,12 @@ class TFDSPairs:
     self.translation = is_translation(dataset)
     self.source = open_tfds(name, split, data_dir)
     self.size = len(self.source) if limit is None else min(limit, len(self.source))
+    self.split = split
+
+  def fingerprint(self) -> str:
+    return fingerprints.digest(
+      [f"the first {self.size} of", fingerprints.tfds_split(self.source, self.split)]
+    )
 
   def __len__(self) -> int:
     return self.size
@@ -139,7 +146,7 @@ class TFDSPairs:
     try:
       ex = self.source[i]
     except RuntimeError as e:  # riegeli: a damaged array_record shard
-      raise UserError(
+      raise DamagedData(
         f"TFDS {self.name!r}: example {i} is damaged "
         f"({cli.first_line(e, 160)}); "
         f"prepare the dataset again"

@@ -246,6 +246,11 @@ class Checkpoints:
       if stem.isdigit() and int(stem) not in kept:
         os.remove(os.path.join(self.integrity_dir, name))
 
+  def last_good(self) -> int | None:
+    """The newest step saved whole (its integrity record written), once saves finished."""
+    good = [s for s in self.mngr.all_steps() if os.path.exists(self._record(s))]
+    return max(good) if good else None
+
   def close(self) -> None:
     if getattr(self, "failed", False):  # a failed save: nothing more to finish or prune
       return

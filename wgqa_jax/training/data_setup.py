@@ -13,7 +13,7 @@ import numpy as np
 from wgqa_jax.core import sharding, workdir as workdir_lib
 from wgqa_jax.core.errors import UserError
 from wgqa_jax.core.processes import first_on_process_0, is_main_process
-from wgqa_jax.data import corpora, pipeline, span_corruption, tasks, tokenizers
+from wgqa_jax.data import corpora, fingerprints, pipeline, span_corruption, tasks, tokenizers
 from wgqa_jax.models import preset
 
 # span corruption with a vocabulary trained here: T5's 100 sentinels after the pieces
@@ -98,6 +98,39 @@ def open_tokenizer(c: ml_collections.ConfigDict, workdir: str, train_source=None
         f"corruption of {d.max_input_length} inputs needs {needed}"
       )
   return tokenizer
+
+
+def data_record(c: ml_collections.ConfigDict, train_source, eval_source) -> dict:
+  """What the run reads: the dataset and each split's fingerprint (wgqa_jax.data.fingerprints)."""
+  return {
+    "dataset": c.data.dataset,
+    "train": fingerprints.of(train_source),
+    "validation": fingerprints.of(eval_source),
+  }
+
+
+def check_data(workdir: str, record: dict, resuming: bool) -> None:
+  """A resumed run must read the data the run it continues read: a corpus prepared again at
+  the same path, or a shard replaced, is refused in one line (before anything is written).
+  A workdir from before the record (none kept) resumes and gets one."""
+  path = os.path.join(workdir, workdir_lib.DATA_RECORD)
+  saved = workdir_lib.read_json(path) if resuming else None
+  if saved is None:
+    return
+  changed = [s for s in ("train", "validation") if saved.get(s) != record[s]]
+  if changed:
+    raise UserError(
+      f"{workdir} was trained on other data: the {' and '.join(changed)} split"
+      f"{'s' if len(changed) > 1 else ''} of {record['dataset']} changed since (prepared again, "
+      f"or files replaced; fingerprints in {path}). Resume on the data it started with, or "
+      f"pass another --workdir"
+    )
+
+
+def write_data_record(workdir: str, record: dict) -> None:
+  path = os.path.join(workdir, workdir_lib.DATA_RECORD)
+  if is_main_process() and workdir_lib.read_json(path) != record:
+    workdir_lib.write_json(path, record)
 
 
 def check_tokenizer(workdir: str, tokenizer, resuming: bool) -> None:

@@ -8,7 +8,13 @@ import os
 import signal
 
 from wgqa_jax.core import signals, workdir as workdir_lib
-from wgqa_jax.core.errors import EXIT_DIVERGED, EXIT_PREEMPTED, Failure, is_disk_full
+from wgqa_jax.core.errors import (
+  EXIT_DATA_ERROR,
+  EXIT_DIVERGED,
+  EXIT_PREEMPTED,
+  Failure,
+  is_disk_full,
+)
 from wgqa_jax.core.numerics import all_finite
 from wgqa_jax.core.processes import is_main_process, say
 from wgqa_jax.store import checkpoints, params_io
@@ -19,6 +25,15 @@ class Diverged(Failure):
   """Too many consecutive steps were non-finite; the last good checkpoint is left as it was."""
 
   exit_code = EXIT_DIVERGED
+
+
+class DataDamaged(Failure):
+  """Training or validation data turned out damaged mid-run (core.errors.DamagedData): the run
+  stops after its pending saves, naming the last good checkpoint; rerunning once the data is
+  prepared again resumes."""
+
+  exit_code = EXIT_DATA_ERROR
+  label = "damaged data"
 
 
 class Preempted(Failure):

@@ -27,7 +27,7 @@ import ml_collections
 from tqdm import tqdm
 
 from wgqa_jax.core import sharding, workdir as workdir_lib
-from wgqa_jax.core.errors import is_disk_full
+from wgqa_jax.core.errors import DamagedData, is_disk_full
 from wgqa_jax.core.numerics import all_finite
 from wgqa_jax.core.processes import is_main_process, say
 from wgqa_jax.data import corpora, pipeline
@@ -37,6 +37,7 @@ from wgqa_jax.store.resolve import resolve
 from wgqa_jax.training import data_setup, evaluation, model_setup, preflight, steps
 from wgqa_jax.training.loop_parts import (
   BestTracker,
+  DataDamaged,
   Diverged,
   MetricWriter,
   Preempted,
@@ -78,6 +79,8 @@ def _train(
   preflight.check_model(c, model_source.cfg)
   mesh = preflight.make_mesh(c)
   train_source, eval_source = data_setup.open_sources(c)
+  data_record = data_setup.data_record(c, train_source, eval_source)
+  data_setup.check_data(workdir, data_record, checkpoints.has_checkpoints(workdir))
   tokenizer = data_setup.open_tokenizer(c, workdir)  # None until trained (sentencepiece), below
   model_source.open_weights()  # last: a download, once the checks passed; damage fails here
   if is_main_process():
@@ -86,6 +89,7 @@ def _train(
   if is_main_process():
     with open(os.path.join(workdir, workdir_lib.RUN_CONFIG), "w") as f:
       f.write(c.to_json_best_effort(indent=2))
+  data_setup.write_data_record(workdir, data_record)
 
   # ---- data ----
   tokenizer, eval_split, total_steps = data_setup.prepare_data(
@@ -249,6 +253,14 @@ def _train(
   except Diverged:
     ckpts.close()  # pending saves finish; nothing more is written
     raise
+  except DamagedData as e:  # read mid-run: stop as a full disk does, the saves kept
+    ckpts.close()
+    good = ckpts.last_good()
+    raise DataDamaged(
+      f"{e}. The run stopped after step {int(state['step'])}; its last good checkpoint is "
+      f"{'step ' + str(good) if good is not None else 'none'}: once the data is whole, run the "
+      f"same command to resume"
+    ) from None
   except OSError as e:  # a full disk stops the run; what was saved stays good
     if not is_disk_full(e):
       raise
