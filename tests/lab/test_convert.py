@@ -2,6 +2,7 @@
 its outputs, never clobbered and replaced whole."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -196,3 +197,43 @@ def test_calibrated_variant_converts_from_a_statistics_file_and_needs_one(tmp_pa
   flat_got, flat_want = params_io.flatten(got), params_io.flatten(want)
   for k in flat_want:
     np.testing.assert_allclose(flat_got[k], flat_want[k], rtol=1e-6, err_msg=str(k))
+
+
+def test_a_flag_that_cannot_apply_is_refused_and_nothing_is_written(tmp_path):
+  """Flags convert would have ignored, and outputs it must not replace: each one line (a
+  UserError), before anything is written; the input and the user's files untouched."""
+  import jax
+  import pytest
+
+  from wgqa_jax import models
+  from wgqa_jax.core import errors
+  from wgqa_jax.tools import convert
+
+  cfg = models.preset("llama-tiny")
+  params = models.family_of(cfg).init_params(cfg, jax.random.PRNGKey(0))
+  mha = tmp_path / "mha"
+  params_io.save(params, cfg, str(mha))
+  (tmp_path / "stats.npz").write_bytes(b"")
+  mine = tmp_path / "mine"
+  mine.mkdir()
+  (mine / "notes.txt").write_text("mine")
+  (tmp_path / "mha_link").symlink_to(mha)
+  before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+  p, out = f"--params={mha}", f"--out={tmp_path / 'out'}"
+  for args, needle in [
+    ([p, out, "--kv_heads=2"], "--kv_heads applies only with --variant"),
+    ([p, out, "--calibration=/nope.npz"], "--calibration applies only with --variant"),
+    ([p, out, "--group_sizes=2,2"], "--group_sizes applies only with --variant"),
+    (
+      [p, out, "--variant=gqa", "--kv_heads=2", f"--calibration={tmp_path / 'stats.npz'}"],
+      "--calibration applies to the calibrated variants (aligned, search, svd), not --variant=gqa",
+    ),
+    ([p, out, "--variant=svd", "--kv_heads=2", "--calibration=/nope.npz"], "no such file"),
+    ([p, out, "--variant=gqa", "--kv_heads=2", "--group_encoder"], "this model has no encoder"),
+    ([p, f"--out={mine}", "--overwrite"], "holds no wgqa_config.json: --overwrite replaces"),
+    ([p, f"--out={tmp_path / 'mha_link'}", "--overwrite"], "would overwrite the input"),
+  ]:
+    with pytest.raises(errors.UserError, match=re.escape(needle)):
+      convert.main(args)
+    assert not (tmp_path / "out").exists(), args
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before, args

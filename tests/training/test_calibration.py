@@ -2,6 +2,9 @@
 from the embeddings, padding left out, the file round trip and its refusals; converting with
 them."""
 
+import os
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -184,3 +187,65 @@ def test_a_run_reuses_its_statistics_only_for_the_same_model_and_data(tmp_path, 
   assert "computed for another model or data; computing it afresh" in capsys.readouterr().out
   again = calibration.load(str(work / calibration.FILE))
   assert again.source != first.source and '"train_examples": 16' in again.source
+  arrays = dict(np.load(work / calibration.FILE))  # the run's own file, damaged: made again
+  key = next(k for k in arrays if k.startswith("gram:"))
+  arrays[key] = np.full_like(arrays[key], np.nan)
+  np.savez(work / calibration.FILE, **arrays)
+  trainer.train(config, str(work))
+  assert "are not finite (NaN or inf)" in capsys.readouterr().out
+  fixed = calibration.load(str(work / calibration.FILE))
+  module = tuple(key[5:].split("/"))
+  np.testing.assert_array_equal(fixed.grams[module], again.grams[module])
+
+
+@pytest.mark.parametrize("damage", ["foreign", "truncated", "pickle", "nan", "inf", "no_tokens"])
+def test_a_foreign_or_damaged_statistics_file_is_refused_and_nothing_is_written(tmp_path, damage):
+  """What a user may hand convert --calibration: refused (a UserError: one line, exit 2), no
+  params dir written; a pickle inside is never unpickled."""
+  from wgqa_jax.core import errors
+  from wgqa_jax.store import params_io
+  from wgqa_jax.tools import convert
+
+  cfg, params = random_model("llama-tiny")
+  params_io.save(params, cfg, str(tmp_path / "mha"))
+  stats = calibration.collect(params, cfg, iter([llama_batch(cfg)]), 1, desc=None)
+  path = str(tmp_path / calibration.FILE)
+  calibration.save(path, stats)
+  module = "gram:" + "/".join(next(iter(stats.grams)))
+  arrays = dict(np.load(path))
+  ran = tmp_path / "ran"  # what the pickle would create
+  if damage == "foreign":
+    np.savez(path, weights=np.ones(3))
+  elif damage == "truncated":
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) // 2])
+  elif damage == "pickle":  # an object array: loading it would run the pickle's code
+    MARK[0] = str(ran)
+    np.savez(path, **{**arrays, module: np.array([Exploit()], dtype=object)})
+  elif damage in ("nan", "inf"):
+    arrays[module] = arrays[module].copy()
+    arrays[module][0, 1] = np.nan if damage == "nan" else np.inf
+    np.savez(path, **arrays)
+  else:
+    np.savez(path, **{**arrays, "tokens:" + module[5:]: np.int64(0)})
+  out = tmp_path / "svd"
+  args = [f"--params={tmp_path / 'mha'}", "--variant=svd", "--kv_heads=2", f"--out={out}"]
+  needle = {
+    "foreign": "is not a calibration statistics file",
+    "truncated": "is not a calibration statistics file",
+    "pickle": "is not a calibration statistics file",
+    "nan": "are not finite (NaN or inf)",
+    "inf": "are not finite (NaN or inf)",
+    "no_tokens": "count 0 tokens",
+  }[damage]
+  with pytest.raises(errors.UserError, match=re.escape(needle)):
+    convert.main(args + [f"--calibration={path}"])
+  assert not out.exists() and not ran.exists()
+
+
+class Exploit:
+  def __reduce__(self):
+    return (open, (MARK[0], "w"))
+
+
+MARK = [os.devnull]

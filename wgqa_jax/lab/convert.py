@@ -4,6 +4,8 @@ line: wgqa_jax/tools/convert.py, which writes the result)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from wgqa_jax.core.errors import MissingInput, UserError
@@ -27,6 +29,16 @@ def load(name: str, kind: str) -> ModelSource:
       f"params dir: pass --params)"
     )
   return source
+
+
+def has_encoder(cfg) -> bool:
+  """Whether grouping the encoder groups anything more (an encoder-decoder model)."""
+
+  def grouped(group_encoder: bool) -> int:
+    g = dataclasses.replace(cfg.grouping, group_encoder=group_encoder)
+    return sum(on for _, on in cfg.replace(grouping=g).attention_modules())
+
+  return grouped(True) > grouped(False)
 
 
 def check(variant: str | None, calibration_file: str | None) -> None:
@@ -58,6 +70,8 @@ def convert(
   if variant and not variants.is_mha(cfg) and plain:
     print(f"re-grouping {cfg.grouping.describe(cfg.num_heads)} through its MHA equivalent")
     params, cfg = variants.expand_to_mha(params, cfg)
+  if group_encoder and not has_encoder(cfg):
+    raise UserError("--group_encoder: this model has no encoder (a decoder-only model)")
   if variant:
     options = variants.options({"group_encoder": group_encoder, "group_sizes": group_sizes})
     stats = calibration.load(calibration_file, cfg) if calibration_file else None

@@ -27,7 +27,7 @@ import os
 from absl import flags
 
 from wgqa_jax.core import cli
-from wgqa_jax.core.errors import UserError
+from wgqa_jax.core.errors import MissingInput, UserError
 from wgqa_jax.grouping import variants
 from wgqa_jax.lab import convert
 from wgqa_jax.store import hf, params_io
@@ -77,15 +77,47 @@ flags.DEFINE_string(
 flags.DEFINE_bool("overwrite", False, "replace an existing --out / --export_hf", flag_values=FLAGS)
 
 
+# what each output holds: --overwrite replaces a directory of that kind, nothing else
+WRITES = {"out": params_io.CONFIG_FILE, "export_hf": "config.json"}
+
+
+def check_flags(a) -> None:
+  """A flag that cannot apply is an error, not silently ignored."""
+  if not a.variant:
+    for flag, value in (
+      ("kv_heads", a.kv_heads),
+      ("group_sizes", a.group_sizes),
+      ("group_encoder", a.group_encoder),
+      ("calibration", a.calibration),
+      ("seed", a.seed or None),
+    ):
+      if value:
+        raise UserError(
+          f"--{flag} applies only with --variant (without it the checkpoint is kept as it is)"
+        )
+    return
+  if a.calibration:
+    if not variants.get(a.variant).calibrated:
+      calibrated = sorted(n for n in variants.VARIANTS if variants.get(n).calibrated)
+      raise UserError(
+        f"--calibration applies to the calibrated variants ({', '.join(calibrated)}), "
+        f"not --variant={a.variant}"
+      )
+    if not os.path.isfile(a.calibration):
+      raise MissingInput(f"--calibration={a.calibration}: no such file")
+
+
 def check_outputs(a) -> None:
-  """Refuse an output that would clobber: the input itself, the other output, or anything that
-  exists (a file, a non-empty directory) without --overwrite."""
-  source = os.path.abspath(a.hf or a.params) if os.path.exists(a.hf or a.params) else None
+  """Refuse an output that would clobber: the input itself (compared by real path), the other
+  output, anything that exists (a file, a non-empty directory) without --overwrite, and with it
+  anything but what this tool writes there."""
+  given = a.hf or a.params
+  source = os.path.realpath(given) if os.path.exists(given) else None
   targets = [(f, getattr(a, f)) for f in ("out", "export_hf") if getattr(a, f)]
-  if len(targets) == 2 and os.path.abspath(a.out) == os.path.abspath(a.export_hf):
+  if len(targets) == 2 and os.path.realpath(a.out) == os.path.realpath(a.export_hf):
     raise UserError("--out and --export_hf are the same directory; pass two")
   for flag, path in targets:
-    full = os.path.abspath(path)
+    full = os.path.realpath(path)
     if source and (
       full == source or source.startswith(full + os.sep) or full.startswith(source + os.sep)
     ):
@@ -97,6 +129,11 @@ def check_outputs(a) -> None:
         raise UserError(f"--{flag}={path} exists; pass --overwrite to replace it")
       if os.path.isfile(full):
         raise UserError(f"--{flag}={path} is a file; pass a directory")
+      if not os.path.exists(os.path.join(full, WRITES[flag])):
+        raise UserError(
+          f"--{flag}={path} holds no {WRITES[flag]}: --overwrite replaces only what this tool "
+          f"writes there; name a new or empty directory"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     raise UserError("pass exactly one of --hf=DIR_OR_ID and --params=DIR")
   if not a.out and not a.export_hf:
     raise UserError("nothing to write: pass --out and/or --export_hf")
+  check_flags(a)
   check_outputs(a)
   convert.check(a.variant, a.calibration)
   if a.hf:

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import zipfile
+import zlib
 
 import jax
 import numpy as np
 from flax import traverse_util
 from tqdm import tqdm
 
+from wgqa_jax.core import cli
 from wgqa_jax.core.errors import UserError
 from wgqa_jax.models.attention import CALIBRATION
 from wgqa_jax.training import objectives
@@ -112,7 +115,7 @@ def save(path: str, stats: Statistics) -> None:
 def load(path: str, cfg=None) -> Statistics:
   """Statistics from `save`; with `cfg`, checked to cover its grouped attention modules."""
   try:
-    with np.load(path) as f:
+    with np.load(path, allow_pickle=False) as f:  # a pickle in the file is refused, never run
       grams = {
         tuple(k[5:].split("/")): np.asarray(f[k], np.float64)
         for k in f.files
@@ -121,8 +124,18 @@ def load(path: str, cfg=None) -> Statistics:
       tokens = {tuple(k[7:].split("/")): int(f[k]) for k in f.files if k.startswith("tokens:")}
       batches = int(f["batches"])
       source = str(f["source"]) if "source" in f.files else ""
-  except (OSError, ValueError, KeyError) as e:
-    raise UserError(f"{path} is not a calibration statistics file ({e})") from None
+  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+    raise UserError(
+      f"{path} is not a calibration statistics file ({type(e).__name__}: {cli.first_line(e)})"
+    ) from None
+  for module, gram in grams.items():
+    where = f"{path}: the statistics of {'/'.join(module)}"
+    if gram.ndim != 2 or gram.shape[0] != gram.shape[1]:
+      raise UserError(f"{where} have shape {gram.shape}, not (d, d): the file is damaged")
+    if not np.isfinite(gram).all():
+      raise UserError(f"{where} are not finite (NaN or inf): the file is damaged")
+    if tokens.get(module, 0) <= 0:
+      raise UserError(f"{where} count {tokens.get(module, 0)} tokens: the file is damaged")
   stats = Statistics(grams, tokens, batches, source)
   if cfg is not None:
     d = cfg.width

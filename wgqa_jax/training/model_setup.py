@@ -156,10 +156,14 @@ def calibrate(
     sort_keys=True,
   )
   if os.path.exists(path):
-    stats = calibration.load(path, cfg)
-    if stats.source == source:
-      return stats
-    say(f"calibration: {path} was computed for another model or data; computing it afresh")
+    try:
+      stats = calibration.load(path, cfg)
+    except UserError as e:  # the run's own file, damaged: what it held is computed again
+      say(f"calibration: {e}; computing it afresh")
+    else:
+      if stats.source == source:
+        return stats
+      say(f"calibration: {path} was computed for another model or data; computing it afresh")
   run_cfg = calibration_config(cfg, c)
   params = streaming.load_sharded(
     reader, run_cfg, steps.param_shardings(run_cfg, mesh), desc="calibration: loading the MHA model"
