@@ -321,9 +321,30 @@ def test_torn_metrics_line_and_empty_best_record_do_not_stop_a_resume(tmp_path):
   assert json.load(open(tmp_path / "best_metric.json"))["step"] == 20
 
 
-def test_rerunning_a_finished_workdir_adds_no_eval_row(tmp_path):
+def test_sigterm_in_the_final_eval_is_a_preemption_and_reruns_add_no_eval_row(
+  tmp_path, monkeypatch
+):
+  """A real SIGTERM delivered while the final eval runs: Preempted (exit 75) naming the last
+  step, saved; the rerun writes final/ without evaluating again, as does rerunning it once
+  finished."""
+  import signal
+
+  from wgqa_jax.training import evaluation
+
+  run_eval = evaluation.run_eval
+
+  def signalled(*args, **kw):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return run_eval(*args, **kw)
+
+  monkeypatch.setattr(evaluation, "run_eval", signalled)
+  with pytest.raises(trainer.Preempted, match="saved step 20 in"):
+    trainer.train(tiny(), str(tmp_path))
+  assert not (tmp_path / "final").exists()
+  monkeypatch.setattr(evaluation, "run_eval", run_eval)
   first = trainer.train(tiny(), str(tmp_path))
   again = trainer.train(tiny(), str(tmp_path))
+  assert (tmp_path / "final").exists()
   rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in rows if "eval/loss" in r] == [20]
   assert again["eval/loss"] == pytest.approx(first["eval/loss"])

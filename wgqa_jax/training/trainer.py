@@ -243,6 +243,7 @@ def _train(
           stopped_at = done
           break
       else:
+        stopped_at = total_steps  # a signal during the final eval: its checkpoint is saved
         if start < total_steps or total_steps not in writer.evals:
           evaluate_and_log(total_steps)
         else:  # a finished run, rerun (or killed after its last eval): that eval stands
