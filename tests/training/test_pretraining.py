@@ -3,6 +3,7 @@ library corpus): held-out loss falls, kill -9 mid-epoch resumes exactly, bad inp
 
 import json
 import os
+import re
 import signal
 
 import numpy as np
@@ -204,3 +205,23 @@ def test_planner_shapes_causal_rows_as_one_sequence():
   assert {k: v.shape for k, v in batch.items()} == {
     k: (8, 64) for k in ("tokens", "segment_ids", "positions")
   }
+
+
+@pytest.mark.parametrize(
+  "flat,needle",
+  [
+    ({"eval.examples": 0}, "eval.examples=0: must be positive"),
+    ({"eval.examples": -1}, "eval.examples=-1: must be positive"),
+    ({"data.max_input_length": 1}, "span corruption needs inputs of at least 3 tokens"),
+    ({"data.max_input_length": 2}, "span corruption needs inputs of at least 3 tokens"),
+  ],
+)
+def test_values_that_would_run_on_nothing_or_break_mid_run_are_refused_first(
+  tmp_path, flat, needle
+):
+  """Caught by the config's validation, before the workdir exists (eval.examples=0 logged a
+  loss of 0 over no example; inputs of 1-9 tokens broke span corruption after writing)."""
+  with pytest.raises(errors.UserError, match=re.escape(needle)):
+    trainer.train(pretrain("span_corruption", **flat), str(tmp_path / "w"))
+  assert not (tmp_path / "w").exists()
+  # (rows of 3-15 tokens fit: tests/data/test_span_corruption.py)

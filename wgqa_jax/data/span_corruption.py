@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from wgqa_jax.core.errors import UserError
+
 NOISE_DENSITY = 0.15
 MEAN_NOISE_SPAN_LENGTH = 3.0
 
@@ -39,16 +41,23 @@ def random_spans_helper(
 ) -> tuple[int, int]:
   """(raw tokens per row, target length) such that the corrupted inputs (non-noise tokens, one
   sentinel per span, EOS) are at most `inputs_length` long, as long as possible:
-  512 -> (568, 114)."""
+  512 -> (568, 114). Counted as the mask counts (float32 rounding, at least one noise span),
+  so a row never outgrows its targets (T5's helper rounds in float64 and allows no noise:
+  172 -> 38 targets where the mask makes 40)."""
 
-  def lengths(tokens_length):
-    num_noise = int(round(tokens_length * noise_density))
-    num_spans = int(round(num_noise / mean_noise_span_length))
+  def lengths(tokens_length):  # counted as the mask counts them (at least one noise span)
+    num_noise, num_spans = _noise_counts(tokens_length, noise_density, mean_noise_span_length)
     return tokens_length - num_noise + num_spans + 1, num_noise + num_spans + 1
 
-  tokens_length = inputs_length - 1
-  while lengths(tokens_length + 1)[0] <= inputs_length:
-    tokens_length += 1
+  tokens_length = 2  # the least a row can be: one noise token, one kept
+  if lengths(tokens_length)[0] > inputs_length:
+    raise UserError(
+      f"span corruption needs inputs of at least {lengths(tokens_length)[0]} tokens (one kept, "
+      f"one noise span, EOS); data.max_input_length is {inputs_length}"
+    )
+  # the most raw tokens that fit (their count is not monotonic: a span more costs a sentinel)
+  most = int(inputs_length / (1 - noise_density)) + int(mean_noise_span_length) + 3
+  tokens_length = max(t for t in range(2, most) if lengths(t)[0] <= inputs_length)
   targets_length = lengths(tokens_length)[1]
   # T5's "minor hack": at density 0.5 keep the targets no longer than the inputs
   if noise_density == 0.5 and targets_length > inputs_length:

@@ -65,7 +65,11 @@ def open_tokenizer(c: ml_collections.ConfigDict, workdir: str, train_source=None
   are opened (and checked) before the workdir is written. Span corruption needs sentinels, and
   as many as a full row has spans."""
   d = c.data
-  needed = span_corruption.spans_per_row(span_corruption.random_spans_helper(d.max_input_length)[0])
+  needed = (
+    span_corruption.spans_per_row(span_corruption.random_spans_helper(d.max_input_length)[0])
+    if d.objective == "span_corruption"
+    else 0
+  )
   # a vocabulary made here gets as many sentinels as a row can use (T5's 100, or more)
   extra_ids = max(SENTINELS, needed) if d.objective == "span_corruption" else 0
   if d.tokenizer == "sentencepiece":

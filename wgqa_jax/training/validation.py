@@ -102,6 +102,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     section, _, name = key.rpartition(".")
     if (c[section] if section else c)[name] <= 0:
       bad(key, "must be positive")
+  if c.eval.examples is not None and c.eval.examples <= 0:
+    bad("eval.examples", "must be positive (the validation examples, or held-out documents)")
   if o.batch_size % o.grad_accum_steps:
     bad("optim.batch_size", f"must be divisible by grad_accum_steps={o.grad_accum_steps}")
   if o.learning_rate <= 0:
