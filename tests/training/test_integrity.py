@@ -4,6 +4,7 @@ its exit code, and that nothing good was lost."""
 
 import json
 import os
+import re
 import subprocess
 
 import jax
@@ -441,3 +442,18 @@ def test_a_full_disk_stops_in_one_line_and_the_run_resumes_once_space_is_freed(t
     assert f"resumed from step {good.group(1)}" in r.stdout + r.stderr
   finally:
     subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_a_workdir_whose_own_files_are_links_is_refused_and_their_targets_untouched(tmp_path):
+  """.lock or config.json as a symbolic link: the run would truncate or overwrite what they
+  point to."""
+  for name in (".lock", "config.json", "metrics.jsonl"):
+    w = tmp_path / name.strip(".")
+    w.mkdir()
+    victim = tmp_path / f"victim_{name.strip('.')}"
+    victim.write_text("precious")
+    (w / name).symlink_to(victim)
+    with pytest.raises(errors.UserError, match=f"{re.escape(name)} is a symbolic link"):
+      trainer.train(tiny(), str(w))
+    assert victim.read_text() == "precious"
+    assert sorted(os.listdir(w)) == [name]

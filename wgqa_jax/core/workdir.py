@@ -15,6 +15,7 @@ per workdir.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -41,9 +42,38 @@ DATA_RECORD = "data.json"  # the train and validation data's fingerprints (resum
 SPM_MODEL = "spm.model"  # a sentencepiece vocabulary trained by the run
 CALIBRATION = "calibration.npz"  # the MHA model's calibration statistics (calibrated variants)
 LOCK_FILE = ".lock"
+# every name above: a run writes them, so none may be a symbolic link (its target would be)
+OWNED = (
+  RUN_CONFIG,
+  METRICS,
+  TENSORBOARD,
+  CHECKPOINTS,
+  INTEGRITY,
+  QUARANTINE,
+  BEST,
+  BEST_RECORD,
+  FINAL,
+  TOKENIZER_RECORD,
+  DATA_RECORD,
+  SPM_MODEL,
+  CALIBRATION,
+  LOCK_FILE,
+)
 # what marks a directory as a training workdir, written or not yet with params (not
 # tokenizer.json or config.json: a HF checkpoint has files of those names too)
 MARKERS = (METRICS, CHECKPOINTS, LOCK_FILE)
+
+
+def refuse_links(workdir: str) -> None:
+  """A workdir whose own files are symbolic links is refused: writing them would write where
+  they point (another run's files, or anything)."""
+  for name in OWNED:
+    path = os.path.join(workdir, name)
+    if os.path.islink(path):
+      raise UserError(
+        f"{path} is a symbolic link (to {os.readlink(path)}): a run writes its workdir's own "
+        f"files, never through links; remove it or pass another --workdir"
+      )
 
 
 def is_workdir(path: str) -> bool:
@@ -63,7 +93,12 @@ class Lock:
 
   def acquire(self) -> None:
     os.makedirs(os.path.dirname(self.path), exist_ok=True)
-    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:  # never through a link: truncating it would truncate what it points to
+      fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as e:
+      if e.errno != errno.ELOOP:
+        raise
+      raise UserError(f"{self.path} is a symbolic link; remove it") from None
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -91,6 +126,13 @@ def write_json(path: str, obj, indent: int | None = None) -> None:
   tmp = f"{path}.tmp-{os.getpid()}"
   with open(tmp, "w") as f:
     json.dump(obj, f, indent=indent)
+  os.replace(tmp, path)
+
+
+def write_text(path: str, text: str) -> None:
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.write(text)
   os.replace(tmp, path)
 
 

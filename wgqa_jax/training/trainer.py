@@ -74,6 +74,7 @@ def _train(
   # ---- checks that can fail, before anything in the workdir is written ----
   variant = variants.get(c.grouping.variant)
   workdir = os.path.abspath(workdir)
+  workdir_lib.refuse_links(workdir)
   preflight.check_resume(c, workdir)
   model_source = resolve(c.model.init_from, c.model.arch)  # a hub id: config.json alone
   preflight.check_model(c, model_source.cfg)
@@ -86,9 +87,10 @@ def _train(
   if is_main_process():
     lock.acquire()  # creates the workdir
   os.makedirs(workdir, exist_ok=True)
-  if is_main_process():
-    with open(os.path.join(workdir, workdir_lib.RUN_CONFIG), "w") as f:
-      f.write(c.to_json_best_effort(indent=2))
+  if is_main_process():  # whole, by a rename
+    workdir_lib.write_text(
+      os.path.join(workdir, workdir_lib.RUN_CONFIG), c.to_json_best_effort(indent=2)
+    )
   data_setup.write_data_record(workdir, data_record)
 
   # ---- data ----
