@@ -73,6 +73,15 @@ def test_pareto_runs_every_method_and_budget_and_resumes(tmp_path):
   stamps = {d: os.path.getmtime(out / d / "metrics.jsonl") for d in ("mha", "svd_kv1")}
   assert pareto.main(args) == 0
   assert stamps == {d: os.path.getmtime(out / d / "metrics.jsonl") for d in stamps}
+  # ... but never under another config, even with the checkpoints gone
+  import shutil
+
+  for ckpts in out.glob("*/checkpoints"):
+    shutil.rmtree(ckpts)
+  table = (out / "results.md").read_bytes()
+  with pytest.raises(ValueError, match=r"holds the results of another config \(optim\.learning"):
+    pareto.main(args + ["--config.optim.learning_rate=0.0123"])
+  assert (out / "results.md").read_bytes() == table
 
 
 def test_frontier_marks_the_dominated_points():

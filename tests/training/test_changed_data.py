@@ -144,3 +144,42 @@ def test_a_damaged_data_error_that_a_worker_library_retyped_is_still_recognised(
   batches = pipeline.TrainBatches(Source(), get_tokenizer("bytes", None), layout)
   with pytest.raises(errors.DamagedData, match=r"^TFDS 'x': example 3 is damaged \(bad chunk\)"):
     next(batches)
+
+
+def test_a_per_module_kv_allocation_is_kept_for_the_resume(tmp_path, monkeypatch):
+  """layer_budget=proxy: the allocation the run started with is the run's. A resume whose
+  derivation would now fall the other way (a near tie on other hardware; here the derivation
+  is replaced by one that reverses it) resumes with the kept one: no quarantine, the same G."""
+  from builders import tiny
+
+  from wgqa_jax.grouping import kv_budget
+  from wgqa_jax.store import params_io
+
+  c = tiny(
+    **{
+      "model.arch": "tiny-8head",
+      "grouping.variant": "svd",
+      "grouping.kv_heads": 2,
+      "grouping.layer_budget": "proxy",
+      "grouping.calibration_batches": 2,
+      "num_train_steps": 4,
+      "checkpoint.every": 2,
+    }
+  )
+  w = tmp_path / "w"
+  with pytest.raises(trainer.Preempted):
+    trainer.train(c, str(w), stop_after=2)
+  kept = json.loads((w / "kv_allocation.json").read_text())
+  assert len(set(kept.values())) > 1
+  derive = kv_budget.by_proxy
+  monkeypatch.setattr(
+    kv_budget,
+    "by_proxy",
+    lambda *a, **k: dict(zip(derive(*a, **k), reversed(list(derive(*a, **k).values())))),
+  )
+  trainer.train(c, str(w))
+  assert not (w / "checkpoints_quarantine").exists()
+  assert dict(params_io.load(str(w / "final"))[1].grouping.module_kv_heads) == kept
+  (w / "kv_allocation.json").write_text('{"decoder/layers_0/self_attention": 9}')
+  with pytest.raises(errors.UserError, match="does not hold a KV allocation"):
+    trainer.train(c, str(w))

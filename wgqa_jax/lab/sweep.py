@@ -50,7 +50,8 @@ def uptrain(
   )
   preflight.check_resume(c, workdir)  # results of another config are not reused
   done = finished(workdir, steps)
-  if done is not None:
+  if done is not None:  # also with its checkpoints deleted
+    preflight.check_finished_run(c, workdir)
     return done
   if pretrain_dir and c.data.tokenizer == "sentencepiece":  # the MHA checkpoint's vocabulary
     os.makedirs(workdir, exist_ok=True)

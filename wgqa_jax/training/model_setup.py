@@ -15,7 +15,7 @@ from wgqa_jax.core.errors import UserError
 from wgqa_jax.core.processes import is_main_process, say
 from wgqa_jax.grouping import kv_budget, variants
 from wgqa_jax.models import family_of
-from wgqa_jax.store import streaming
+from wgqa_jax.store import checkpoints, streaming
 from wgqa_jax.store.resolve import ModelSource
 from wgqa_jax.training import calibration, steps
 
@@ -56,17 +56,22 @@ def open_weights(c: ml_collections.ConfigDict, source: ModelSource, tokenizer=No
   )
 
 
-def converted_config(c: ml_collections.ConfigDict, cfg, read=None, stats=None):
+def converted_config(
+  c: ml_collections.ConfigDict, cfg, read=None, stats=None, allocation: dict | None = None
+):
   """(the model config the run trains, convert): the source's config `cfg` as c.grouping
   groups it (a grouped source is uptrained as it is), each module's own KV heads for
   layer_budget=proxy (spread by calibration error: read(path) gives the MHA model's params,
-  `stats` its calibration statistics), with the run's numerics. convert(module, path) turns
-  one attention module's MHA params into the variant's (variants.converter)."""
+  `stats` its calibration statistics; or `allocation`, the {module: G} a run started with),
+  with the run's numerics. convert(module, path) turns one attention module's MHA params into
+  the variant's (variants.converter)."""
   g = c.grouping
   convert = None
   if variants.is_mha(cfg):
     module_kv_heads = None
-    if g.layer_budget == "proxy":  # the same KV heads in all, spread by calibration error
+    if g.layer_budget == "proxy" and allocation is not None:
+      module_kv_heads = allocation
+    elif g.layer_budget == "proxy":  # the same KV heads in all, spread by calibration error
       if stats is None:
         raise UserError(
           "grouping.layer_budget=proxy spreads the KV heads by calibration error "
@@ -123,7 +128,13 @@ def build_model(
   stats = None
   if variants.is_mha(cfg) and variants.get(c.grouping.variant).calibrated:
     stats = calibrate(c, reader, cfg, mesh, calibration_data, workdir)
-  cfg, convert = converted_config(c, cfg, reader.read, stats)
+  kept = kept_allocation(c, cfg, workdir)
+  cfg, convert = converted_config(c, cfg, reader.read, stats, kept)
+  if c.grouping.layer_budget == "proxy" and kept is None and workdir and is_main_process():
+    workdir_lib.write_json(
+      os.path.join(workdir, workdir_lib.KV_ALLOCATION),
+      dict(cfg.grouping.module_kv_heads),
+    )
   params = streaming.load_sharded(
     reader,
     cfg,
@@ -132,6 +143,31 @@ def build_model(
     desc=None if source.is_random else f"loading {c.model.init_from}",
   )
   return params, cfg
+
+
+def kept_allocation(c: ml_collections.ConfigDict, cfg, workdir: str | None) -> dict | None:
+  """The {module: G} a layer_budget=proxy run started with (WORKDIR/kv_allocation.json), which
+  its resumes keep: derived again, a near tie may fall the other way (other hardware, other
+  calibration numerics) and the checkpoint would no longer fit. None for a fresh run."""
+  if c.grouping.layer_budget != "proxy" or not workdir:
+    return None
+  path = os.path.join(workdir, workdir_lib.KV_ALLOCATION)
+  if not checkpoints.has_checkpoints(workdir):
+    return None
+  saved = workdir_lib.read_json(path)
+  if saved is None:  # a run from before the file: derived again, as it was then
+    return None
+  modules = [m for m, grouped in cfg.attention_modules() if grouped]
+  try:
+    allocation = {m: int(saved["/".join(m)]) for m in modules}
+    assert len(saved) == len(modules) and all(1 <= g <= cfg.num_heads for g in allocation.values())
+  except (KeyError, TypeError, ValueError, AssertionError):
+    raise UserError(
+      f"{path} does not hold a KV allocation of this model's {len(modules)} grouped attention "
+      f"modules: the file is damaged (pass another --workdir to start afresh)"
+    ) from None
+  say(f"KV heads per module: {','.join(map(str, allocation.values()))} (kept from {path})")
+  return allocation
 
 
 def calibrate(

@@ -54,6 +54,24 @@ def check_resume(c: ml_collections.ConfigDict, workdir: str) -> None:
     )
 
 
+def check_finished_run(c: ml_collections.ConfigDict, workdir: str) -> None:
+  """A finished run's results are reused (sweep, pareto) only under the config it ran with,
+  whether or not its checkpoints are still there."""
+  saved = os.path.join(workdir, workdir_lib.RUN_CONFIG)
+  if not os.path.exists(saved):
+    raise UserError(
+      f"{workdir} holds results but no {workdir_lib.RUN_CONFIG}: cannot tell what they are "
+      f"of; remove it to run it again"
+    )
+  with open(saved) as f:
+    diffs = resume_differences(json.load(f), c)
+  if diffs:
+    raise UserError(
+      f"{workdir} holds the results of another config ({'; '.join(diffs)}): they would "
+      f"stand for this one. Remove it to run it again, or pass another --out"
+    )
+
+
 def make_mesh(c: ml_collections.ConfigDict):
   """The (data, fsdp, model) mesh of the config's mesh section; the global batch (and each
   micro-batch) must split evenly over data x fsdp."""
