@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -74,3 +75,31 @@ def test_sweep_rejects_bad_variants_before_training(tmp_path):
   with pytest.raises(ValueError, match="choose from"):
     sweep.main(["--config=configs/tiny.py", f"--out={tmp_path}", "--variants=gqa,nope"])
   assert not (tmp_path / "pretrain_mha").exists()
+
+
+def test_curves_plot_what_every_run_logged_or_refuse_before_writing(tmp_path):
+  """A pretraining run logs only the held-out loss: its curves are the loss, not an empty plot
+  of ROUGE; a metric a run never logged, or two runs of one name, are refused first."""
+  from wgqa_jax.core import errors
+
+  runs = {}
+  for name, rows in {
+    "pairs": [{"step": 5, "eval/loss": 2.0, "eval/rougeLsum": 10.0}],
+    "corpus": [{"step": 5, "eval/loss": 3.0, "eval/perplexity": 20.1}],
+  }.items():
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    runs[name] = str(tmp_path / name)
+  report = analysis.analyse([runs["corpus"]], str(tmp_path / "a"))
+  assert report["metric"] == "eval/loss" and os.path.getsize(report["curves"]) > 1000
+  assert analysis.analyse([runs["pairs"]], str(tmp_path / "b"))["metric"] == "eval/rougeLsum"
+  assert analysis.analyse(list(runs.values()), str(tmp_path / "c"))["metric"] == "eval/loss"
+  (tmp_path / "x" / "pairs").mkdir(parents=True)
+  (tmp_path / "x" / "pairs" / "metrics.jsonl").write_text("")
+  for workdirs, metric, needle in [
+    ([runs["corpus"]], "eval/rougeLsum", "logged no eval/rougeLsum; its metrics: eval/loss"),
+    ([runs["pairs"], str(tmp_path / "x" / "pairs")], None, "share the name 'pairs'"),
+  ]:
+    with pytest.raises(errors.UserError, match=re.escape(needle)):
+      analysis.analyse(workdirs, str(tmp_path / "refused"), metric)
+    assert not (tmp_path / "refused").exists()

@@ -4,7 +4,8 @@ wgqa_jax/tools/analysis.py).
 - WGQA weights: distribution of the learned K/V head weights at every kept checkpoint (PNG, like
   Fig. 3 of the WGQA paper) and a two-sided one-sample t-test of their mean against 0.5 (the mean
   heuristic of GQA with two heads per group) at each step.
-- Curves: an eval metric (default ROUGE-Lsum) against step for several runs on one plot.
+- Curves: an eval metric (default: ROUGE-Lsum, BLEU or the held-out loss, the first every run
+  logged) against step for several runs on one plot.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 import numpy as np
 
 from wgqa_jax.core import workdir as workdir_lib
-from wgqa_jax.core.errors import MissingInput
+from wgqa_jax.core.errors import MissingInput, UserError
 from wgqa_jax.grouping import variants
 from wgqa_jax.store import checkpoints
 
@@ -117,10 +118,45 @@ def plot_curves(runs: dict[str, str], metric: str, out_png: str) -> str:
   return out_png
 
 
-def analyse(workdirs: list[str], out_dir: str, metric: str = "eval/rougeLsum") -> dict:
+CURVE_METRICS = ("eval/rougeLsum", "eval/bleu", "eval/loss")  # the first every run has
+
+
+def curve_metric(runs: dict[str, str], metric: str | None) -> str:
+  """The metric of the curves: the one asked for, which every run must have logged, or the
+  first of CURVE_METRICS every run has (a pretraining run logs only the held-out loss)."""
+  logged = {name: {k for r in read_metrics(w) for k in r} for name, w in runs.items()}
+  if metric is None:
+    common = [m for m in CURVE_METRICS if all(m in keys for keys in logged.values())]
+    if not common:
+      evals = {n: sorted(k for k in keys if k.startswith("eval/")) for n, keys in logged.items()}
+      raise UserError(
+        f"the runs share none of {', '.join(CURVE_METRICS)}: pass --metric (what each logged: "
+        f"{evals})"
+      )
+    return common[0]
+  for name, keys in logged.items():
+    if metric not in keys:
+      raise UserError(
+        f"{runs[name]} logged no {metric}; its metrics: "
+        f"{', '.join(sorted(k for k in keys if '/' in k))}"
+      )
+  return metric
+
+
+def analyse(workdirs: list[str], out_dir: str, metric: str | None = None) -> dict:
+  names = {}
+  for w in workdirs:
+    name = os.path.basename(os.path.normpath(w))
+    if name in names:
+      raise UserError(
+        f"--workdir {names[name]} and {w} share the name {name!r}, which labels their curves "
+        f"and plots: name them apart"
+      )
+    names[name] = w
+  metric = curve_metric(names, metric)
   os.makedirs(out_dir, exist_ok=True)
-  names = {os.path.basename(os.path.normpath(w)): w for w in workdirs}
   report: dict = {
+    "metric": metric,
     "curves": plot_curves(names, metric, os.path.join(out_dir, "curves.png")),
     "wgqa": {},
   }

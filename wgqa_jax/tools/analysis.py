@@ -18,7 +18,13 @@ from wgqa_jax.lab import analysis
 FLAGS = cli.flag_set()
 flags.DEFINE_multi_string("workdir", [], "a training workdir (repeat)", flag_values=FLAGS)
 flags.DEFINE_string("out", None, "output directory", flag_values=FLAGS)
-flags.DEFINE_string("metric", "eval/rougeLsum", "eval metric of the curves", flag_values=FLAGS)
+flags.DEFINE_string(
+  "metric",
+  None,
+  "metric of the curves (default: eval/rougeLsum, else eval/bleu, else eval/loss: the first "
+  "every run logged)",
+  flag_values=FLAGS,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
   if not args.workdir or not args.out:
     raise UserError("pass --workdir=DIR (repeatable) and --out=DIR")
   report = analysis.analyse(args.workdir, args.out, args.metric)
-  print(f"curves: {report['curves']}")
+  print(f"curves ({report['metric']}): {report['curves']}")
   for name, r in report["wgqa"].items():
     print(f"{name}: {r['plot']}")
     for step, t in r["ttest_vs_0.5"].items():
