@@ -35,6 +35,9 @@ def test_weights_plots_and_curves_from_a_wgqa_run(tmp_path):
   assert tt["n"] == 32 and tt["mean"] == pytest.approx(by_step[20].mean(), rel=1e-6)
 
 
+# 55 s; its parts (uptrain, the MHA checkpoint, a finished point read back) run in the pareto
+# test too: kept out of CI's 20 minutes (pytest -m slow)
+@pytest.mark.slow
 def test_sweep_runs_variants_from_one_mha_checkpoint(tmp_path):
   out = tmp_path / "sweep"
   sets = [

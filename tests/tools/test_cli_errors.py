@@ -216,3 +216,15 @@ def test_a_bug_is_a_crash_with_its_traceback_and_only_bad_input_is_one_line(tmp_
   else:
     one_line(r, "an injected fault")
   assert not (tmp_path / "out").exists()
+
+
+def test_a_place_that_cannot_be_written_is_one_line_naming_it(tmp_path):
+  """/sys refuses new entries even to root: the real EPERM, from three command lines."""
+  (tmp_path / "a.jsonl").write_text(
+    "".join(json.dumps({"text": f"d {i}"}) + "\n" for i in range(9))
+  )
+  for module, args in [
+    ("wgqa_jax.prepare_corpus", [f"--input={tmp_path / 'a.jsonl'}", "--out=/sys/wgqa_jax_corpus"]),
+    ("wgqa_jax.train", ["--config=configs/tiny.py", "--workdir=/sys/wgqa_jax_run"]),
+  ]:
+    one_line(run(module, *args), "/sys/")

@@ -98,8 +98,13 @@ def run(main: Callable[[list[str] | None], int], fv: flags.FlagValues) -> None:
       sys.stderr.flush()
       os._exit(code)
     sys.exit(code)
-  except OSError as e:  # only a full disk (or quota) is the machine's state, not a bug
-    if e.errno not in (errno.ENOSPC, errno.EDQUOT) or (fv.is_parsed() and fv["debug"].value):
+  except OSError as e:  # a full disk, or a place the user named that cannot be written
+    if fv.is_parsed() and fv["debug"].value:
+      raise
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+      print(f"error: {e.filename or 'a file'}: {e.strerror}", file=sys.stderr)
+      sys.exit(EXIT_USER_ERROR)
+    if e.errno not in (errno.ENOSPC, errno.EDQUOT):
       raise
     print(
       f"disk full: writing {e.filename or 'a file'} failed ({e.strerror}); free space and "

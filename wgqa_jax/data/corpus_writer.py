@@ -234,17 +234,17 @@ def prepare(
     raise UserError(f"--shard_mb={shard_mb}: must be positive")
   out = os.path.abspath(os.path.expanduser(out))
   check_out(out, files, overwrite)
-  bar = tqdm(
-    total=sum(os.path.getsize(f) for f in files),
-    unit="B",
-    unit_scale=True,
-    desc="preparing corpus",
-    disable=not progress,
-    dynamic_ncols=True,
-    leave=False,
-  )
-  try:
-    with writing_dir(out) as tmp:  # `out` is always whole: the old corpus or the new one
+  with writing_dir(out) as tmp:  # `out` is always whole: the old corpus or the new one
+    bar = tqdm(
+      total=sum(os.path.getsize(f) for f in files),
+      unit="B",
+      unit_scale=True,
+      desc="preparing corpus",
+      disable=not progress,
+      dynamic_ncols=True,
+      leave=False,
+    )
+    try:
       writers = {
         split: ShardWriter(tmp, split, int(shard_mb * 2**20)) for split in ("train", "validation")
       }
@@ -252,42 +252,48 @@ def prepare(
       done = 0  # bytes of the files finished
       for path in files:
         size_on_disk, read = os.path.getsize(path), 0
-        try:
-          for text, size in read_documents(path, text_field, text_unit):
-            # progress in bytes on disk: what is read (characters; decompressed for .gz) counts
-            # up to the file's size, and the file's end sets it exactly
-            step = min(size, size_on_disk - read)
-            read += step
-            bar.update(step)
-            if not text.strip():
-              empty += 1
-              continue
-            split = "validation" if n % validation_every == 0 else "train"
-            writers[split].write(text.encode("utf-8"))
-            n += 1
-        except (OSError, EOFError, UnicodeDecodeError) as e:  # damaged gzip, bad bytes, ...
-          raise UserError(f"cannot read {path}: {type(e).__name__}: {e}") from None
+        for text, size in _readable(path, text_field, text_unit):
+          # progress in bytes on disk: what is read (characters; decompressed for .gz) counts
+          # up to the file's size, and the file's end sets it exactly
+          step = min(size, size_on_disk - read)
+          read += step
+          bar.update(step)
+          if not text.strip():
+            empty += 1
+            continue
+          split = "validation" if n % validation_every == 0 else "train"
+          writers[split].write(text.encode("utf-8"))  # a full disk is not the input's fault
+          n += 1
         done += size_on_disk
         bar.update(done - bar.n)
-      for w in writers.values():
-        w.close()
-      if writers["train"].documents == 0:
-        raise UserError(
-          f"{', '.join(files[:3])}{' ...' if len(files) > 3 else ''}: {n} "
-          f"non-empty document(s); a corpus needs at least 2 (one is held out)"
-        )
-      manifest = {
-        "format": corpora.FORMAT,
-        "splits": {k: w.summary() for k, w in writers.items()},
-        "inputs": files,
-        "text_field": text_field,
-        "text_unit": text_unit,
-        "validation_every": validation_every,
-        "empty_documents_skipped": empty,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-      }
-      with open(os.path.join(tmp, corpora.MANIFEST), "w") as f:
-        json.dump(manifest, f, indent=1)
-    return manifest
-  finally:
-    bar.close()
+    finally:
+      bar.close()
+    for w in writers.values():
+      w.close()
+    if writers["train"].documents == 0:
+      raise UserError(
+        f"{', '.join(files[:3])}{' ...' if len(files) > 3 else ''}: {n} "
+        f"non-empty document(s); a corpus needs at least 2 (one is held out)"
+      )
+    manifest = {
+      "format": corpora.FORMAT,
+      "splits": {k: w.summary() for k, w in writers.items()},
+      "inputs": files,
+      "text_field": text_field,
+      "text_unit": text_unit,
+      "validation_every": validation_every,
+      "empty_documents_skipped": empty,
+      "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+    }
+    with open(os.path.join(tmp, corpora.MANIFEST), "w") as f:
+      json.dump(manifest, f, indent=1)
+  return manifest
+
+
+def _readable(path: str, text_field: str, text_unit: str):
+  """read_documents, its read errors (damaged gzip, bad bytes) one line naming the file; what
+  the caller does with each document (writing it) is not under this."""
+  try:
+    yield from read_documents(path, text_field, text_unit)
+  except (OSError, EOFError, UnicodeDecodeError) as e:
+    raise UserError(f"cannot read {path}: {type(e).__name__}: {e}") from None
