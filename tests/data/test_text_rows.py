@@ -173,6 +173,11 @@ def test_eval_rows_are_fixed_and_their_last_batch_is_padding():
   n = len(a["tokens"])
   assert len(batches) == -(-n // 5)
   assert (batches[-1]["segment_ids"][n % 5 or 5 :] == 0).all()
+  # a bound on the rows keeps the first of them, whatever the documents' sizes
+  capped = pipeline.eval_rows(docs, WordTokenizer(), layout, 20, max_rows=3)
+  assert all(np.array_equal(capped[k], a[k][:3]) for k in a) and n > 3
+  huge = [" ".join(str(100 + i % 9) for i in range(20_000))] + list(docs)
+  assert len(pipeline.eval_rows(huge, WordTokenizer(), layout, 20, max_rows=7)["tokens"]) == 7
 
 
 def test_rows_per_example_counts_documents_of_a_window():

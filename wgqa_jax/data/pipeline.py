@@ -403,9 +403,12 @@ def padding_fraction(batch: dict, pad_id: int = 0) -> float:
   return float(1.0 - tokens / cells)
 
 
-def eval_rows(source, tokenizer, layout: Layout, documents: int, threads: int = 4) -> dict:
+def eval_rows(
+  source, tokenizer, layout: Layout, documents: int, max_rows: int | None = None, threads: int = 4
+) -> dict:
   """The objective's rows of the first `documents` documents of `source`, in order, with a
-  fixed seed: the same held-out rows at every eval and on every run."""
+  fixed seed: the same held-out rows at every eval and on every run; at most the first
+  `max_rows` of them (a few huge documents would otherwise make every eval huge)."""
   n = min(documents, len(source))
   tokenize, make_rows = transforms(tokenizer, layout)
   ds = _rows_of(
@@ -413,10 +416,15 @@ def eval_rows(source, tokenizer, layout: Layout, documents: int, threads: int = 
     make_rows,
     seed=0,
   )
-  parts = list(
-    ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=threads))
-  )
-  return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+  parts, rows = [], 0
+  for part in ds.to_iter_dataset(
+    grain.ReadOptions(num_threads=threads, prefetch_buffer_size=threads)
+  ):
+    parts.append(part)
+    rows += num_rows(part)
+    if max_rows is not None and rows >= max_rows:
+      break  # the windows after it are not read
+  return {k: np.concatenate([p[k] for p in parts])[:max_rows] for k in parts[0]}
 
 
 def eval_row_batches(rows: dict, batch_size: int, pad_id: int):

@@ -117,6 +117,8 @@ def base_config() -> ml_collections.ConfigDict:
   # validation examples decoded for ROUGE / BLEU (corpora: held-out documents whose rows give
   # the loss)
   c.eval.examples = 256
+  # corpora: at most this many held-out rows (the first), whatever the documents' sizes
+  c.eval.max_rows = 4096
   c.eval.batch_size = 64  # batch of the eval loss and cached greedy decoding
   c.eval.max_decode_length = placeholder(int)  # unset: data.max_target_length
   # keep best/ by this metric (unset: rougeLsum, or bleu; corpora: loss, lowest kept)
@@ -150,6 +152,7 @@ RESUMABLE_CHANGES = (
   "eval.every",
   "eval.at_start",
   "eval.examples",
+  "eval.max_rows",
   "eval.batch_size",
   "eval.max_decode_length",
   "checkpoint.every",

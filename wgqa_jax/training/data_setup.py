@@ -12,7 +12,7 @@ import numpy as np
 
 from wgqa_jax.core import sharding, workdir as workdir_lib
 from wgqa_jax.core.errors import UserError
-from wgqa_jax.core.processes import first_on_process_0, is_main_process
+from wgqa_jax.core.processes import first_on_process_0, is_main_process, say
 from wgqa_jax.data import corpora, fingerprints, pipeline, span_corruption, tasks, tokenizers
 from wgqa_jax.models import preset
 
@@ -166,7 +166,14 @@ def prepare_data(
   tokenizer = tokenizer or open_tokenizer(c, workdir, train_source)
   layout = layout_of(c)
   if layout.documents:
-    eval_split = pipeline.eval_rows(eval_source, tokenizer, layout, c.eval.examples)
+    eval_split = pipeline.eval_rows(
+      eval_source, tokenizer, layout, c.eval.examples, c.eval.max_rows
+    )
+    if pipeline.num_rows(eval_split) == c.eval.max_rows:
+      say(
+        f"eval: the first {c.eval.max_rows} rows of the held-out documents "
+        f"(config.eval.max_rows bounds every eval)"
+      )
   else:
     eval_split = pipeline.eval_split(
       eval_source, tokenizer, d.max_input_length, d.max_target_length

@@ -96,6 +96,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     "data.max_target_length",
     "log_every",
     "eval.batch_size",
+    "eval.max_rows",
     "checkpoint.every",
     "checkpoint.keep",
   ):
