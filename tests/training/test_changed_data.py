@@ -183,3 +183,11 @@ def test_a_per_module_kv_allocation_is_kept_for_the_resume(tmp_path, monkeypatch
   (w / "kv_allocation.json").write_text('{"decoder/layers_0/self_attention": 9}')
   with pytest.raises(errors.UserError, match="does not hold a KV allocation"):
     trainer.train(c, str(w))
+  # a workdir from before the file, whose allocation is now derived otherwise: its checkpoints
+  # hold another model, said in one line, and are not quarantined as damaged
+  (w / "kv_allocation.json").unlink()
+  saved = sorted(os.listdir(w / "checkpoints"))
+  with pytest.raises(errors.UserError, match=r"holds another model than this run builds \(params"):
+    trainer.train(c, str(w))
+  assert sorted(os.listdir(w / "checkpoints")) == saved
+  assert not (w / "checkpoints_quarantine").exists()

@@ -168,6 +168,13 @@ class Checkpoints:
     abstract = sharding.abstract(template, shardings)
     steps = sorted(self.steps(), reverse=True)
     for step in steps:
+      other = self.other_model(step, abstract)
+      if other:  # not damage: this run builds another model; the checkpoint stays as it is
+        raise UserError(
+          f"checkpoint {step} in {self.dir} holds another model than this run builds ({other}): "
+          f"the config no longer builds what was trained; pass another --workdir (the "
+          f"checkpoint is left as it is)"
+        )
       restored, problem = self.try_restore(step, abstract)
       if problem is None:
         return restored
@@ -177,6 +184,30 @@ class Checkpoints:
         f"no checkpoint in {self.dir} restores intact (steps {sorted(steps)} were moved to "
         f"{self.quarantine_dir}); start fresh with another --workdir, or restore a backup"
       )
+    return None
+
+  def other_model(self, step: int, abstract) -> str | None:
+    """How checkpoint `step`'s params differ in names or shapes from `abstract`'s (a model
+    the config builds otherwise: e.g. another KV allocation), read from its metadata; None
+    when they agree or the metadata cannot be read (then restoring says what is wrong)."""
+    if abstract is None or "params" not in abstract:
+      return None
+    try:
+      saved = ocp.StandardCheckpointer().metadata(os.path.join(self.dir, str(step), "state"))
+      tree = getattr(saved, "item_metadata", saved)
+      saved = {
+        jax.tree_util.keystr(path): tuple(leaf.shape)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree["params"])
+      }
+    except Exception:  # damaged or older metadata: the restore decides
+      return None
+    want = {
+      jax.tree_util.keystr(path): tuple(leaf.shape)
+      for path, leaf in jax.tree_util.tree_leaves_with_path(abstract["params"])
+    }
+    for key in sorted(set(saved) | set(want)):
+      if saved.get(key) != want.get(key):
+        return f"params{key}: {saved.get(key, 'absent')} saved, {want.get(key, 'absent')} now"
     return None
 
   def try_restore(self, step: int, abstract=None):
