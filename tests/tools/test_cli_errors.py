@@ -228,3 +228,20 @@ def test_a_place_that_cannot_be_written_is_one_line_naming_it(tmp_path):
     ("wgqa_jax.train", ["--config=configs/tiny.py", "--workdir=/sys/wgqa_jax_run"]),
   ]:
     one_line(run(module, *args), "/sys/")
+
+
+def test_evaluate_never_decodes_with_a_tokenizer_the_checkpoint_was_not_trained_with(
+  hf_dir, tmp_path
+):
+  """An HF directory without tokenizer files (and no run config) is not decoded with bytes by
+  default; a tokenizer whose ids or EOS do not fit the model is refused (T5 with EOS 1 and
+  260 embeddings fits the byte tokenizer's 259 ids; 97 embeddings do not)."""
+  from wgqa_jax.tools import evaluate
+
+  with pytest.raises(ValueError, match="has no run config and no tokenizer files: pass --token"):
+    evaluate.main([f"--checkpoint={hf_dir}", f"--out={tmp_path / 'a.json'}"])
+  small = tmp_path / "small"
+  make_hf_model(V10).save_pretrained(str(small))
+  with pytest.raises(ValueError, match=r"tokenizer 'bytes' \(259 ids, EOS 1\) does not fit"):
+    evaluate.main([f"--checkpoint={small}", "--tokenizer=bytes", f"--out={tmp_path / 'b.json'}"])
+  assert not list(tmp_path.glob("*.json"))

@@ -457,3 +457,16 @@ def test_a_workdir_whose_own_files_are_links_is_refused_and_their_targets_untouc
       trainer.train(tiny(), str(w))
     assert victim.read_text() == "precious"
     assert sorted(os.listdir(w)) == [name]
+
+
+def test_a_workdir_with_results_but_no_checkpoints_keeps_its_config(tmp_path):
+  """Checkpoints deleted to free disk, best/ and final/ kept: another config would train over
+  them (and keep the old best/ under the new config.json): refused, nothing changed."""
+  import shutil
+
+  trainer.train(tiny(num_train_steps=10), str(tmp_path))
+  shutil.rmtree(tmp_path / "checkpoints")
+  before = snapshot(tmp_path)
+  with pytest.raises(ValueError, match=r"grouping\.variant: 'wgqa' -> 'mqa'"):
+    trainer.train(tiny(num_train_steps=10, **{"grouping.variant": "mqa"}), str(tmp_path))
+  assert snapshot(tmp_path) == before

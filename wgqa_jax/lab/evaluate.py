@@ -80,7 +80,20 @@ def evaluate(
   dataset = dataset or rd["dataset"]
   path = source.path
   workdir = os.path.dirname(os.path.abspath(path)) if run else path  # where spm.model is
-  tok = tokenizers.get_tokenizer(tokenizer or rd["tokenizer"], workdir)
+  if tokenizer is None:  # the run's, else the checkpoint's own; never a silent default
+    tokenizer = rd["tokenizer"] if run else source.tokenizer
+    if tokenizer is None:
+      raise UserError(
+        f"{checkpoint} has no run config and no tokenizer files: pass --tokenizer (the one "
+        f"it was trained with)"
+      )
+  tok = tokenizers.get_tokenizer(tokenizer, workdir)
+  if tok.vocab_size > cfg.vocab_size or tok.eos_id != cfg.eos_token_id:
+    raise UserError(
+      f"tokenizer {tokenizer!r} ({tok.vocab_size} ids, EOS {tok.eos_id}) does not fit "
+      f"{checkpoint} ({cfg.vocab_size} embeddings, EOS {cfg.eos_token_id}): pass the "
+      f"tokenizer it was trained with"
+    )
   max_dec = max_decode_length or rd["max_target_length"]
   task = tasks.generation_task(dataset)
   gen = generation_config(

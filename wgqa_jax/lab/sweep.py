@@ -48,11 +48,11 @@ def uptrain(
       checkpoint=dict(every=every, keep=10),
     )
   )
-  preflight.check_resume(c, workdir)  # results of another config are not reused
   done = finished(workdir, steps)
-  if done is not None:  # also with its checkpoints deleted
+  if done is not None:  # read back only under its own config, also with checkpoints deleted
     preflight.check_finished_run(c, workdir)
     return done
+  preflight.check_resume(c, workdir)  # results of another config are not reused
   if pretrain_dir and c.data.tokenizer == "sentencepiece":  # the MHA checkpoint's vocabulary
     os.makedirs(workdir, exist_ok=True)
     if not os.path.exists(os.path.join(workdir, workdir_lib.SPM_MODEL)):

@@ -41,9 +41,15 @@ def check_model(c: ml_collections.ConfigDict, src) -> None:
 
 def check_resume(c: ml_collections.ConfigDict, workdir: str) -> None:
   """A workdir with checkpoints resumes only under the config it was started with (up to the
-  keys training.config.RESUMABLE_CHANGES lists): one line per differing key, else nothing."""
+  keys training.config.RESUMABLE_CHANGES lists): one line per differing key, else nothing.
+  So does one whose checkpoints are gone but whose results are not (best/, final/): another
+  config would write over them, and best/ could stay the old run's model."""
   saved = os.path.join(workdir, workdir_lib.RUN_CONFIG)
-  if not os.path.exists(saved) or not checkpoints.has_checkpoints(workdir):
+  results = (workdir_lib.BEST, workdir_lib.BEST_RECORD, workdir_lib.FINAL)
+  if not os.path.exists(saved) or not (
+    checkpoints.has_checkpoints(workdir)
+    or any(os.path.exists(os.path.join(workdir, r)) for r in results)
+  ):
     return
   with open(saved) as f:
     diffs = resume_differences(json.load(f), c)
