@@ -231,6 +231,9 @@ def test_a_directory_that_is_not_a_corpus_says_how_to_prepare_one(tmp_path):
 
 def test_tfds_text_feature_is_read_and_a_missing_one_named(tmp_path):
   local_tfds.build("cnn_dailymail", str(tmp_path), {"train": 12, "validation": 3})
+  local_tfds.build("cnn_dailymail", str(tmp_path), {"train": 12, "validation": 3})  # reused
+  with pytest.raises(ValueError, match=r"already holds cnn_dailymail with .* not \{'train': 50"):
+    local_tfds.build("cnn_dailymail", str(tmp_path), {"train": 50, "validation": 3})
   docs = corpora.open_corpus("tfds:cnn_dailymail", "train", str(tmp_path), "article")
   assert len(docs) == 12 and isinstance(docs[0], str) and len(docs[0].split()) > 20
   with pytest.raises(ValueError, match="no feature 'text'.*'article'"):

@@ -74,10 +74,19 @@ def test_sweep_runs_variants_from_one_mha_checkpoint(tmp_path):
   ).read_bytes()
 
 
-def test_sweep_rejects_bad_variants_before_training(tmp_path):
-  with pytest.raises(ValueError, match="choose from"):
-    sweep.main(["--config=configs/tiny.py", f"--out={tmp_path}", "--variants=gqa,nope"])
-  assert not (tmp_path / "pretrain_mha").exists()
+@pytest.mark.parametrize(
+  "flags,needle",
+  [
+    (["--variants=gqa,nope"], "choose from"),
+    (["--variants=mha,gqa", "--config.grouping.kv_heads=3"], "not divisible by kv_heads=3"),
+    (["--variants=gqa", "--steps=0"], "--steps=0: at least 1"),
+    (["--variants=gqa", "--pretrain_steps=-1"], "--pretrain_steps=-1"),
+  ],
+)
+def test_sweep_rejects_bad_variants_before_training(tmp_path, flags, needle):
+  with pytest.raises(ValueError, match=re.escape(needle)):
+    sweep.main(["--config=configs/tiny.py", f"--out={tmp_path / 'out'}", *flags])
+  assert not (tmp_path / "out").exists()
 
 
 def test_curves_plot_what_every_run_logged_or_refuse_before_writing(tmp_path):

@@ -59,6 +59,10 @@ def test_cli_prints_a_table_and_one_json_line_for_n_devices():
       "make the batch a multiple of 8",
     ),
     (["--config=configs/scale.py:llama-3", "--devices=8"], "choose from"),
+    (
+      ["--config=configs/tiny.py", "--devices=1", "--calibration=/any/calibration.npz"],
+      "--calibration is read only to plan grouping.layer_budget=proxy",
+    ),
   ],
 )
 def test_bad_input_is_one_line_and_exit_2(flags, message):

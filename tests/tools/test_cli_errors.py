@@ -245,3 +245,22 @@ def test_evaluate_never_decodes_with_a_tokenizer_the_checkpoint_was_not_trained_
   with pytest.raises(ValueError, match=r"tokenizer 'bytes' \(259 ids, EOS 1\) does not fit"):
     evaluate.main([f"--checkpoint={small}", "--tokenizer=bytes", f"--out={tmp_path / 'b.json'}"])
   assert not list(tmp_path.glob("*.json"))
+
+
+def test_a_sharded_checkpoint_missing_a_shard_or_with_a_torn_index_is_one_line(tmp_path):
+  """A partly copied or downloaded HF directory: its index names a shard that is not there,
+  or the index itself is cut short."""
+  from wgqa_jax.tools import convert
+
+  d = tmp_path / "hf"
+  make_hf_model(V10).save_pretrained(str(d), max_shard_size="20KB")
+  index = d / "model.safetensors.index.json"
+  shards = sorted(p.name for p in d.glob("model-*.safetensors"))
+  assert index.exists() and len(shards) > 1
+  (d / shards[-1]).unlink()
+  with pytest.raises(FileNotFoundError, match=f"is incomplete: .* names {shards[-1]}"):
+    convert.main([f"--hf={d}", f"--out={tmp_path / 'out'}"])
+  index.write_text(index.read_text()[:40])
+  with pytest.raises(ValueError, match="is not a shard index"):
+    convert.main([f"--hf={d}", f"--out={tmp_path / 'out'}"])
+  assert not (tmp_path / "out").exists()

@@ -134,6 +134,21 @@ def test_damaged_latest_checkpoint_is_quarantined_and_the_run_resumes_from_the_o
   assert len(steps) == len(set(steps))
 
 
+def test_running_out_of_memory_while_restoring_quarantines_nothing(tmp_path, monkeypatch):
+  """A restore that fails for the machine's sake (here orbax raising XLA's out-of-memory error,
+  as a resume onto a smaller device does) leaves every checkpoint in place."""
+  w = cut_run(tmp_path, stop_after=10)
+
+  def oom(*args, **kw):
+    raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.2GiB")
+
+  monkeypatch.setattr(checkpoints.ocp.CheckpointManager, "restore", oom)
+  with pytest.raises(RuntimeError, match="RESOURCE_EXHAUSTED"):
+    trainer.train(tiny(num_train_steps=30), w)
+  assert not os.path.exists(os.path.join(w, "checkpoints_quarantine"))
+  assert sorted(os.listdir(os.path.join(w, "checkpoints"))) == ["10"]
+
+
 def test_no_good_checkpoint_is_one_clear_error_and_nothing_is_deleted(tmp_path):
   w = cut_run(tmp_path)
   for step in (10, 20):

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from wgqa_jax.core.errors import UserError
+
 # dataset -> (TFDS name, builder config, median words of input, of target, sizes per split)
 SHAPES = {
   "cnn_dailymail": (
@@ -144,6 +146,13 @@ def build(dataset: str, data_dir: str, sizes: dict[str, int] | None = None, seed
 
   Local.name = name
   builder = Local(config=config, data_dir=data_dir, file_format="array_record")
+  if builder.is_prepared():  # reused as it is: only if it is what was asked for
+    have = {split: info.num_examples for split, info in builder.info.splits.items()}
+    if have != sizes:
+      raise UserError(
+        f"{builder.data_dir} already holds {dataset} with {have} examples, not {sizes}: "
+        f"remove it to build it again, or pass another --data_dir"
+      )
   builder.download_and_prepare(
     download_config=tfds.download.DownloadConfig(
       download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS

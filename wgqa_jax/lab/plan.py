@@ -60,7 +60,13 @@ def model_config(c, source, calibration_file: str | None = None):
   from wgqa_jax.training import calibration, model_setup
 
   cfg, read, stats = source.cfg, None, None
-  if c.grouping.layer_budget == "proxy" and variants.is_mha(source.cfg):
+  proxy = c.grouping.layer_budget == "proxy" and variants.is_mha(source.cfg)
+  if calibration_file and not proxy:
+    raise UserError(
+      "--calibration is read only to plan grouping.layer_budget=proxy on an MHA model (its "
+      "per-module KV heads); this plan does not use it"
+    )
+  if proxy:
     if not calibration_file:
       raise UserError(
         "grouping.layer_budget=proxy spreads the KV heads by calibration error on "

@@ -15,8 +15,10 @@ import shutil
 import time
 
 from wgqa_jax.core import workdir as workdir_lib
+from wgqa_jax.core.errors import UserError
 from wgqa_jax.data import corpora
 from wgqa_jax.lab import analysis
+from wgqa_jax.store.resolve import resolve
 from wgqa_jax.training import preflight, trainer
 from wgqa_jax.training.validation import validate
 
@@ -167,12 +169,18 @@ def describe_data(d) -> str:
   )
 
 
-def check(base, variants: list[str]) -> None:
-  """Fail before any training on a bad variant."""
+def check(base, variants: list[str], steps: int = 1, pretrain_steps: int = 0) -> None:
+  """Fail before any training on a bad variant or budget (not after hours of the others)."""
+  if steps < 1:
+    raise UserError(f"--steps={steps}: at least 1")
+  if pretrain_steps < 0:
+    raise UserError(f"--pretrain_steps={pretrain_steps}: 0 (use model.init_from) or more")
+  cfg = resolve(base.model.init_from, base.model.arch).cfg  # what every variant converts
   for v in variants:
     c = base.copy_and_resolve_references()
     c.grouping.variant = v
     validate(c)
+    preflight.check_model(c, cfg)
 
 
 def run(
@@ -180,7 +188,7 @@ def run(
 ) -> list[str]:
   """The sweep: the MHA checkpoint, every variant uptrained with the same budget, then
   OUT/results.md (returned as lines), results.json, curves and WGQA weight plots."""
-  check(base, variants)
+  check(base, variants, steps, pretrain_steps)
   os.makedirs(out, exist_ok=True)
   t0 = time.time()
 

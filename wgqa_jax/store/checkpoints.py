@@ -73,6 +73,19 @@ class DiskFull(Failure):
   label = "disk full"
 
 
+def not_damage(e: BaseException) -> bool:
+  """A restore error that says nothing about the checkpoint: out of (device) memory, a
+  permission, a full disk. The checkpoint may be intact, so it is not moved aside."""
+  text = str(e)
+  return (
+    isinstance(e, (MemoryError, PermissionError))
+    or "RESOURCE_EXHAUSTED" in text
+    or "Out of memory" in text
+    or "Permission denied" in text
+    or is_disk_full(e)
+  )
+
+
 class Checkpoints:
   """Save / verified restore of the train state under workdir. An asynchronous save that fails
   for lack of space is reported (DiskFull) at the next `check`, `save` or `close`."""
@@ -225,6 +238,8 @@ class Checkpoints:
         )
         state, data_state = both["state"], dict(both["data"])
     except Exception as e:  # garbled or truncated files: orbax / tensorstore errors
+      if not_damage(e):  # the machine's state, not the checkpoint's: never quarantined
+        raise
       first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
       return None, f"does not restore ({type(e).__name__}: {first})"
     if os.path.exists(self._record(step)):

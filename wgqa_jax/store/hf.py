@@ -258,8 +258,22 @@ def _torch_state_dict(file: str) -> dict[str, np.ndarray]:
 def _weight_files(path: str) -> list[str]:
   for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
     if os.path.exists(os.path.join(path, index)):
-      with open(os.path.join(path, index)) as f:
-        shards = sorted(set(json.load(f)["weight_map"].values()))
+      try:
+        with open(os.path.join(path, index)) as f:
+          shards = sorted(set(json.load(f)["weight_map"].values()))
+        assert all(isinstance(s, str) and os.path.basename(s) == s for s in shards)
+      except (ValueError, KeyError, TypeError, AttributeError, AssertionError):
+        raise UserError(
+          f"{os.path.join(path, index)} is not a shard index (torn or damaged: download the "
+          f"checkpoint again)"
+        ) from None
+      missing = [s for s in shards if not os.path.isfile(os.path.join(path, s))]
+      if missing:
+        raise MissingInput(
+          f"{path} is incomplete: {index} names {missing[0]}, which is not there"
+          f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}: download or "
+          f"copy the checkpoint again"
+        )
       return [os.path.join(path, s) for s in shards]
   for name in ("model.safetensors", "pytorch_model.bin"):
     if os.path.exists(os.path.join(path, name)):
