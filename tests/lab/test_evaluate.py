@@ -1,6 +1,7 @@
 """The evaluate CLI on a freshly trained tiny workdir."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -188,3 +189,16 @@ def test_bad_flags_are_refused_before_anything_is_decoded(
     evaluate.main([f"--checkpoint={workdir}", flag.format(tmp=tmp_path)])
   assert needle in str(e.value) and not decoded
   assert "\n" not in str(e.value)
+
+
+def test_a_runs_results_are_kept_beside_its_params_one_file_per_dataset_and_split(workdir):
+  """Not inside best/: a resumed run that finds a better model swaps best/ whole."""
+  common = [f"--checkpoint={workdir}", "--num_examples=4", "--batch_size=8", "--bootstrap=10"]
+  evaluate.main(common + ["--split=test"])
+  evaluate.main(common + ["--split=validation"])
+  evals = workdir / "evals"
+  assert sorted(os.listdir(evals)) == [
+    "best_synthetic_summarize_test.json",
+    "best_synthetic_summarize_validation.json",
+  ]
+  assert not list((workdir / "best").glob("eval_*"))

@@ -41,6 +41,7 @@ TOKENIZER_RECORD = "tokenizer.json"  # the tokenizer's fingerprint (resume check
 DATA_RECORD = "data.json"  # the train and validation data's fingerprints (resume checks them)
 SPM_MODEL = "spm.model"  # a sentencepiece vocabulary trained by the run
 CALIBRATION = "calibration.npz"  # the MHA model's calibration statistics (calibrated variants)
+EVALS = "evals"  # evaluate's results of best/ and final/: <params>_<dataset>_<split>.json
 KV_ALLOCATION = "kv_allocation.json"  # layer_budget=proxy: each module's KV heads, kept for resumes
 LOCK_FILE = ".lock"
 # every name above: a run writes them, so none may be a symbolic link (its target would be)
@@ -58,6 +59,7 @@ OWNED = (
   DATA_RECORD,
   SPM_MODEL,
   CALIBRATION,
+  EVALS,
   KV_ALLOCATION,
   LOCK_FILE,
 )

@@ -46,6 +46,17 @@ def generation_config(
   return gen
 
 
+def default_out(checkpoint: str, path: str, in_workdir: bool, dataset: str, split: str) -> str:
+  """A workdir's params (best/, final/): WORKDIR/evals/<params>_<dataset>_<split>.json, beside
+  them (inside, a new best/ would take it away); another params or HF directory: in it,
+  <dataset> and <split> in the name, so one evaluation does not replace another's."""
+  name = f"{dataset}_{split}.json".replace(os.sep, "_")
+  if in_workdir:
+    workdir = os.path.dirname(os.path.abspath(path))
+    return os.path.join(workdir, workdir_lib.EVALS, f"{os.path.basename(path)}_{name}")
+  return os.path.join(path, f"eval_{name}")
+
+
 def evaluate(
   checkpoint: str,
   split: str = "test",
@@ -63,8 +74,10 @@ def evaluate(
   generation: dict | None = None,
   out: str | None = None,
 ) -> tuple[dict, str]:
-  """(the result, the path it was written to: `out`, else <params dir>/eval_<split>.json)."""
+  """(the result, the path it was written to: `out`, else `default_out`)."""
   source = resolve(checkpoint)
+  if not out and not os.path.exists(os.path.expanduser(checkpoint)):
+    raise UserError(f"--checkpoint={checkpoint} is a hub id: pass --out (where to write)")
   run = source.run_config
   params, cfg = source.load()
   if fold:
@@ -135,6 +148,7 @@ def evaluate(
     "references": refs,
     "inputs": [s for s, _ in pairs],
   }
-  out_path = out or os.path.join(path, f"eval_{split}.json")
+  out_path = out or default_out(checkpoint, path, bool(run), dataset, split)
+  os.makedirs(os.path.dirname(out_path), exist_ok=True)
   workdir_lib.write_json(out_path, result, indent=1)  # a kill while writing leaves no half
   return result, out_path

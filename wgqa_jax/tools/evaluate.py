@@ -75,7 +75,12 @@ GENERATION_FLAGS = (
   "do_sample",
 )
 _i("bootstrap", 1000, "bootstrap resamples for the CIs")
-_d("out", None, "JSON path (default: <checkpoint>/eval_<split>.json)")
+_d(
+  "out",
+  None,
+  "JSON path (default: WORKDIR/evals/<best|final>_<dataset>_<split>.json for a run, else "
+  "<checkpoint>/eval_<dataset>_<split>.json; a hub id needs it)",
+)
 
 
 def check_flags(a) -> None:
