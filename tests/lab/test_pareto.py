@@ -79,9 +79,27 @@ def test_pareto_runs_every_method_and_budget_and_resumes(tmp_path):
   for ckpts in out.glob("*/checkpoints"):
     shutil.rmtree(ckpts)
   table = (out / "results.md").read_bytes()
-  with pytest.raises(ValueError, match=r"holds the results of another config \(optim\.learning"):
-    pareto.main(args + ["--config.optim.learning_rate=0.0123"])
+  with pytest.raises(ValueError, match=r"another config.*optim\.learning_rate: 0\.003 -> 0\.0123"):
+    pareto.main(args + ["--config.optim.learning_rate=0.0123"])  # (its MHA run refuses first)
   assert (out / "results.md").read_bytes() == table
+  from wgqa_jax.lab import sweep
+  from wgqa_jax.training.config import base_config
+
+  finished = json.load(open(out / "svd_kv1" / "config.json"))
+  c = base_config()
+  c.update_from_flattened_dict(
+    {k: v for k, v in flatten(finished).items() if k in flatten(c.to_dict())}
+  )
+  c.optim.learning_rate = 0.0123  # the point itself, read back under another config
+  with pytest.raises(ValueError, match=r"holds the results of another config \(optim\.learning"):
+    sweep.uptrain(c, dict(c.grouping), c.model.init_from, None, 3, str(out / "svd_kv1"), 1)
+
+
+def flatten(d, prefix=""):
+  out = {}
+  for k, v in d.items():
+    out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+  return out
 
 
 def test_frontier_marks_the_dominated_points():
