@@ -40,6 +40,21 @@ def tiny(**kw):
   return c
 
 
+def proxy_budget(**kw):
+  """A tiny run whose KV heads are spread over its modules by calibration error
+  (grouping.layer_budget=proxy, svd merges, 8 heads so the G can differ)."""
+  return tiny(
+    **{
+      "model.arch": "tiny-8head",
+      "grouping.variant": "svd",
+      "grouping.kv_heads": 2,
+      "grouping.layer_budget": "proxy",
+      "grouping.calibration_batches": 2,
+      **kw,
+    }
+  )
+
+
 def dotted(c, key: str) -> str:
   from wgqa_jax.training.config import keys
 

@@ -127,24 +127,13 @@ def test_a_layer_budget_run_is_planned_with_the_kv_heads_it_trains(tmp_path):
   import math
 
   import jax
-  from builders import tiny
+  from builders import proxy_budget
 
   from wgqa_jax import decoding
   from wgqa_jax.store import params_io
   from wgqa_jax.training import trainer
 
-  c = tiny(
-    **{
-      "model.arch": "tiny-8head",
-      "grouping.variant": "svd",
-      "grouping.kv_heads": 2,
-      "grouping.layer_budget": "proxy",
-      "grouping.calibration_batches": 2,
-      "num_train_steps": 2,
-      "checkpoint.every": 2,
-      "log_every": 1,
-    }
-  )
+  c = proxy_budget(num_train_steps=2, log_every=1, **{"checkpoint.every": 2})
   trainer.train(c, str(tmp_path))
   params, trained = params_io.load(str(tmp_path / "final"))
   heads = dict(trained.grouping.module_kv_heads)

@@ -150,22 +150,12 @@ def test_a_per_module_kv_allocation_is_kept_for_the_resume(tmp_path, monkeypatch
   """layer_budget=proxy: the allocation the run started with is the run's. A resume whose
   derivation would now fall the other way (a near tie on other hardware; here the derivation
   is replaced by one that reverses it) resumes with the kept one: no quarantine, the same G."""
-  from builders import tiny
+  from builders import proxy_budget
 
   from wgqa_jax.grouping import kv_budget
   from wgqa_jax.store import params_io
 
-  c = tiny(
-    **{
-      "model.arch": "tiny-8head",
-      "grouping.variant": "svd",
-      "grouping.kv_heads": 2,
-      "grouping.layer_budget": "proxy",
-      "grouping.calibration_batches": 2,
-      "num_train_steps": 4,
-      "checkpoint.every": 2,
-    }
-  )
+  c = proxy_budget(num_train_steps=4, **{"checkpoint.every": 2})
   w = tmp_path / "w"
   with pytest.raises(trainer.Preempted):
     trainer.train(c, str(w), stop_after=2)

@@ -51,13 +51,17 @@ def check_resume(c: ml_collections.ConfigDict, workdir: str) -> None:
     or any(os.path.exists(os.path.join(workdir, r)) for r in results)
   ):
     return
-  with open(saved) as f:
-    diffs = resume_differences(json.load(f), c)
+  diffs = _differences(saved, c)
   if diffs:
     raise UserError(
       f"{workdir} holds a run started with another config, and resuming it must "
       f"keep: {'; '.join(diffs)}. To start fresh, pass another --workdir."
     )
+
+
+def _differences(saved: str, c: ml_collections.ConfigDict) -> list[str]:
+  with open(saved) as f:
+    return resume_differences(json.load(f), c)
 
 
 def check_finished_run(c: ml_collections.ConfigDict, workdir: str) -> None:
@@ -69,8 +73,7 @@ def check_finished_run(c: ml_collections.ConfigDict, workdir: str) -> None:
       f"{workdir} holds results but no {workdir_lib.RUN_CONFIG}: cannot tell what they are "
       f"of; remove it to run it again"
     )
-  with open(saved) as f:
-    diffs = resume_differences(json.load(f), c)
+  diffs = _differences(saved, c)
   if diffs:
     raise UserError(
       f"{workdir} holds the results of another config ({'; '.join(diffs)}): they would "
