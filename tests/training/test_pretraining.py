@@ -214,6 +214,7 @@ def test_planner_shapes_causal_rows_as_one_sequence():
     ({"eval.examples": -1}, "eval.examples=-1: must be positive"),
     ({"data.max_input_length": 1}, "span corruption needs inputs of at least 3 tokens"),
     ({"data.max_input_length": 2}, "span corruption needs inputs of at least 3 tokens"),
+    ({"model.attention": "flash"}, "model.attention='flash': choose from ['einsum', 'dot_pro"),
   ],
 )
 def test_values_that_would_run_on_nothing_or_break_mid_run_are_refused_first(

@@ -50,6 +50,16 @@ def use_fake_devices(n: int) -> None:
     pass
 
 
+# what the planner compiled, and what a GPU would run instead (the CPU cannot lower cuDNN)
+ATTENTION_NOTE = {
+  "einsum": "einsum (logits of every layer materialised, here and on a GPU)",
+  "dot_product": (
+    "dot_product: its XLA form here (logits materialised); a GPU build may run cuDNN flash "
+    "attention, which holds none"
+  ),
+}
+
+
 def model_config(c, source, calibration_file: str | None = None):
   """The model config the run would train: the trainer's own conversion
   (training.model_setup.converted_config) of the source's config, with the run's numerics and
@@ -159,6 +169,7 @@ def _plan(c, device_memory_gib: float, usable_fraction: float, calibration_file)
     "batch": {k: list(v.shape) for k, v in batch.items()},
     "grad_accum_steps": c.optim.grad_accum_steps,
     "remat": cfg.remat,
+    "attention": cfg.attention,
     "scan_layers": cfg.scan_layers,
     "dtype": cfg.dtype,
     "per_device_bytes": {
@@ -220,6 +231,7 @@ def table(r: dict) -> str:
       + (f" in {r['grad_accum_steps']} micro-batches" if r["grad_accum_steps"] > 1 else ""),
     ),
     ("layers", f"remat {r['remat']}, {'scanned' if r['scan_layers'] else 'unrolled'}"),
+    ("attention", ATTENTION_NOTE[r["attention"]]),
     ("params / device", gib(b["params"])),
     ("optimizer state / device", gib(b["opt_state"])),
     ("arguments / device", gib(b["arguments"])),

@@ -56,6 +56,10 @@ class Attention(nn.Module):
   transpose_weight_grad_on_cpu: bool = True  # ops.dense
   query_scale: float = 1.0
   rope_theta: float | None = None
+  # "einsum": the form below; "dot_product": jax.nn.dot_product_attention (its XLA form, which
+  # a GPU build may swap for cuDNN flash attention). Dropout on the attention weights and
+  # PGQA's noise need the weights: those steps use the einsum form, as do unequal groups.
+  backend: str = "einsum"
 
   @property
   def num_kv_heads(self) -> int:
@@ -134,6 +138,16 @@ class Attention(nn.Module):
     q = constrain(q, ("batch", "length", "heads", "kv"))
     if self.grouping.unequal:
       return self._attend_gathered(q, k, v, bias, deterministic)
+    if self.backend == "dot_product" and not self._perturbed(deterministic):
+      dt = k.dtype  # one dtype for q, k, v; the logits and softmax are float32 inside
+      out = jax.nn.dot_product_attention(
+        q.astype(dt),
+        k,
+        v.astype(dt),
+        bias=None if bias is None else jnp.asarray(bias, jnp.float32),
+        scale=1.0,  # q carries its scale (T5: none; Llama: query_scale, applied above)
+      )
+      return self._out(out)
     r, s = h // g, k.shape[1]
     q = q.reshape(b, t, g, r, dk).transpose(0, 2, 3, 1, 4).reshape(b, g, r * t, dk)  # q = (r, t)
     logits = jnp.einsum("bgqd,bsgd->bgqs", q, k).reshape(b, g, r, t, s).astype(jnp.float32)
@@ -161,6 +175,10 @@ class Attention(nn.Module):
     self.put_variable(CALIBRATION, "inputs", jnp.zeros((), jnp.float32))
     self.put_variable(CALIBRATION, "gram", jnp.einsum("bsd,bs,bse->de", x, m, x))
     self.put_variable(CALIBRATION, "tokens", m.sum())
+
+  def _perturbed(self, deterministic: bool) -> bool:
+    """Whether this call changes the attention weights at random (dropout, PGQA noise)."""
+    return not deterministic and (self.dropout_rate > 0 or self.grouping.attention_noise > 0)
 
   def _softmax(self, logits, deterministic):
     if self.grouping.attention_noise > 0 and not deterministic:

@@ -36,6 +36,9 @@ def base_config() -> ml_collections.ConfigDict:
   # outputs, recompute attention and elementwise work)
   c.model.remat = "none"
   c.model.scan_layers = False  # each layer stack as one scanned layer: compile time flat in depth
+  # attention's form: "einsum", or "dot_product" (jax.nn.dot_product_attention: its XLA form,
+  # cuDNN flash on a GPU build that takes the shapes); the same numbers in float32
+  c.model.attention = "einsum"
   # ---- grouping ----
   c.grouping = ml_collections.ConfigDict()
   # mha | mqa | gqa | wgqa | randwgqa | colwgqa | colrandwgqa | simgqa | asymgqa | kdgqa | dgqa
@@ -144,6 +147,7 @@ RESUMABLE_CHANGES = (
   "mesh.param_rules",
   "mesh.activation_rules",
   "model.remat",
+  "model.attention",
   "model.scan_layers",
   "optim.grad_accum_steps",
   "optim.max_skipped_steps",

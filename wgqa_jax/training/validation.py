@@ -11,7 +11,7 @@ from wgqa_jax.core.errors import UserError
 from wgqa_jax.data import corpora, tasks, text_rows
 from wgqa_jax.grouping import variants
 from wgqa_jax.models import families, presets
-from wgqa_jax.models.config_file import DTYPES, REMATS
+from wgqa_jax.models.config_file import ATTENTIONS, DTYPES, REMATS
 from wgqa_jax.store.resolve import RANDOM
 from wgqa_jax.training.config import LAYER_BUDGETS
 
@@ -103,6 +103,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     section, _, name = key.rpartition(".")
     if (c[section] if section else c)[name] <= 0:
       bad(key, "must be positive")
+  if c.model.attention not in ATTENTIONS:
+    bad("model.attention", f"choose from {list(ATTENTIONS)}")
   if c.eval.examples is not None and c.eval.examples <= 0:
     bad("eval.examples", "must be positive (the validation examples, or held-out documents)")
   if o.batch_size % o.grad_accum_steps:

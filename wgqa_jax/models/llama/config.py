@@ -12,7 +12,7 @@ from typing import Any
 
 from wgqa_jax.core.errors import UserError
 from wgqa_jax.grouping.variants import MHA, Grouping
-from wgqa_jax.models.config_file import DTYPES, REMATS, ConfigFile
+from wgqa_jax.models.config_file import ATTENTIONS, DTYPES, REMATS, ConfigFile
 
 MODEL_TYPES = ("llama", "mistral")
 
@@ -41,6 +41,7 @@ class LlamaConfig(ConfigFile):
   dtype: str = "float32"
   param_dtype: str = "float32"
   transpose_weight_grad_on_cpu: bool = True
+  attention: str = "einsum"  # models.attention's backend (config_file.ATTENTIONS)
   dropout_rate: float = 0.0  # Llama trains without dropout; kept for the shared train loop
   # ---- memory and compile time (training only; params keep the per-layer layout) ----
   remat: str = "none"  # none | full | dots (wgqa_jax.models.layers.REMAT_POLICIES)
@@ -73,6 +74,8 @@ class LlamaConfig(ConfigFile):
         raise UserError(f"LlamaConfig: {name} must be one of {DTYPES}")
     if self.remat not in REMATS:
       raise UserError(f"LlamaConfig: remat must be one of {REMATS}, got {self.remat!r}")
+    if self.attention not in ATTENTIONS:
+      raise UserError(f"LlamaConfig: attention must be one of {ATTENTIONS}, got {self.attention!r}")
     if self.scan_layers and self.grouping.per_module:
       raise UserError(
         "LlamaConfig: per-layer KV heads give the layers different shapes: they "

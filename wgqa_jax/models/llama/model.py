@@ -74,6 +74,7 @@ def attention(cfg: LlamaConfig, path: tuple[str, ...], name: str | None = None) 
     dtype=cfg.dtype,
     param_dtype=cfg.param_dtype,
     transpose_weight_grad_on_cpu=cfg.transpose_weight_grad_on_cpu,
+    backend=cfg.attention,
     query_scale=cfg.head_dim**-0.5,
     rope_theta=cfg.rope_theta,
     name=name,

@@ -11,7 +11,7 @@ from typing import Any
 
 from wgqa_jax.core.errors import UserError
 from wgqa_jax.grouping.variants import MHA, Grouping
-from wgqa_jax.models.config_file import DTYPES, REMATS, ConfigFile
+from wgqa_jax.models.config_file import ATTENTIONS, DTYPES, REMATS, ConfigFile
 
 ACTIVATIONS = ("relu", "gelu", "gelu_new", "silu")
 
@@ -48,6 +48,7 @@ class T5Config(ConfigFile):
   # ops.dense: on XLA:CPU, materialise x^T for the weight gradient (faster there); off only to
   # measure what it buys (benchmarks/run.py).
   transpose_weight_grad_on_cpu: bool = True
+  attention: str = "einsum"  # models.attention's backend (config_file.ATTENTIONS)
   # ---- memory and compile time (training only; params keep the per-layer layout) ----
   remat: str = "none"  # none | full | dots (wgqa_jax.models.layers.REMAT_POLICIES)
   scan_layers: bool = False  # each stack one scanned layer: compile time flat in depth
@@ -84,6 +85,8 @@ class T5Config(ConfigFile):
         bad(f"{name} must be one of {DTYPES}, got {getattr(self, name)!r}")
     if self.remat not in REMATS:
       bad(f"remat must be one of {REMATS}, got {self.remat!r}")
+    if self.attention not in ATTENTIONS:
+      bad(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
     if self.scan_layers and self.grouping.per_module:
       bad(
         "per-module KV heads give the layers different shapes: they cannot be scanned "

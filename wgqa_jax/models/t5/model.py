@@ -59,6 +59,7 @@ def attention(cfg: T5Config, path: tuple[str, ...], name: str | None = None) -> 
     dtype=cfg.dtype,
     param_dtype=cfg.param_dtype,
     transpose_weight_grad_on_cpu=cfg.transpose_weight_grad_on_cpu,
+    backend=cfg.attention,
     name=name,
   )
 
