@@ -10,7 +10,6 @@ wgqa_jax/tools/analysis.py).
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -172,6 +171,5 @@ def analyse(workdirs: list[str], out_dir: str, metric: str | None = None) -> dic
       f"{name}: learned K/V head weights",
     )
     report["wgqa"][name] = {"plot": png, "ttest_vs_0.5": {s: ttest(v) for s, v in by_step.items()}}
-  with open(os.path.join(out_dir, "analysis.json"), "w") as f:
-    json.dump(report, f, indent=1)
+  workdir_lib.write_json(os.path.join(out_dir, "analysis.json"), report, indent=1)
   return report

@@ -160,8 +160,7 @@ def write(
       + " |"
       for p in points
     ]
-  with open(os.path.join(out, "results.md"), "w") as f:
-    f.write("\n".join(lines) + "\n")
+  workdir_lib.write_text(os.path.join(out, "results.md"), "\n".join(lines) + "\n")  # whole
   workdir_lib.write_json(
     os.path.join(out, "results.json"),
     {

@@ -212,8 +212,7 @@ def run(
     "",
   ]
   lines, summary = report(results, runs, header, out)
-  with open(os.path.join(out, "results.md"), "w") as f:
-    f.write("\n".join(lines) + "\n")
+  workdir_lib.write_text(os.path.join(out, "results.md"), "\n".join(lines) + "\n")  # whole
   workdir_lib.write_json(
     os.path.join(out, "results.json"),
     {
