@@ -15,7 +15,6 @@ os.environ.setdefault(
   os.path.join(tempfile.gettempdir(), f"wgqa_jax_test_xla_cache_{os.getuid()}"),
 )
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(1 << 30))  # least recently used go
 
 import subprocess
 import sys

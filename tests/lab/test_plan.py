@@ -159,3 +159,9 @@ def test_the_planner_places_params_by_the_configs_sharding_rules():
 
   split, unsplit_mlp = params_per_device(), params_per_device(param_rules="mlp=none")
   assert unsplit_mlp > split * 1.1  # the MLP weights are now only fsdp-split
+
+
+def test_the_planner_names_every_attention_form():
+  from wgqa_jax.models.config_file import ATTENTIONS
+
+  assert set(plan.ATTENTION_NOTE) == set(ATTENTIONS)

@@ -138,18 +138,21 @@ def _packing_order(examples, packed):
 
 
 # ------------------------------------------------------------------- attention backends ----
+@pytest.mark.parametrize("backend", ["dot_product", "blockwise"])
 @pytest.mark.parametrize("family", ["t5", "llama"])
-def test_dot_product_attention_equals_the_einsum_form(family):
-  """model.attention="dot_product" (jax.nn.dot_product_attention's XLA form here): the same
-  loss and gradients as the einsum form on padded and packed rows of a grouped (WGQA G=2)
+def test_other_attention_forms_equal_the_einsum_form(family, backend, monkeypatch):
+  """model.attention="dot_product" (jax.nn.dot_product_attention's XLA form here) and
+  "blockwise" (keys in blocks of 16 here, with an online softmax): the same loss and gradients
+  as the einsum form on padded and packed rows of a grouped (WGQA G=2)
   model, T5's trainable position bias included (f32: the loss to 1e-5, each gradient to 1e-5
   of its largest entry), and the same greedy tokens from the cached decoder."""
   from wgqa_jax import decoding
   from wgqa_jax.decoding.settings import GenerationConfig
-  from wgqa_jax.models import family_of, llama, t5
+  from wgqa_jax.models import attention as attention_module, family_of, llama, t5
   from wgqa_jax.models.llama.config import PRESETS, LlamaConfig
   from wgqa_jax.models.t5.config import preset
 
+  monkeypatch.setattr(attention_module, "KEY_BLOCK", 16)  # rows of 160 / 96: several blocks
   if family == "t5":
     cfg = preset("tiny", vocab_size=300)
   else:
@@ -159,20 +162,20 @@ def test_dot_product_attention_equals_the_einsum_form(family):
   _, padded, packed = rows_of(n=8)
   for rows in (padded, packed):
     got, programs = {}, {}
-    for attention in ("einsum", "dot_product"):
+    for attention in ("einsum", backend):
       c = cfg.replace(attention=attention)
       loss = lambda p: objectives.loss_sums(p, rows, None, c, 0.0, 0.0, False)[0]  # noqa: B023
       got[attention] = jax.jit(jax.value_and_grad(loss))(params)
       programs[attention] = str(jax.make_jaxpr(loss)(params))
-    assert programs["dot_product"] != programs["einsum"]  # the backend really ran
-    np.testing.assert_allclose(got["dot_product"][0], got["einsum"][0], rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(got["dot_product"][1]), jax.tree.leaves(got["einsum"][1])):
+    assert programs[backend] != programs["einsum"]  # the backend really ran
+    np.testing.assert_allclose(got[backend][0], got["einsum"][0], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(got[backend][1]), jax.tree.leaves(got["einsum"][1])):
       # summed-loss gradients, summed in another order: within 1e-5 of each tensor's scale
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(np.abs(b).max()))
   assert family_of(cfg).name == family
   gen = GenerationConfig(max_new_tokens=8)
   tokens = {
     a: np.asarray(decoding.generate(params, cfg.replace(attention=a), padded["inputs"][:2], gen))
-    for a in ("einsum", "dot_product")
+    for a in ("einsum", backend)
   }
-  np.testing.assert_array_equal(tokens["dot_product"], tokens["einsum"])
+  np.testing.assert_array_equal(tokens[backend], tokens["einsum"])

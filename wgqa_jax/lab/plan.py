@@ -57,6 +57,7 @@ ATTENTION_NOTE = {
     "dot_product: its XLA form here (logits materialised); a GPU build may run cuDNN flash "
     "attention, which holds none"
   ),
+  "blockwise": "blockwise: keys in blocks of 512, no logits array for the whole sequence",
 }
 
 

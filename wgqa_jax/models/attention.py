@@ -150,6 +150,9 @@ class Attention(nn.Module):
       return self._out(out)
     r, s = h // g, k.shape[1]
     q = q.reshape(b, t, g, r, dk).transpose(0, 2, 3, 1, 4).reshape(b, g, r * t, dk)  # q = (r, t)
+    if self.backend == "blockwise" and not self._perturbed(deterministic) and s > KEY_BLOCK:
+      out = blockwise(q, k, v, self._grouped_bias(bias, b, t, s), KEY_BLOCK)
+      return self._out(out.reshape(b, g, r, t, dk).transpose(0, 3, 1, 2, 4).reshape(b, t, h, dk))
     logits = jnp.einsum("bgqd,bsgd->bgqs", q, k).reshape(b, g, r, t, s).astype(jnp.float32)
     if bias is not None:  # (b|1, H|1, t, s) -> (b|1, G|1, R|1, t, s)
       bias = jnp.asarray(bias, jnp.float32)
@@ -175,6 +178,20 @@ class Attention(nn.Module):
     self.put_variable(CALIBRATION, "inputs", jnp.zeros((), jnp.float32))
     self.put_variable(CALIBRATION, "gram", jnp.einsum("bsd,bs,bse->de", x, m, x))
     self.put_variable(CALIBRATION, "tokens", m.sum())
+
+  def _grouped_bias(self, bias, b, t, s):
+    """bias (b|1, H|1, t|1, s) as (b|1, G|1, R*t, s): rows of the merged (R*t) queries."""
+    if bias is None:
+      return None
+    h, g = self.num_heads, self.num_kv_heads
+    r = h // g
+    bias = jnp.asarray(bias, jnp.float32)
+    bias = jnp.broadcast_to(bias, (*bias.shape[:2], t, s))
+    if bias.shape[1] == h:  # (b|1, G, R, t, s) -> (b|1, G, R*t, s)
+      return bias.reshape(bias.shape[0], g, r * t, s)
+    return jnp.broadcast_to(bias[:, :, None], (bias.shape[0], 1, r, t, s)).reshape(
+      bias.shape[0], 1, r * t, s
+    )
 
   def _perturbed(self, deterministic: bool) -> bool:
     """Whether this call changes the attention weights at random (dropout, PGQA noise)."""
@@ -218,6 +235,55 @@ class Attention(nn.Module):
   def __call__(self, inputs_q, inputs_kv, bias, deterministic: bool = True, positions=None):
     k, v = self.project_kv(inputs_kv, positions)
     return self.attend(inputs_q, k, v, bias, deterministic, positions)
+
+
+KEY_BLOCK = 512  # keys per block of the blockwise form (shorter key sequences use einsum)
+
+
+def blockwise(q, k, v, bias, block: int):
+  """softmax(q k^T + bias) v without a (rows, keys) logits array for all keys: the keys in
+  blocks, a running max and sum per row (the online softmax of flash attention), each block
+  recomputed in the backward pass (jax.checkpoint). q (b, G, n, d); k, v (b, s, G, d); bias
+  (b|1, G|1, n, s) float32 or None. Returns (b, G, n, d) in v's dtype."""
+  b, g, n, d = q.shape
+  s = k.shape[1]
+  pad = -s % block
+  if pad:  # padded keys get NEG_INF: they weigh nothing
+    k = jnp.pad(k, ((0, 0), (0, pad), (0, 0), (0, 0)))
+    v = jnp.pad(v, ((0, 0), (0, pad), (0, 0), (0, 0)))
+    if bias is None:
+      bias = jnp.zeros((1, 1, 1, s), jnp.float32)
+    bias = jnp.pad(bias, ((0, 0), (0, 0), (0, 0), (0, pad)), constant_values=NEG_INF)
+  blocks = (s + pad) // block
+  kb = k.reshape(b, blocks, block, g, d).swapaxes(0, 1)
+  vb = v.reshape(b, blocks, block, g, d).swapaxes(0, 1)
+  bb = (
+    None if bias is None else bias.reshape(*bias.shape[:3], blocks, block).transpose(3, 0, 1, 2, 4)
+  )
+
+  @jax.checkpoint
+  def step(carry, xs):
+    m, l, acc = carry
+    kj, vj, bj = xs
+    logits = jnp.einsum("bgnd,bsgd->bgns", q, kj).astype(jnp.float32)
+    if bj is not None:
+      logits = logits + bj
+    m_new = jnp.maximum(m, logits.max(-1))
+    p = jnp.exp(logits - m_new[..., None])
+    scale = jnp.exp(m - m_new)
+    l_new = l * scale + p.sum(-1)
+    acc_new = acc * scale[..., None] + jnp.einsum("bgns,bsgd->bgnd", p.astype(v.dtype), vj).astype(
+      jnp.float32
+    )
+    return (m_new, l_new, acc_new), None
+
+  init = (
+    jnp.full((b, g, n), NEG_INF, jnp.float32),
+    jnp.zeros((b, g, n), jnp.float32),
+    jnp.zeros((b, g, n, d), jnp.float32),
+  )
+  (m, l, acc), _ = jax.lax.scan(step, init, (kb, vb, bb))
+  return (acc / l[..., None]).astype(v.dtype)
 
 
 def rotary(x, positions, theta: float):

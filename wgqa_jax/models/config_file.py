@@ -12,7 +12,8 @@ from wgqa_jax.core.errors import UserError
 REMATS = ("none", "full", "dots")  # models.layers.REMAT_POLICIES (configs stay free of flax)
 DTYPES = ("float32", "bfloat16", "float16")  # compute and param dtypes every family accepts
 # models.attention: the einsum form, or jax.nn.dot_product_attention (cuDNN flash on GPU)
-ATTENTIONS = ("einsum", "dot_product")
+# "blockwise": keys in blocks with an online softmax, each block recomputed in the backward pass
+ATTENTIONS = ("einsum", "dot_product", "blockwise")
 
 
 class ConfigFile:
