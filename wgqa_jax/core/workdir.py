@@ -88,6 +88,22 @@ def warn(msg: str) -> None:
   tqdm.write(f"warning: {msg}")
 
 
+def _flock_or_refuse(fd: int, refusal) -> None:
+  """An exclusive flock on fd, or (closing fd) a UserError of refusal(the holder's line)."""
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
+    os.close(fd)
+    raise UserError(refusal(holder)) from None
+
+
+def _write_holder(fd: int, since: str = "") -> None:
+  """Who holds the lock, for the next one who tries."""
+  os.ftruncate(fd, 0)
+  os.write(fd, f"PID {os.getpid()} on {socket.gethostname()}{since}".encode())
+
+
 class Lock:
   """Exclusive ownership of a workdir; `acquire` creates the workdir if needed."""
 
@@ -103,21 +119,14 @@ class Lock:
       if e.errno != errno.ELOOP:
         raise
       raise UserError(f"{self.path} is a symbolic link; remove it") from None
-    try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
-      os.close(fd)
-      raise UserError(
+    _flock_or_refuse(
+      fd,
+      lambda holder: (
         f"{os.path.dirname(self.path)} is in use by {holder}: one run writes a "
         f"workdir at a time (wait for it, stop it, or pass another --workdir)"
-      ) from None
-    os.ftruncate(fd, 0)
-    os.write(
-      fd,
-      f"PID {os.getpid()} on {socket.gethostname()} (since "
-      f"{time.strftime('%Y-%m-%d %H:%M:%S')})".encode(),
+      ),
     )
+    _write_holder(fd, f" (since {time.strftime('%Y-%m-%d %H:%M:%S')})")
     self._fd = fd
 
   def release(self) -> None:
@@ -126,18 +135,15 @@ class Lock:
       self._fd = None
 
 
-def write_json(path: str, obj, indent: int | None = None) -> None:
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=indent)
-  os.replace(tmp, path)
-
-
 def write_text(path: str, text: str) -> None:
   tmp = f"{path}.tmp-{os.getpid()}"
   with open(tmp, "w") as f:
     f.write(text)
   os.replace(tmp, path)
+
+
+def write_json(path: str, obj, indent: int | None = None) -> None:
+  write_text(path, json.dumps(obj, indent=indent))
 
 
 def read_json(path: str):
@@ -178,12 +184,7 @@ def one_writer(path: str, what: str):
   unlocked: the next writer takes it)."""
   while True:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
-      os.close(fd)
-      raise UserError(f"{holder} is {what}: wait for it or stop it") from None
+    _flock_or_refuse(fd, lambda holder: f"{holder} is {what}: wait for it or stop it")
     try:  # the file we locked may have been removed by the holder before us: lock the new one
       same = os.stat(path).st_ino == os.fstat(fd).st_ino
     except FileNotFoundError:
@@ -192,8 +193,7 @@ def one_writer(path: str, what: str):
       break
     os.close(fd)
   try:
-    os.ftruncate(fd, 0)
-    os.write(fd, f"PID {os.getpid()} on {socket.gethostname()}".encode())
+    _write_holder(fd)
     yield
   finally:
     with contextlib.suppress(FileNotFoundError):

@@ -77,9 +77,9 @@ class PythonStdlib:
   def fingerprint(self) -> str:
     """Which documents, and their sizes: another Python version differs (stat, not read)."""
     parts = [f"python {sysconfig.get_python_version()}"]
-    for key in self.keys:
+    for i, key in enumerate(self.keys):
       if key.startswith("topic:"):
-        parts.append(f"{key} {len(self[self.keys.index(key)])}")
+        parts.append(f"{key} {len(self[i])}")
       else:
         parts.append(f"{key} {os.path.getsize(os.path.join(self.root, key))}")
     return fingerprints.digest(parts)

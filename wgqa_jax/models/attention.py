@@ -57,8 +57,9 @@ class Attention(nn.Module):
   query_scale: float = 1.0
   rope_theta: float | None = None
   # "einsum": the form below; "dot_product": jax.nn.dot_product_attention (its XLA form, which
-  # a GPU build may swap for cuDNN flash attention). Dropout on the attention weights and
-  # PGQA's noise need the weights: those steps use the einsum form, as do unequal groups.
+  # a GPU build may swap for cuDNN flash attention); "blockwise": keys in blocks (`blockwise`).
+  # Dropout on the attention weights and PGQA's noise need the weights: those steps use the
+  # einsum form, as do unequal groups.
   backend: str = "einsum"
 
   @property
@@ -150,15 +151,16 @@ class Attention(nn.Module):
       return self._out(out)
     r, s = h // g, k.shape[1]
     q = q.reshape(b, t, g, r, dk).transpose(0, 2, 3, 1, 4).reshape(b, g, r * t, dk)  # q = (r, t)
+    bias = self._bias_by_group(bias)
     if self.backend == "blockwise" and not self._perturbed(deterministic) and s > KEY_BLOCK:
-      out = blockwise(q, k, v, self._grouped_bias(bias, b, t, s), KEY_BLOCK)
+      if bias is not None:  # one row per merged (R*t) query
+        bias = jnp.broadcast_to(bias, (*bias.shape[:2], r, t, s)).reshape(
+          -1, bias.shape[1], r * t, s
+        )
+      out = blockwise(q, k, v, bias, KEY_BLOCK)
       return self._out(out.reshape(b, g, r, t, dk).transpose(0, 3, 1, 2, 4).reshape(b, t, h, dk))
     logits = jnp.einsum("bgqd,bsgd->bgqs", q, k).reshape(b, g, r, t, s).astype(jnp.float32)
-    if bias is not None:  # (b|1, H|1, t, s) -> (b|1, G|1, R|1, t, s)
-      bias = jnp.asarray(bias, jnp.float32)
-      bias = bias.reshape(
-        bias.shape[0], *((g, r) if bias.shape[1] == h else (1, 1)), *bias.shape[-2:]
-      )
+    if bias is not None:
       logits = logits + bias
     weights = self._softmax(logits, deterministic).astype(v.dtype).reshape(b, g, r * t, s)
     out = jnp.einsum("bgqs,bsgd->bgqd", weights, v)
@@ -179,18 +181,14 @@ class Attention(nn.Module):
     self.put_variable(CALIBRATION, "gram", jnp.einsum("bsd,bs,bse->de", x, m, x))
     self.put_variable(CALIBRATION, "tokens", m.sum())
 
-  def _grouped_bias(self, bias, b, t, s):
-    """bias (b|1, H|1, t|1, s) as (b|1, G|1, R*t, s): rows of the merged (R*t) queries."""
+  def _bias_by_group(self, bias):
+    """bias (b|1, H|1, t|1, s) as float32 (b|1, G|1, R|1, t|1, s), or None."""
     if bias is None:
       return None
     h, g = self.num_heads, self.num_kv_heads
-    r = h // g
     bias = jnp.asarray(bias, jnp.float32)
-    bias = jnp.broadcast_to(bias, (*bias.shape[:2], t, s))
-    if bias.shape[1] == h:  # (b|1, G, R, t, s) -> (b|1, G, R*t, s)
-      return bias.reshape(bias.shape[0], g, r * t, s)
-    return jnp.broadcast_to(bias[:, :, None], (bias.shape[0], 1, r, t, s)).reshape(
-      bias.shape[0], 1, r * t, s
+    return bias.reshape(
+      bias.shape[0], *((g, h // g) if bias.shape[1] == h else (1, 1)), *bias.shape[-2:]
     )
 
   def _perturbed(self, deterministic: bool) -> bool:

@@ -205,19 +205,16 @@ class Checkpoints:
     when they agree or the metadata cannot be read (then restoring says what is wrong)."""
     if abstract is None or "params" not in abstract:
       return None
+    shapes = lambda tree: {
+      jax.tree_util.keystr(path): tuple(leaf.shape)
+      for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+    }
     try:
       saved = ocp.StandardCheckpointer().metadata(os.path.join(self.dir, str(step), "state"))
-      tree = getattr(saved, "item_metadata", saved)
-      saved = {
-        jax.tree_util.keystr(path): tuple(leaf.shape)
-        for path, leaf in jax.tree_util.tree_leaves_with_path(tree["params"])
-      }
+      saved = shapes(getattr(saved, "item_metadata", saved)["params"])
     except Exception:  # damaged or older metadata: the restore decides
       return None
-    want = {
-      jax.tree_util.keystr(path): tuple(leaf.shape)
-      for path, leaf in jax.tree_util.tree_leaves_with_path(abstract["params"])
-    }
+    want = shapes(abstract["params"])
     for key in sorted(set(saved) | set(want)):
       if saved.get(key) != want.get(key):
         return f"params{key}: {saved.get(key, 'absent')} saved, {want.get(key, 'absent')} now"
