@@ -2,6 +2,8 @@
 numpy, the causal-LM loss against HF PyTorch `LlamaForCausalLM(labels=...)`, and packed rows (T5 and
 Llama, grouped variants) giving each example its loss alone."""
 
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -153,6 +155,7 @@ def test_other_attention_forms_equal_the_einsum_form(family, backend, monkeypatc
   from wgqa_jax.models.t5.config import preset
 
   monkeypatch.setattr(attention_module, "KEY_BLOCK", 16)  # rows of 160 / 96: several blocks
+  monkeypatch.setattr(attention_module, "QUERY_BLOCK", 48)  # R x t = 320 / 192 rows: padded chunks
   if family == "t5":
     cfg = preset("tiny", vocab_size=300)
   else:
@@ -179,3 +182,73 @@ def test_other_attention_forms_equal_the_einsum_form(family, backend, monkeypatc
     for a in ("einsum", backend)
   }
   np.testing.assert_array_equal(tokens[backend], tokens["einsum"])
+
+
+def test_cudnn_fallback_rule_and_one_line_refusals():
+  """dot_product runs cuDNN exactly where cudnn_refusal has no objection; attention=cudnn is
+  refused in one line where it cannot run (here, on CPU, before anything is read); the run
+  says which steps use another form."""
+  from builders import tiny
+
+  from wgqa_jax.core.errors import UserError
+  from wgqa_jax.models.attention import cudnn_refusal
+  from wgqa_jax.models.family import preset
+  from wgqa_jax.training import preflight
+
+  assert cudnn_refusal("bfloat16", 64, "gpu") is None
+  assert cudnn_refusal("float16", 128, "gpu") is None
+  assert "float32" in cudnn_refusal("float32", 64, "gpu")
+  assert "not 256" in cudnn_refusal("bfloat16", 256, "gpu")
+  assert "not 12" in cudnn_refusal("bfloat16", 12, "gpu")
+  assert "these devices are cpu" in cudnn_refusal("bfloat16", 64, "cpu")
+
+  src = preset("tiny")  # T5, 16-dim heads, dropout 0.1
+  run = lambda **kw: tiny(**{"model.dtype": "bfloat16", "model.dropout_rate": 0.0, **kw})
+  assert preflight.attention_notes(run(**{"model.attention": "dot_product"}), src, "gpu") == []
+  assert preflight.attention_notes(run(**{"model.attention": "cudnn"}), src, "gpu") == []
+  with pytest.raises(
+    UserError, match=r"model.attention=cudnn: cuDNN .* these devices are cpu; use"
+  ):
+    preflight.attention_notes(run(**{"model.attention": "cudnn"}), src, "cpu")
+  (note,) = preflight.attention_notes(run(**{"model.attention": "dot_product"}), src, "cpu")
+  assert note.startswith("attention: dot_product runs its XLA form: cuDNN")
+  unequal = run(**{"model.attention": "cudnn", "grouping.variant": "kdgqa"})
+  with pytest.raises(UserError, match="kdgqa gives query heads unequal groups"):
+    preflight.attention_notes(unequal, src, "gpu")
+  (note,) = preflight.attention_notes(
+    run(**{"model.dropout_rate": 0.1, "model.attention": "cudnn"}), src, "gpu"
+  )
+  assert "training steps use the einsum form (dropout" in note
+  # the run itself: refused before its workdir holds anything
+  import tempfile
+
+  from wgqa_jax.training import trainer
+
+  with tempfile.TemporaryDirectory() as d:
+    with pytest.raises(UserError, match="cudnn"):
+      trainer.train(run(**{"model.attention": "cudnn"}), d)
+    assert [f for f in os.listdir(d) if not f.startswith(".")] == []
+
+
+def test_the_loss_in_chunks_of_positions_equals_the_whole(monkeypatch):
+  """A decoder-only loss over chunks of positions (each chunk's logits made, and made again in
+  the backward pass, alone): the same sums and gradients as over the whole rows, padded and
+  packed, label smoothing and z-loss included (7 positions a chunk: a padded last chunk)."""
+  from wgqa_jax.models import llama
+  from wgqa_jax.models.llama.config import PRESETS, LlamaConfig
+
+  cfg = LlamaConfig(**{**PRESETS["llama-tiny"], "vocab_size": 300, "eos_token_id": 1})
+  params = llama.init_params(cfg, jax.random.PRNGKey(0))
+  _, padded, packed = rows_of(n=8)
+  for rows in (padded, packed):
+    got = {}
+    for chunk in (10**9, 7):
+      monkeypatch.setattr(objectives, "LOSS_CHUNK", chunk)
+      loss = lambda p: objectives.loss_sums(p, rows, None, cfg, 0.1, 1e-3, False)  # noqa: B023
+      got[chunk] = jax.jit(jax.value_and_grad(lambda p: loss(p)[0]))(params), jax.jit(loss)(params)
+      assert (chunk == 7) == ("scan" in str(jax.make_jaxpr(loss)(params)))  # chunked only then
+    (whole, whole_g), whole_sums = got[10**9]
+    (part, part_g), part_sums = got[7]
+    np.testing.assert_allclose(part_sums, whole_sums, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(part_g), jax.tree.leaves(whole_g), strict=True):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(np.abs(b).max()))

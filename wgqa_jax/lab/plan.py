@@ -13,10 +13,13 @@ the accelerator's matmul layout), and returns a table and one JSON line:
      "total": ...}, "kv_cache_bytes_per_token": ..., "compile_s": ..., "fits": true|false}
 
 `total` is what one device holds at the step's peak: its shard of the state and batch, the
-step's temporaries and outputs not written in place. `fits` compares it with the usable part of
-the device's memory (device_memory_gib x usable_fraction: JAX on GPUs preallocates 75% unless
-XLA_PYTHON_CLIENT_MEM_FRACTION says otherwise; set it to match). XLA:CPU's figures are close to,
-not the same as, a GPU's (fusion and collective buffers differ): leave a margin.
+step's temporaries and outputs not written in place (an optimizer state offloaded to host
+memory, optim.offload_state, is reported as `host` and not counted). `fits` compares it with the
+usable part of the device's memory (device_memory_gib x usable_fraction: JAX on GPUs
+preallocates 75% unless XLA_PYTHON_CLIENT_MEM_FRACTION says otherwise; set it to match).
+XLA:CPU's figures are close to, not the same as, a GPU's (CPU_CAVEAT); the planner compiles
+without the one pass that makes them far apart in bf16 (GPU_LIKE_PASSES), and a cuDNN run as
+blockwise (ATTENTION_NOTE).
 """
 
 from __future__ import annotations
@@ -32,15 +35,24 @@ from wgqa_jax.core.errors import UserError
 GIB = 2**30
 
 
+# XLA:CPU computes bfloat16 dots in float32; loop-invariant code motion then hoists the float32
+# conversion of every layer's weights out of the scanned loop: a float32 copy of all stacked
+# params (2x the bf16 params) that a GPU, whose bf16 dots are native, never makes. Without the
+# pass the planner sees a GPU's buffers (Llama-2-7B, 8 layers, bf16: 16.7 -> 14.7 GiB).
+GPU_LIKE_PASSES = "--xla_disable_hlo_passes=while-loop-invariant-code-motion"
+
+
 def use_fake_devices(n: int) -> None:
   """N CPU devices for this process; must run before JAX initialises its backends."""
   os.environ["JAX_PLATFORMS"] = "cpu"
   flags_ = [
     f
     for f in os.environ.get("XLA_FLAGS", "").split()
-    if not f.startswith("--xla_force_host_platform_device_count")
+    if not f.startswith(("--xla_force_host_platform_device_count", "--xla_disable_hlo_passes"))
   ]
-  os.environ["XLA_FLAGS"] = " ".join(flags_ + [f"--xla_force_host_platform_device_count={n}"])
+  os.environ["XLA_FLAGS"] = " ".join(
+    flags_ + [f"--xla_force_host_platform_device_count={n}", GPU_LIKE_PASSES]
+  )
   import jax
 
   jax.config.update("jax_platforms", "cpu")
@@ -54,11 +66,26 @@ def use_fake_devices(n: int) -> None:
 ATTENTION_NOTE = {
   "einsum": "einsum (logits of every layer materialised, here and on a GPU)",
   "dot_product": (
-    "dot_product: its XLA form here (logits materialised); a GPU build may run cuDNN flash "
-    "attention, which holds none"
+    "dot_product: its XLA form here (logits materialised); on a GPU, in bf16 with heads of at "
+    "most 128 dims, cuDNN flash attention, which holds none: there this figure is an upper bound"
+  ),
+  "cudnn": (
+    "cudnn: compiled here as blockwise (XLA:CPU cannot lower cuDNN); cuDNN flash attention "
+    "holds no logits array either, so a GPU's figure should be close"
   ),
   "blockwise": "blockwise: keys in blocks of 512, no logits array for the whole sequence",
 }
+# How far a figure from XLA:CPU may be from a GPU's, said with every plan. Measured on a GPU by
+# benchmarks/gpu.py (benchmarks/RESULTS_gpu.md) when a session had one.
+CPU_CAVEAT = (
+  "XLA:CPU's buffers, not a GPU's: fusion, collectives' buffers and cuDNN workspaces differ "
+  "(benchmarks/gpu.py compares a GPU's peak with this figure); leave the usable margin"
+)
+OFFLOAD_CAVEAT = (
+  "the optimizer state lives in host memory and is not counted; on a GPU the update holds "
+  "the state's leaves it works on in device memory (XLA:CPU has one memory and cannot show "
+  "them: benchmarks/gpu.py measures the peak)"
+)
 
 
 def model_config(c, source, calibration_file: str | None = None):
@@ -87,7 +114,9 @@ def model_config(c, source, calibration_file: str | None = None):
     reader = model_setup.open_weights(c, source)
     cfg, read, stats = reader.cfg, reader.read, calibration.load(calibration_file, reader.cfg)
   cfg, _ = model_setup.converted_config(c, cfg, read, stats)
-  return model_setup.for_training(cfg, c).replace(transpose_weight_grad_on_cpu=False)
+  cfg = model_setup.for_training(cfg, c).replace(transpose_weight_grad_on_cpu=False)
+  # cuDNN's form holds no logits array: blockwise is what XLA:CPU can compile like it
+  return cfg.replace(attention="blockwise") if cfg.attention == "cudnn" else cfg
 
 
 def abstract_batch(c, mesh):
@@ -143,23 +172,25 @@ def _plan(c, device_memory_gib: float, usable_fraction: float, calibration_file)
   cfg = model_config(c, source, calibration_file)
   mesh = preflight.make_mesh(c)
   tx, _ = steps.make_optimizer(c.optim, c.optim.num_train_steps or 1000)
-  shardings = steps.state_shardings(cfg, tx, mesh)
+  shardings = steps.state_shardings(cfg, tx, mesh, c.optim.offload_state)
   state = steps.abstract_state(cfg, tx, shardings)
   batch = abstract_batch(c, mesh)
   step = steps.compile_train_step(cfg, c.optim, tx, shardings, mesh)
+  per_device = lambda tree: sum(
+    math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(tree)
+  )
   t0 = time.time()
   with jax.set_mesh(mesh):
     compiled = step.lower(state, batch, jax.ShapeDtypeStruct((2,), jax.numpy.uint32)).compile()
   compile_s = time.time() - t0
   arguments, temp, outputs = peak_bytes(compiled)
-  total = arguments + temp + outputs
+  opt_bytes = per_device(state["opt_state"])
+  host = opt_bytes if c.optim.offload_state else 0  # XLA:CPU counts it among the arguments
+  total = arguments - host + temp + outputs
   calibration = None
   if variants.get(c.grouping.variant).calibrated and variants.is_mha(source.cfg):
     calibration = sum(calibration_peak(c, source.cfg, mesh, batch))
   n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(state["params"]))
-  per_device = lambda tree: sum(
-    math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(tree)
-  )
   usable = device_memory_gib * usable_fraction * GIB
   return {
     "model": c.model.arch if source.is_random else c.model.init_from,
@@ -170,13 +201,17 @@ def _plan(c, device_memory_gib: float, usable_fraction: float, calibration_file)
     "batch": {k: list(v.shape) for k, v in batch.items()},
     "grad_accum_steps": c.optim.grad_accum_steps,
     "remat": cfg.remat,
-    "attention": cfg.attention,
+    "attention": c.model.attention,
     "scan_layers": cfg.scan_layers,
     "dtype": cfg.dtype,
+    "param_dtype": cfg.param_dtype,
+    "optimizer": c.optim.optimizer,
+    "offload_state": c.optim.offload_state,
     "per_device_bytes": {
       "params": per_device(state["params"]),
-      "opt_state": per_device(state["opt_state"]),
-      "arguments": arguments,
+      "opt_state": opt_bytes,
+      "host": host,
+      "arguments": arguments - host,
       "temp": temp,
       "outputs": outputs,
       "total": total,
@@ -233,8 +268,12 @@ def table(r: dict) -> str:
     ),
     ("layers", f"remat {r['remat']}, {'scanned' if r['scan_layers'] else 'unrolled'}"),
     ("attention", ATTENTION_NOTE[r["attention"]]),
-    ("params / device", gib(b["params"])),
-    ("optimizer state / device", gib(b["opt_state"])),
+    ("params / device", f"{gib(b['params'])} ({r['param_dtype']})"),
+    (
+      "optimizer state / device",
+      f"{gib(b['opt_state'])} ({r['optimizer']}"
+      + (", in host memory: pinned_host)" if r["offload_state"] else ")"),
+    ),
     ("arguments / device", gib(b["arguments"])),
     ("temporaries / device", gib(b["temp"])),
     ("outputs / device", gib(b["outputs"])),
@@ -257,6 +296,8 @@ def table(r: dict) -> str:
     ),
     ("compile", f"{r['compile_s']:.1f} s"),
     ("fits", "yes" if r["fits"] else "NO"),
+    ("note", CPU_CAVEAT),
+    *([("offloaded", OFFLOAD_CAVEAT)] if r["offload_state"] else []),
   ]
   width = max(len(k) for k, _ in rows)
   return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

@@ -56,10 +56,11 @@ class Attention(nn.Module):
   transpose_weight_grad_on_cpu: bool = True  # ops.dense
   query_scale: float = 1.0
   rope_theta: float | None = None
-  # "einsum": the form below; "dot_product": jax.nn.dot_product_attention (its XLA form, which
-  # a GPU build may swap for cuDNN flash attention); "blockwise": keys in blocks (`blockwise`).
-  # Dropout on the attention weights and PGQA's noise need the weights: those steps use the
-  # einsum form, as do unequal groups.
+  # "einsum": the form below; "dot_product": jax.nn.dot_product_attention, cuDNN flash where
+  # `cudnn_refusal` has no objection, else its XLA form; "cudnn": cuDNN flash (the run was
+  # refused if it cannot have it); "blockwise": keys in blocks (`blockwise`). Dropout on the
+  # attention weights and PGQA's noise need the weights: those steps use the einsum form, as do
+  # unequal groups (the run says so: training.preflight.attention_notes).
   backend: str = "einsum"
 
   @property
@@ -139,14 +140,24 @@ class Attention(nn.Module):
     q = constrain(q, ("batch", "length", "heads", "kv"))
     if self.grouping.unequal:
       return self._attend_gathered(q, k, v, bias, deterministic)
-    if self.backend == "dot_product" and not self._perturbed(deterministic):
+    if self.backend in ("dot_product", "cudnn") and not self._perturbed(deterministic):
       dt = k.dtype  # one dtype for q, k, v; the logits and softmax are float32 inside
+      cudnn = self.backend == "cudnn" or (
+        cudnn_refusal(self.dtype, dk, jax.default_backend()) is None
+      )
+      if bias is not None:
+        # cuDNN takes the bias in the compute dtype (float32 gave NaNs: jax#32242); the mask's
+        # float32 minimum would round to -inf in bfloat16, so it is clipped to bf16's first
+        bias = jnp.asarray(bias, jnp.float32)
+        if cudnn:
+          bias = jnp.maximum(bias, float(jnp.finfo(dt).min)).astype(dt)
       out = jax.nn.dot_product_attention(
         q.astype(dt),
         k,
         v.astype(dt),
-        bias=None if bias is None else jnp.asarray(bias, jnp.float32),
+        bias=bias,
         scale=1.0,  # q carries its scale (T5: none; Llama: query_scale, applied above)
+        implementation="cudnn" if cudnn else "xla",
       )
       return self._out(out)
     r, s = h // g, k.shape[1]
@@ -236,13 +247,28 @@ class Attention(nn.Module):
 
 
 KEY_BLOCK = 512  # keys per block of the blockwise form (shorter key sequences use einsum)
+QUERY_BLOCK = 2048  # query rows (R x t merged) per chunk of the blockwise form
+
+
+def cudnn_refusal(dtype: str, head_dim: int, platform: str) -> str | None:
+  """Why cuDNN flash attention (jax.nn.dot_product_attention's "cudnn") cannot run a model of
+  this compute dtype and head size on `platform` (jax.default_backend()); None: it can. The
+  fallback rule of attention="dot_product": cuDNN when this is None, its XLA form otherwise."""
+  if platform != "gpu":
+    return f"cuDNN flash attention runs on NVIDIA GPUs; these devices are {platform}"
+  if dtype not in ("bfloat16", "float16"):
+    return f"cuDNN flash attention computes in bfloat16 or float16, not {dtype} (model.dtype)"
+  if head_dim % 8 or head_dim > 128:
+    return f"cuDNN flash attention takes heads of a multiple of 8 up to 128 dims, not {head_dim}"
+  return None
 
 
 def blockwise(q, k, v, bias, block: int):
   """softmax(q k^T + bias) v without a (rows, keys) logits array for all keys: the keys in
   blocks, a running max and sum per row (the online softmax of flash attention), each block
-  recomputed in the backward pass (jax.checkpoint). q (b, G, n, d); k, v (b, s, G, d); bias
-  (b|1, G|1, n, s) float32 or None. Returns (b, G, n, d) in v's dtype."""
+  recomputed in the backward pass (jax.checkpoint); the rows in chunks of QUERY_BLOCK, each
+  chunk recomputed likewise, so a block's logits are (chunk, block). q (b, G, n, d); k, v
+  (b, s, G, d); bias (b|1, G|1, n|1, s) float32 or None. Returns (b, G, n, d) in v's dtype."""
   b, g, n, d = q.shape
   s = k.shape[1]
   pad = -s % block
@@ -255,9 +281,34 @@ def blockwise(q, k, v, bias, block: int):
   blocks = (s + pad) // block
   kb = k.reshape(b, blocks, block, g, d).swapaxes(0, 1)
   vb = v.reshape(b, blocks, block, g, d).swapaxes(0, 1)
-  bb = (
-    None if bias is None else bias.reshape(*bias.shape[:3], blocks, block).transpose(3, 0, 1, 2, 4)
+  key_blocks = lambda x: x.reshape(*x.shape[:3], blocks, block).transpose(3, 0, 1, 2, 4)
+  if n <= QUERY_BLOCK:
+    return _over_key_blocks(q, kb, vb, None if bias is None else key_blocks(bias))
+  rows_pad = -n % QUERY_BLOCK
+  chunks = (n + rows_pad) // QUERY_BLOCK
+  split = lambda x: jnp.moveaxis(
+    jnp.pad(x, ((0, 0), (0, 0), (0, rows_pad), *[(0, 0)] * (x.ndim - 3))).reshape(
+      *x.shape[:2], chunks, QUERY_BLOCK, *x.shape[3:]
+    ),
+    2,
+    0,
   )
+  per_row = bias is not None and bias.shape[2] == n
+  shared = None if bias is None or per_row else key_blocks(bias)  # one row for all
+
+  @jax.checkpoint
+  def chunk(xs):
+    qc, bc = xs
+    return _over_key_blocks(qc, kb, vb, key_blocks(bc) if per_row else shared)
+
+  out = jax.lax.map(chunk, (split(q), split(bias) if per_row else None))
+  return jnp.moveaxis(out, 0, 2).reshape(b, g, n + rows_pad, d)[:, :, :n]
+
+
+def _over_key_blocks(q, kb, vb, bb):
+  """blockwise for one chunk of rows: kb, vb (blocks, b, block, G, d); bb (blocks, b|1, G|1,
+  n|1, block) or None."""
+  b, g, n, d = q.shape
 
   @jax.checkpoint
   def step(carry, xs):
@@ -270,7 +321,7 @@ def blockwise(q, k, v, bias, block: int):
     p = jnp.exp(logits - m_new[..., None])
     scale = jnp.exp(m - m_new)
     l_new = l * scale + p.sum(-1)
-    acc_new = acc * scale[..., None] + jnp.einsum("bgns,bsgd->bgnd", p.astype(v.dtype), vj).astype(
+    acc_new = acc * scale[..., None] + jnp.einsum("bgns,bsgd->bgnd", p.astype(vj.dtype), vj).astype(
       jnp.float32
     )
     return (m_new, l_new, acc_new), None
@@ -281,7 +332,7 @@ def blockwise(q, k, v, bias, block: int):
     jnp.zeros((b, g, n, d), jnp.float32),
   )
   (m, l, acc), _ = jax.lax.scan(step, init, (kb, vb, bb))
-  return (acc / l[..., None]).astype(v.dtype)
+  return (acc / l[..., None]).astype(vb.dtype)
 
 
 def rotary(x, positions, theta: float):

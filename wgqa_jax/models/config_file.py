@@ -11,9 +11,10 @@ from wgqa_jax.core.errors import UserError
 
 REMATS = ("none", "full", "dots")  # models.layers.REMAT_POLICIES (configs stay free of flax)
 DTYPES = ("float32", "bfloat16", "float16")  # compute and param dtypes every family accepts
-# models.attention: the einsum form, or jax.nn.dot_product_attention (cuDNN flash on GPU)
-# "blockwise": keys in blocks with an online softmax, each block recomputed in the backward pass
-ATTENTIONS = ("einsum", "dot_product", "blockwise")
+# models.attention's forms: einsum; jax.nn.dot_product_attention (cuDNN flash on a GPU that
+# allows it, XLA otherwise); cuDNN flash only; "blockwise": keys in blocks with an online
+# softmax, each block recomputed in the backward pass (docs/gpu.md)
+ATTENTIONS = ("einsum", "dot_product", "cudnn", "blockwise")
 
 
 class ConfigFile:

@@ -12,6 +12,7 @@ same fields and methods, which the grouping, storage, decoding and training code
   family                 the family's name, a class attribute ("t5", "llama"; saved in
                          wgqa_config.json)
   num_heads, width       query heads of every attention module; the width of the K/V inputs
+  head_dim               dims of each attention head
   vocab_size, pad_token_id, eos_token_id
   grouping               the models' one Grouping section (wgqa_jax.grouping.variants)
   dtype, param_dtype, dropout_rate, remat, scan_layers, transpose_weight_grad_on_cpu
@@ -135,6 +136,13 @@ class Family(abc.ABC):
   ):
     """(logits, labels, label weights) of a batch of pipeline rows, aligned so that position t
     predicts label t; with `mutable` (collection names) also the variables modules sowed."""
+
+  def forward_hidden(self, params, batch, cfg, rng=None, train: bool = False, loss_on=None):
+    """(final hidden states (b, t, d), head, labels, label weights): `forward` with the output
+    projection left to `head(hidden chunk) -> logits chunk`, so that the training loss can
+    hold the logits of one chunk of positions at a time (training.objectives.loss_sums).
+    None: the family has no such split (its logits are small: T5's targets)."""
+    return None
 
 
 def families() -> dict[str, Family]:

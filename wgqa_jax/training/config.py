@@ -30,14 +30,19 @@ def base_config() -> ml_collections.ConfigDict:
   # "llama-tiny"
   c.model.arch = "tiny"
   c.model.dtype = "float32"  # compute dtype: bfloat16 on GPUs
+  # the params' (and gradients') dtype: "float32", or "bfloat16" (half the memory; no float32
+  # master copy: each update is added in float32 and rounded back stochastically)
+  c.model.param_dtype = "float32"
   c.model.dropout_rate = placeholder(float)  # unset: the checkpoint's value
   # rematerialise each layer in the backward pass: "none" (keep every activation), "full"
   # (keep each layer's input: least memory, ~1/3 more compute), "dots" (keep the projections'
   # outputs, recompute attention and elementwise work)
   c.model.remat = "none"
   c.model.scan_layers = False  # each layer stack as one scanned layer: compile time flat in depth
-  # attention's form: "einsum", or "dot_product" (jax.nn.dot_product_attention: its XLA form,
-  # cuDNN flash on a GPU build that takes the shapes); the same numbers in float32
+  # attention's form (docs/gpu.md): "einsum" (logits materialised); "dot_product"
+  # (jax.nn.dot_product_attention: cuDNN flash on a GPU where the run allows it, else its XLA
+  # form); "cudnn" (cuDNN flash or a one-line refusal); "blockwise" (keys in blocks of 512, an
+  # online softmax: no logits array for the whole sequence, on any device)
   c.model.attention = "einsum"
   # ---- grouping ----
   c.grouping = ml_collections.ConfigDict()
@@ -82,6 +87,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.workers = 2  # grain worker processes that tokenize and pack (0: threads)
   # ---- optim ----
   c.optim = ml_collections.ConfigDict()
+  # "adamw", or "adafactor" (T5X's: factored second moments, no momentum, updates relative to
+  # each param's scale; optimizer state a fraction of AdamW's)
+  c.optim.optimizer = "adamw"
+  # keep the optimizer state in host memory (pinned_host), brought to the device for each update
+  c.optim.offload_state = False
   c.optim.batch_size = 32  # global batch
   c.optim.grad_accum_steps = 1  # micro-batches per step (same result as the full batch)
   c.optim.num_epochs = 3.0  # paper: 3
@@ -135,10 +145,13 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 LAYER_BUDGETS = ("uniform", "proxy")  # grouping.layer_budget
+OPTIMIZERS = ("adamw", "adafactor")  # optim.optimizer (training.steps.make_optimizer)
+PARAM_DTYPES = ("float32", "bfloat16")  # model.param_dtype
 # Keys a resumed run may change: where and how often it logs, evaluates and saves, the mesh and
-# its sharding rules (a checkpoint restores onto any mesh), remat, scanned layers and gradient
-# accumulation (the same step either way) and where TFDS data lives and how many processes read
-# it. Every other key shapes the model, the data or the optimizer schedule.
+# its sharding rules (a checkpoint restores onto any mesh), remat, attention's form, scanned
+# layers, gradient accumulation and where the optimizer state lives (the same step either way),
+# and where TFDS data lives and how many processes read it. Every other key shapes the model,
+# the data or the optimizer schedule.
 RESUMABLE_CHANGES = (
   "log_every",
   "mesh.data",
@@ -150,6 +163,7 @@ RESUMABLE_CHANGES = (
   "model.attention",
   "model.scan_layers",
   "optim.grad_accum_steps",
+  "optim.offload_state",
   "optim.max_skipped_steps",
   "data.data_dir",
   "data.workers",

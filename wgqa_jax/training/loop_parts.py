@@ -120,7 +120,16 @@ class SkipGuard:
   def __init__(self, limit: int):
     self.limit, self.run = limit, 0
 
-  def observe(self, step: int, skipped: bool, ckpts: checkpoints.Checkpoints) -> None:
+  def observe(self, step: int, skipped, broken, ckpts: checkpoints.Checkpoints) -> None:
+    if broken:  # finite loss and gradients, yet a non-finite update: nothing to skip back to
+      good = max((s for s in ckpts.steps() if s < step), default=None)
+      raise Diverged(
+        f"diverged: the update of step {step} made params or optimizer state non-finite "
+        f"though its loss and gradients were finite"
+        + (f"; the last good checkpoint is step {good} in {ckpts.dir}" if good else "")
+        + " (a resume skips later ones, which do not verify). Lower optim.learning_rate and "
+        "start again with another --workdir."
+      )
     if not skipped:
       self.run = 0
       return

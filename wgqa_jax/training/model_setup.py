@@ -21,9 +21,9 @@ from wgqa_jax.training import calibration, steps
 
 
 def with_run_numerics(cfg, c: ml_collections.ConfigDict):
-  """cfg with the run's compute dtype, attention form and, when set, dropout (what best/ and
-  final/ keep)."""
-  changes = dict(dtype=c.model.dtype, attention=c.model.attention)
+  """cfg with the run's compute and param dtypes, attention form and, when set, dropout (what
+  best/ and final/ keep)."""
+  changes = dict(dtype=c.model.dtype, param_dtype=c.model.param_dtype, attention=c.model.attention)
   if c.model.dropout_rate is not None:
     changes["dropout_rate"] = c.model.dropout_rate
   return cfg.replace(**changes)

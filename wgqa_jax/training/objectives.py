@@ -50,8 +50,36 @@ def loss_sums(
   """(sum of token losses, number of loss tokens, sum of log-likelihood-only losses) of `cfg`'s
   family. loss_on: for the families that take it (decoder-only: "all", the default, or
   "answer")."""
+  split = family_of(cfg).forward_hidden(params, batch, cfg, rng, train, loss_on)
+  if split is not None and split[0].shape[1] > LOSS_CHUNK:
+    return chunked_loss_sums(*split, label_smoothing, z_loss)
   logits, labels, weights = forward(params, batch, cfg, rng, train, loss_on)
   return token_loss_sums(logits, labels, weights, label_smoothing, z_loss)
+
+
+LOSS_CHUNK = 1024  # positions whose logits the loss holds at a time (families that split)
+
+
+def chunked_loss_sums(hidden, head, labels, weights, label_smoothing: float, z_loss: float):
+  """token_loss_sums over chunks of LOSS_CHUNK positions, each chunk's logits made by
+  head(hidden chunk) and, in the backward pass, made again: a (b, t, V) float32 array and its
+  gradient are never whole in memory (at 4096 tokens and 32k vocab, 0.5 GiB a row each). The
+  same sums as the whole, added in another order."""
+  b, t = labels.shape
+  n = -(-t // LOSS_CHUNK)
+  pad = n * LOSS_CHUNK - t
+  if pad:  # padded positions weigh nothing
+    hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+    labels, weights = (jnp.pad(x, ((0, 0), (0, pad))) for x in (labels, weights))
+  chunks = lambda x: jnp.moveaxis(x.reshape(b, n, LOSS_CHUNK, *x.shape[2:]), 1, 0)
+
+  @jax.checkpoint
+  def one(sums, chunk):
+    h, lab, w = chunk
+    return sums + jnp.stack(token_loss_sums(head(h), lab, w, label_smoothing, z_loss)), None
+
+  sums, _ = jax.lax.scan(one, jnp.zeros(3), (chunks(hidden), chunks(labels), chunks(weights)))
+  return sums[0], sums[1], sums[2]
 
 
 def eval_loss_on(cfg) -> str | None:

@@ -13,6 +13,7 @@ from wgqa_jax.core import sharding, workdir as workdir_lib
 from wgqa_jax.core.errors import UserError
 from wgqa_jax.grouping import variants
 from wgqa_jax.models import family_of
+from wgqa_jax.models.attention import cudnn_refusal
 from wgqa_jax.store import checkpoints
 from wgqa_jax.store.resolve import RANDOM
 from wgqa_jax.training.config import resume_differences
@@ -37,6 +38,41 @@ def check_model(c: ml_collections.ConfigDict, src) -> None:
     )
   if variants.is_mha(src):
     variants.get(g.variant).grouping(src.num_heads, g.kv_heads, **variants.options(g))
+
+
+def attention_notes(c: ml_collections.ConfigDict, src, platform: str) -> list[str]:
+  """What model.attention runs on `platform` (jax.default_backend()), one line each, where
+  that is not simply the form asked for; a one-line refusal for attention=cudnn where cuDNN
+  flash attention cannot run the model (src: the model config of model.init_from)."""
+  form = c.model.attention
+  if form not in ("dot_product", "cudnn"):
+    return []
+  grouping = src.grouping
+  if variants.is_mha(src):
+    grouping = variants.get(c.grouping.variant).grouping(
+      src.num_heads, c.grouping.kv_heads, **variants.options(c.grouping)
+    )
+  dropout = src.dropout_rate if c.model.dropout_rate is None else c.model.dropout_rate
+  reason = cudnn_refusal(c.model.dtype, src.head_dim, platform)
+  if grouping.unequal:
+    reason = reason or f"{c.grouping.variant} gives query heads unequal groups (gathered)"
+  if form == "cudnn" and reason:
+    raise UserError(
+      f"model.attention=cudnn: {reason}; use attention=dot_product (cuDNN where it can run, "
+      f"XLA otherwise) or blockwise"
+    )
+  notes = []
+  if grouping.unequal:
+    notes.append(f"attention: {c.grouping.variant} gathers unequal groups: the einsum form")
+  elif reason:
+    notes.append(f"attention: dot_product runs its XLA form: {reason}")
+  if dropout > 0 or grouping.attention_noise > 0:
+    what = "dropout" if dropout > 0 else "PGQA's noise"
+    notes.append(
+      f"attention: training steps use the einsum form ({what} on the attention weights); "
+      f"evaluation and decoding use {form}"
+    )
+  return notes
 
 
 def check_resume(c: ml_collections.ConfigDict, workdir: str) -> None:

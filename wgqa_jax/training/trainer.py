@@ -78,6 +78,8 @@ def _train(
   preflight.check_resume(c, workdir)
   model_source = resolve(c.model.init_from, c.model.arch)  # a hub id: config.json alone
   preflight.check_model(c, model_source.cfg)
+  for note in preflight.attention_notes(c, model_source.cfg, jax.default_backend()):
+    say(note)
   mesh = preflight.make_mesh(c)
   train_source, eval_source = data_setup.open_sources(c)
   data_record = data_setup.data_record(c, train_source, eval_source)
@@ -115,7 +117,7 @@ def _train(
   del model_source  # its memory-mapped files
   train_cfg = model_setup.for_training(cfg, c)
   tx, schedule = steps.make_optimizer(c.optim, total_steps)
-  state_shard = steps.state_shardings(cfg, tx, mesh)
+  state_shard = steps.state_shardings(cfg, tx, mesh, c.optim.offload_state)
   state = steps.init_state(params, tx, state_shard)
   del params
   n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
@@ -189,7 +191,8 @@ def _train(
     disable=not is_main_process(),
     dynamic_ncols=True,
   )
-  previous = None  # (step, its "skipped" flag), read one step late to keep the device busy
+  # (step, its "skipped" and "broken" flags), read one step late to keep the device busy
+  previous = None
   padding = []  # padding fraction of each batch since the last log
   try:
     with jax.set_mesh(mesh):
@@ -203,10 +206,10 @@ def _train(
         padding.append(pipeline.padding_fraction(batch, tokenizer.pad_id))
         done = step + 1
         if previous is not None:  # Diverged stops the run (below)
-          guard.observe(previous[0], bool(sharding.to_host(previous[1])), ckpts)
-        previous = (done, out["skipped"])
+          guard.observe(previous[0], *sharding.to_host(previous[1]), ckpts)
+        previous = (done, (out["skipped"], out["broken"]))
         if done == total_steps:
-          guard.observe(done, bool(sharding.to_host(out["skipped"])), ckpts)
+          guard.observe(done, *sharding.to_host(previous[1]), ckpts)
         if done % c.log_every == 0 or done == total_steps:
           out = sharding.to_host(out)
           dt, tokens = time.time() - t0, float(out["tokens"]) * (done - t0_step)

@@ -13,7 +13,7 @@ from wgqa_jax.grouping import variants
 from wgqa_jax.models import families, presets
 from wgqa_jax.models.config_file import ATTENTIONS, DTYPES, REMATS
 from wgqa_jax.store.resolve import RANDOM
-from wgqa_jax.training.config import LAYER_BUDGETS
+from wgqa_jax.training.config import LAYER_BUDGETS, OPTIMIZERS, PARAM_DTYPES
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
@@ -61,6 +61,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
     bad("model.remat", f"choose from {REMATS}")
   if c.model.dtype not in DTYPES:
     bad("model.dtype", f"choose from {DTYPES}")
+  if c.model.param_dtype not in PARAM_DTYPES:
+    bad("model.param_dtype", f"choose from {PARAM_DTYPES} (float16 params would need loss scaling)")
+  if c.optim.optimizer not in OPTIMIZERS:
+    bad("optim.optimizer", f"choose from {OPTIMIZERS}")
   if d.objective not in text_rows.OBJECTIVES:
     bad("data.objective", f"choose from {text_rows.OBJECTIVES}")
   if d.objective == "pairs" and d.dataset not in tasks.DATASETS:

@@ -78,5 +78,8 @@ class LlamaFamily(Family):
   def forward(self, params, batch, cfg, rng=None, train=False, loss_on=None, mutable=False):
     return objective.forward(params, batch, cfg, rng, train, loss_on, mutable)
 
+  def forward_hidden(self, params, batch, cfg, rng=None, train=False, loss_on=None):
+    return objective.forward_hidden(params, batch, cfg, loss_on)
+
 
 FAMILY = LlamaFamily()

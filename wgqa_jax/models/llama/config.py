@@ -219,6 +219,9 @@ PRESETS: dict[str, dict[str, Any]] = {
   # down to 1/8, and enough width and depth for the heads to specialise
   "llama-tiny-8head": dict(vocab_size=512, hidden_size=128, intermediate_size=320, num_layers=4,
                            num_heads=8, head_dim=16, max_position_embeddings=512),
+  # an MHA model of 1.3B params (TinyLlama-1.1B's shape, all 32 KV heads): benchmarks/gpu.py
+  "llama-1b": dict(hidden_size=2048, intermediate_size=5632, num_layers=22, num_heads=32,
+                   **{**_LLAMA_2, "head_dim": 64}),
   # real shapes, as MHA checkpoints to uptrain (the planner, configs/scale.py). Llama-2-70B
   # itself ships with 8 KV heads: its GQA-8 rows are the released model's shape.
   "llama-2-7b": dict(hidden_size=4096, intermediate_size=11008, num_layers=32, num_heads=32,

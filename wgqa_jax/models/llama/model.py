@@ -154,6 +154,10 @@ class Llama(nn.Module):
   def __call__(self, input_ids, attention_mask=None, positions=None, segment_ids=None):
     """Logits (b, t, vocab), float32. positions default to 0..t-1 (HF's forward without
     position_ids); attention_mask (b, t) masks padded keys; segment_ids: packed rows."""
+    return self.logits(self.hidden(input_ids, attention_mask, positions, segment_ids))
+
+  def hidden(self, input_ids, attention_mask=None, positions=None, segment_ids=None):
+    """The last layer's output (b, t, hidden), before the final norm: what `logits` takes."""
     if attention_mask is None:
       attention_mask = jnp.ones_like(input_ids)
     if positions is None:
@@ -165,7 +169,7 @@ class Llama(nn.Module):
     else:
       for layer in self.layers:
         x, _ = layer(x, bias, positions)
-    return self.logits(x)
+    return x
 
   def init_cache(self, batch: int, max_len: int):
     """Per layer an empty K/V cache of its G heads: {"k", "v"} (batch, max_len, G, head_dim)."""

@@ -27,8 +27,7 @@ def forward(
   """(logits, labels, label weights) of a decoder-only batch, aligned so that position t
   predicts label t; with `mutable` also the variables the modules sowed. Llama trains without
   dropout: rng and train change nothing."""
-  # rows of documents are sequences already; rows of pairs are compacted into sequences
-  s = batch if "tokens" in batch else causal_view.sequences(batch, cfg.eos_token_id)
+  s = sequences(batch, cfg)
   seg = s["segment_ids"]
   out = Llama(cfg).apply(
     {"params": layers.module_params(params, cfg)},
@@ -39,9 +38,33 @@ def forward(
     mutable=mutable,
   )
   logits = out[0] if mutable else out
-  # token t predicts token t + 1 of the same example
+  result = logits[:, :-1], *labels_and_weights(s, loss_on)
+  return (result, out[1]) if mutable else result
+
+
+def forward_hidden(params, batch, cfg: LlamaConfig, loss_on: str | None = None):
+  """(hidden states, head, labels, label weights): `forward` with the output projection left
+  to head(hidden chunk) (models.family.Family.forward_hidden)."""
+  s = sequences(batch, cfg)
+  seg = s["segment_ids"]
+  variables = {"params": layers.module_params(params, cfg)}
+  model = Llama(cfg)
+  hidden = model.apply(
+    variables, s["tokens"], (seg > 0).astype(jnp.int32), s["positions"], seg, method=Llama.hidden
+  )
+  head = lambda x: model.apply(variables, x, method=Llama.logits)
+  return (hidden[:, :-1], head, *labels_and_weights(s, loss_on))
+
+
+def sequences(batch, cfg: LlamaConfig) -> dict:
+  """Rows of documents are sequences already; rows of pairs are compacted into sequences."""
+  return batch if "tokens" in batch else causal_view.sequences(batch, cfg.eos_token_id)
+
+
+def labels_and_weights(s: dict, loss_on: str | None):
+  """Token t predicts token t + 1 of the same example: (labels, weights) of positions 0..t-2."""
+  seg = s["segment_ids"]
   weights = (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] > 0)
   if (loss_on or "all") == "answer" and "answer" in s:  # documents: every token counts
     weights = weights & s["answer"][:, 1:]
-  result = logits[:, :-1], s["tokens"][:, 1:], weights.astype(jnp.float32)
-  return (result, out[1]) if mutable else result
+  return s["tokens"][:, 1:], weights.astype(jnp.float32)

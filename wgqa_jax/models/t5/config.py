@@ -95,6 +95,11 @@ class T5Config(ConfigFile):
 
   # ---- derived ----
   @property
+  def head_dim(self) -> int:
+    """Dims of each attention head (models.family: every family's config has it)."""
+    return self.d_kv
+
+  @property
   def kv_heads(self) -> int:
     """G of the grouped attention modules."""
     return self.grouping.num_kv_heads(self.num_heads)
