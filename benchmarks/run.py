@@ -1,7 +1,7 @@
 """Side-by-side benchmarks in one run; prints tables and writes benchmarks/RESULTS.md.
 
     python benchmarks/run.py                  # CPU defaults (~12 min on 2 cores) -> RESULTS.md
-    python benchmarks/run.py --preset=gpu     # full grid on an accelerator -> RESULTS_gpu.md
+    python benchmarks/run.py --preset=gpu     # full grid on an accelerator -> RESULTS_t5_gpu.md
     python benchmarks/run.py --preset=smoke   # seconds, tiny model: checks the script still runs
 
 1. training: our jitted loss, loss+gradients and full step (AdamW) vs HF PyTorch T5 (same
@@ -431,7 +431,8 @@ flags.DEFINE_string("only", "train,decode,generate", "sections to run", flag_val
 flags.DEFINE_string(
   "out",
   None,
-  "default: benchmarks/RESULTS.md (cpu preset), RESULTS_gpu.md (gpu preset)",
+  "default: benchmarks/RESULTS.md (cpu preset), RESULTS_t5_gpu.md (gpu preset; RESULTS_gpu.md "
+  "is benchmarks/gpu.py's)",
   flag_values=FLAGS,
 )
 
@@ -441,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
   preset_name = args.preset or ("gpu" if jax.default_backend() == "gpu" else "cpu")
   here = os.path.dirname(os.path.abspath(__file__))
   out = args.out or os.path.join(
-    here, "RESULTS.md" if preset_name == "cpu" else f"RESULTS_{preset_name}.md"
+    here, "RESULTS.md" if preset_name == "cpu" else f"RESULTS_t5_{preset_name}.md"
   )
   p = PRESETS[preset_name]
   lines: list[str] = []

@@ -4,6 +4,7 @@ checkpoint loads. Writes benchmarks/RESULTS_scale.md.
 
     python benchmarks/scale.py                    # every section (about 25 minutes on 2 cores)
     python benchmarks/scale.py --only=load        # host memory while loading, 2.1 GB checkpoint
+    python benchmarks/scale.py --only=goals       # issue #33's rows: 7B on 1 GPU, 70B on 8
     python benchmarks/scale.py --only=plan --rows=llama-2-7b
 
 plan: each row is one `python -m wgqa_jax.plan` process (the device count is fixed when JAX
@@ -25,7 +26,7 @@ import tempfile
 from absl import app, flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_ONLY = flags.DEFINE_enum("only", None, ["plan", "load"], "run one section")
+_ONLY = flags.DEFINE_enum("only", None, ["plan", "goals", "load"], "run one section")
 _ROWS = flags.DEFINE_string("rows", None, "plan rows whose shape contains this string")
 _OUT = flags.DEFINE_string(
   "out", os.path.join(ROOT, "benchmarks", "RESULTS_scale.md"), "results file"
@@ -55,6 +56,22 @@ PLAN_ROWS = [
   ("t5-v1_1-xxl", 16, "gqa", dict(data=1, fsdp=16, model=1), "full", True, {}),
   ("t5-v1_1-xxl", 16, "wgqa", dict(data=1, fsdp=16, model=1), "full", True, {}),
 ]
+
+
+# Issue #33's goals: (shape, devices, variant, mesh, remat, scan, extra, GiB per device at most)
+MEMORY_OPTIONS = {
+  "model.attention": "blockwise",
+  "model.param_dtype": "bfloat16",
+  "optim.optimizer": "adafactor",
+}
+GOAL_ROWS = [
+  ("llama-2-7b", 1, "wgqa", dict(data=1, fsdp=1, model=1), "full", True,
+   {"optim.batch_size": 2, **MEMORY_OPTIONS}, 72),
+  ("llama-2-70b", 8, "gqa", dict(data=1, fsdp=8, model=1), "full", True,
+   {"optim.batch_size": 8, **MEMORY_OPTIONS}, 72),
+  ("llama-2-7b", 8, "wgqa", dict(data=1, fsdp=8, model=1), "full", True,
+   {"optim.batch_size": 32, **MEMORY_OPTIONS}, 35),
+]  # fmt: skip
 
 
 def plan_row(shape, devices, variant, mesh, remat, scan, extra) -> dict:
@@ -110,6 +127,37 @@ def plan_section() -> list[str]:
       f"{'scanned' if r['scan_layers'] else 'unrolled'} | {gib(b['params'])} | "
       f"{gib(b['opt_state'])} | {gib(b['temp'])} | **{gib(b['total'])}** | "
       f"{r['compile_s']} |"
+    )
+    commands.append(r["command"])
+  return lines + ["", "Commands:", "", "```"] + commands + ["```", ""]
+
+
+def goals_section() -> list[str]:
+  gib = lambda x: f"{x / 2**30:.1f}"
+  lines = [
+    "## Issue #33's goals: 7B on one 80 GB GPU, 70B on one 8-GPU node",
+    "",
+    "The planner, as above, with the memory options of docs/gpu.md: bf16 params (updates "
+    "rounded stochastically), Adafactor, blockwise attention (what the planner compiles for "
+    "`attention=cudnn` too). Rows of 3840 input + 256 target tokens. GiB per device; "
+    "usable is 90% of 80 GB.",
+    "",
+    "| shape | devices | variant | batch | params | opt state | temp | **total** | goal | met | "
+    "compile s |",
+    "|---|---|---|---|---|---|---|---|---|---|---|",
+  ]
+  commands = []
+  for *row, goal in GOAL_ROWS:
+    if _ROWS.value and _ROWS.value not in row[0]:
+      continue
+    r = plan_row(*row)
+    b = r["per_device_bytes"]
+    total = b["total"] / 2**30
+    print(f"goal {row[0]} on {row[1]}: {total:.1f} GiB (goal {goal})", flush=True)
+    lines.append(
+      f"| {row[0]} | {row[1]} | {row[2]} ({r['grouping']}) | {r['batch']['inputs'][0]} x 4096 "
+      f"| {gib(b['params'])} | {gib(b['opt_state'])} | {gib(b['temp'])} | **{total:.1f}** | "
+      f"<= {goal} | {'yes' if total <= goal else 'NO'} | {r['compile_s']} |"
     )
     commands.append(r["command"])
   return lines + ["", "Commands:", "", "```"] + commands + ["```", ""]
@@ -216,6 +264,8 @@ def main(argv):
     + (f" --only={_ONLY.value}" if _ONLY.value else ""),
     "",
   ]
+  if _ONLY.value in (None, "goals"):
+    sections += goals_section()
   if _ONLY.value in (None, "plan"):
     sections += plan_section()
   if _ONLY.value in (None, "load"):

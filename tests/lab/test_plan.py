@@ -1,6 +1,7 @@
 """The planner: the real train step compiled for N fake devices, XLA's per-device memory."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -165,3 +166,15 @@ def test_the_planner_names_every_attention_form():
   from wgqa_jax.models.config_file import ATTENTIONS
 
   assert set(plan.ATTENTION_NOTE) == set(ATTENTIONS)
+
+
+def test_fake_devices_compile_as_a_gpu_would(monkeypatch):
+  """The planner's XLA flags: N devices, the GPU-like passes and schedule, the user's other
+  flags kept, an earlier device count replaced."""
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=3 --xla_dump_to=/tmp/x")
+  plan.use_fake_devices(8)  # backends are up here: only the environment changes
+  flags_ = os.environ["XLA_FLAGS"].split()
+  assert "--xla_dump_to=/tmp/x" in flags_ and "--xla_force_host_platform_device_count=8" in flags_
+  assert "--xla_force_host_platform_device_count=3" not in flags_
+  assert set(plan.GPU_LIKE_FLAGS) <= set(flags_)
+  assert "--xla_cpu_enable_concurrency_optimized_scheduler=false" in plan.GPU_LIKE_FLAGS

@@ -70,3 +70,35 @@ def test_llama_benchmark_smoke(tmp_path):
   assert re.search(
     r"\| ours \(wgqa_jax.train step, jit, float32\) \| \d+\.\d+ \| \d+\.\d+x \|", text
   ), text
+
+
+def test_gpu_script_smoke_runs_every_section_on_cpu(tmp_path):
+  """benchmarks/gpu.py --preset=smoke (what a session with a GPU runs, shrunk): every section
+  written; each attention form agrees with einsum to float32 rounding; cuDNN refused in one
+  line on CPU; the offloaded optimizer state trains exactly like the default."""
+  out = tmp_path / "gpu.md"
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device
+  r = subprocess.run(
+    [sys.executable, "benchmarks/gpu.py", "--preset=smoke", f"--out={out}"],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
+  assert r.returncode == 0, r.stderr[-3000:]
+  text = out.read_text()
+  for n in range(1, 6):
+    assert f"\n## {n}. " in text, n
+  section = text.split("\n## 1. ")[1].split("\n## 2. ")[0]
+  agree = [line.split("|") for line in section.splitlines() if line.startswith("| tiny")]
+  agree += [line.split("|") for line in section.splitlines() if line.startswith("| llama-tiny")]
+  errors = [float(c) for cells in agree if "refused" not in cells[3] for c in cells[4:6]]
+  assert len(errors) == 12 and max(errors) < 1e-5, agree  # 2 models x 3 forms x (loss, grads)
+  assert "refused: model.attention=cudnn: cuDNN flash attention runs on NVIDIA GPUs" in text
+  rows = {
+    line.split("|")[1].strip(): line.split("|")[-3].strip()
+    for line in text.splitlines()
+    if line.startswith("| f32 params, AdamW")
+  }
+  assert rows["f32 params, AdamW, state offloaded"] == rows["f32 params, AdamW (default)"]
