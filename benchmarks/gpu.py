@@ -520,21 +520,12 @@ def main(argv: list[str] | None = None) -> int:
     from wgqa_jax.core.errors import UserError
 
     raise UserError(f"--parts: unknown {unknown}; choose from {list(PARTS)}")
-  import jax
-
   out = FLAGS.out or os.path.join(
     REPO, "benchmarks", "RESULTS_gpu.md" if FLAGS.preset == "full" else "RESULTS_gpu_smoke.md"
   )
-  dev = jax.devices()[0]
   command = "python benchmarks/gpu.py" + "".join(
     f" {a}" for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--out")
   )
-  lines = [
-    "# GPU measurements",
-    "",
-    f"{datetime.date.today()}, {dev.platform}: {dev.device_kind} x {jax.device_count()}, "
-    f"jax {jax.__version__}. Command: `{command}`",
-  ]
   titles = {
     "agree": "1. Attention forms agree",
     "train": "2. Train step throughput",
@@ -542,19 +533,32 @@ def main(argv: list[str] | None = None) -> int:
     "decode": "4. Cached decoding",
     "quality": "5. Memory options: loss against float32 AdamW",
   }
-  for part in PARTS:
-    if part not in parts:
-      continue
+  runs = {
+    "agree": lambda: section_agree(p),
+    "train": lambda: section_train(p),
+    "peak": lambda: section_peak(p, FLAGS.preset),
+    "decode": lambda: section_decode(p),
+    "quality": lambda: section_quality(p),
+  }
+  # peak first, in fresh processes, before this one takes the device (JAX preallocates 75% of
+  # a GPU's memory for the process that first uses it)
+  done: dict[str, list[str]] = {}
+  for part in sorted((x for x in PARTS if x in parts), key=lambda x: x != "peak"):
     t0 = time.time()
     print(f"== {titles[part]}", flush=True)
-    body = {
-      "agree": lambda: section_agree(p),
-      "train": lambda: section_train(p),
-      "peak": lambda: section_peak(p, FLAGS.preset),
-      "decode": lambda: section_decode(p),
-      "quality": lambda: section_quality(p),
-    }[part]()
-    lines += ["", f"## {titles[part]}", "", *body, "", f"({time.time() - t0:.0f} s)"]
+    done[part] = runs[part]() + ["", f"({time.time() - t0:.0f} s)"]
+    import jax
+
+    dev = jax.devices()[0]
+    lines = [
+      "# GPU measurements",
+      "",
+      f"{datetime.date.today()}, {dev.platform}: {dev.device_kind} x {jax.device_count()}, "
+      f"jax {jax.__version__}. Command: `{command}`",
+    ]
+    for name in PARTS:
+      if name in done:
+        lines += ["", f"## {titles[name]}", "", *done[name]]
     with open(out, "w") as f:  # after every section: a run cut short keeps what it finished
       f.write("\n".join(lines) + "\n")
   print(f"-> {out}")
