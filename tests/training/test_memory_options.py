@@ -115,7 +115,7 @@ def test_offloaded_state_equals_the_state_in_device_memory():
   for offload in (False, True):
     optim.offload_state = offload
     shard = steps.state_shardings(cfg, tx, mesh, offload)
-    state = steps.init_state(params, tx, shard)
+    state = steps.init_state(jax.tree.map(np.asarray, params), tx, shard)  # (it donates)
     kinds = {x.sharding.memory_kind for x in jax.tree.leaves(state["opt_state"])}
     assert kinds == ({"pinned_host"} if offload else {"device"})
     step = steps.compile_train_step(cfg, optim, tx, shard, mesh)

@@ -48,8 +48,10 @@ def weighted_sum(kernel, weights, num_groups: int):
   if weights.shape not in ((h,), (h, dk)):
     raise ValueError(f"WGQA weights must have shape ({h},) or ({h}, {dk}), got {weights.shape}")
   w = weights[:, None] if weights.ndim == 1 else weights  # (H, 1 | dk)
-  weighted = kernel * w[None].astype(kernel.dtype)
-  return weighted.reshape(d, num_groups, size, dk).sum(axis=2)
+  # in float32 whatever the params' dtype (bf16 params: model.param_dtype), so the model while
+  # training and the fold after it compute the same sums
+  weighted = kernel.astype("float32") * w[None].astype("float32")
+  return weighted.reshape(d, num_groups, size, dk).sum(axis=2).astype(kernel.dtype)
 
 
 def expand(kernel, num_heads: int, sizes=None):

@@ -162,7 +162,7 @@ def make_train_step(cfg, optim: ml_collections.ConfigDict, tx, shardings: dict |
       zeros = (pin(jax.tree.map(jnp.zeros_like, params)), jnp.zeros(3))
       (grads, sums), _ = jax.lax.scan(micro, zeros, mbs)
     lsum, n, nllsum = sums[0], jnp.maximum(sums[1], 1.0), sums[2]
-    grads = jax.tree.map(lambda g: g / n, grads)
+    grads = jax.tree.map(lambda g: (g / n).astype(g.dtype), grads)  # bf16 params: bf16 grads
     grad_norm = optax.global_norm(grads)
     # NaN guard: a step whose loss or gradients are not finite leaves params and optimizer
     # state untouched. Decided before the update (finite gradients give a finite AdamW or
