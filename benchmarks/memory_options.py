@@ -24,11 +24,18 @@ from wgqa_jax.core import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+LR_SCALE = "learning rate x"  # an override that multiplies the run's optim.learning_rate
 OPTIONS = {  # name: config overrides
   "f32 params, AdamW (default)": {},
   "bf16 params, AdamW": {"model.param_dtype": "bfloat16"},
   "f32 params, Adafactor": {"optim.optimizer": "adafactor"},
   "bf16 params, Adafactor": {"model.param_dtype": "bfloat16", "optim.optimizer": "adafactor"},
+  # Adafactor's steps are relative to each param's scale: the rate that suits AdamW is small
+  "bf16 params, Adafactor, 10x learning rate": {
+    "model.param_dtype": "bfloat16",
+    "optim.optimizer": "adafactor",
+    LR_SCALE: 10.0,
+  },
   "f32 params, AdamW, state offloaded": {"optim.offload_state": True},
 }
 
@@ -41,9 +48,12 @@ def compare(c, steps: int, workdir: str, options: dict = OPTIONS) -> dict[str, s
   for i, (name, overrides) in enumerate(options.items()):
     run = c.copy_and_resolve_references()
     run.unlock()
+    overrides = dict(overrides)
+    scale = overrides.pop(LR_SCALE, 1.0)
     run.update_from_flattened_dict(
       {"optim.num_train_steps": steps, "eval.every": 0, "checkpoint.every": steps, **overrides}
     )
+    run.optim.learning_rate *= scale
     run.lock()
     runs[name] = os.path.join(workdir, f"option_{i}")
     print(f"{name}: {overrides or 'defaults'}", flush=True)

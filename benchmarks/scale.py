@@ -137,10 +137,10 @@ def goals_section() -> list[str]:
   lines = [
     "## Issue #33's goals: 7B on one 80 GB GPU, 70B on one 8-GPU node",
     "",
-    "The planner, as above, with the memory options of docs/gpu.md: bf16 params (updates "
-    "rounded stochastically), Adafactor, blockwise attention (what the planner compiles for "
-    "`attention=cudnn` too). Rows of 3840 input + 256 target tokens. GiB per device; "
-    "usable is 90% of 80 GB.",
+    "The planner (as in the next section) with the memory options of docs/gpu.md: bf16 "
+    "params (updates rounded stochastically), Adafactor, blockwise attention (what the "
+    "planner compiles for `attention=cudnn` too). Rows of 3840 input + 256 target tokens. "
+    "GiB per device; usable is 90% of 80 GB.",
     "",
     "| shape | devices | variant | batch | params | opt state | temp | **total** | goal | met | "
     "compile s |",

@@ -93,6 +93,8 @@ def test_gradient_accumulation_matches_full_batch(tmp_path):
     ("grouping.kv_heads", 3, "not divisible"),
     ("grouping.attention_noise", 0.2, "only applies to pgqa"),
     ("grouping.regroup_every", 5, "does not regroup"),
+    ("model.param_dtype", "float16", "would need loss scaling"),
+    ("optim.optimizer", "sgd", "choose from"),
   ],
 )
 def test_bad_config_values_fail_clearly(tmp_path, key, value, match):
