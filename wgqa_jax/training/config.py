@@ -178,10 +178,15 @@ RESUMABLE_CHANGES = (
 )
 
 
+# Keys added after runs were started without them, and the value those runs had: a workdir's
+# config.json without the key resumes under that value.
+ADDED_KEYS = {"model.param_dtype": "float32", "optim.optimizer": "adamw"}
+
+
 def resume_differences(saved: dict, c: ml_collections.ConfigDict) -> list[str]:
   """'key: old -> new' for each key that differs between a workdir's config.json (`saved`) and
   `c` and that a resumed run must not change."""
-  old = traverse_util.flatten_dict(saved, sep=".")
+  old = {**ADDED_KEYS, **traverse_util.flatten_dict(saved, sep=".")}
   new = traverse_util.flatten_dict(json.loads(c.to_json_best_effort()), sep=".")
   return [
     f"{k}: {old.get(k, '(absent)')!r} -> {new.get(k, '(absent)')!r}"
