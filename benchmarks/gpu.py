@@ -34,52 +34,26 @@ from wgqa_jax.core import cli
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16, per device
 FORMS = ("einsum", "dot_product", "cudnn", "blockwise")
-
-# Each train row: an architecture preset, its batch (rows x input + target tokens), the variant
-# its MHA weights are uptrained into, its layer options.
+# the memory options that fit Llama-2-7B on one GPU (benchmarks/scale.py's goal rows)
+MEMORY_OPTIONS = dict(
+  remat="full", forms=("blockwise",), param_dtype="bfloat16", optimizer="adafactor"
+)
+# a row: an architecture preset, its batch (rows x input + target tokens), the variant its MHA
+# weights are uptrained into; each section adds its layer options
+LLAMA_1B = dict(arch="llama-1b", batch=8, inputs=1792, targets=256, variant="gqa", kv_heads=8)
+LLAMA_TINY = dict(arch="llama-tiny", batch=4, inputs=48, targets=16, variant="gqa", kv_heads=2)
 PRESETS = {
   "full": {
     "dtype": "bfloat16",
     "agree": {"t5": "t5-small", "llama": "llama-1b", "length": 2048, "batch": 2},
     "train": [
-      dict(
-        arch="t5-base",
-        batch=64,
-        inputs=512,
-        targets=128,
-        variant="gqa",
-        kv_heads=4,
-        remat="none",
-        forms=("einsum", "dot_product", "cudnn"),
-      ),
-      dict(
-        arch="llama-1b",
-        batch=8,
-        inputs=1792,
-        targets=256,
-        variant="gqa",
-        kv_heads=8,
-        remat="dots",
-        forms=FORMS,
-      ),
+      dict(arch="t5-base", batch=64, inputs=512, targets=128, variant="gqa", kv_heads=4,
+           remat="none", forms=("einsum", "dot_product", "cudnn")),
+      dict(LLAMA_1B, remat="dots", forms=FORMS),
     ],
     "steps": 10,
-    "peak": [
-      dict(
-        arch="llama-1b",
-        batch=8,
-        inputs=1792,
-        targets=256,
-        variant="gqa",
-        kv_heads=8,
-        remat="full",
-        forms=("blockwise",),
-        param_dtype="bfloat16",
-        optimizer="adafactor",
-      ),
-    ],
+    "peak": [dict(LLAMA_1B, **MEMORY_OPTIONS)],
     "decode": {"arch": "llama-1b", "contexts": (4096, 16384), "batch": 8, "new_tokens": 32},
     "quality": {"config": "configs/llama_tiny.py", "steps": 300},
   },
@@ -87,46 +61,16 @@ PRESETS = {
     "dtype": "float32",
     "agree": {"t5": "tiny", "llama": "llama-tiny", "length": 640, "batch": 2},
     "train": [
-      dict(
-        arch="tiny",
-        batch=4,
-        inputs=32,
-        targets=8,
-        variant="gqa",
-        kv_heads=2,
-        remat="none",
-        forms=("einsum", "cudnn"),
-      ),
-      dict(
-        arch="llama-tiny",
-        batch=4,
-        inputs=48,
-        targets=16,
-        variant="gqa",
-        kv_heads=2,
-        remat="dots",
-        forms=("einsum", "blockwise"),
-      ),
+      dict(arch="tiny", batch=4, inputs=32, targets=8, variant="gqa", kv_heads=2,
+           remat="none", forms=("einsum", "cudnn")),
+      dict(LLAMA_TINY, remat="dots", forms=("einsum", "blockwise")),
     ],
     "steps": 2,
-    "peak": [
-      dict(
-        arch="llama-tiny",
-        batch=4,
-        inputs=48,
-        targets=16,
-        variant="gqa",
-        kv_heads=2,
-        remat="full",
-        forms=("blockwise",),
-        param_dtype="bfloat16",
-        optimizer="adafactor",
-      ),
-    ],
+    "peak": [dict(LLAMA_TINY, **MEMORY_OPTIONS)],
     "decode": {"arch": "llama-tiny", "contexts": (64,), "batch": 2, "new_tokens": 4},
     "quality": {"config": "configs/tiny.py", "steps": 4},
   },
-}
+}  # fmt: skip
 PARTS = ("agree", "train", "peak", "decode", "quality")
 
 
@@ -229,13 +173,6 @@ def model_flops_per_step(cfg, c) -> float:
   return b * (6 * matmul * n + 12 * cfg.num_layers * h * dk * n * n)
 
 
-def peak_tflops() -> float | None:
-  import jax
-
-  kind = jax.devices()[0].device_kind
-  return next((v for k, v in PEAK_TFLOPS.items() if k in kind), None)
-
-
 def refusal(c) -> str | None:
   """Why this run cannot use its attention form here (one line), or None."""
   import jax
@@ -320,6 +257,8 @@ def section_train(p: dict) -> list[str]:
     "| model | batch | form | compile s | step s | tokens/s | TFLOP/s | MFU |",
     "|---|---|---|---|---|---|---|---|",
   ]
+  from run import peak_tflops  # benchmarks/run.py: the devices' dense bf16 peaks
+
   peak = peak_tflops()
   for row in p["train"]:
     for form in row["forms"]:

@@ -23,20 +23,25 @@ def cache_ratios(text: str) -> dict[str, float]:
   return ratios
 
 
-@pytest.mark.slow  # scripts, not behaviour: kept out of CI's 20 minutes (pytest -m slow)
-def test_benchmark_script_smoke(tmp_path):
-  out = tmp_path / "results.md"
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device, as users run it
+def run_script(script: str, flag: str, out, timeout: int) -> str:
+  """Run benchmarks/<script> with `flag` and --out=out on one CPU device, as users run it; the
+  results file it wrote."""
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   r = subprocess.run(
-    [sys.executable, "benchmarks/run.py", "--preset=smoke", f"--out={out}"],
+    [sys.executable, f"benchmarks/{script}", flag, f"--out={out}"],
     cwd=REPO,
     env=env,
     capture_output=True,
     text=True,
-    timeout=600,
+    timeout=timeout,
   )
   assert r.returncode == 0, r.stderr[-3000:]
-  text = out.read_text()
+  return out.read_text()
+
+
+@pytest.mark.slow  # scripts, not behaviour: kept out of CI's 20 minutes (pytest -m slow)
+def test_benchmark_script_smoke(tmp_path):
+  text = run_script("run.py", "--preset=smoke", tmp_path / "results.md", timeout=600)
   assert "Command: `python benchmarks/run.py --preset=smoke`" in text
   for section in ("### 1. Training", "### 2. Cached greedy decoding", "### 3. Generation vs HF"):
     assert section in text
@@ -54,18 +59,7 @@ def test_benchmark_script_smoke(tmp_path):
 @pytest.mark.slow
 def test_llama_benchmark_smoke(tmp_path):
   """benchmarks/llama.py runs; the Llama KV cache of G heads is exactly G/H of MHA's."""
-  out = tmp_path / "llama.md"
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  r = subprocess.run(
-    [sys.executable, "benchmarks/llama.py", "--smoke", f"--out={out}"],
-    cwd=REPO,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
-  assert r.returncode == 0, r.stderr[-3000:]
-  text = out.read_text()
+  text = run_script("llama.py", "--smoke", tmp_path / "llama.md", timeout=600)
   assert cache_ratios(text) == {"MHA": 1.0, "GQA-2": 0.5, "MQA": 0.25}  # smoke: 4 heads
   assert re.search(
     r"\| ours \(wgqa_jax.train step, jit, float32\) \| \d+\.\d+ \| \d+\.\d+x \|", text
@@ -76,18 +70,7 @@ def test_gpu_script_smoke_runs_every_section_on_cpu(tmp_path):
   """benchmarks/gpu.py --preset=smoke (what a session with a GPU runs, shrunk): every section
   written; each attention form agrees with einsum to float32 rounding; cuDNN refused in one
   line on CPU; the offloaded optimizer state trains exactly like the default."""
-  out = tmp_path / "gpu.md"
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device
-  r = subprocess.run(
-    [sys.executable, "benchmarks/gpu.py", "--preset=smoke", f"--out={out}"],
-    cwd=REPO,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=900,
-  )
-  assert r.returncode == 0, r.stderr[-3000:]
-  text = out.read_text()
+  text = run_script("gpu.py", "--preset=smoke", tmp_path / "gpu.md", timeout=900)
   for n in range(1, 6):
     assert f"\n## {n}. " in text, n
   section = text.split("\n## 1. ")[1].split("\n## 2. ")[0]

@@ -51,10 +51,13 @@ def loss_sums(
   family. loss_on: for the families that take it (decoder-only: "all", the default, or
   "answer")."""
   split = family_of(cfg).forward_hidden(params, batch, cfg, rng, train, loss_on)
-  if split is not None and split[0].shape[1] > LOSS_CHUNK:
-    return chunked_loss_sums(*split, label_smoothing, z_loss)
-  logits, labels, weights = forward(params, batch, cfg, rng, train, loss_on)
-  return token_loss_sums(logits, labels, weights, label_smoothing, z_loss)
+  if split is None:
+    logits, labels, weights = forward(params, batch, cfg, rng, train, loss_on)
+    return token_loss_sums(logits, labels, weights, label_smoothing, z_loss)
+  hidden, head, labels, weights = split
+  if hidden.shape[1] > LOSS_CHUNK:
+    return chunked_loss_sums(hidden, head, labels, weights, label_smoothing, z_loss)
+  return token_loss_sums(head(hidden), labels, weights, label_smoothing, z_loss)
 
 
 LOSS_CHUNK = 1024  # positions whose logits the loss holds at a time (families that split)

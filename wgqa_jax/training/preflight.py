@@ -22,7 +22,7 @@ from wgqa_jax.training.config import resume_differences
 def check_model(c: ml_collections.ConfigDict, src) -> None:
   """Fail now if the variant or the objective does not fit the model (src: the model config
   of model.init_from)."""
-  g, family = c.grouping, family_of(src)
+  family = family_of(src)
   if c.optim.loss_on is not None and c.optim.loss_on not in family.loss_on:
     raise UserError(
       f"config.optim.loss_on={c.optim.loss_on!r}: {family.title} always trains "
@@ -36,8 +36,15 @@ def check_model(c: ml_collections.ConfigDict, src) -> None:
       f"config.data.objective={objective!r} does not fit {model} "
       f"({family.description}): use data.objective={right[0]} (or pairs)"
     )
-  if variants.is_mha(src):
-    variants.get(g.variant).grouping(src.num_heads, g.kv_heads, **variants.options(g))
+  run_grouping(c, src)  # a UserError where the variant does not fit the model
+
+
+def run_grouping(c: ml_collections.ConfigDict, src):
+  """The grouping the run trains: the variant's of an MHA source, else the source's own."""
+  g = c.grouping
+  if not variants.is_mha(src):
+    return src.grouping
+  return variants.get(g.variant).grouping(src.num_heads, g.kv_heads, **variants.options(g))
 
 
 def attention_notes(c: ml_collections.ConfigDict, src, platform: str) -> list[str]:
@@ -47,11 +54,7 @@ def attention_notes(c: ml_collections.ConfigDict, src, platform: str) -> list[st
   form = c.model.attention
   if form not in ("dot_product", "cudnn"):
     return []
-  grouping = src.grouping
-  if variants.is_mha(src):
-    grouping = variants.get(c.grouping.variant).grouping(
-      src.num_heads, c.grouping.kv_heads, **variants.options(c.grouping)
-    )
+  grouping = run_grouping(c, src)
   dropout = src.dropout_rate if c.model.dropout_rate is None else c.model.dropout_rate
   reason = cudnn_refusal(c.model.dtype, src.head_dim, platform)
   if grouping.unequal:
