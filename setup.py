@@ -2,6 +2,17 @@
 
 from setuptools import find_packages, setup
 
+# Serving engines, run by the tests on what we export (wgqa_jax.store.gguf,
+# wgqa_jax.decoding.llama_cpp): llama-cpp-python builds llama.cpp from source the first time
+# (about 5 minutes on 2 cores; pip keeps the wheel, later installs take seconds). Its version
+# names the llama.cpp converter we fetch (store/gguf.py: LLAMA_CPP_PYTHON).
+ENGINES = [
+  "llama-cpp-python==0.3.36",
+  "torch==2.13.0",  # llama.cpp's converter imports torch and transformers
+  "transformers>=4.40",
+  "sentencepiece>=0.2",
+]
+
 setup(
   name="wgqa_jax",
   version="0.1.0",
@@ -49,7 +60,9 @@ setup(
       "ipykernel>=6.25",
       "ruff==0.17.6",
       "import-linter==2.17",
+      *ENGINES,
     ],
+    "engines": ENGINES,
     "gpu": ["jax[cuda12]"],
   },
 )

@@ -85,14 +85,21 @@ def test_outputs_are_never_clobbered_without_overwrite(tmp_path):
     ([f"--out={tmp_path / 'taken'}"], "exists; pass --overwrite"),
     ([f"--export_hf={tmp_path / 'taken'}"], "exists; pass --overwrite"),
     ([f"--out={tmp_path / 'file'}", "--overwrite"], "is a file"),
-    ([f"--out={tmp_path / 'a'}", f"--export_hf={tmp_path / 'a'}"], "same directory"),
+    ([f"--out={tmp_path / 'a'}", f"--export_hf={tmp_path / 'a'}"], "same path"),
+    (["--export=hf"], "go together"),
+    ([f"--export_hf={tmp_path / 'a'}", "--export=hf", f"--export_to={tmp_path / 'a'}"], "not both"),
+    (["--export=gguf", f"--export_to={tmp_path / 'taken'}"], "name it *.gguf"),
+    (["--export=gguf", f"--export_to={tmp_path / 'file.gguf'}", "--overwrite"], "not a GGUF"),
+    (["--export=decilm", f"--export_to={tmp_path / 'a'}"], "exports as hf, not 'decilm'"),
   ]
+  (tmp_path / "file.gguf").write_text("not a gguf")
   for args, needle in cases:
     r = run_convert(f"--hf={tmp_path / 'hf'}", "--variant=gqa", "--kv_heads=2", *args)
     assert r.returncode == 2 and needle in r.stderr, (args, r.stderr[-1500:])
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
   assert tree_bytes(tmp_path / "hf") == src
   assert tree_bytes(tmp_path / "taken") == {"mine.txt": b"keep me"}
+  assert (tmp_path / "file.gguf").read_text() == "not a gguf"
   assert not (tmp_path / "a").exists()
 
 

@@ -21,9 +21,10 @@ import jax
 from wgqa_jax import decoding
 from wgqa_jax.core import workdir as workdir_lib
 from wgqa_jax.core.errors import UserError
-from wgqa_jax.data import pipeline, tasks, tokenizers
+from wgqa_jax.data import pipeline, tasks
 from wgqa_jax.decoding.settings import GenerationConfig, for_task
 from wgqa_jax.grouping import variants
+from wgqa_jax.lab.checkpoint_tokenizer import open_tokenizer
 from wgqa_jax.store.resolve import resolve
 from wgqa_jax.training import metrics
 from wgqa_jax.training.config import base_config
@@ -92,21 +93,7 @@ def evaluate(
     )
   dataset = dataset or rd["dataset"]
   path = source.path
-  workdir = os.path.dirname(os.path.abspath(path)) if run else path  # where spm.model is
-  if tokenizer is None:  # the run's, else the checkpoint's own; never a silent default
-    tokenizer = rd["tokenizer"] if run else source.tokenizer
-    if tokenizer is None:
-      raise UserError(
-        f"{checkpoint} has no run config and no tokenizer files: pass --tokenizer (the one "
-        f"it was trained with)"
-      )
-  tok = tokenizers.get_tokenizer(tokenizer, workdir)
-  if tok.vocab_size > cfg.vocab_size or tok.eos_id != cfg.eos_token_id:
-    raise UserError(
-      f"tokenizer {tokenizer!r} ({tok.vocab_size} ids, EOS {tok.eos_id}) does not fit "
-      f"{checkpoint} ({cfg.vocab_size} embeddings, EOS {cfg.eos_token_id}): pass the "
-      f"tokenizer it was trained with"
-    )
+  tok = open_tokenizer(source, cfg, tokenizer)
   max_dec = max_decode_length or rd["max_target_length"]
   task = tasks.generation_task(dataset)
   gen = generation_config(

@@ -20,7 +20,7 @@ same fields and methods, which the grouping, storage, decoding and training code
   attention_modules()    (param path, grouped) of every attention module, in the model's order
   cached_modules()       the grouped attention modules that hold a decode cache
   grouping_at(path), kv_heads_at(path), reorderable_heads(path)
-  replace(**changes), save(path), to_dict(), from_dict(d), from_hf(hf dict), to_hf()
+  replace(**changes), save(path), to_dict(), from_dict(d), from_hf(hf dict), to_hf(form)
 """
 
 from __future__ import annotations
@@ -75,6 +75,11 @@ class Family(abc.ABC):
   objectives: tuple[str, ...]
   loss_on: tuple[str, ...] = ()
   eval_loss_on: str | None = None  # what eval/loss measures, as loss_on
+  # its Hugging Face form: the config.json forms it exports (wgqa_jax.store.hf; "hf", the
+  # transformers class, first), and what its tokenizer files are called there
+  hf_forms: tuple[str, ...] = ("hf",)
+  spm_file: str  # a sentencepiece vocabulary's file name in its HF directory
+  tokenizer_class: str  # tokenizer_config.json's class for it
 
   # ---- the model ----
   @abc.abstractmethod
@@ -108,8 +113,9 @@ class Family(abc.ABC):
     """Whether HF's architecture holds cfg's grouping as it is."""
 
   @abc.abstractmethod
-  def exportable(self, params, cfg):
-    """(params, cfg) in a grouping HF holds; a one-line UserError where there is none."""
+  def exportable(self, params, cfg, form: str = "hf"):
+    """(params, cfg) in a grouping HF form `form` (one of hf_forms) holds; a one-line UserError
+    where there is none. `cfg.to_hf(form)` is then its config.json."""
 
   # ---- decoding (wgqa_jax.decoding) ----
   @abc.abstractmethod

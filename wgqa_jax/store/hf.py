@@ -130,15 +130,21 @@ def hf_to_params(sd: Mapping[str, Any], cfg) -> dict:
   return traverse_util.unflatten_dict(flat)
 
 
-def exportable(params, cfg):
-  """(params, cfg) in the grouping HF holds (the family's `exportable`: T5 expanded to MHA
-  heads; Llama with WGQA weights folded, its G heads kept)."""
-  return family_of(cfg).exportable(params, cfg)
+def exportable(params, cfg, form: str = "hf"):
+  """(params, cfg) in the grouping HF form `form` holds (the family's `exportable`: T5 expanded
+  to MHA heads; Llama with WGQA weights folded, its G heads kept, per layer in the DeciLM
+  form); a one-line UserError for what it cannot hold."""
+  family = family_of(cfg)
+  if form not in family.hf_forms:
+    raise UserError(
+      f"a {family.title} model exports as {' or '.join(family.hf_forms)}, not {form!r}"
+    )
+  return family.exportable(params, cfg, form)
 
 
-def params_to_hf(params, cfg) -> dict[str, np.ndarray]:
+def params_to_hf(params, cfg, form: str = "hf") -> dict[str, np.ndarray]:
   """Our params (any variant) -> HF state dict (see `exportable`)."""
-  params, cfg = exportable(params, cfg)
+  params, cfg = exportable(params, cfg, form)
   flat = traverse_util.flatten_dict(params)
   return {
     row.key: np.ascontiguousarray(_to_hf(row.layout, np.asarray(flat[row.path])), np.float32)
@@ -309,21 +315,35 @@ def generation_settings(path_or_id: str) -> dict[str, Any]:
     return generation_file.from_hf_dir(path, json.load(f))
 
 
-def save_hf(params, cfg, out_dir: str, generation_settings: dict | None = None) -> None:
+def save_hf(
+  params,
+  cfg,
+  out_dir: str,
+  generation_settings: dict | None = None,
+  form: str = "hf",
+  tokenizer=None,
+) -> None:
   """Write a transformers-loadable directory (model.safetensors + config.json, and the
   generation settings as generation_config.json / task_specific_params when given): T5 with MHA
-  heads, Llama as a native GQA model with G heads."""
+  heads, Llama as a native GQA model with G heads (form "hf") or per-layer G (form "decilm").
+  `tokenizer` (wgqa_jax.data.tokenizers): its files go beside the weights
+  (wgqa_jax.store.tokenizer_files), so that an engine tokenizes as we do."""
   from safetensors.numpy import save_file
 
   from wgqa_jax.core.workdir import writing_dir
+  from wgqa_jax.store import tokenizer_files
 
-  params, cfg = exportable(params, cfg)
+  params, cfg = exportable(params, cfg, form)
   with writing_dir(out_dir) as tmp:  # an old export's shards and index go whole
+    if tokenizer is not None:  # first: a tokenizer no file holds is refused before the weights
+      tokenizer_files.write(tokenizer, cfg, tmp)
     save_file(
-      params_to_hf(params, cfg), os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"}
+      params_to_hf(params, cfg, form),
+      os.path.join(tmp, "model.safetensors"),
+      metadata={"format": "pt"},
     )
     settings = generation_settings or {}
-    hf_cfg = cfg.to_hf()
+    hf_cfg = cfg.to_hf(form)
     if settings.get("task_specific_params"):
       hf_cfg["task_specific_params"] = settings["task_specific_params"]
     with open(os.path.join(tmp, "config.json"), "w") as f:

@@ -30,9 +30,19 @@ from wgqa_jax.core import cli
 from wgqa_jax.core.errors import MissingInput, UserError
 from wgqa_jax.grouping import variants
 from wgqa_jax.lab import convert
-from wgqa_jax.store import hf, params_io
+from wgqa_jax.lab.checkpoint_tokenizer import open_tokenizer
+from wgqa_jax.store import gguf, hf, params_io, tokenizer_files
 
 FLAGS = cli.flag_set()
+GGUF_MAGIC = b"GGUF"  # a GGUF file's first bytes
+EXPORTS = {
+  "hf": "a transformers directory (T5: KV heads expanded to MHA; Llama: native GQA, "
+  "num_key_value_heads=G)",
+  "decilm": "Llama with per-layer G: the DeciLM / Nemotron-NAS directory (block_configs) that "
+  "llama.cpp's converter and vLLM read",
+  "gguf": "a GGUF file for llama.cpp, made by llama.cpp's own converter (pip install "
+  "'wgqa_jax[engines]')",
+}
 flags.DEFINE_string(
   "hf", None, "HF checkpoint (T5, Llama, Mistral): local directory or hub id", flag_values=FLAGS
 )
@@ -67,18 +77,30 @@ flags.DEFINE_string(
 )
 flags.DEFINE_bool("fold", False, "fold WGQA weights into plain GQA kernels", flag_values=FLAGS)
 flags.DEFINE_string("out", None, "write wgqa_jax params here", flag_values=FLAGS)
-flags.DEFINE_string(
-  "export_hf",
+flags.DEFINE_enum(
+  "export",
   None,
-  "write a transformers directory here (T5: KV heads "
-  "expanded to MHA; Llama: native GQA, num_key_value_heads=G)",
+  list(EXPORTS),
+  "what to export to --export_to: " + "; ".join(f"{k}: {v}" for k, v in EXPORTS.items()),
   flag_values=FLAGS,
 )
-flags.DEFINE_bool("overwrite", False, "replace an existing --out / --export_hf", flag_values=FLAGS)
-
-
-# what each output holds: --overwrite replaces a directory of that kind, nothing else
-WRITES = {"out": params_io.CONFIG_FILE, "export_hf": "config.json"}
+flags.DEFINE_string(
+  "export_to", None, "where --export writes (a directory; gguf: a .gguf file)", flag_values=FLAGS
+)
+flags.DEFINE_string(
+  "export_hf", None, "shorthand for --export=hf --export_to=DIR", flag_values=FLAGS
+)
+flags.DEFINE_enum(
+  "gguf_type", "f16", list(gguf.OUTTYPES), "--export=gguf: the weights' type", flag_values=FLAGS
+)
+flags.DEFINE_string(
+  "tokenizer",
+  None,
+  "the tokenizer an export carries (default: the run's, else the checkpoint's own files; "
+  "bytes | sentencepiece | a .model file | HF dir or id)",
+  flag_values=FLAGS,
+)
+flags.DEFINE_bool("overwrite", False, "replace an existing --out / --export_to", flag_values=FLAGS)
 
 
 def check_flags(a) -> None:
@@ -107,16 +129,33 @@ def check_flags(a) -> None:
       raise MissingInput(f"--calibration={a.calibration}: no such file")
 
 
-def check_outputs(a) -> None:
+def export_target(a) -> tuple[str, str, str] | None:
+  """(format, path, the flag that named the path) of the export asked for, if any."""
+  if a.export_hf:
+    if a.export or a.export_to:
+      raise UserError("pass --export_hf=DIR or --export=FORMAT --export_to=PATH, not both")
+    return "hf", a.export_hf, "export_hf"
+  if bool(a.export) != bool(a.export_to):
+    raise UserError("--export=FORMAT and --export_to=PATH go together: pass both")
+  return (a.export, a.export_to, "export_to") if a.export else None
+
+
+def check_outputs(a, export) -> None:
   """Refuse an output that would clobber: the input itself (compared by real path), the other
   output, anything that exists (a file, a non-empty directory) without --overwrite, and with it
   anything but what this tool writes there."""
   given = a.hf or a.params
   source = os.path.realpath(given) if os.path.exists(given) else None
-  targets = [(f, getattr(a, f)) for f in ("out", "export_hf") if getattr(a, f)]
-  if len(targets) == 2 and os.path.realpath(a.out) == os.path.realpath(a.export_hf):
-    raise UserError("--out and --export_hf are the same directory; pass two")
-  for flag, path in targets:
+  # (flag, path, what it holds: --overwrite replaces a directory holding that file, or a GGUF)
+  targets = [("out", a.out, params_io.CONFIG_FILE)] if a.out else []
+  if export:
+    fmt, path, flag = export
+    targets.append((flag, path, GGUF_MAGIC if fmt == "gguf" else "config.json"))
+    if fmt == "gguf" and not path.endswith(".gguf"):
+      raise UserError(f"--{flag}={path}: a GGUF export is one file; name it *.gguf")
+  if len(targets) == 2 and os.path.realpath(targets[0][1]) == os.path.realpath(targets[1][1]):
+    raise UserError(f"--out and --{targets[1][0]} are the same path; pass two")
+  for flag, path, holds in targets:
     full = os.path.realpath(path)
     if source and (
       full == source or source.startswith(full + os.sep) or full.startswith(source + os.sep)
@@ -124,14 +163,27 @@ def check_outputs(a) -> None:
       raise UserError(
         f"--{flag}={path} would overwrite the input {a.hf or a.params}; write elsewhere"
       )
+    if holds == GGUF_MAGIC:
+      if os.path.isdir(full):
+        raise UserError(f"--{flag}={path} is a directory; a GGUF export is one file")
+      if os.path.exists(full):
+        if not a.overwrite:
+          raise UserError(f"--{flag}={path} exists; pass --overwrite to replace it")
+        with open(full, "rb") as f:
+          if f.read(4) != GGUF_MAGIC:
+            raise UserError(
+              f"--{flag}={path} is not a GGUF file: --overwrite replaces only what this tool "
+              f"writes; name a new file"
+            )
+      continue
     if os.path.isfile(full) or (os.path.isdir(full) and os.listdir(full)):
       if not a.overwrite:
         raise UserError(f"--{flag}={path} exists; pass --overwrite to replace it")
       if os.path.isfile(full):
         raise UserError(f"--{flag}={path} is a file; pass a directory")
-      if not os.path.exists(os.path.join(full, WRITES[flag])):
+      if not os.path.exists(os.path.join(full, holds)):
         raise UserError(
-          f"--{flag}={path} holds no {WRITES[flag]}: --overwrite replaces only what this tool "
+          f"--{flag}={path} holds no {holds}: --overwrite replaces only what this tool "
           f"writes there; name a new or empty directory"
         )
 
@@ -140,11 +192,14 @@ def main(argv: list[str] | None = None) -> int:
   a = cli.parse(FLAGS, argv, "wgqa_jax.convert")
   if bool(a.hf) == bool(a.params):
     raise UserError("pass exactly one of --hf=DIR_OR_ID and --params=DIR")
-  if not a.out and not a.export_hf:
-    raise UserError("nothing to write: pass --out and/or --export_hf")
+  export = export_target(a)
+  if not a.out and not export:
+    raise UserError("nothing to write: pass --out and/or --export=FORMAT --export_to=PATH")
   check_flags(a)
-  check_outputs(a)
+  check_outputs(a, export)
   convert.check(a.variant, a.calibration)
+  if export and export[0] == "gguf":
+    gguf.check_installed()  # a missing engine is named before anything is loaded
   if a.hf:
     print(f"loading HF checkpoint {a.hf} ...")
   source = convert.load(a.hf or a.params, "hf" if a.hf else "params")
@@ -159,14 +214,27 @@ def main(argv: list[str] | None = None) -> int:
     fold=a.fold,
   )
   settings = source.generation_settings  # kept through every step
-  if a.export_hf:
-    hf.exportable(params, cfg)  # can HF hold it? refuse before writing anything
+  tokenizer = None
+  if export:  # can the format hold it, and its tokenizer? refuse before writing anything
+    fmt, path, _ = export
+    hf.exportable(params, cfg, gguf.form_of(cfg) if fmt == "gguf" else fmt)
+    tokenizer = open_tokenizer(source, cfg, a.tokenizer, required=fmt == "gguf")
+    if fmt == "gguf":
+      tokenizer_files.check(tokenizer)  # a GGUF holds its tokenizer: files must hold it
+    elif tokenizer is not None and not tokenizer_files.holds(tokenizer):
+      tokenizer = None  # a byte-level model's HF export goes without tokenizer files
   if a.out:
     params_io.save(params, cfg, a.out, settings)
     print(f"wrote {a.out}")
-  if a.export_hf:
-    hf.save_hf(params, cfg, a.export_hf, settings)
-    print(f"wrote HF directory {a.export_hf}")
+  if export and fmt == "gguf":
+    gguf.export(params, cfg, path, tokenizer, settings, a.gguf_type)
+    print(f"wrote GGUF file {path} (llama.cpp: llama-cli -m {path})")
+  elif export:
+    hf.save_hf(params, cfg, path, settings, form=fmt, tokenizer=tokenizer)
+    print(
+      f"wrote {'HF' if fmt == 'hf' else 'DeciLM'} directory {path}"
+      + ("" if tokenizer else " (no tokenizer files: pass --tokenizer to add them)")
+    )
   return 0
 
 

@@ -31,6 +31,9 @@ class LlamaFamily(Family):
   objectives = ("pairs", "causal_lm")
   loss_on = ("all", "answer")
   eval_loss_on = "answer"
+  hf_forms = ("hf", "decilm")  # decilm: per-layer KV heads (decilm.py)
+  spm_file = "tokenizer.model"
+  tokenizer_class = "LlamaTokenizer"
 
   def init_params(self, cfg, rng):
     return model.init_params(cfg, rng)
@@ -59,14 +62,17 @@ class LlamaFamily(Family):
     g = cfg.grouping  # num_key_value_heads: plain equal groups
     return g.weights == "none" and not g.unequal and g.allocation == "static"
 
-  def exportable(self, params, cfg):
-    """WGQA weights folded, G heads kept: a native GQA checkpoint."""
+  def exportable(self, params, cfg, form="hf"):
+    """WGQA weights folded, G heads kept: a native GQA checkpoint ("hf"), or per-layer G in the
+    DeciLM form ("decilm")."""
     params, cfg = variants.fold(params, cfg)
-    if not self.hf_holds(cfg):
+    g = cfg.grouping
+    if g.unequal or g.allocation != "static":
       raise UserError(
-        f"{cfg.grouping.describe(cfg.num_heads)}: HF Llama holds equal groups "
+        f"{cfg.grouping.describe(cfg.num_heads)}: HF Llama and DeciLM hold equal groups "
         f"only; unequal or run-time groups cannot be exported"
       )
+    cfg.to_hf(form)  # what the form cannot hold is refused here, before anything is written
     return params, cfg
 
   def begin_decoding(self, params, cfg, inputs, attention_mask, copies, max_new_tokens):

@@ -13,6 +13,7 @@ from typing import Any
 from wgqa_jax.core.errors import UserError
 from wgqa_jax.grouping.variants import MHA, Grouping
 from wgqa_jax.models.config_file import ATTENTIONS, DTYPES, REMATS, ConfigFile
+from wgqa_jax.models.llama import decilm
 
 MODEL_TYPES = ("llama", "mistral")
 
@@ -167,19 +168,21 @@ class LlamaConfig(ConfigFile):
     kwargs.update(overrides)
     return cls(**kwargs)
 
-  def to_hf(self) -> dict[str, Any]:
-    """A config.json transformers loads as a *native* GQA model: num_key_value_heads = G."""
+  def to_hf(self, form: str = "hf") -> dict[str, Any]:
+    """A config.json transformers loads as a *native* GQA model: num_key_value_heads = G
+    (form "hf"); or the DeciLM form, one block_configs entry per layer (form "decilm",
+    models/llama/decilm.py), which holds per-layer G."""
     if self.grouping.weights != "none" or self.grouping.unequal:
       raise UserError(
         "fold WGQA weights (and keep equal groups) before exporting: HF Llama "
         "has plain equal groups"
       )
-    if self.grouping.per_module:
+    if form == "hf" and self.grouping.per_module:
       raise UserError(
         f"this model has per-layer KV heads "
         f"({','.join(str(g) for _, g in self.grouping.module_kv_heads)}), and a "
-        f"Hugging Face Llama has one num_key_value_heads for every layer: keep "
-        f"the wgqa_jax params dir, or convert with one G for all layers"
+        f"Hugging Face Llama has one num_key_value_heads for every layer: export "
+        f"--export=decilm (llama.cpp and vLLM serve it), or convert with one G for all layers"
       )
     arch = "MistralForCausalLM" if self.model_type == "mistral" else "LlamaForCausalLM"
     out = {
@@ -205,7 +208,7 @@ class LlamaConfig(ConfigFile):
     }
     if self.model_type == "mistral":
       out["sliding_window"] = None
-    return out
+    return decilm.config(out, self) if form == "decilm" else out
 
 
 # Named architectures: the rows of a table (ruff format would give each value its own line).
@@ -219,6 +222,10 @@ PRESETS: dict[str, dict[str, Any]] = {
   # down to 1/8, and enough width and depth for the heads to specialise
   "llama-tiny-8head": dict(vocab_size=512, hidden_size=128, intermediate_size=320, num_layers=4,
                            num_heads=8, head_dim=16, max_position_embeddings=512),
+  # served by llama.cpp in the engine tests and benchmarks/serving.py: 8 heads (KV budgets to
+  # 1/8), an FFN width DeciLM's per-layer format can hold (a multiple of 256), long contexts
+  "llama-tiny-long": dict(vocab_size=512, hidden_size=128, intermediate_size=256, num_layers=4,
+                          num_heads=8, head_dim=16, max_position_embeddings=8192),
   # an MHA model of 1.3B params (TinyLlama-1.1B's shape, all 32 KV heads): benchmarks/gpu.py
   "llama-1b": dict(hidden_size=2048, intermediate_size=5632, num_layers=22, num_heads=32,
                    **{**_LLAMA_2, "head_dim": 64}),

@@ -39,6 +39,8 @@ class T5Family(Family):
   title = "T5"
   description = "T5 (encoder-decoder)"
   objectives = ("pairs", "span_corruption")
+  spm_file = "spiece.model"
+  tokenizer_class = "T5Tokenizer"
 
   def init_params(self, cfg, rng):
     return model.init_params(cfg, rng)
@@ -71,7 +73,7 @@ class T5Family(Family):
   def hf_holds(self, cfg):
     return variants.is_mha(cfg)  # HF T5 has MHA heads only
 
-  def exportable(self, params, cfg):
+  def exportable(self, params, cfg, form="hf"):
     return variants.expand_to_mha(params, cfg)
 
   def begin_decoding(self, params, cfg, inputs, attention_mask, copies, max_new_tokens):

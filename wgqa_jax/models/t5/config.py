@@ -212,8 +212,9 @@ class T5Config(ConfigFile):
     kwargs.update(overrides)
     return cls(**kwargs)
 
-  def to_hf(self) -> dict[str, Any]:
-    """A config.json that transformers (4.x and 5.x) loads as this model with MHA heads."""
+  def to_hf(self, form: str = "hf") -> dict[str, Any]:
+    """A config.json that transformers (4.x and 5.x) loads as this model with MHA heads (the
+    one form T5 exports)."""
     return {
       "architectures": ["T5ForConditionalGeneration"],
       "model_type": "t5",

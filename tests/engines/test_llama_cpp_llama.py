@@ -1,0 +1,194 @@
+"""Our Llama-architecture exports served by llama.cpp (llama-cpp-python, built from source by
+the test extra): a tiny model trained here for a few seconds on the built-in task with its own
+sentencepiece vocabulary, converted to each variant, exported to GGUF by the command users run
+(python -m wgqa_jax.convert --export=gguf, which runs llama.cpp's own converter) and run by the
+engine on the CPU against our JAX model:
+
+- the engine tokenizes text into our ids (the vocabulary went in as llama.cpp's unigram
+  tokenizer, unknown characters included);
+- greedy decoding by the engine's sampler equals ours for 32 new tokens on three prompts;
+- its next-token logits equal ours at every position of prompt + continuation. Tolerance: an f32
+  GGUF with an f32 KV cache against our f32 model differ only in summation order (seen: ~1e-6 of
+  the largest logit); 1e-4 of it leaves headroom and still fails any wrong weight, head order or
+  rotary layout (those move logits by O(1));
+- the KV cache llama.cpp reports (its log: K and V MiB, f16) equals our cache_bytes in a 2-byte
+  dtype for the same context, so its ratio to MHA's is G/H (per layer for per-layer G).
+"""
+
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from conftest import REPO, run_train
+
+from wgqa_jax import decoding
+from wgqa_jax.core import workdir as workdir_lib
+from wgqa_jax.data import tasks, tokenizers
+from wgqa_jax.decoding import GenerationConfig
+from wgqa_jax.decoding.llama_cpp import Engine
+from wgqa_jax.grouping import kv_budget, variants
+from wgqa_jax.models import family_of
+from wgqa_jax.models.llama import Llama
+from wgqa_jax.store import params_io
+from wgqa_jax.training import calibration
+
+NEW_TOKENS = 32
+KV_CTX = 8192  # a context whose K and V sizes llama.cpp's MiB figures show exactly
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """A tiny MHA Llama (llama-tiny-long: 8 heads, FFN width 256) trained for 120 steps."""
+  wd = tmp_path_factory.mktemp("llama") / "run"
+  r = run_train(
+    "--config=configs/llama_tiny.py",
+    f"--workdir={wd}",
+    "--config.model.arch=llama-tiny-long",
+    "--config.grouping.variant=mha",
+    "--config.optim.num_train_steps=120",
+    "--config.data.train_examples=512",
+    "--config.eval.every=0",
+    "--config.checkpoint.every=120",
+  )
+  assert r.returncode == 0, r.stderr[-3000:]
+  params, cfg = params_io.load(str(wd / workdir_lib.FINAL))
+  tok = tokenizers.get_tokenizer(str(wd / workdir_lib.SPM_MODEL))
+  return wd, params, cfg, tok
+
+
+def calibration_stats(params, cfg, tok):
+  texts = [doc for doc, _ in tasks.source("synthetic_summarize", "train", 8)]
+  ids = np.zeros((8, 64), np.int32)
+  for i, t in enumerate(texts):
+    row = tok.encode(t)[:64]
+    ids[i, : len(row)] = row
+  rows = {
+    "tokens": ids,
+    "segment_ids": (ids > 0).astype(np.int32),
+    "positions": np.tile(np.arange(64), (8, 1)).astype(np.int32),
+  }
+  return calibration.collect(params, cfg, iter([rows]), 1, desc=None)
+
+
+def variant(name, params, cfg, tok):
+  """(params, cfg) of one of the exports under test, from the trained MHA model."""
+  if name == "mha":
+    return params, cfg
+  if name == "random-mha":
+    return jax.device_get(family_of(cfg).init_params(cfg, jax.random.PRNGKey(7))), cfg
+  if name == "gqa2":
+    return variants.from_mha(params, cfg, "gqa", 2)
+  if name == "mqa":
+    return variants.from_mha(params, cfg, "mqa", 1)
+  if name == "wgqa2":  # random weights (RandWGQA, N(0, 1)): far from a plain mean, folded on export
+    return variants.from_mha(params, cfg, "randwgqa", 2, seed=3)
+  stats = calibration_stats(params, cfg, tok)
+  if name == "svd2":
+    return variants.from_mha(params, cfg, "svd", 2, calibration=stats)
+  assert name == "proxy-per-layer"  # grouping.layer_budget=proxy's allocation: 2 heads per layer
+  read = lambda path: params[path[0]][path[1]][path[2]]
+  heads = kv_budget.by_proxy(read, cfg, stats, "svd", 2)
+  return variants.from_mha(params, cfg, "svd", 2, calibration=stats, module_kv_heads=heads)
+
+
+def export_gguf(wd, name, params, cfg, out):
+  """Save the variant as a params dir of the run (so its tokenizer is the run's), then export
+  it with the command users run."""
+  params_io.save(params, cfg, str(wd / name))
+  r = subprocess.run(
+    [sys.executable, "-m", "wgqa_jax.convert", f"--params={wd / name}", "--export=gguf",
+     f"--export_to={out}", "--gguf_type=f32"],
+    cwd=REPO, capture_output=True, text=True, timeout=600,
+  )  # fmt: skip
+  assert r.returncode == 0, r.stderr[-3000:]
+  return str(out)
+
+
+def prompts(tok):
+  """Three prompts as the model was trained to continue them: `input EOS`, our ids."""
+  examples = tasks.source("synthetic_summarize", "validation", 3)
+  return [tok.encode(doc)[:60] + [tok.eos_id] for doc, _ in examples]
+
+
+def our_greedy(params, cfg, ids):
+  """Our KV-cached greedy decoding, with an EOS that never comes, so that 32 tokens follow."""
+  gen = GenerationConfig(max_new_tokens=NEW_TOKENS)
+  out = decoding.generate(
+    params,
+    cfg.replace(eos_token_id=-1),
+    np.array([ids], np.int32),
+    gen,
+    attention_mask=np.ones((1, len(ids)), np.int32),
+  )
+  return [int(t) for t in np.asarray(out)[0]]
+
+
+def our_logits(params, cfg, ids):
+  x = np.array([ids], np.int32)
+  return np.asarray(Llama(cfg).apply({"params": params}, x, np.ones_like(x)))[0]
+
+
+VARIANTS = ["mha", "random-mha", "gqa2", "mqa", "wgqa2", "svd2", "proxy-per-layer"]
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_llama_cpp_serves_our_export(trained, tmp_path, name):
+  wd, mha_params, mha_cfg, tok = trained
+  params, cfg = variant(name, mha_params, mha_cfg, tok)
+  if name == "proxy-per-layer":
+    assert cfg.grouping.per_module, cfg.grouping.module_kv_heads  # per-layer G: the DeciLM form
+  path = export_gguf(wd, name, params, cfg, tmp_path / f"{name}.gguf")
+
+  engine = Engine(path, n_ctx=512, kv_type="f32")
+  try:
+    text = "Marco visited the old harbour; the ferry left at 9:40. Ünïcode ☃ too."
+    assert engine.llm.tokenize(text.encode(), add_bos=False, special=False) == tok.encode(text)
+    for ids in prompts(tok):
+      want = our_greedy(params, cfg, ids)
+      assert engine.greedy(ids, NEW_TOKENS) == want
+      got_logits = engine.logits(ids + want)
+      ref = our_logits(params, cfg, ids + want)
+      scale = np.abs(ref).max()
+      np.testing.assert_allclose(got_logits, ref, rtol=0, atol=1e-4 * scale)
+  finally:
+    engine.close()
+
+  # llama.cpp's default f16 cache, with flash attention: without it, V is padded to the
+  # largest layer's (its log warns; checked below)
+  served = Engine(path, n_ctx=KV_CTX, flash_attn=True)
+  try:
+    ours = decoding.cache_bytes(cfg.replace(dtype="bfloat16"), 1, KV_CTX, 0)
+    mha = decoding.cache_bytes(mha_cfg.replace(dtype="bfloat16"), 1, KV_CTX, 0)
+    kv = served.kv_cache_mib
+    assert kv["type"] == "f16"
+    assert (kv["K"] + kv["V"]) * 2**20 == ours
+    heads = [cfg.kv_heads_at((f"layers_{i}", "attention")) for i in range(cfg.num_layers)]
+    assert ours / mha == sum(heads) / (cfg.num_heads * cfg.num_layers)
+  finally:
+    served.close()
+  if cfg.grouping.per_module:  # without flash attention: every layer's V as the largest layer's
+    padded = Engine(path, n_ctx=KV_CTX)
+    try:
+      assert "padding V cache" in padded.log
+      assert padded.kv_cache_mib["V"] * 2**20 == ours / 2 * max(heads) * len(heads) / sum(heads)
+    finally:
+      padded.close()
+
+
+def test_gguf_export_of_what_no_engine_format_holds_is_refused_before_writing(trained, tmp_path):
+  """Unequal groups (AsymGQA) have no serving format: one line, exit 2, nothing written."""
+  wd, params, cfg, _ = trained
+  asym, asym_cfg = variants.from_mha(params, cfg, "asymgqa", 3, group_sizes=[4, 2, 2])
+  params_io.save(asym, asym_cfg, str(wd / "asym"))
+  out = tmp_path / "asym.gguf"
+  r = subprocess.run(
+    [sys.executable, "-m", "wgqa_jax.convert", f"--params={wd / 'asym'}", "--export=gguf",
+     f"--export_to={out}"],
+    cwd=REPO, capture_output=True, text=True, timeout=300,
+  )  # fmt: skip
+  assert r.returncode == 2, r.stderr[-2000:]
+  assert len(r.stderr.strip().splitlines()) == 1 and "equal groups" in r.stderr
+  assert not os.path.exists(out) and os.listdir(tmp_path) == []

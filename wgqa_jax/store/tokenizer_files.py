@@ -1,0 +1,71 @@
+"""A model's tokenizer written into its export, as the files of that model type, so that
+transformers, llama.cpp's converter and CTranslate2 read the very ids we trained on.
+
+  a sentencepiece vocabulary trained on the fly (wgqa_jax.data.tokenizers): the .model file
+      under the family's name for it (T5: spiece.model, Llama: tokenizer.model), and a
+      tokenizer_config.json / special_tokens_map.json naming its special pieces: pad 0, EOS 1,
+      unk 2, no BOS (so none is added before a prompt), and T5's sentinels as extra_ids
+  a Hugging Face tokenizer: its own files (save_pretrained)
+  bytes: no files can hold it; `write` refuses in one line
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from wgqa_jax.core.errors import UserError
+from wgqa_jax.data import tokenizers
+from wgqa_jax.models import family_of
+
+
+def special_tokens(tok) -> dict[str, str]:
+  """The pieces of a sentencepiece vocabulary's pad, EOS and unk ids (trained as <pad>, </s>,
+  <unk>)."""
+  sp = tok.sp
+  return {
+    "pad_token": sp.id_to_piece(tok.pad_id),
+    "eos_token": sp.id_to_piece(tok.eos_id),
+    "unk_token": sp.id_to_piece(tokenizers.UNK),
+  }
+
+
+def holds(tokenizer) -> bool:
+  """Whether files can hold `tokenizer` (ours of bytes has none)."""
+  return isinstance(tokenizer, (tokenizers.HFTokenizer, tokenizers.SentencePieceTokenizer))
+
+
+def check(tokenizer) -> None:
+  """A one-line refusal for a tokenizer no files hold (before anything is written)."""
+  if not holds(tokenizer):
+    raise UserError(
+      f"the {tokenizer.name!r} tokenizer has no files a serving engine reads: train with a "
+      f"sentencepiece or Hugging Face tokenizer to export one"
+    )
+
+
+def write(tokenizer, cfg, out_dir: str) -> list[str]:
+  """Write `tokenizer`'s files for a model of `cfg`'s family into out_dir; the names written."""
+  check(tokenizer)
+  if isinstance(tokenizer, tokenizers.HFTokenizer):
+    return list(tokenizer.tok.save_pretrained(out_dir))
+  family = family_of(cfg)
+  special = special_tokens(tokenizer)
+  settings = {
+    "tokenizer_class": family.tokenizer_class,
+    **special,
+    "bos_token": None,
+    "add_bos_token": False,  # ours has no BOS: prompts start with their first piece
+    "add_eos_token": False,
+    "extra_ids": tokenizer.extra_ids,
+    "legacy": False,
+  }
+  files = {
+    family.spm_file: tokenizer._proto,
+    "tokenizer_config.json": json.dumps(settings, indent=2).encode(),
+    "special_tokens_map.json": json.dumps(special, indent=2).encode(),
+  }
+  for name, data in files.items():
+    with open(os.path.join(out_dir, name), "wb") as f:
+      f.write(data)
+  return list(files)
