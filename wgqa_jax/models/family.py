@@ -76,10 +76,9 @@ class Family(abc.ABC):
   loss_on: tuple[str, ...] = ()
   eval_loss_on: str | None = None  # what eval/loss measures, as loss_on
   # its Hugging Face form: the config.json forms it exports (wgqa_jax.store.hf; "hf", the
-  # transformers class, first), and what its tokenizer files are called there
+  # transformers class, first), and the name engines read its sentencepiece vocabulary under
   hf_forms: tuple[str, ...] = ("hf",)
-  spm_file: str  # a sentencepiece vocabulary's file name in its HF directory
-  tokenizer_class: str  # tokenizer_config.json's class for it
+  spm_file: str
 
   # ---- the model ----
   @abc.abstractmethod
@@ -116,6 +115,11 @@ class Family(abc.ABC):
   def exportable(self, params, cfg, form: str = "hf"):
     """(params, cfg) in a grouping HF form `form` (one of hf_forms) holds; a one-line UserError
     where there is none. `cfg.to_hf(form)` is then its config.json."""
+
+  def serving_form(self, cfg) -> str:
+    """The HF form (one of hf_forms) that serving engines' converters read cfg's model in
+    (wgqa_jax.store.gguf): the form that holds it as it is and that they compute right."""
+    return "hf"
 
   # ---- decoding (wgqa_jax.decoding) ----
   @abc.abstractmethod

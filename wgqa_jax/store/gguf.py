@@ -11,7 +11,10 @@ holding them). It needs torch and transformers (pip install 'wgqa_jax[engines]')
 
 Which form goes in: Llama with one G for all layers as plain HF Llama (llama.cpp's `llama`
 architecture, n_head_kv = G); with per-layer G as DeciLM (its `deci` architecture, n_head_kv per
-layer); T5 with its KV heads expanded to MHA (its `t5` architecture has one n_head).
+layer); T5 with its KV heads expanded to MHA (its `t5` architecture has one n_head), and a tied
+head written out as an untied one with T5's d_model**-0.5 output scaling folded in (llama.cpp's
+t5 graph does not scale a tied head's input: its logits would be sqrt(d_model) times too large,
+which greedy search does not see but sampling and beam scores do).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import tempfile
 
 from wgqa_jax.core import cli
 from wgqa_jax.core.errors import MissingDependency, MissingInput, UserError
+from wgqa_jax.models import family_of
 
 # the llama-cpp-python the engines extra pins (setup.py): the converter of the runtime we test
 LLAMA_CPP_PYTHON = "0.3.36"
@@ -125,8 +129,8 @@ converter.main()
 
 
 def form_of(cfg) -> str:
-  """The HF form our export takes on its way to GGUF (see the module docstring)."""
-  return "decilm" if getattr(cfg.grouping, "per_module", False) else "hf"
+  """The HF form our export takes on its way to GGUF (the family's serving_form)."""
+  return family_of(cfg).serving_form(cfg)
 
 
 def check_installed() -> str:

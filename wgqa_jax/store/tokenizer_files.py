@@ -1,12 +1,15 @@
-"""A model's tokenizer written into its export, as the files of that model type, so that
-transformers, llama.cpp's converter and CTranslate2 read the very ids we trained on.
+"""A model's tokenizer written into its export, as files that transformers, llama.cpp's
+converter and CTranslate2 read into the very ids we trained on.
 
-  a sentencepiece vocabulary trained on the fly (wgqa_jax.data.tokenizers): the .model file
-      under the family's name for it (T5: spiece.model, Llama: tokenizer.model), and a
-      tokenizer_config.json / special_tokens_map.json naming its special pieces: pad 0, EOS 1,
-      unk 2, no BOS (so none is added before a prompt), and T5's sentinels as extra_ids
+  a sentencepiece vocabulary trained on the fly (wgqa_jax.data.tokenizers, unigram): the .model
+      file as spiece.model (what HF's T5Tokenizer reads) and under the family's own name for it
+      (Llama: tokenizer.model, where llama.cpp's converter looks), and a tokenizer_config.json /
+      special_tokens_map.json naming its special pieces: pad 0, EOS 1, unk 2, no BOS, and T5's
+      sentinels as extra_ids. Its HF class is T5Tokenizer for both families: HF's LlamaTokenizer
+      reads a sentencepiece file as BPE, and gives a unigram vocabulary other ids. T5Tokenizer
+      ends a text with EOS, as our prompts (`input EOS`) do.
   a Hugging Face tokenizer: its own files (save_pretrained)
-  bytes: no files can hold it; `write` refuses in one line
+  bytes: no files can hold it; `check` refuses in one line
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import os
 from wgqa_jax.core.errors import UserError
 from wgqa_jax.data import tokenizers
 from wgqa_jax.models import family_of
+
+SPM_FILE = "spiece.model"  # where HF's T5Tokenizer reads a sentencepiece vocabulary
 
 
 def special_tokens(tok) -> dict[str, str]:
@@ -52,7 +57,7 @@ def write(tokenizer, cfg, out_dir: str) -> list[str]:
   family = family_of(cfg)
   special = special_tokens(tokenizer)
   settings = {
-    "tokenizer_class": family.tokenizer_class,
+    "tokenizer_class": "T5Tokenizer",  # HF's unigram sentencepiece tokenizer
     **special,
     "bos_token": None,
     "add_bos_token": False,  # ours has no BOS: prompts start with their first piece
@@ -61,7 +66,7 @@ def write(tokenizer, cfg, out_dir: str) -> list[str]:
     "legacy": False,
   }
   files = {
-    family.spm_file: tokenizer._proto,
+    **{name: tokenizer._proto for name in {SPM_FILE, family.spm_file}},
     "tokenizer_config.json": json.dumps(settings, indent=2).encode(),
     "special_tokens_map.json": json.dumps(special, indent=2).encode(),
   }

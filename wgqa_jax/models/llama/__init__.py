@@ -33,7 +33,6 @@ class LlamaFamily(Family):
   eval_loss_on = "answer"
   hf_forms = ("hf", "decilm")  # decilm: per-layer KV heads (decilm.py)
   spm_file = "tokenizer.model"
-  tokenizer_class = "LlamaTokenizer"
 
   def init_params(self, cfg, rng):
     return model.init_params(cfg, rng)
@@ -74,6 +73,9 @@ class LlamaFamily(Family):
       )
     cfg.to_hf(form)  # what the form cannot hold is refused here, before anything is written
     return params, cfg
+
+  def serving_form(self, cfg):
+    return "decilm" if cfg.grouping.per_module else "hf"
 
   def begin_decoding(self, params, cfg, inputs, attention_mask, copies, max_new_tokens):
     return decoding.begin(params, cfg, inputs, attention_mask, copies, max_new_tokens)

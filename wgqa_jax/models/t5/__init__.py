@@ -39,8 +39,8 @@ class T5Family(Family):
   title = "T5"
   description = "T5 (encoder-decoder)"
   objectives = ("pairs", "span_corruption")
+  hf_forms = ("hf", "untied")  # untied: a tied head written out, for llama.cpp (exportable)
   spm_file = "spiece.model"
-  tokenizer_class = "T5Tokenizer"
 
   def init_params(self, cfg, rng):
     return model.init_params(cfg, rng)
@@ -74,7 +74,19 @@ class T5Family(Family):
     return variants.is_mha(cfg)  # HF T5 has MHA heads only
 
   def exportable(self, params, cfg, form="hf"):
-    return variants.expand_to_mha(params, cfg)
+    """KV heads expanded to MHA; in the "untied" form a tied head is written out as an untied
+    lm_head with the d_model**-0.5 output scaling folded in: the same function, for engines
+    that do not scale a tied T5's decoder output (llama.cpp's t5 graph does not)."""
+    params, cfg = variants.expand_to_mha(params, cfg)
+    if form == "untied" and cfg.tie_word_embeddings:
+      scale = cfg.d_model**-0.5 if cfg.scales_decoder_outputs else 1.0
+      head = np.asarray(params["shared"]["embedding"], np.float32).T * np.float32(scale)
+      params = {**params, "lm_head": head}
+      cfg = cfg.replace(tie_word_embeddings=False, scale_decoder_outputs=False)
+    return params, cfg
+
+  def serving_form(self, cfg):
+    return "untied"
 
   def begin_decoding(self, params, cfg, inputs, attention_mask, copies, max_new_tokens):
     return decoding.begin(params, cfg, inputs, attention_mask, copies, max_new_tokens)

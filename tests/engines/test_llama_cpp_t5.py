@@ -1,0 +1,104 @@
+"""Our T5 exports served by llama.cpp's `t5` architecture: a tiny T5 trained here for a few
+seconds with its own sentencepiece vocabulary (and random ones, v1.0 relu/tied and v1.1
+gated-gelu/untied), exported to GGUF by `python -m wgqa_jax.convert --export=gguf` (llama.cpp's
+own converter) and run by the engine: encode, then decode greedily from its start token.
+
+llama.cpp's T5 has one head count for K/V and queries, so a GQA T5 goes in expanded to MHA, as
+our HF export does: the same function, served at MHA's KV size. Its KV cache holds the decoder's
+self-attention only (it recomputes cross-attention K/V from the encoder output each step), which
+is what it reports and what we compare: our self-attention cache of the expanded model.
+Tolerances as in test_llama_cpp_llama.py (f32 GGUF, f32 cache: summation order only), except
+for gated-gelu (v1.1) models: ggml's CPU GELU is a table of f16 inputs and outputs
+(ggml-cpu/vec.h, GGML_GELU_FP16), a relative error near 1e-3 per activation; seen: 4e-4 of the
+largest logit, allowed: 2e-3. A tied T5 (v1.0) goes in with its head untied and pre-scaled
+(store/gguf.py): llama.cpp does not scale a tied head's input, and its logits would be
+sqrt(d_model) times ours.
+"""
+
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from conftest import REPO, run_train
+
+from wgqa_jax import decoding
+from wgqa_jax.core import workdir as workdir_lib
+from wgqa_jax.data import tasks, tokenizers
+from wgqa_jax.decoding import GenerationConfig
+from wgqa_jax.decoding.llama_cpp import Engine
+from wgqa_jax.grouping import variants
+from wgqa_jax.models import family_of, t5
+from wgqa_jax.store import params_io
+
+NEW_TOKENS = 32
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """configs/tiny.py's T5 (v1.0: relu, tied), MHA, trained for 300 steps."""
+  wd = tmp_path_factory.mktemp("t5") / "run"
+  r = run_train(
+    "--config=configs/tiny.py",
+    f"--workdir={wd}",
+    "--config.grouping.variant=mha",
+    "--config.optim.num_train_steps=300",
+    "--config.eval.every=0",
+    "--config.checkpoint.every=300",
+  )
+  assert r.returncode == 0, r.stderr[-3000:]
+  params, cfg = params_io.load(str(wd / workdir_lib.FINAL))
+  tok = tokenizers.get_tokenizer(str(wd / workdir_lib.SPM_MODEL))
+  return wd, params, cfg, tok
+
+
+def variant(name, params, cfg):
+  if name == "mha":
+    return params, cfg
+  if name == "gqa2":
+    return variants.from_mha(params, cfg, "gqa", 2)
+  if name == "random-v1.1":
+    cfg = cfg.replace(feed_forward_proj="gated-gelu", tie_word_embeddings=False)
+  return jax.device_get(family_of(cfg).init_params(cfg, jax.random.PRNGKey(5))), cfg
+
+
+@pytest.mark.parametrize("name", ["mha", "gqa2", "random-v1.0", "random-v1.1"])
+def test_llama_cpp_serves_our_t5_export(trained, tmp_path, name):
+  wd, mha_params, mha_cfg, tok = trained
+  params, cfg = variant(name, mha_params, mha_cfg)
+  params_io.save(params, cfg, str(wd / name))  # a params dir of the run: its tokenizer
+  path = tmp_path / f"{name}.gguf"
+  r = subprocess.run(
+    [sys.executable, "-m", "wgqa_jax.convert", f"--params={wd / name}", "--export=gguf",
+     f"--export_to={path}", "--gguf_type=f32"],
+    cwd=REPO, capture_output=True, text=True, timeout=600,
+  )  # fmt: skip
+  assert r.returncode == 0, r.stderr[-3000:]
+
+  engine = Engine(str(path), n_ctx=512, kv_type="f32")
+  try:
+    text = "Marco visited the old harbour; the ferry left at 9:40. Ünïcode ☃ too."
+    assert engine.llm.tokenize(text.encode(), add_bos=False, special=False) == tok.encode(text)
+    expanded = variants.expand_to_mha(params, cfg)[1]
+    kv = engine.kv_cache_mib
+    self_cache = decoding.cache_bytes(expanded, 1, 0, 512)  # f32, self-attention only
+    assert (kv["K"] + kv["V"]) * 2**20 == self_cache
+    seen = set()
+    for doc, _ in tasks.source("synthetic_summarize", "validation", 3):
+      ids = tok.encode(doc)[:60] + [tok.eos_id]
+      got, got_logits = engine.seq2seq_greedy(ids, NEW_TOKENS, logits=True)
+      gen = GenerationConfig(max_new_tokens=NEW_TOKENS)
+      want = decoding.generate(params, cfg.replace(eos_token_id=-1), np.array([ids], np.int32), gen)
+      want = [int(t) for t in np.asarray(want)[0]]
+      assert got == want
+      seen.update(want)
+      dec = np.array([[cfg.decoder_start_token_id, *want[:-1]]], np.int32)
+      x = np.array([ids], np.int32)
+      ref = np.asarray(t5.T5(cfg).apply({"params": params}, x, dec, np.ones_like(x)))[0]
+      tolerance = 2e-3 if cfg.feed_forward_proj == "gated-gelu" else 1e-4
+      np.testing.assert_allclose(got_logits, ref, rtol=0, atol=tolerance * np.abs(ref).max())
+    if name == "mha":  # the trained model: the comparison saw varied tokens, not one repeated
+      assert len(seen) > 3, seen
+  finally:
+    engine.close()
