@@ -2,12 +2,13 @@
 
 from setuptools import find_packages, setup
 
-# Serving engines, run by the tests on what we export (wgqa_jax.store.gguf,
-# wgqa_jax.decoding.llama_cpp): llama-cpp-python builds llama.cpp from source the first time
+# Serving engines, run by the tests on what we export (tests/engines; wgqa_jax.store.gguf,
+# wgqa_jax.decoding.llama_cpp). llama-cpp-python builds llama.cpp from source the first time
 # (about 5 minutes on 2 cores; pip keeps the wheel, later installs take seconds). Its version
 # names the llama.cpp converter we fetch (store/gguf.py: LLAMA_CPP_PYTHON).
 ENGINES = [
   "llama-cpp-python==0.3.36",
+  "ctranslate2==4.8.5",  # CPU wheels; its converter reads our HF exports
   "torch==2.13.0",  # llama.cpp's converter imports torch and transformers
   "transformers>=4.40",
   "sentencepiece>=0.2",

@@ -56,11 +56,15 @@ def write(tokenizer, cfg, out_dir: str) -> list[str]:
     return list(tokenizer.tok.save_pretrained(out_dir))
   family = family_of(cfg)
   special = special_tokens(tokenizer)
+  bos = getattr(cfg, "bos_token_id", None)
   settings = {
     "tokenizer_class": "T5Tokenizer",  # HF's unigram sentencepiece tokenizer
     **special,
-    "bos_token": None,
-    "add_bos_token": False,  # ours has no BOS: prompts start with their first piece
+    # ours has no BOS, and a decoder-only config names EOS as its bos_token_id (what it
+    # starts from, models.llama for_tokenizer); it is never added: prompts start with their
+    # first piece. Engines that need a BOS string (CTranslate2) get that one.
+    "bos_token": tokenizer.sp.id_to_piece(bos) if bos is not None else None,
+    "add_bos_token": False,
     "add_eos_token": False,
     "extra_ids": tokenizer.extra_ids,
     "legacy": False,

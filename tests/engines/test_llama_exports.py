@@ -1,9 +1,8 @@
 """Our Llama-architecture exports served by llama.cpp (llama-cpp-python, built from source by
-the test extra): a tiny model trained here for a few seconds on the built-in task with its own
-sentencepiece vocabulary, converted to each variant, exported to GGUF by the command users run
-(python -m wgqa_jax.convert --export=gguf, which runs llama.cpp's own converter) and run by the
-engine on the CPU against our JAX model:
-
+the test extra) and by CTranslate2 (its CPU wheel; the last test): a tiny model trained here for
+a few seconds on the built-in task with its own sentencepiece vocabulary, converted to each
+variant, exported to GGUF by the command users run (python -m wgqa_jax.convert --export=gguf,
+which runs llama.cpp's own converter) and run by the engine on the CPU against our JAX model:
 - the engine tokenizes text into our ids (the vocabulary went in as llama.cpp's unigram
   tokenizer, unknown characters included);
 - greedy decoding by the engine's sampler equals ours for 32 new tokens on three prompts;
@@ -15,6 +14,7 @@ engine on the CPU against our JAX model:
   dtype for the same context, so its ratio to MHA's is G/H (per layer for per-layer G).
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -36,6 +36,7 @@ from wgqa_jax.store import params_io
 from wgqa_jax.training import calibration
 
 NEW_TOKENS = 32
+VOCAB = "vocabulary.json"
 KV_CTX = 8192  # a context whose K and V sizes llama.cpp's MiB figures show exactly
 
 
@@ -192,3 +193,49 @@ def test_gguf_export_of_what_no_engine_format_holds_is_refused_before_writing(tr
   assert r.returncode == 2, r.stderr[-2000:]
   assert len(r.stderr.strip().splitlines()) == 1 and "equal groups" in r.stderr
   assert not os.path.exists(out) and os.listdir(tmp_path) == []
+
+
+def ct2_convert(export_dir, out):
+  """CTranslate2's own converter on our HF export, as users run it."""
+  r = subprocess.run(
+    ["ct2-transformers-converter", f"--model={export_dir}", f"--output_dir={out}"],
+    capture_output=True, text=True, timeout=600,
+  )  # fmt: skip
+  assert r.returncode == 0, r.stderr[-3000:]
+  return str(out)
+
+
+@pytest.mark.parametrize("name", ["mha", "gqa2", "wgqa2"])
+def test_ctranslate2_serves_our_hf_export(trained, tmp_path, name):
+  """CTranslate2 holds one KV head count for all layers (no DeciLM form: per-layer G stays
+  with llama.cpp). Greedy 32 tokens equal ours; its log-probabilities of them equal ours
+  (1e-4: f32 both sides, summation order only)."""
+  import ctranslate2
+
+  wd, mha_params, mha_cfg, tok = trained
+  params, cfg = variant(name, mha_params, mha_cfg, tok)
+  params_io.save(params, cfg, str(wd / f"ct2-{name}"))
+  r = subprocess.run(
+    [sys.executable, "-m", "wgqa_jax.convert", f"--params={wd / f'ct2-{name}'}",
+     "--export=hf", f"--export_to={tmp_path / 'hf'}"],
+    cwd=REPO, capture_output=True, text=True, timeout=300,
+  )  # fmt: skip
+  assert r.returncode == 0, r.stderr[-3000:]
+  generator = ctranslate2.Generator(
+    ct2_convert(tmp_path / "hf", tmp_path / "ct2"), device="cpu", compute_type="float32"
+  )
+  # its own vocabulary (ours, padded to the embedding's size with unique strings)
+  vocab = json.loads((tmp_path / "ct2" / VOCAB).read_text())
+  pieces = lambda ids: [vocab[i] for i in ids]
+  for ids in prompts(tok):
+    want = our_greedy(params, cfg, ids)
+    out = generator.generate_batch(
+      [pieces(ids)], max_length=NEW_TOKENS, sampling_topk=1, end_token=[],
+      include_prompt_in_result=False,
+    )  # fmt: skip
+    assert out[0].sequences_ids[0] == want
+    logits = our_logits(params, cfg, ids + want)
+    log_probs = logits - jax.scipy.special.logsumexp(logits, axis=-1, keepdims=True)
+    ours = np.asarray(log_probs)[np.arange(len(ids) - 1, len(ids) + NEW_TOKENS - 1), want]
+    theirs = generator.score_batch([pieces(ids + want)])[0].log_probs[len(ids) - 1 :]
+    np.testing.assert_allclose(theirs, ours, rtol=0, atol=1e-4)

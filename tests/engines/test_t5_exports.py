@@ -1,4 +1,5 @@
-"""Our T5 exports served by llama.cpp's `t5` architecture: a tiny T5 trained here for a few
+"""Our T5 exports served by llama.cpp's `t5` architecture (and by CTranslate2: the last test): a
+tiny T5 trained here for a few
 seconds with its own sentencepiece vocabulary (and random ones, v1.0 relu/tied and v1.1
 gated-gelu/untied), exported to GGUF by `python -m wgqa_jax.convert --export=gguf` (llama.cpp's
 own converter) and run by the engine: encode, then decode greedily from its start token.
@@ -15,6 +16,7 @@ largest logit, allowed: 2e-3. A tied T5 (v1.0) goes in with its head untied and 
 sqrt(d_model) times ours.
 """
 
+import json
 import subprocess
 import sys
 
@@ -33,6 +35,7 @@ from wgqa_jax.models import family_of, t5
 from wgqa_jax.store import params_io
 
 NEW_TOKENS = 32
+VOCAB = "shared_vocabulary.json"
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +105,46 @@ def test_llama_cpp_serves_our_t5_export(trained, tmp_path, name):
       assert len(seen) > 3, seen
   finally:
     engine.close()
+
+
+@pytest.mark.parametrize("name", ["mha", "gqa2"])
+def test_ctranslate2_serves_our_t5_hf_export(trained, tmp_path, name):
+  """CTranslate2's converter on our HF export (a GQA T5 expanded to MHA, as HF holds it):
+  greedy 32 tokens equal ours, and its log-probabilities of them equal ours (1e-4)."""
+  import ctranslate2
+
+  wd, mha_params, mha_cfg, tok = trained
+  params, cfg = variant(name, mha_params, mha_cfg)
+  params_io.save(params, cfg, str(wd / f"ct2-{name}"))
+  r = subprocess.run(
+    [sys.executable, "-m", "wgqa_jax.convert", f"--params={wd / f'ct2-{name}'}",
+     "--export=hf", f"--export_to={tmp_path / 'hf'}"],
+    cwd=REPO, capture_output=True, text=True, timeout=300,
+  )  # fmt: skip
+  assert r.returncode == 0, r.stderr[-3000:]
+  r = subprocess.run(
+    ["ct2-transformers-converter", f"--model={tmp_path / 'hf'}",
+     f"--output_dir={tmp_path / 'ct2'}"],
+    capture_output=True, text=True, timeout=600,
+  )  # fmt: skip
+  assert r.returncode == 0, r.stderr[-3000:]
+  translator = ctranslate2.Translator(str(tmp_path / "ct2"), device="cpu", compute_type="float32")
+  # its own vocabulary (ours, padded to the embedding's size with unique strings)
+  vocab = json.loads((tmp_path / "ct2" / VOCAB).read_text())
+  pieces = lambda ids: [vocab[i] for i in ids]
+  for doc, _ in tasks.source("synthetic_summarize", "validation", 3):
+    ids = tok.encode(doc)[:60] + [tok.eos_id]
+    gen = GenerationConfig(max_new_tokens=NEW_TOKENS)
+    want = decoding.generate(params, cfg.replace(eos_token_id=-1), np.array([ids], np.int32), gen)
+    want = [int(t) for t in np.asarray(want)[0]]
+    out = translator.translate_batch(
+      [pieces(ids)], beam_size=1, max_decoding_length=NEW_TOKENS, end_token=[]
+    )
+    assert [vocab.index(p) for p in out[0].hypotheses[0]] == want
+    dec = np.array([[cfg.decoder_start_token_id, *want[:-1]]], np.int32)
+    x = np.array([ids], np.int32)
+    logits = t5.T5(cfg).apply({"params": params}, x, dec, np.ones_like(x))[0]
+    log_probs = np.asarray(logits - jax.scipy.special.logsumexp(logits, axis=-1, keepdims=True))
+    ours = log_probs[np.arange(NEW_TOKENS), want]
+    theirs = translator.score_batch([pieces(ids)], [pieces(want)])[0].log_probs[:NEW_TOKENS]
+    np.testing.assert_allclose(theirs, ours, rtol=0, atol=1e-4)
