@@ -23,12 +23,12 @@ def cache_ratios(text: str) -> dict[str, float]:
   return ratios
 
 
-def run_script(script: str, flag: str, out, timeout: int) -> str:
-  """Run benchmarks/<script> with `flag` and --out=out on one CPU device, as users run it; the
-  results file it wrote."""
+def run_script(script: str, flag: str, out, timeout: int, extra=()) -> str:
+  """Run benchmarks/<script> with `flag` (and `extra` flags) and --out=out on one CPU device, as
+  users run it; the results file it wrote."""
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   r = subprocess.run(
-    [sys.executable, f"benchmarks/{script}", flag, f"--out={out}"],
+    [sys.executable, f"benchmarks/{script}", flag, *extra, f"--out={out}"],
     cwd=REPO,
     env=env,
     capture_output=True,
@@ -85,3 +85,19 @@ def test_gpu_script_smoke_runs_every_section_on_cpu(tmp_path):
     if line.startswith("| f32 params, AdamW")
   }
   assert rows["f32 params, AdamW, state offloaded"] == rows["f32 params, AdamW (default)"]
+
+
+def test_serving_script_smoke(tmp_path):
+  """benchmarks/serving.py --contexts=512 (seconds): every variant served by llama.cpp, its KV
+  cache G/H of MHA's (the per-layer budget: GQA-4's total), a decode rate for each."""
+  text = run_script(
+    "serving.py", "--contexts=512", tmp_path / "serving.md", timeout=600, extra=("--reps=1",)
+  )
+  rows = {ln.split("|")[1].strip(): ln for ln in text.splitlines() if ln.startswith("| ")}
+  kv = {name: re.search(r"\| [\d.]+ \(([\d.]+)x\) \|$", row) for name, row in rows.items()}
+  assert {n: float(m.group(1)) for n, m in kv.items() if m} == {
+    "MHA (16 KV heads)": 1.0,
+    "GQA-8": 0.5,
+    "GQA-4": 0.25,
+    "per-layer 8,4,2,2": 0.25,
+  }, text

@@ -48,11 +48,13 @@ class Engine:
     n_threads: int | None = None,
     kv_type: str = "f16",
     flash_attn: bool = False,
+    logits_all: bool = True,
   ):
     """kv_type: the KV cache's dtype, llama.cpp's default f16, or f32 (to compare logits with
     an f32 model without the cache's rounding). flash_attn: llama.cpp's flash attention. Without
     it llama.cpp keeps V transposed, and pads every layer's V cache to the largest layer's:
-    per-layer KV budgets are served at their size with it on (llama-cli -fa on)."""
+    per-layer KV budgets are served at their size with it on (llama-cli -fa on). logits_all:
+    keep every position's logits (`logits`); without it only `last_logits` (faster)."""
     llama_cpp = _llama_cpp()
     ggml_type = {"f16": llama_cpp.GGML_TYPE_F16, "f32": llama_cpp.GGML_TYPE_F32}[kv_type]
     log = io.StringIO()
@@ -62,7 +64,7 @@ class Engine:
         n_ctx=n_ctx,
         n_batch=min(n_ctx, 512),
         n_threads=n_threads,
-        logits_all=True,
+        logits_all=logits_all,
         type_k=ggml_type,
         type_v=ggml_type,
         flash_attn=flash_attn,
@@ -86,6 +88,11 @@ class Engine:
     self.llm.reset()
     self.llm.eval([int(i) for i in ids])
     return np.array(self.llm.scores[: len(ids)], np.float32)
+
+  def last_logits(self) -> np.ndarray:
+    """(V,) the logits of the last token evaluated (`llm.eval`)."""
+    row = self._lib.llama_get_logits_ith(self.llm.ctx, -1)
+    return np.ctypeslib.as_array(row, (self.n_vocab,)).copy()
 
   def greedy(self, ids, max_new_tokens: int, eos_id: int | None = None) -> list[int]:
     """The greedy continuation of `ids` by the engine's own sampler (temperature 0, no
@@ -117,7 +124,7 @@ class Engine:
       one = (lib.llama_token * 1)(token)
       if lib.llama_decode(ctx, lib.llama_batch_get_one(one, 1)):
         raise RuntimeError("llama_decode failed")
-      row = np.ctypeslib.as_array(lib.llama_get_logits_ith(ctx, -1), (self.n_vocab,)).copy()
+      row = self.last_logits()
       rows.append(row)
       token = int(np.argmax(row))
       out.append(token)
