@@ -9,8 +9,8 @@ side by side: the variants take turns, rep after rep, and each figure is the med
 
 The weights are random (speed and memory do not depend on their values); the per-layer budget
 is a fixed allocation (8, 4, 2, 2 KV heads: 16 in all, as GQA-4's 4 x 4), served in the DeciLM
-form. llama.cpp runs with flash attention on: without it the V cache of every layer is padded
-to the largest layer's (wgqa_jax.decoding.llama_cpp).
+form. Each variant runs with llama.cpp's flash attention on and off: without it the V cache of
+every layer is padded to the largest layer's (wgqa_jax.decoding.llama_cpp).
 """
 
 from __future__ import annotations
@@ -82,46 +82,45 @@ def export_all(work: str) -> dict[str, str]:
   return paths
 
 
-def measure(paths: dict[str, str], context: int, new_tokens: int, reps: int, threads: int):
-  """{name: (median decode tokens/s, KV MiB)} with a prompt of `context - new_tokens` tokens."""
+def decode_rate(path, prompt, new_tokens: int, threads: int, flash_attn: bool):
+  """(decode tokens/s after `prompt`, the KV MiB llama.cpp reports) of one fresh engine: only
+  one is loaded at a time (several in one process slowed each other's decoding 5x here)."""
   import numpy as np
 
   from wgqa_jax.decoding.llama_cpp import Engine
 
+  e = Engine(path, n_ctx=len(prompt) + new_tokens, n_threads=threads, flash_attn=flash_attn,
+             logits_all=False)  # fmt: skip
+  try:
+    e.llm.eval(prompt)
+    token = int(np.argmax(e.last_logits()))
+    start = time.perf_counter()
+    for _ in range(new_tokens):
+      e.llm.eval([token])
+      token = int(np.argmax(e.last_logits()))
+    return new_tokens / (time.perf_counter() - start), e.kv_cache_mib["K"] + e.kv_cache_mib["V"]
+  finally:
+    e.close()
+
+
+def measure(paths: dict[str, str], context: int, new_tokens: int, reps: int, threads: int):
+  """{(name, flash attention): (median decode tokens/s, KV MiB)}: every variant with flash
+  attention on and off takes its turn in each of `reps` rounds."""
+  import numpy as np
+
   rng = np.random.default_rng(0)
   prompt = [int(i) for i in rng.integers(3, SHAPE["vocab_size"], context - new_tokens)]
-  engines = {
-    name: Engine(path, n_ctx=context, n_threads=threads, flash_attn=True, logits_all=False)
-    for name, path in paths.items()
-  }
-  try:
-    first = {}  # prefill once; each rep decodes from the same cache, from the same token
-    for name, e in engines.items():
-      e.llm.eval(prompt)
-      first[name] = int(np.argmax(e.last_logits()))
-    rates = {name: [] for name in engines}
-    for _ in range(reps):
-      for name, e in engines.items():
-        e.llm.n_tokens = len(prompt)  # back to the prompt: eval drops the cells after it
-        token = first[name]
-        start = time.perf_counter()
-        for _ in range(new_tokens):
-          e.llm.eval([token])
-          token = int(np.argmax(e.last_logits()))
-        rates[name].append(new_tokens / (time.perf_counter() - start))
-    return {
-      name: (statistics.median(rates[name]), e.kv_cache_mib["K"] + e.kv_cache_mib["V"])
-      for name, e in engines.items()
-    }
-  finally:
-    for e in engines.values():
-      e.close()
+  runs = {(name, fa): [] for fa in (True, False) for name in paths}
+  for _ in range(reps):
+    for name, fa in runs:
+      runs[name, fa].append(decode_rate(paths[name], prompt, new_tokens, threads, fa))
+  return {key: (statistics.median(r for r, _ in got), got[0][1]) for key, got in runs.items()}
 
 
 FLAGS = cli.flag_set()
 flags.DEFINE_list("contexts", ["2048", "8192"], "context lengths", flag_values=FLAGS)
 flags.DEFINE_integer("new_tokens", 64, "decoded tokens per measurement", flag_values=FLAGS)
-flags.DEFINE_integer("reps", 5, "measurements per variant and context (median)", flag_values=FLAGS)
+flags.DEFINE_integer("reps", 3, "measurements per row and context (median)", flag_values=FLAGS)
 flags.DEFINE_integer("threads", os.cpu_count() or 1, "llama.cpp's threads", flag_values=FLAGS)
 flags.DEFINE_string(
   "out", os.path.join(REPO, "benchmarks", "RESULTS_serving.md"), "results file", flag_values=FLAGS
@@ -139,16 +138,16 @@ def main(argv: list[str] | None = None) -> int:
     results = {c: measure(paths, c, FLAGS.new_tokens, FLAGS.reps, FLAGS.threads) for c in contexts}
   finally:
     shutil.rmtree(work, ignore_errors=True)
-  names = list(next(iter(results.values())))
+  keys = list(next(iter(results.values())))
   head = " | ".join(f"{c} ctx: tokens/s | KV MiB" for c in contexts)
   rows = []
-  for name in names:
+  for name, fa in keys:
     cells = []
     for c in contexts:
-      rate, mib = results[c][name]
-      base_rate, base_mib = results[c][names[0]]
+      rate, mib = results[c][name, fa]
+      base_rate, base_mib = results[c][keys[0][0], fa]  # MHA with the same attention
       cells.append(f"{rate:.1f} ({rate / base_rate:.2f}x) | {mib:.1f} ({mib / base_mib:.2f}x)")
-    rows.append(f"| {name} | {' | '.join(cells)} |")
+    rows.append(f"| {name} | {'on' if fa else 'off'} | {' | '.join(cells)} |")
   commit = subprocess.run(
     ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
   ).stdout.strip()
@@ -163,12 +162,13 @@ def main(argv: list[str] | None = None) -> int:
     f"{datetime.date.today()}, commit {commit}, {cpu}, {FLAGS.threads} threads, "
     f"llama-cpp-python {gguf.runtime_version()}. A random Llama of "
     f"{SHAPE['num_layers']} layers, d={SHAPE['hidden_size']}, {SHAPE['num_heads']} heads of "
-    f"{SHAPE['head_dim']}, f16 GGUF and f16 KV cache, flash attention on; decode "
-    f"{FLAGS.new_tokens} tokens after a prompt filling the context, median of {FLAGS.reps} "
-    "rounds in which the variants take turns. Ratios are against MHA.",
+    f"{SHAPE['head_dim']}, f16 GGUF and f16 KV cache; decode {FLAGS.new_tokens} tokens after "
+    f"a prompt filling the context, one engine loaded at a time, median of {FLAGS.reps} "
+    "rounds in which every row takes its turn. Ratios are against MHA with the same attention. "
+    "Without flash attention llama.cpp pads every layer's V cache to the largest layer's.",
     "",
-    f"| variant | {head} |",
-    "|---" * (1 + 2 * len(contexts)) + "|",
+    f"| variant | flash attention | {head} |",
+    "|---" * (2 + 2 * len(contexts)) + "|",
     *rows,
     "",
     f"Command: `{command}`",

@@ -264,3 +264,32 @@ def test_a_sharded_checkpoint_missing_a_shard_or_with_a_torn_index_is_one_line(t
   with pytest.raises(ValueError, match="is not a shard index"):
     convert.main([f"--hf={d}", f"--out={tmp_path / 'out'}"])
   assert not (tmp_path / "out").exists()
+
+
+WITHOUT_TORCH = """
+import sys
+sys.modules["torch"] = None  # as if torch were not installed: importing it raises ImportError
+from wgqa_jax.core import cli
+from wgqa_jax.tools import convert
+cli.run(convert.main, convert.FLAGS)
+"""
+
+
+def test_a_gguf_export_without_its_engine_names_the_install_and_writes_nothing(hf_dir, tmp_path):
+  """Before anything is loaded or written: a missing converter dependency names the extra to
+  install; a converter directory that holds none is named."""
+  out = tmp_path / "m.gguf"
+  args = [f"--hf={hf_dir}", "--export=gguf", f"--export_to={out}"]
+  r = subprocess.run(
+    [sys.executable, "-c", WITHOUT_TORCH, *args], capture_output=True, text=True, cwd=REPO,
+    env={**os.environ, "XLA_FLAGS": ""},
+  )  # fmt: skip
+  one_line(r, "pip install 'wgqa_jax[engines]'")
+  empty = tmp_path / "converter"
+  empty.mkdir()
+  r = subprocess.run(
+    [sys.executable, "-m", "wgqa_jax.convert", *args], capture_output=True, text=True, cwd=REPO,
+    env={**os.environ, "XLA_FLAGS": "", "WGQA_LLAMA_CPP_CONVERTER": str(empty)},
+  )  # fmt: skip
+  one_line(r, "holds no convert_hf_to_gguf.py")
+  assert sorted(os.listdir(tmp_path)) == ["converter"]

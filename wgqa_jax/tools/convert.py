@@ -8,10 +8,16 @@ checkpoint's config.json.
     python -m wgqa_jax.convert --hf=LLAMA_DIR --variant=wgqa --kv_heads=8 --out=/tmp/llama_wgqa8
     python -m wgqa_jax.convert --params=/tmp/llama_wgqa8 --fold --export_hf=/tmp/llama_gqa8
         # a native GQA Llama: num_key_value_heads=8, a KV cache of 8 heads in any server
+    python -m wgqa_jax.convert --params=WORKDIR/final --export=gguf --export_to=/tmp/m.gguf
+        # llama.cpp: per-layer G included (through the DeciLM form); docs/serving.md
 
-Outputs: an existing, non-empty --out or --export_hf is refused unless --overwrite; the input
+Exports (--export=hf|decilm|gguf --export_to=PATH; --export_hf=DIR is --export=hf) carry the
+tokenizer the model was trained with: the run's, else the checkpoint's own files, or
+--tokenizer.
+
+Outputs: an existing, non-empty --out or export is refused unless --overwrite; the input
 itself never is. Each is written beside its target and swapped in whole, and every check
-(including whether HF can hold the export) runs before anything is written.
+(including whether the format can hold the export) runs before anything is written.
 
 A checkpoint that is already GQA (a Llama with num_key_value_heads < H) is re-grouped to
 --kv_heads through its MHA equivalent.
