@@ -90,7 +90,7 @@ def test_outputs_are_never_clobbered_without_overwrite(tmp_path):
     ([f"--export_hf={tmp_path / 'a'}", "--export=hf", f"--export_to={tmp_path / 'a'}"], "not both"),
     (["--export=gguf", f"--export_to={tmp_path / 'taken'}"], "name it *.gguf"),
     (["--export=gguf", f"--export_to={tmp_path / 'file.gguf'}", "--overwrite"], "not a GGUF"),
-    (["--export=decilm", f"--export_to={tmp_path / 'a'}"], "exports as hf, not 'decilm'"),
+    (["--export=decilm", f"--export_to={tmp_path / 'a'}"], "--export=decilm is for a Llama"),
   ]
   (tmp_path / "file.gguf").write_text("not a gguf")
   for args, needle in cases:

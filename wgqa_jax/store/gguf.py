@@ -78,10 +78,12 @@ def fetch_converter(version: str | None = None) -> str:
     )  # fmt: skip
     archives = [f for f in os.listdir(tmp) if f.endswith(".tar.gz")]
     if got.returncode or not archives:
+      said = [ln for ln in (got.stderr or got.stdout).splitlines() if ln.strip()]
+      why = next((ln for ln in said if ln.startswith("ERROR")), said[-1] if said else "?")
       raise MissingDependency(
         f"could not fetch llama.cpp's converter (pip download llama-cpp-python=={version}: "
-        f"{cli.first_line(got.stderr or got.stdout, 160)}); set ${CONVERTER_ENV} to a "
-        f"directory holding vendor/llama.cpp's {SCRIPT}, conversion/ and gguf-py/"
+        f"{cli.first_line(why, 160)}); set ${CONVERTER_ENV} to a directory holding "
+        f"vendor/llama.cpp's {SCRIPT}, conversion/ and gguf-py/"
       )
     staged = os.path.join(tmp, "converter")
     with tarfile.open(os.path.join(tmp, archives[0])) as tar:
@@ -92,7 +94,11 @@ def fetch_converter(version: str | None = None) -> str:
           tar.extract(member, staged, filter="data")
     if not os.path.isfile(os.path.join(staged, SCRIPT)):
       raise MissingDependency(f"llama-cpp-python {version}'s source package has no {SCRIPT}")
-    os.replace(staged, target) if not os.path.exists(target) else None
+    try:  # a directory renames whole: the target is complete, or not there
+      os.replace(staged, target)
+    except OSError:  # another process (a second test worker) put it there first
+      if not os.path.isfile(os.path.join(target, SCRIPT)):
+        raise
   return target
 
 

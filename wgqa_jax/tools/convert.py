@@ -37,6 +37,7 @@ from wgqa_jax.core.errors import MissingInput, UserError
 from wgqa_jax.grouping import variants
 from wgqa_jax.lab import convert
 from wgqa_jax.lab.checkpoint_tokenizer import open_tokenizer
+from wgqa_jax.models import family_of
 from wgqa_jax.store import gguf, hf, params_io, tokenizer_files
 
 FLAGS = cli.flag_set()
@@ -223,6 +224,12 @@ def main(argv: list[str] | None = None) -> int:
   tokenizer = None
   if export:  # can the format hold it, and its tokenizer? refuse before writing anything
     fmt, path, _ = export
+    family = family_of(cfg)
+    if fmt == "decilm" and fmt not in family.hf_forms:
+      raise UserError(
+        f"--export=decilm is for a Llama with per-layer KV heads; a {family.title} model "
+        f"exports as hf or gguf"
+      )
     hf.exportable(params, cfg, gguf.form_of(cfg) if fmt == "gguf" else fmt)
     tokenizer = open_tokenizer(source, cfg, a.tokenizer, required=fmt == "gguf")
     if fmt == "gguf":
