@@ -8,7 +8,7 @@ llama.cpp's T5 has one head count for K/V and queries, so a GQA T5 goes in expan
 our HF export does: the same function, served at MHA's KV size. Its KV cache holds the decoder's
 self-attention only (it recomputes cross-attention K/V from the encoder output each step), which
 is what it reports and what we compare: our self-attention cache of the expanded model.
-Tolerances as in test_llama_cpp_llama.py (f32 GGUF, f32 cache: summation order only), except
+Tolerances as in test_llama_exports.py (f32 GGUF, f32 cache: summation order only), except
 for gated-gelu (v1.1) models: ggml's CPU GELU is a table of f16 inputs and outputs
 (ggml-cpu/vec.h, GGML_GELU_FP16), a relative error near 1e-3 per activation; seen: 4e-4 of the
 largest logit, allowed: 2e-3. A tied T5 (v1.0) goes in with its head untied and pre-scaled

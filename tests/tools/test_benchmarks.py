@@ -88,9 +88,9 @@ def test_gpu_script_smoke_runs_every_section_on_cpu(tmp_path):
 
 
 def test_serving_script_smoke(tmp_path):
-  """benchmarks/serving.py --contexts=512 (seconds): every variant served by llama.cpp, its KV
-  cache G/H of MHA's (the per-layer budget: GQA-4's total; without flash attention its V padded
-  to the largest layer's), a decode rate for each."""
+  """benchmarks/serving.py --contexts=512 --reps=1 (about 20 s): every variant served by
+  llama.cpp, its KV cache G/H of MHA's (the per-layer budget: GQA-4's total; without flash
+  attention its V padded to the largest layer's), a decode rate for each."""
   text = run_script(
     "serving.py", "--contexts=512", tmp_path / "serving.md", timeout=600, extra=("--reps=1",)
   )

@@ -124,6 +124,11 @@ class SentencePieceTokenizer:
     self.pieces = self.sp.get_piece_size()
     self.vocab_size = self.pieces + self.extra_ids
 
+  @property
+  def proto(self) -> bytes:
+    """The sentencepiece model file's bytes (what an export writes)."""
+    return self._proto
+
   def __getstate__(self):  # the model's bytes travel, not the C++ object
     return {"_proto": self._proto, "extra_ids": self.extra_ids, "name": self.name}
 

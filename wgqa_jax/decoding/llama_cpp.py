@@ -81,10 +81,13 @@ class Engine:
       {"K": float(found[-1][2]), "V": float(found[-1][4]), "type": found[-1][1]} if found else None
     )
     self.n_vocab = self.llm.n_vocab()
+    self.logits_all = logits_all
     self._lib = llama_cpp
 
   def logits(self, ids) -> np.ndarray:
     """(len(ids), V) float32 next-token logits at every position of `ids`."""
+    if not self.logits_all:
+      raise ValueError("Engine(logits_all=False) keeps no logits but the last: use last_logits")
     self.llm.reset()
     self.llm.eval([int(i) for i in ids])
     return np.array(self.llm.scores[: len(ids)], np.float32)

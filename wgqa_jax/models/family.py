@@ -78,7 +78,7 @@ class Family(abc.ABC):
   # its Hugging Face form: the config.json forms it exports (wgqa_jax.store.hf; "hf", the
   # transformers class, first), and the name engines read its sentencepiece vocabulary under
   hf_forms: tuple[str, ...] = ("hf",)
-  spm_file: str
+  spm_file: str = "tokenizer.model"
 
   # ---- the model ----
   @abc.abstractmethod

@@ -89,9 +89,13 @@ def fetch_converter(version: str | None = None) -> str:
     with tarfile.open(os.path.join(tmp, archives[0])) as tar:
       for member in tar.getmembers():
         _, _, rest = member.name.partition("/vendor/llama.cpp/")
-        if rest and rest.startswith(KEPT) and (member.isfile() or member.isdir()):
+        safe = ".." not in rest.split("/") and not os.path.isabs(rest)
+        if rest and safe and rest.startswith(KEPT) and (member.isfile() or member.isdir()):
           member.name = rest
-          tar.extract(member, staged, filter="data")
+          try:
+            tar.extract(member, staged, filter="data")
+          except TypeError:  # Python before 3.10.12 has no filters; the checks above stand in
+            tar.extract(member, staged)
     if not os.path.isfile(os.path.join(staged, SCRIPT)):
       raise MissingDependency(f"llama-cpp-python {version}'s source package has no {SCRIPT}")
     try:  # a directory renames whole: the target is complete, or not there
@@ -154,7 +158,7 @@ def check_installed() -> str:
   return fetch_converter()
 
 
-def convert(hf_dir: str, out_file: str, outtype: str = "f32") -> str:
+def convert(hf_dir: str, out_file: str, outtype: str = "f16") -> str:
   """Run llama.cpp's converter on a HF directory; the GGUF is written whole or not at all."""
   if outtype not in OUTTYPES:
     raise UserError(f"GGUF type {outtype!r}: one of {', '.join(OUTTYPES)}")
@@ -176,7 +180,7 @@ def convert(hf_dir: str, out_file: str, outtype: str = "f32") -> str:
   return out_file
 
 
-def export(params, cfg, out_file: str, tokenizer, generation_settings=None, outtype="f32") -> str:
+def export(params, cfg, out_file: str, tokenizer, generation_settings=None, outtype="f16") -> str:
   """Write `out_file`, a GGUF of (params, cfg) with its tokenizer, through the HF form
   `form_of(cfg)` (written to a temporary directory beside it) and llama.cpp's converter."""
   from wgqa_jax.store import hf

@@ -70,7 +70,7 @@ def write(tokenizer, cfg, out_dir: str) -> list[str]:
     "legacy": False,
   }
   files = {
-    **{name: tokenizer._proto for name in {SPM_FILE, family.spm_file}},
+    **{name: tokenizer.proto for name in {SPM_FILE, family.spm_file}},
     "tokenizer_config.json": json.dumps(settings, indent=2).encode(),
     "special_tokens_map.json": json.dumps(special, indent=2).encode(),
   }

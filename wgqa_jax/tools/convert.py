@@ -231,24 +231,36 @@ def main(argv: list[str] | None = None) -> int:
         f"exports as hf or gguf"
       )
     hf.exportable(params, cfg, gguf.form_of(cfg) if fmt == "gguf" else fmt)
-    tokenizer = open_tokenizer(source, cfg, a.tokenizer, required=fmt == "gguf")
-    if fmt == "gguf":
-      tokenizer_files.check(tokenizer)  # a GGUF holds its tokenizer: files must hold it
-    elif tokenizer is not None and not tokenizer_files.holds(tokenizer):
-      tokenizer = None  # a byte-level model's HF export goes without tokenizer files
+    # a GGUF needs its tokenizer, and one named with --tokenizer must be there
+    tokenizer = export_tokenizer(source, cfg, a.tokenizer, fmt == "gguf" or bool(a.tokenizer))
+  # the export first: llama.cpp's converter may still refuse, and then nothing is written
+  if export and fmt == "gguf":
+    gguf.export(params, cfg, path, tokenizer, settings, a.gguf_type)
+    print(f"wrote GGUF file {path} (llama.cpp: llama-cli -m {path} -fa on)")
+  elif export:
+    hf.save_hf(params, cfg, path, settings, form=fmt, tokenizer=tokenizer)
+    print(f"wrote {'HF' if fmt == 'hf' else 'DeciLM'} directory {path}")
   if a.out:
     params_io.save(params, cfg, a.out, settings)
     print(f"wrote {a.out}")
-  if export and fmt == "gguf":
-    gguf.export(params, cfg, path, tokenizer, settings, a.gguf_type)
-    print(f"wrote GGUF file {path} (llama.cpp: llama-cli -m {path})")
-  elif export:
-    hf.save_hf(params, cfg, path, settings, form=fmt, tokenizer=tokenizer)
-    print(
-      f"wrote {'HF' if fmt == 'hf' else 'DeciLM'} directory {path}"
-      + ("" if tokenizer else " (no tokenizer files: pass --tokenizer to add them)")
-    )
   return 0
+
+
+def export_tokenizer(source, cfg, name: str | None, required: bool):
+  """The tokenizer an export carries. A GGUF needs one that files hold (a one-line refusal
+  otherwise); an HF export goes without tokenizer files, and says why, when there is none."""
+  try:
+    tokenizer = open_tokenizer(source, cfg, name, required=required, fit=False)
+    if tokenizer is not None:
+      tokenizer_files.check(tokenizer)
+  except UserError as e:
+    if required:
+      raise
+    print(f"exporting without tokenizer files ({e}); pass --tokenizer to add them")
+    return None
+  if tokenizer is None:
+    print("exporting without tokenizer files (none known); pass --tokenizer to add them")
+  return tokenizer
 
 
 if __name__ == "__main__":

@@ -59,19 +59,28 @@ def layout_of(c: ml_collections.ConfigDict) -> pipeline.Layout:
   )
 
 
+def sentinels_needed(d) -> int:
+  """How many sentinel ids span corruption of data config `d`'s rows uses (0: no span
+  corruption)."""
+  if d.objective != "span_corruption":
+    return 0
+  return span_corruption.spans_per_row(span_corruption.random_spans_helper(d.max_input_length)[0])
+
+
+def extra_ids(d) -> int:
+  """The sentinels a sentencepiece vocabulary made for data config `d` gets: as many as a row
+  can use (T5's 100, or more); none without span corruption."""
+  return max(SENTINELS, sentinels_needed(d)) if d.objective == "span_corruption" else 0
+
+
 def open_tokenizer(c: ml_collections.ConfigDict, workdir: str, train_source=None):
   """The run's tokenizer. A sentencepiece vocabulary is trained once, by process 0, on a
   bounded sample of the training split (train_source); other tokenizers need no data, so they
   are opened (and checked) before the workdir is written. Span corruption needs sentinels, and
   as many as a full row has spans."""
   d = c.data
-  needed = (
-    span_corruption.spans_per_row(span_corruption.random_spans_helper(d.max_input_length)[0])
-    if d.objective == "span_corruption"
-    else 0
-  )
-  # a vocabulary made here gets as many sentinels as a row can use (T5's 100, or more)
-  extra_ids = max(SENTINELS, needed) if d.objective == "span_corruption" else 0
+  needed = sentinels_needed(d)
+  extra = extra_ids(d)
   if d.tokenizer == "sentencepiece":
     if train_source is None:
       return None
@@ -89,11 +98,11 @@ def open_tokenizer(c: ml_collections.ConfigDict, workdir: str, train_source=None
         workdir,
         sample,
         vocab_size=preset(c.model.arch).vocab_size,
-        extra_ids=extra_ids,
+        extra_ids=extra,
       )
     )
   else:
-    tokenizer = tokenizers.get_tokenizer(d.tokenizer, workdir, extra_ids=extra_ids)
+    tokenizer = tokenizers.get_tokenizer(d.tokenizer, workdir, extra_ids=extra)
   if d.objective == "span_corruption":
     _, count = tokenizers.sentinels(tokenizer)
     if count < needed:

@@ -58,8 +58,8 @@ class LlamaFamily(Family):
     return LlamaConfig.from_hf(hf)
 
   def hf_holds(self, cfg):
-    g = cfg.grouping  # num_key_value_heads: plain equal groups
-    return g.weights == "none" and not g.unequal and g.allocation == "static"
+    g = cfg.grouping  # num_key_value_heads: plain equal groups, one G for every layer
+    return g.weights == "none" and not g.unequal and g.allocation == "static" and not g.per_module
 
   def exportable(self, params, cfg, form="hf"):
     """WGQA weights folded, G heads kept: a native GQA checkpoint ("hf"), or per-layer G in the

@@ -74,14 +74,14 @@ class T5Family(Family):
     return variants.is_mha(cfg)  # HF T5 has MHA heads only
 
   def exportable(self, params, cfg, form="hf"):
-    """KV heads expanded to MHA; in the "untied" form a tied head is written out as an untied
-    lm_head with the d_model**-0.5 output scaling folded in: the same function, for engines
-    that do not scale a tied T5's decoder output (llama.cpp's t5 graph does not)."""
+    """KV heads expanded to MHA; in the "untied" form the head is an untied lm_head with the
+    d_model**-0.5 output scaling folded in (a tied head written out): the same function, for
+    engines that neither tie nor scale (llama.cpp's t5 graph scales no head's input)."""
     params, cfg = variants.expand_to_mha(params, cfg)
-    if form == "untied" and cfg.tie_word_embeddings:
-      scale = cfg.d_model**-0.5 if cfg.scales_decoder_outputs else 1.0
-      head = np.asarray(params["shared"]["embedding"], np.float32).T * np.float32(scale)
-      params = {**params, "lm_head": head}
+    if form == "untied" and (cfg.tie_word_embeddings or cfg.scales_decoder_outputs):
+      scale = np.float32(cfg.d_model**-0.5 if cfg.scales_decoder_outputs else 1.0)
+      head = params["shared"]["embedding"].T if cfg.tie_word_embeddings else params["lm_head"]
+      params = {**params, "lm_head": np.asarray(head, np.float32) * scale}
       cfg = cfg.replace(tie_word_embeddings=False, scale_decoder_outputs=False)
     return params, cfg
 
