@@ -14,19 +14,15 @@ which runs llama.cpp's own converter) and run by the engine on the CPU against o
   dtype for the same context, so its ratio to MHA's is G/H (per layer for per-layer G).
 """
 
-import json
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
-from conftest import REPO, run_train
+from engine_runs import convert, ct2_convert, export, train_tiny
 
 from wgqa_jax import decoding
-from wgqa_jax.core import workdir as workdir_lib
-from wgqa_jax.data import tasks, tokenizers
+from wgqa_jax.data import tasks
 from wgqa_jax.decoding import GenerationConfig
 from wgqa_jax.decoding.llama_cpp import Engine
 from wgqa_jax.grouping import kv_budget, variants
@@ -36,28 +32,19 @@ from wgqa_jax.store import params_io
 from wgqa_jax.training import calibration
 
 NEW_TOKENS = 32
-VOCAB = "vocabulary.json"
 KV_CTX = 8192  # a context whose K and V sizes llama.cpp's MiB figures show exactly
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   """A tiny MHA Llama (llama-tiny-long: 8 heads, FFN width 256) trained for 120 steps."""
-  wd = tmp_path_factory.mktemp("llama") / "run"
-  r = run_train(
-    "--config=configs/llama_tiny.py",
-    f"--workdir={wd}",
+  return train_tiny(
+    tmp_path_factory,
+    "configs/llama_tiny.py",
+    120,
     "--config.model.arch=llama-tiny-long",
-    "--config.grouping.variant=mha",
-    "--config.optim.num_train_steps=120",
     "--config.data.train_examples=512",
-    "--config.eval.every=0",
-    "--config.checkpoint.every=120",
   )
-  assert r.returncode == 0, r.stderr[-3000:]
-  params, cfg = params_io.load(str(wd / workdir_lib.FINAL))
-  tok = tokenizers.get_tokenizer(str(wd / workdir_lib.SPM_MODEL))
-  return wd, params, cfg, tok
 
 
 def calibration_stats(params, cfg, tok):
@@ -95,19 +82,6 @@ def variant(name, params, cfg, tok):
   return variants.from_mha(params, cfg, "svd", 2, calibration=stats, module_kv_heads=heads)
 
 
-def export_gguf(wd, name, params, cfg, out):
-  """Save the variant as a params dir of the run (so its tokenizer is the run's), then export
-  it with the command users run."""
-  params_io.save(params, cfg, str(wd / name))
-  r = subprocess.run(
-    [sys.executable, "-m", "wgqa_jax.convert", f"--params={wd / name}", "--export=gguf",
-     f"--export_to={out}", "--gguf_type=f32"],
-    cwd=REPO, capture_output=True, text=True, timeout=600,
-  )  # fmt: skip
-  assert r.returncode == 0, r.stderr[-3000:]
-  return str(out)
-
-
 def prompts(tok):
   """Three prompts as the model was trained to continue them: `input EOS`, our ids."""
   examples = tasks.source("synthetic_summarize", "validation", 3)
@@ -141,7 +115,7 @@ def test_llama_cpp_serves_our_export(trained, tmp_path, name):
   params, cfg = variant(name, mha_params, mha_cfg, tok)
   if name == "proxy-per-layer":
     assert cfg.grouping.per_module, cfg.grouping.module_kv_heads  # per-layer G: the DeciLM form
-  path = export_gguf(wd, name, params, cfg, tmp_path / f"{name}.gguf")
+  path = export(wd, name, params, cfg, "gguf", tmp_path / f"{name}.gguf", "--gguf_type=f32")
 
   engine = Engine(path, n_ctx=512, kv_type="f32")
   try:
@@ -185,24 +159,9 @@ def test_gguf_export_of_what_no_engine_format_holds_is_refused_before_writing(tr
   asym, asym_cfg = variants.from_mha(params, cfg, "asymgqa", 3, group_sizes=[4, 2, 2])
   params_io.save(asym, asym_cfg, str(wd / "asym"))
   out = tmp_path / "asym.gguf"
-  r = subprocess.run(
-    [sys.executable, "-m", "wgqa_jax.convert", f"--params={wd / 'asym'}", "--export=gguf",
-     f"--export_to={out}"],
-    cwd=REPO, capture_output=True, text=True, timeout=300,
-  )  # fmt: skip
-  assert r.returncode == 2, r.stderr[-2000:]
+  r = convert(f"--params={wd / 'asym'}", "--export=gguf", f"--export_to={out}", code=2)
   assert len(r.stderr.strip().splitlines()) == 1 and "equal groups" in r.stderr
   assert not os.path.exists(out) and os.listdir(tmp_path) == []
-
-
-def ct2_convert(export_dir, out):
-  """CTranslate2's own converter on our HF export, as users run it."""
-  r = subprocess.run(
-    ["ct2-transformers-converter", f"--model={export_dir}", f"--output_dir={out}"],
-    capture_output=True, text=True, timeout=600,
-  )  # fmt: skip
-  assert r.returncode == 0, r.stderr[-3000:]
-  return str(out)
 
 
 @pytest.mark.parametrize("name", ["mha", "gqa2", "wgqa2"])
@@ -214,18 +173,9 @@ def test_ctranslate2_serves_our_hf_export(trained, tmp_path, name):
 
   wd, mha_params, mha_cfg, tok = trained
   params, cfg = variant(name, mha_params, mha_cfg, tok)
-  params_io.save(params, cfg, str(wd / f"ct2-{name}"))
-  r = subprocess.run(
-    [sys.executable, "-m", "wgqa_jax.convert", f"--params={wd / f'ct2-{name}'}",
-     "--export=hf", f"--export_to={tmp_path / 'hf'}"],
-    cwd=REPO, capture_output=True, text=True, timeout=300,
-  )  # fmt: skip
-  assert r.returncode == 0, r.stderr[-3000:]
-  generator = ctranslate2.Generator(
-    ct2_convert(tmp_path / "hf", tmp_path / "ct2"), device="cpu", compute_type="float32"
-  )
-  # its own vocabulary (ours, padded to the embedding's size with unique strings)
-  vocab = json.loads((tmp_path / "ct2" / VOCAB).read_text())
+  export(wd, f"ct2-{name}", params, cfg, "hf", tmp_path / "hf")
+  model, vocab = ct2_convert(tmp_path / "hf", tmp_path / "ct2", "vocabulary.json")
+  generator = ctranslate2.Generator(model, device="cpu", compute_type="float32")
   pieces = lambda ids: [vocab[i] for i in ids]
   for ids in prompts(tok):
     want = our_greedy(params, cfg, ids)

@@ -16,44 +16,25 @@ largest logit, allowed: 2e-3. A tied T5 (v1.0) goes in with its head untied and 
 sqrt(d_model) times ours.
 """
 
-import json
-import subprocess
-import sys
-
 import jax
 import numpy as np
 import pytest
-from conftest import REPO, run_train
+from engine_runs import ct2_convert, export, train_tiny
 
 from wgqa_jax import decoding
-from wgqa_jax.core import workdir as workdir_lib
-from wgqa_jax.data import tasks, tokenizers
+from wgqa_jax.data import tasks
 from wgqa_jax.decoding import GenerationConfig
 from wgqa_jax.decoding.llama_cpp import Engine
 from wgqa_jax.grouping import variants
 from wgqa_jax.models import family_of, t5
-from wgqa_jax.store import params_io
 
 NEW_TOKENS = 32
-VOCAB = "shared_vocabulary.json"
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   """configs/tiny.py's T5 (v1.0: relu, tied), MHA, trained for 300 steps."""
-  wd = tmp_path_factory.mktemp("t5") / "run"
-  r = run_train(
-    "--config=configs/tiny.py",
-    f"--workdir={wd}",
-    "--config.grouping.variant=mha",
-    "--config.optim.num_train_steps=300",
-    "--config.eval.every=0",
-    "--config.checkpoint.every=300",
-  )
-  assert r.returncode == 0, r.stderr[-3000:]
-  params, cfg = params_io.load(str(wd / workdir_lib.FINAL))
-  tok = tokenizers.get_tokenizer(str(wd / workdir_lib.SPM_MODEL))
-  return wd, params, cfg, tok
+  return train_tiny(tmp_path_factory, "configs/tiny.py", 300)
 
 
 def variant(name, params, cfg):
@@ -70,16 +51,8 @@ def variant(name, params, cfg):
 def test_llama_cpp_serves_our_t5_export(trained, tmp_path, name):
   wd, mha_params, mha_cfg, tok = trained
   params, cfg = variant(name, mha_params, mha_cfg)
-  params_io.save(params, cfg, str(wd / name))  # a params dir of the run: its tokenizer
-  path = tmp_path / f"{name}.gguf"
-  r = subprocess.run(
-    [sys.executable, "-m", "wgqa_jax.convert", f"--params={wd / name}", "--export=gguf",
-     f"--export_to={path}", "--gguf_type=f32"],
-    cwd=REPO, capture_output=True, text=True, timeout=600,
-  )  # fmt: skip
-  assert r.returncode == 0, r.stderr[-3000:]
-
-  engine = Engine(str(path), n_ctx=512, kv_type="f32")
+  path = export(wd, name, params, cfg, "gguf", tmp_path / f"{name}.gguf", "--gguf_type=f32")
+  engine = Engine(path, n_ctx=512, kv_type="f32")
   try:
     text = "Marco visited the old harbour; the ferry left at 9:40. Ünïcode ☃ too."
     assert engine.llm.tokenize(text.encode(), add_bos=False, special=False) == tok.encode(text)
@@ -115,22 +88,9 @@ def test_ctranslate2_serves_our_t5_hf_export(trained, tmp_path, name):
 
   wd, mha_params, mha_cfg, tok = trained
   params, cfg = variant(name, mha_params, mha_cfg)
-  params_io.save(params, cfg, str(wd / f"ct2-{name}"))
-  r = subprocess.run(
-    [sys.executable, "-m", "wgqa_jax.convert", f"--params={wd / f'ct2-{name}'}",
-     "--export=hf", f"--export_to={tmp_path / 'hf'}"],
-    cwd=REPO, capture_output=True, text=True, timeout=300,
-  )  # fmt: skip
-  assert r.returncode == 0, r.stderr[-3000:]
-  r = subprocess.run(
-    ["ct2-transformers-converter", f"--model={tmp_path / 'hf'}",
-     f"--output_dir={tmp_path / 'ct2'}"],
-    capture_output=True, text=True, timeout=600,
-  )  # fmt: skip
-  assert r.returncode == 0, r.stderr[-3000:]
-  translator = ctranslate2.Translator(str(tmp_path / "ct2"), device="cpu", compute_type="float32")
-  # its own vocabulary (ours, padded to the embedding's size with unique strings)
-  vocab = json.loads((tmp_path / "ct2" / VOCAB).read_text())
+  export(wd, f"ct2-{name}", params, cfg, "hf", tmp_path / "hf")
+  model, vocab = ct2_convert(tmp_path / "hf", tmp_path / "ct2", "shared_vocabulary.json")
+  translator = ctranslate2.Translator(model, device="cpu", compute_type="float32")
   pieces = lambda ids: [vocab[i] for i in ids]
   for doc, _ in tasks.source("synthetic_summarize", "validation", 3):
     ids = tok.encode(doc)[:60] + [tok.eos_id]
