@@ -189,3 +189,14 @@ def test_ctranslate2_serves_our_hf_export(trained, tmp_path, name):
     ours = np.asarray(log_probs)[np.arange(len(ids) - 1, len(ids) + NEW_TOKENS - 1), want]
     theirs = generator.score_batch([pieces(ids + want)])[0].log_probs[len(ids) - 1 :]
     np.testing.assert_allclose(theirs, ours, rtol=0, atol=1e-4)
+
+
+def test_a_damaged_gguf_is_named_in_one_line(tmp_path):
+  """llama.cpp's own reason, in one line, not a traceback of llama-cpp-python's ValueError."""
+  from wgqa_jax.core.errors import UserError
+
+  path = tmp_path / "torn.gguf"
+  path.write_bytes(b"GGUF" + bytes(100))
+  with pytest.raises(UserError, match="cannot load .*torn.gguf: .*error loading model") as e:
+    Engine(str(path))
+  assert "\n" not in str(e.value)

@@ -19,7 +19,7 @@ import re
 
 import numpy as np
 
-from wgqa_jax.core.errors import MissingDependency
+from wgqa_jax.core.errors import MissingDependency, UserError
 
 # llama.cpp's log line for the KV cache it allocated (src/llama-kv-cache.cpp)
 KV_LINE = re.compile(
@@ -58,18 +58,22 @@ class Engine:
     llama_cpp = _llama_cpp()
     ggml_type = {"f16": llama_cpp.GGML_TYPE_F16, "f32": llama_cpp.GGML_TYPE_F32}[kv_type]
     log = io.StringIO()
-    with contextlib.redirect_stderr(log):  # llama-cpp-python prints llama.cpp's log there
-      self.llm = llama_cpp.Llama(
-        path,
-        n_ctx=n_ctx,
-        n_batch=min(n_ctx, 512),
-        n_threads=n_threads,
-        logits_all=logits_all,
-        type_k=ggml_type,
-        type_v=ggml_type,
-        flash_attn=flash_attn,
-        verbose=True,
-      )
+    try:
+      with contextlib.redirect_stderr(log):  # llama-cpp-python prints llama.cpp's log there
+        self.llm = llama_cpp.Llama(
+          path,
+          n_ctx=n_ctx,
+          n_batch=min(n_ctx, 512),
+          n_threads=n_threads,
+          logits_all=logits_all,
+          type_k=ggml_type,
+          type_v=ggml_type,
+          flash_attn=flash_attn,
+          verbose=True,
+        )
+    except ValueError as e:  # not a GGUF, torn, or of an architecture it does not know
+      said = [ln for ln in log.getvalue().splitlines() if "error" in ln.lower()]
+      raise UserError(f"llama.cpp cannot load {path}: {said[-1] if said else e}") from None
     from llama_cpp._logger import set_verbose
 
     set_verbose(False)  # the load's log is read; decoding's is not wanted
