@@ -188,7 +188,8 @@ def export(params, cfg, out_file: str, tokenizer, generation_settings=None, outt
   if tokenizer is None:
     raise UserError("a GGUF holds its tokenizer: pass the one the model was trained with")
   form = form_of(cfg)
-  hf.exportable(params, cfg, form)  # refusals first, before anything is written
+  # refusals first, before anything is written; what it gives save_hf is its own fixed point
+  params, cfg = hf.exportable(params, cfg, form)
   parent = os.path.dirname(os.path.abspath(out_file))
   os.makedirs(parent, exist_ok=True)
   staging = tempfile.mkdtemp(prefix=".gguf-src-", dir=parent)

@@ -230,15 +230,16 @@ def main(argv: list[str] | None = None) -> int:
         f"--export=decilm is for a Llama with per-layer KV heads; a {family.title} model "
         f"exports as hf or gguf"
       )
-    hf.exportable(params, cfg, gguf.form_of(cfg) if fmt == "gguf" else fmt)
+    # folded / expanded once here; the writers take it as it is (exportable's fixed point)
+    exported = hf.exportable(params, cfg, gguf.form_of(cfg) if fmt == "gguf" else fmt)
     # a GGUF needs its tokenizer, and one named with --tokenizer must be there
     tokenizer = export_tokenizer(source, cfg, a.tokenizer, fmt == "gguf" or bool(a.tokenizer))
   # the export first: llama.cpp's converter may still refuse, and then nothing is written
   if export and fmt == "gguf":
-    gguf.export(params, cfg, path, tokenizer, settings, a.gguf_type)
+    gguf.export(*exported, path, tokenizer, settings, a.gguf_type)
     print(f"wrote GGUF file {path} (llama.cpp: llama-cli -m {path} -fa on)")
   elif export:
-    hf.save_hf(params, cfg, path, settings, form=fmt, tokenizer=tokenizer)
+    hf.save_hf(*exported, path, settings, form=fmt, tokenizer=tokenizer)
     print(f"wrote {'HF' if fmt == 'hf' else 'DeciLM'} directory {path}")
   if a.out:
     params_io.save(params, cfg, a.out, settings)

@@ -32,7 +32,6 @@ class LlamaFamily(Family):
   loss_on = ("all", "answer")
   eval_loss_on = "answer"
   hf_forms = ("hf", "decilm")  # decilm: per-layer KV heads (decilm.py)
-  spm_file = "tokenizer.model"
 
   def init_params(self, cfg, rng):
     return model.init_params(cfg, rng)
