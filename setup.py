@@ -14,6 +14,11 @@ ENGINES = [
   "sentencepiece>=0.2",
 ]
 
+# EleutherAI's lm-evaluation-harness: our models as its "wgqa_jax" model (wgqa_jax.lab.harness,
+# python -m wgqa_jax.harness) and the lab's --eval_tasks. Pinned: the tests hold our model equal
+# to its HF model, whose conventions move between releases. accelerate: its HF model needs it.
+HARNESS = ["lm_eval==0.4.13", "accelerate==1.16.0"]
+
 setup(
   name="wgqa_jax",
   version="0.1.0",
@@ -62,8 +67,10 @@ setup(
       "ruff==0.17.6",
       "import-linter==2.17",
       *ENGINES,
+      *HARNESS,
     ],
     "engines": ENGINES,
+    "harness": HARNESS,
     "gpu": ["jax[cuda12]"],
   },
 )

@@ -79,6 +79,9 @@ class Family(abc.ABC):
   # transformers class, first), and the name engines read its sentencepiece vocabulary under
   hf_forms: tuple[str, ...] = ("hf",)
   spm_file: str = "tokenizer.model"
+  # an encoder reads the context and a decoder the continuation (T5); else one decoder reads
+  # both (wgqa_jax.lab.harness scores them as lm-evaluation-harness's HF model does)
+  encoder_decoder: bool = False
 
   # ---- the model ----
   @abc.abstractmethod
@@ -115,6 +118,11 @@ class Family(abc.ABC):
   def exportable(self, params, cfg, form: str = "hf"):
     """(params, cfg) in a grouping HF form `form` (one of hf_forms) holds; a one-line UserError
     where there is none. `cfg.to_hf(form)` is then its config.json."""
+
+  def context_length(self, cfg) -> int:
+    """The longest context it takes (the harness truncates longer ones from the left): a
+    decoder-only model's max_position_embeddings, what HF's config says of it too."""
+    return cfg.max_position_embeddings
 
   def serving_form(self, cfg) -> str:
     """The HF form (one of hf_forms) that serving engines' converters read cfg's model in

@@ -5,9 +5,14 @@ converter and CTranslate2 read into the very ids we trained on.
       file as spiece.model (what HF's T5Tokenizer reads) and under the family's own name for it
       (Llama: tokenizer.model, where llama.cpp's converter looks), and a tokenizer_config.json /
       special_tokens_map.json naming its special pieces: pad 0, EOS 1, unk 2, no BOS, and T5's
-      sentinels as extra_ids. Its HF class is T5Tokenizer for both families: HF's LlamaTokenizer
-      reads a sentencepiece file as BPE, and gives a unigram vocabulary other ids. T5Tokenizer
-      ends a text with EOS, as our prompts (`input EOS`) do.
+      sentinels as extra_ids. Its HF class is T5Tokenizer (HF's LlamaTokenizer reads a
+      sentencepiece file as BPE, and gives a unigram vocabulary other ids), which ends every
+      text with EOS: right for T5, whose inputs end so. A decoder-only model's text ends with
+      nothing (lm-evaluation-harness's HF model splits context + continuation by tokens, and an
+      EOS after the context moved the continuation by one): its export also has a
+      tokenizer.json, the same vocabulary with no token added, of class
+      PreTrainedTokenizerFast, which transformers reads first (written where transformers is
+      installed, as it is wherever that export is read; else a line says so).
   a Hugging Face tokenizer: its own files (save_pretrained)
   bytes: no files can hold it; `check` refuses in one line
 """
@@ -68,6 +73,9 @@ def write(tokenizer, cfg, out_dir: str) -> list[str]:
     "add_eos_token": False,
     "extra_ids": tokenizer.extra_ids,
     "legacy": False,
+    # the longest context (T5's config.json has no such field: t5-small's tokenizer says 512,
+    # where lm-evaluation-harness's HF model reads it)
+    "model_max_length": family.context_length(cfg),
   }
   files = {
     **{name: tokenizer.proto for name in {SPM_FILE, family.spm_file}},
@@ -77,4 +85,29 @@ def write(tokenizer, cfg, out_dir: str) -> list[str]:
   for name, data in files.items():
     with open(os.path.join(out_dir, name), "wb") as f:
       f.write(data)
+  if not family.encoder_decoder:
+    return list(files) + _plain_fast_tokenizer(out_dir)
   return list(files)
+
+
+def _plain_fast_tokenizer(out_dir: str) -> list[str]:
+  """Make the T5Tokenizer files in out_dir a tokenizer that adds no token (see the module's
+  docstring): tokenizer.json and its class; the names written, none without transformers."""
+  try:
+    from tokenizers import processors
+    from transformers import AutoTokenizer
+  except ImportError:
+    print(
+      "note: transformers is not installed: this export's HF tokenizer (T5Tokenizer) ends "
+      "every text with EOS; install transformers and export again for one that does not"
+    )
+    return []
+  backend = AutoTokenizer.from_pretrained(out_dir).backend_tokenizer
+  backend.post_processor = processors.TemplateProcessing(single="$A", pair="$A $B")
+  backend.save(os.path.join(out_dir, "tokenizer.json"))
+  config_file = os.path.join(out_dir, "tokenizer_config.json")
+  with open(config_file) as f:
+    settings = json.load(f)
+  with open(config_file, "w") as f:
+    json.dump({**settings, "tokenizer_class": "PreTrainedTokenizerFast"}, f, indent=2)
+  return ["tokenizer.json"]

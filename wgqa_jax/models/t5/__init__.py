@@ -41,6 +41,7 @@ class T5Family(Family):
   objectives = ("pairs", "span_corruption")
   hf_forms = ("hf", "untied")  # untied: a tied head written out, for llama.cpp (exportable)
   spm_file = "spiece.model"
+  encoder_decoder = True
 
   def init_params(self, cfg, rng):
     return model.init_params(cfg, rng)
@@ -84,6 +85,11 @@ class T5Family(Family):
       params = {**params, "lm_head": np.asarray(head, np.float32) * scale}
       cfg = cfg.replace(tie_word_embeddings=False, scale_decoder_outputs=False)
     return params, cfg
+
+  def context_length(self, cfg):
+    """Relative positions set no limit; T5 was trained on 512 input tokens (t5-small's
+    tokenizer says so too, model_max_length, which the harness's HF model reads)."""
+    return 512
 
   def serving_form(self, cfg):
     return "untied"
