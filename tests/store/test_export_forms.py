@@ -99,8 +99,11 @@ def test_exported_tokenizer_files_give_our_ids_in_transformers(tmp_path, spm, ar
   for text in ["summarize: kato mira nelo.", "Ünïcode ☃ and  spaces\tand 9:40"]:
     ours = spm.encode(text)
     assert tok(text, add_special_tokens=False)["input_ids"] == ours
-    assert tok(text)["input_ids"] == ours + [spm.eos_id]  # a prompt as we train: `input EOS`
+    # T5's text ends with EOS, as its inputs do; a decoder-only model's with nothing (what
+    # lm-evaluation-harness's HF model splits into context and continuation by tokens)
+    assert tok(text)["input_ids"] == ours + ([spm.eos_id] if arch == "tiny" else [])
   assert (tok.pad_token_id, tok.eos_token_id, tok.unk_token_id) == (0, 1, 2)
+  assert tok.model_max_length == models.family_of(cfg).context_length(cfg)
 
 
 def test_a_byte_level_tokenizer_has_no_files_and_is_refused(tmp_path):

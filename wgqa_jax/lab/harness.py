@@ -329,3 +329,53 @@ class HarnessLM(TemplateLM):
         bar.update(len(chunk))
     bar.close()
     return out
+
+
+# ---- the lab: harness metrics beside held-out loss ----
+def task_manager(include_path: str | None = None):
+  """The harness's tasks, with the task YAMLs under include_path (a one-line refusal when that
+  folder is not there: the harness would ignore it)."""
+  import os
+
+  from lm_eval.tasks import TaskManager
+
+  if include_path is not None and not os.path.isdir(include_path):
+    raise UserError(f"task folder {include_path}: no such directory")
+  return TaskManager(include_path=include_path)
+
+
+def check_tasks(names: list[str], include_path: str | None = None):
+  """The TaskManager that knows every one of `names` (a one-line refusal of those it does
+  not), before any work."""
+  manager = task_manager(include_path)
+  missing = [n for n in names if n not in manager.all_tasks]
+  if missing:
+    where = f" (nor under {include_path})" if include_path else ""
+    raise UserError(f"lm-evaluation-harness has no task {missing}{where}")
+  return manager
+
+
+def scorer(names: list[str], include_path: str | None = None, limit: int | None = None, **lm_args):
+  """A function (params, cfg, tokenizer) -> {"eval/TASK:METRIC": value} that scores a model in
+  memory on the harness's tasks (their numeric metrics, not the stderrs): training's
+  extra_eval, at conversion and after uptraining (wgqa_jax.lab.pareto)."""
+  import lm_eval
+
+  manager = check_tasks(names, include_path)
+
+  def score(params, cfg, tokenizer) -> dict:
+    results = lm_eval.simple_evaluate(
+      model=HarnessLM(loaded=(params, cfg, tokenizer), **lm_args),
+      tasks=list(names),
+      task_manager=manager,
+      limit=limit,
+      verbosity="WARNING",
+    )["results"]
+    return {
+      f"eval/{task}:{metric.split(',')[0]}": float(value)
+      for task, metrics in results.items()
+      for metric, value in metrics.items()
+      if "," in metric and "_stderr" not in metric and isinstance(value, (int, float))
+    }
+
+  return score

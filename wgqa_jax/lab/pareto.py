@@ -181,17 +181,29 @@ def run(
   pretrain_steps: int,
   out: str,
   command: str,
+  eval_tasks: list[str] = (),
+  eval_include_path: str | None = None,
+  eval_limit: int | None = None,
 ) -> str:
   """Every point (the MHA reference, then each budget x method), the report rewritten after
-  each; returns results.md."""
+  each; returns results.md. eval_tasks: lm-evaluation-harness tasks (eval_include_path: a
+  folder of local ones) scored at every point's evals beside the loss (at conversion and after
+  uptraining; a run that finished before they were asked for is not scored again)."""
   cfg, heads = check(base, methods, budgets, steps, pretrain_steps)
+  extra_eval = None
+  if eval_tasks:
+    from wgqa_jax.lab import harness  # lm-evaluation-harness: only when asked for
+
+    extra_eval = harness.scorer(list(eval_tasks), eval_include_path, eval_limit)
   os.makedirs(out, exist_ok=True)
   t0 = time.time()
   init_from, pre = sweep.mha_checkpoint(base, out, pretrain_steps)
 
   def point(method: str, grouping: dict, g: int, budget: str) -> Point:
     workdir = os.path.join(out, "mha" if method == "mha" else f"{method}_kv{g}")
-    final = sweep.uptrain(base, grouping, init_from, pre, steps, workdir, evals=1)
+    final = sweep.uptrain(
+      base, grouping, init_from, pre, steps, workdir, evals=1, extra_eval=extra_eval
+    )
     return Point(
       method,
       g,

@@ -68,44 +68,53 @@ def loss_table(points: list[Point], methods: list[str], key: str, title: str) ->
   )
 
 
+def harness_metrics(points: list[Point]) -> list[str]:
+  """The lm-evaluation-harness metrics the points were scored on ("TASK:METRIC",
+  wgqa_jax.lab.harness.scorer), sorted."""
+  return sorted({k for p in points for k in {**p.at_conversion, **p.after} if ":" in k})
+
+
 def plot(points: list[Point], out_png: str, steps: int) -> None:
+  """Held-out loss against KV bytes (the frontier marked), and one row per harness metric."""
   import matplotlib
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=False)
+  rows = ["loss", *harness_metrics(points)]
+  fig, axes = plt.subplots(len(rows), 2, figsize=(11, 4.2 * len(rows)), squeeze=False)
   methods = list(dict.fromkeys(p.method for p in points))
-  for ax, key, title in (
-    (axes[0], "at_conversion", "right after conversion"),
-    (axes[1], "after", f"after {steps} uptraining steps"),
-  ):
-    off = dominated(points, key)
-    for n, m in enumerate(methods):
-      mine = sorted(
-        (p.bytes_per_token, getattr(p, key)["loss"], i)
-        for i, p in enumerate(points)
-        if p.method == m
-      )
-      color = f"C{n}"
-      ax.plot(
-        [b for b, _, _ in mine], [l for _, l, _ in mine], "-", color=color, alpha=0.6, label=m
-      )
-      for b, loss, i in mine:
-        ax.plot(
-          b, loss, "o", color=color, markersize=7, markerfacecolor="white" if i in off else color
+  for r, metric in enumerate(rows):
+    for ax, key, title in (
+      (axes[r][0], "at_conversion", "right after conversion"),
+      (axes[r][1], "after", f"after {steps} uptraining steps"),
+    ):
+      value = lambda p: getattr(p, key).get(metric, float("nan"))
+      off = dominated(points, key) if metric == "loss" else set()
+      for n, m in enumerate(methods):
+        mine = sorted(
+          (p.bytes_per_token, value(p), i) for i, p in enumerate(points) if p.method == m
         )
-    frontier = sorted(
-      (p.bytes_per_token, getattr(p, key)["loss"]) for i, p in enumerate(points) if i not in off
-    )
-    ax.plot([b for b, _ in frontier], [l for _, l in frontier], "k:", lw=1, label="frontier")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("KV-cache bytes per token")
-    ax.set_ylabel("held-out loss")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-  axes[0].legend(fontsize=8)
-  fig.suptitle("quality vs KV cache (filled: on the frontier; hollow: dominated)", fontsize=10)
+        color = f"C{n}"
+        ax.plot(
+          [b for b, _, _ in mine], [v for _, v, _ in mine], "-", color=color, alpha=0.6, label=m
+        )
+        for b, v, i in mine:
+          ax.plot(
+            b, v, "o", color=color, markersize=7, markerfacecolor="white" if i in off else color
+          )
+      if metric == "loss":
+        frontier = sorted(
+          (p.bytes_per_token, value(p)) for i, p in enumerate(points) if i not in off
+        )
+        ax.plot([b for b, _ in frontier], [v for _, v in frontier], "k:", lw=1, label="frontier")
+      ax.set_xscale("log", base=2)
+      ax.set_xlabel("KV-cache bytes per token")
+      ax.set_ylabel("held-out loss" if metric == "loss" else metric)
+      ax.set_title(title)
+      ax.grid(alpha=0.3)
+  axes[0][0].legend(fontsize=8)
+  fig.suptitle("quality vs KV cache (filled: on the loss frontier; hollow: dominated)", fontsize=10)
   fig.tight_layout()
   fig.savefig(out_png, dpi=120)
   plt.close(fig)
@@ -146,7 +155,17 @@ def write(
       lambda i, p: "" if p.proxy is None else f"{p.proxy:.4f}",
     )
     lines += [ranking, ""]
-  extra = sorted({k for p in points for k in p.after} - {"loss", "perplexity"})
+  harness = harness_metrics(points)
+  for metric in harness:
+    lines += table(
+      points,
+      ["mha"] + methods,
+      f"{metric} (lm-evaluation-harness): at conversion -> after {steps} steps",
+      lambda i, p: " -> ".join(
+        f"{getattr(p, key).get(metric, float('nan')):.4g}" for key in ("at_conversion", "after")
+      ),
+    )
+  extra = sorted({k for p in points for k in p.after} - {"loss", "perplexity", *harness})
   if extra:
     lines += [
       f"Other metrics after {steps} steps:",

@@ -33,10 +33,12 @@ def uptrain(
   steps: int,
   workdir: str,
   evals: int = 3,
+  extra_eval=None,
 ) -> dict:
   """Uptrain one grouping (the config's grouping section, e.g. {"variant": "gqa"}) from the MHA
   checkpoint for `steps`, evaluating at the start and `evals` times; returns its final eval
-  metrics. A run that already finished (with this config) is read back, not started."""
+  metrics. A run that already finished (with this config) is read back, not started.
+  extra_eval: more metrics at each eval (trainer.train's)."""
   c = base.copy_and_resolve_references()
   every = max(steps // evals, 1)  # three "epochs" of weights for the plots by default
   c.update(
@@ -66,7 +68,7 @@ def uptrain(
     f"== {', '.join(f'{k}={v}' for k, v in grouping.items())}: {steps} steps from "
     f"{init_from} -> {workdir}"
   )
-  trainer.train(c, workdir)
+  trainer.train(c, workdir, extra_eval=extra_eval)
   return finished(workdir, steps)
 
 

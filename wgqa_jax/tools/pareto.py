@@ -9,6 +9,10 @@ every KV budget, from one MHA checkpoint (the library: wgqa_jax.lab.pareto).
 --config and --config.SECTION.KEY=VALUE overrides work as in wgqa_jax.train and apply to every
 run. OUT/results.md, results.json and pareto.png: quality against KV-cache bytes per token, a
 column per method, the points off the frontier marked. Re-running resumes.
+
+--eval_tasks=TASKS scores every point on lm-evaluation-harness tasks too (wgqa_jax.lab.harness),
+right after conversion and after uptraining: the standard ones download their datasets
+(internet), local ones are task YAMLs in --eval_include_path (examples/harness_tasks/).
 """
 
 from __future__ import annotations
@@ -40,6 +44,16 @@ flags.DEFINE_integer(
   flag_values=FLAGS,
 )
 flags.DEFINE_string("out", None, "results directory", flag_values=FLAGS)
+flags.DEFINE_list(
+  "eval_tasks",
+  [],
+  "lm-evaluation-harness tasks scored at conversion and after uptraining, beside the loss",
+  flag_values=FLAGS,
+)
+flags.DEFINE_string(
+  "eval_include_path", None, "a folder of the harness's task YAMLs (local tasks)", flag_values=FLAGS
+)
+flags.DEFINE_integer("eval_limit", None, "examples per task (default: all)", flag_values=FLAGS)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
       args.pretrain_steps,
       args.out,
       command,
+      eval_tasks=[t.strip() for t in args.eval_tasks if t.strip()],
+      eval_include_path=args.eval_include_path,
+      eval_limit=args.eval_limit,
     )
   )
   return 0

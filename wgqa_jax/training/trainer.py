@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 
 import jax
 import ml_collections
@@ -51,25 +52,37 @@ from wgqa_jax.training.validation import validate
 __all__ = ["Diverged", "Preempted", "train"]
 
 
-def train(c: ml_collections.ConfigDict, workdir: str, stop_after: int | None = None) -> dict:
+def train(
+  c: ml_collections.ConfigDict,
+  workdir: str,
+  stop_after: int | None = None,
+  extra_eval: Callable | None = None,
+) -> dict:
   """Run (or resume) training; returns the last train and eval metrics. Usable from notebooks
   and tests. Raises Preempted (after saving) on SIGTERM / SIGINT, Diverged when the NaN guard
   gives up, UserError on bad input (before the workdir is touched).
 
   stop_after: behave as if preempted once that many steps are done (save, raise Preempted).
+  extra_eval: (host params, model config, tokenizer) -> {"eval/NAME": value}, more metrics at
+  every eval (the lab's lm-evaluation-harness tasks, wgqa_jax.lab.harness.scorer).
   One run writes a workdir at a time: a second one refuses (wgqa_jax.core.workdir.Lock).
   """
   validate(c)
   lock = workdir_lib.Lock(os.path.abspath(workdir))
   try:  # the sharding rules in force for every param placed and every step traced
     with Preemption() as preempted, sharding.use_rules(preflight.sharding_rules(c)):
-      return _train(c, workdir, stop_after, lock, preempted)
+      return _train(c, workdir, stop_after, lock, preempted, extra_eval)
   finally:
     lock.release()
 
 
 def _train(
-  c, workdir: str, stop_after: int | None, lock: workdir_lib.Lock, preempted: Preemption
+  c,
+  workdir: str,
+  stop_after: int | None,
+  lock: workdir_lib.Lock,
+  preempted: Preemption,
+  extra_eval: Callable | None = None,
 ) -> dict:
   # ---- checks that can fail, before anything in the workdir is written ----
   variant = variants.get(c.grouping.variant)
@@ -169,6 +182,8 @@ def _train(
     )
     host_params = sharding.to_host(state["params"])  # every process: a collective on multi-host
     result.update(evaluation.wgqa_weight_stats(host_params))
+    if extra_eval is not None:
+      result.update(extra_eval(host_params, cfg, tokenizer))
     writer.write(step, result, objective=c.data.objective)
     say(
       f"eval @ {step} ({c.data.objective}): "

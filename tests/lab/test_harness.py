@@ -1,0 +1,288 @@
+"""wgqa_jax as an lm-evaluation-harness model (wgqa_jax.lab.harness), on tiny models trained here
+for a few seconds, with three small local tasks (the harness's own readers: `dataset_path: json`
+with `data_files`, `--include_path`): multiple choice (loglikelihood), perplexity
+(loglikelihood_rolling, documents longer than the context: several windows) and generation
+(generate_until, 16 new tokens, no stop string but EOS).
+
+- Equal to the harness's own HF model (`--model hf`) on the HF export of the same weights, per
+  example: log-likelihoods to 1e-5 of their size (float32 both sides; seen: ~1e-7), is-greedy
+  flags, and greedy generations (T5: ours is a prefix of HF's, which may run longer: see the
+  module's docstring).
+- Every variant, those no HF export holds included (per-layer G, KDGQA / DGQA, unequal groups,
+  un-folded WGQA): the harness's batched, bucketed, padded requests equal our model on each
+  request alone (its forward pass; its decoding), and un-folded WGQA equals its folded form.
+- `python -m wgqa_jax.harness` runs the harness's command line; bad input is one line, exit 2.
+"""
+
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import lm_eval
+import numpy as np
+import pytest
+from conftest import REPO
+from engine_runs import convert, train_tiny
+from lm_eval.tasks import TaskManager
+
+from wgqa_jax import decoding
+from wgqa_jax.data import tasks
+from wgqa_jax.decoding import GenerationConfig
+from wgqa_jax.grouping import variants
+from wgqa_jax.lab.harness import HarnessLM
+from wgqa_jax.models import family_of
+from wgqa_jax.training import calibration
+
+TASKS = ["wgqa_mc", "wgqa_ppl", "wgqa_gen"]
+NEW_TOKENS = 16
+
+
+def write_tasks(folder, max_length: int):
+  """The three task YAMLs and their JSON-lines data, from the built-in task's test split (what
+  the tiny models were trained on); perplexity documents longer than max_length tokens."""
+  folder.mkdir(exist_ok=True)
+  pairs = [tasks.source("synthetic_summarize", "test", 8)[i] for i in range(8)]
+  leads = [t for _, t in pairs]
+  rows = {
+    "mc": [
+      {"doc": d, "choices": [leads[i], leads[(i + 1) % 8], leads[(i + 3) % 8]], "label": 0}
+      for i, (d, _) in enumerate(pairs[:6])
+    ],
+    "ppl": [{"text": d} for d, _ in pairs[:3]] + [{"text": " ".join(d for d, _ in pairs) * 4}],
+    # documents cut mid-sentence: a decoder-only model continues them (after a whole one, the
+    # end of its input, it says EOS at once)
+    "gen": [{"prompt": " ".join(d.split()[:9]), "answer": t} for d, t in pairs[:5]],
+  }
+  for name, data in rows.items():
+    (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data))
+
+  def source(name):
+    return (
+      f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {folder / name}.jsonl\n"
+      "test_split: test\n"
+    )
+
+  def metric(name, agg, up):
+    return f"  - metric: {name}\n    aggregation: {agg}\n    higher_is_better: {up}\n"
+
+  (folder / "mc.yaml").write_text(
+    "task: wgqa_mc\n" + source("mc") + "output_type: multiple_choice\n"
+    'doc_to_text: "{{doc}}"\ndoc_to_target: "{{label}}"\ndoc_to_choice: "{{choices}}"\n'
+    "metric_list:\n" + metric("acc", "mean", "true") + metric("acc_norm", "mean", "true")
+  )
+  (folder / "ppl.yaml").write_text(
+    "task: wgqa_ppl\n" + source("ppl") + "output_type: loglikelihood_rolling\n"
+    'doc_to_text: ""\ndoc_to_target: "{{text}}"\nmetric_list:\n'
+    + metric("word_perplexity", "weighted_perplexity", "false")
+    + metric("bits_per_byte", "bits_per_byte", "false")
+  )
+  (folder / "gen.yaml").write_text(
+    "task: wgqa_gen\n" + source("gen") + "output_type: generate_until\n"
+    'doc_to_text: "{{prompt}}"\ndoc_to_target: "{{answer}}"\n'
+    f"generation_kwargs:\n  until: []\n  max_gen_toks: {NEW_TOKENS}\n  do_sample: false\n"
+    "metric_list:\n" + metric("exact_match", "mean", "true")
+  )
+  return str(folder)
+
+
+def evaluate(model, include_path, **kwargs):
+  """The harness's simple_evaluate on the three tasks: {task: [per-example responses]}."""
+  out = lm_eval.simple_evaluate(
+    model=model,
+    tasks=TASKS,
+    task_manager=TaskManager(include_path=include_path),
+    log_samples=True,
+    batch_size=4,
+    **kwargs,
+  )
+  return {t: [s["resps"] for s in out["samples"][t]] for t in TASKS}, out["results"]
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+  """(workdir, params, cfg, tokenizer, HF export, task folder) of a tiny trained MHA Llama."""
+  wd, params, cfg, tok = train_tiny(tmp_path_factory, "configs/llama_tiny.py", 80)
+  hf = tmp_path_factory.mktemp("hf") / "llama"
+  convert(f"--params={wd / 'final'}", "--export=hf", f"--export_to={hf}")
+  return wd, params, cfg, tok, str(hf), write_tasks(tmp_path_factory.mktemp("t"), 512)
+
+
+@pytest.fixture(scope="module")
+def t5(tmp_path_factory):
+  wd, params, cfg, tok = train_tiny(tmp_path_factory, "configs/tiny.py", 80)
+  hf = tmp_path_factory.mktemp("hf") / "t5"
+  convert(f"--params={wd / 'final'}", "--export=hf", f"--export_to={hf}")
+  return wd, params, cfg, tok, str(hf), write_tasks(tmp_path_factory.mktemp("t"), 512)
+
+
+def assert_equal_responses(ours, theirs, seq2seq_tok=None):
+  for task in TASKS:
+    assert len(ours[task]) == len(theirs[task]) > 0
+    for a, b in zip(ours[task], theirs[task]):
+      if task == "wgqa_gen":
+        if seq2seq_tok is None:
+          assert a == b
+        else:  # HF's T5 may generate past max_gen_toks; ours stops there
+          assert b[0][0].startswith(a[0][0]), (a, b)
+        continue
+      assert len(a) == len(b)  # a request per choice (mc), one per document (ppl)
+      for (x,), (y,) in zip(a, b):  # a log-likelihood; mc: (log-likelihood, is-greedy)
+        if task == "wgqa_ppl":
+          np.testing.assert_allclose(x, y, rtol=1e-5)
+        else:
+          np.testing.assert_allclose(x[0], y[0], rtol=1e-5)
+          assert x[1] == y[1]
+
+
+def test_llama_equals_the_harness_hf_model(llama):
+  wd, _, _, tok, hf, include = llama
+  ours, _ = evaluate(HarnessLM(checkpoint=str(wd)), include)
+  theirs, _ = evaluate("hf", include, model_args=f"pretrained={hf},dtype=float32", device="cpu")
+  assert_equal_responses(ours, theirs)
+  # the generations are more than EOS: tokens of greedy search to compare (a tiny model: seen
+  # 16 of "." and ".." after 80 steps)
+  assert sum(len(tok.encode(r[0][0])) for r in ours["wgqa_gen"]) > 10, ours["wgqa_gen"]
+  # the long document took several windows of 512 tokens
+  assert len(tok.encode(json.loads(open(f"{include}/ppl.jsonl").readlines()[-1])["text"])) > 512
+
+
+def test_t5_equals_the_harness_hf_model(t5):
+  wd, _, _, tok, hf, include = t5
+  ours, _ = evaluate(HarnessLM(checkpoint=str(wd)), include)
+  theirs, _ = evaluate("hf", include, model_args=f"pretrained={hf},dtype=float32", device="cpu")
+  assert_equal_responses(ours, theirs, seq2seq_tok=tok)
+  assert sum(len(tok.encode(r[0][0])) for r in ours["wgqa_gen"]) > 10, ours["wgqa_gen"]
+
+
+# ---- every variant: the harness's batches equal the model on each request alone ----
+def stats(params, cfg, tok):
+  """The MHA model's calibration statistics (a calibrated merge's input)."""
+  ids = np.zeros((8, 64), np.int32)
+  for i, (doc, _) in enumerate(tasks.source("synthetic_summarize", "train", 8)):
+    row = tok.encode(doc)[:64]
+    ids[i, : len(row)] = row
+  rows = {
+    "tokens": ids,
+    "segment_ids": (ids > 0).astype(np.int32),
+    "positions": np.tile(np.arange(64), (8, 1)).astype(np.int32),
+  }
+  return calibration.collect(params, cfg, iter([rows]), 1, desc=None)
+
+
+def variant(name, params, cfg, tok):
+  if name == "random-gqa":  # random weights: every output token hangs on every input token
+    params = jax.device_get(family_of(cfg).init_params(cfg, jax.random.PRNGKey(7)))
+    return variants.from_mha(params, cfg, "gqa", 2)
+  if name == "per-layer":  # each layer its own G (no HF form holds it)
+    heads = {("layers_0", "attention"): 1, ("layers_1", "attention"): 2}
+    return variants.from_mha(
+      params, cfg, "svd", 2, calibration=stats(params, cfg, tok), module_kv_heads=heads
+    )
+  if name == "asymgqa":  # unequal groups
+    return variants.from_mha(params, cfg, "asymgqa", 2, group_sizes=(1, 3))
+  return variants.from_mha(params, cfg, name, 2, seed=3)
+
+
+def alone(params, cfg, tok, lm, request):
+  """What our model gives one request alone, unpadded: (log-likelihood of a continuation, its
+  greedy flag) or a greedy continuation's text."""
+  if request[0] == "gen":  # ("gen", prompt)
+    ids = lm.tok_encode(request[1])
+    out = decoding.generate(
+      params, cfg, np.array([ids], np.int32), GenerationConfig(max_new_tokens=NEW_TOKENS),
+      attention_mask=np.ones((1, len(ids)), np.int32),
+    )  # fmt: skip
+    return tok.decode(np.asarray(out)[0])
+  ctx, cont = lm._encode_pair(*request)
+  whole = np.array([ctx + cont], np.int32)
+  batch = {
+    "tokens": whole,
+    "segment_ids": np.ones_like(whole),
+    "positions": np.arange(whole.shape[1], dtype=np.int32)[None],
+  }
+  logits, labels, _ = family_of(cfg).forward(params, batch, cfg)
+  logp = np.asarray(jax.nn.log_softmax(jnp.asarray(logits, jnp.float32)))[0]
+  picked = logp[np.arange(len(labels[0])), np.asarray(labels[0])][-len(cont) :]
+  greedy = (logp.argmax(-1) == np.asarray(labels[0]))[-len(cont) :]
+  return float(picked.sum()), bool(greedy.all())
+
+
+class Req:  # what the harness hands a model: .args
+  def __init__(self, *args):
+    self.args = args
+
+
+@pytest.mark.parametrize(
+  "name", ["random-gqa", "gqa", "mqa", "wgqa", "kdgqa", "dgqa", "asymgqa", "per-layer"]
+)
+def test_every_llama_variant_scores_as_alone(llama, name):
+  _, mha, mha_cfg, tok, _, _ = llama
+  params, cfg = variant(name, mha, mha_cfg, tok)
+  lm = HarnessLM(loaded=(params, cfg, tok), batch_size=4)
+  docs = [d for d, _ in tasks.source("synthetic_summarize", "test", 6)]
+  pairs = [(d, " " + docs[(i + 2) % 6].split(".")[0]) for i, d in enumerate(docs)]
+  got = lm.loglikelihood([Req(*p) for p in pairs], disable_tqdm=True)  # 6 rows: one filler
+  for p, g in zip(pairs, got):
+    want = alone(params, cfg, tok, lm, p)  # (context, continuation)
+    np.testing.assert_allclose(g[0], want[0], rtol=1e-5)
+    assert g[1] == want[1]
+  prompts = [" ".join(d.split()[:9]) for d in docs[:5]]  # cut mid-sentence: continued
+  gens = lm.generate_until(
+    [Req(p, {"until": [], "max_gen_toks": NEW_TOKENS}) for p in prompts], disable_tqdm=True
+  )
+  assert gens == [alone(params, cfg, tok, lm, ("gen", p)) for p in prompts]
+  assert sum(len(tok.encode(g)) for g in gens) > 5, gens
+  if name == "wgqa":  # its learnt weights un-folded score as the folded GQA model
+    folded = HarnessLM(loaded=(params, cfg, tok), batch_size=4, fold=True)
+    np.testing.assert_allclose(
+      [g[0] for g in folded.loglikelihood([Req(*p) for p in pairs], disable_tqdm=True)],
+      [g[0] for g in got],
+      rtol=1e-5,
+    )
+
+
+# ---- the command line ----
+def harness(*args):
+  return subprocess.run(
+    [sys.executable, "-m", "wgqa_jax.harness", *args],
+    cwd=REPO, capture_output=True, text=True, timeout=600,
+  )  # fmt: skip
+
+
+def test_command_line_writes_the_harness_results(llama, tmp_path):
+  wd, *_, include = llama
+  r = harness(
+    "--model", "wgqa_jax", "--model_args", f"checkpoint={wd}", "--tasks", "wgqa_mc,wgqa_ppl",
+    "--include_path", include, "--limit", "2", "--output_path", str(tmp_path / "out"),
+  )  # fmt: skip
+  assert r.returncode == 0, r.stderr[-3000:]
+  (results,) = list((tmp_path / "out").rglob("results_*.json"))
+  got = json.loads(results.read_text())
+  assert got["results"]["wgqa_mc"]["sample_len"] == 2
+  assert got["config"]["model"] == "wgqa_jax"
+
+
+def test_bad_input_is_one_line_and_exit_2(llama, tmp_path):
+  wd, *_, include = llama
+  damaged = tmp_path / "damaged"
+  damaged.mkdir()
+  for f in (wd / "final").iterdir():
+    data = f.read_bytes()
+    if f.name == "params.safetensors":  # one byte of a tensor flipped
+      data = data[:-9] + bytes([data[-9] ^ 1]) + data[-8:]
+    (damaged / f.name).write_bytes(data)
+  cases = {
+    "no such checkpoint": ("--model_args", f"checkpoint={tmp_path / 'nothing'}"),
+    "damaged checkpoint": ("--model_args", f"checkpoint={damaged}"),
+    "unknown model_args": ("--model_args", f"checkpoint={wd},temperature=3"),
+    "no checkpoint": (),
+  }
+  for what, args in cases.items():
+    r = harness("--model", "wgqa_jax", *args, "--tasks", "wgqa_mc", "--include_path", include)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and lines[-1].startswith("error: ") and "Traceback" not in r.stderr
+    assert len([l for l in lines if not l.startswith("WARNING")]) == 1, (what, r.stderr)
+  r = harness("--model", "wgqa_jax", "--model_args", f"checkpoint={wd}", "--tasks", "nosuch")
+  assert r.returncode == 2 and "nosuch" in r.stderr.splitlines()[-1], r.stderr
