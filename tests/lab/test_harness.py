@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 from conftest import REPO
 from engine_runs import convert, train_tiny
+from harness_tasks import NEW_TOKENS, TASKS, write_tasks
 from lm_eval.tasks import TaskManager
 
 from wgqa_jax import decoding
@@ -34,57 +35,6 @@ from wgqa_jax.grouping import variants
 from wgqa_jax.lab.harness import HarnessLM
 from wgqa_jax.models import family_of
 from wgqa_jax.training import calibration
-
-TASKS = ["wgqa_mc", "wgqa_ppl", "wgqa_gen"]
-NEW_TOKENS = 16
-
-
-def write_tasks(folder, max_length: int):
-  """The three task YAMLs and their JSON-lines data, from the built-in task's test split (what
-  the tiny models were trained on); perplexity documents longer than max_length tokens."""
-  folder.mkdir(exist_ok=True)
-  pairs = [tasks.source("synthetic_summarize", "test", 8)[i] for i in range(8)]
-  leads = [t for _, t in pairs]
-  rows = {
-    "mc": [
-      {"doc": d, "choices": [leads[i], leads[(i + 1) % 8], leads[(i + 3) % 8]], "label": 0}
-      for i, (d, _) in enumerate(pairs[:6])
-    ],
-    "ppl": [{"text": d} for d, _ in pairs[:3]] + [{"text": " ".join(d for d, _ in pairs) * 4}],
-    # documents cut mid-sentence: a decoder-only model continues them (after a whole one, the
-    # end of its input, it says EOS at once)
-    "gen": [{"prompt": " ".join(d.split()[:9]), "answer": t} for d, t in pairs[:5]],
-  }
-  for name, data in rows.items():
-    (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data))
-
-  def source(name):
-    return (
-      f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {folder / name}.jsonl\n"
-      "test_split: test\n"
-    )
-
-  def metric(name, agg, up):
-    return f"  - metric: {name}\n    aggregation: {agg}\n    higher_is_better: {up}\n"
-
-  (folder / "mc.yaml").write_text(
-    "task: wgqa_mc\n" + source("mc") + "output_type: multiple_choice\n"
-    'doc_to_text: "{{doc}}"\ndoc_to_target: "{{label}}"\ndoc_to_choice: "{{choices}}"\n'
-    "metric_list:\n" + metric("acc", "mean", "true") + metric("acc_norm", "mean", "true")
-  )
-  (folder / "ppl.yaml").write_text(
-    "task: wgqa_ppl\n" + source("ppl") + "output_type: loglikelihood_rolling\n"
-    'doc_to_text: ""\ndoc_to_target: "{{text}}"\nmetric_list:\n'
-    + metric("word_perplexity", "weighted_perplexity", "false")
-    + metric("bits_per_byte", "bits_per_byte", "false")
-  )
-  (folder / "gen.yaml").write_text(
-    "task: wgqa_gen\n" + source("gen") + "output_type: generate_until\n"
-    'doc_to_text: "{{prompt}}"\ndoc_to_target: "{{answer}}"\n'
-    f"generation_kwargs:\n  until: []\n  max_gen_toks: {NEW_TOKENS}\n  do_sample: false\n"
-    "metric_list:\n" + metric("exact_match", "mean", "true")
-  )
-  return str(folder)
 
 
 def evaluate(model, include_path, **kwargs):
@@ -106,7 +56,7 @@ def llama(tmp_path_factory):
   wd, params, cfg, tok = train_tiny(tmp_path_factory, "configs/llama_tiny.py", 80)
   hf = tmp_path_factory.mktemp("hf") / "llama"
   convert(f"--params={wd / 'final'}", "--export=hf", f"--export_to={hf}")
-  return wd, params, cfg, tok, str(hf), write_tasks(tmp_path_factory.mktemp("t"), 512)
+  return wd, params, cfg, tok, str(hf), write_tasks(tmp_path_factory.mktemp("t"))
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +64,7 @@ def t5(tmp_path_factory):
   wd, params, cfg, tok = train_tiny(tmp_path_factory, "configs/tiny.py", 80)
   hf = tmp_path_factory.mktemp("hf") / "t5"
   convert(f"--params={wd / 'final'}", "--export=hf", f"--export_to={hf}")
-  return wd, params, cfg, tok, str(hf), write_tasks(tmp_path_factory.mktemp("t"), 512)
+  return wd, params, cfg, tok, str(hf), write_tasks(tmp_path_factory.mktemp("t"))
 
 
 def assert_equal_responses(ours, theirs, seq2seq_tok=None):

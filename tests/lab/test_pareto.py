@@ -95,6 +95,45 @@ def test_pareto_runs_every_method_and_budget_and_resumes(tmp_path):
     sweep.uptrain(c, dict(c.grouping), c.model.init_from, None, 3, str(out / "svd_kv1"), 1)
 
 
+def test_pareto_scores_every_point_on_harness_tasks(tmp_path):
+  """--eval_tasks: lm-evaluation-harness metrics beside the loss, at conversion and after, for
+  every point, in results.md / json and as rows of the plot."""
+  from harness_tasks import write_tasks
+
+  out = tmp_path / "pareto"
+  include = write_tasks(tmp_path / "tasks")
+  args = [
+    "--config=configs/llama_uptrain.py:tiny",
+    f"--out={out}",
+    "--methods=mean",
+    "--budgets=1/4",
+    "--pretrain_steps=8",
+    "--steps=3",
+    "--eval_tasks=wgqa_mc,wgqa_ppl",
+    f"--eval_include_path={include}",
+    "--eval_limit=3",
+    *SETS,
+  ]
+  assert pareto.main(args) == 0
+  r = json.load(open(out / "results.json"))
+  assert [(p["method"], p["kv_heads"]) for p in r["points"]] == [("mha", 4), ("mean", 1)]
+  for p in r["points"]:
+    for key in ("at_conversion", "after"):
+      assert 0 <= p[key]["wgqa_mc:acc"] <= 1 and p[key]["wgqa_ppl:bits_per_byte"] > 0
+  mha, mean = r["points"]
+  # uptraining changed the model, and grouping it changed it too: real scores, not copies
+  assert mha["at_conversion"]["wgqa_ppl:bits_per_byte"] != mha["after"]["wgqa_ppl:bits_per_byte"]
+  assert (
+    mean["at_conversion"]["wgqa_ppl:bits_per_byte"]
+    != mha["at_conversion"]["wgqa_ppl:bits_per_byte"]
+  )
+  table = (out / "results.md").read_text()
+  assert "### wgqa_ppl:bits_per_byte (lm-evaluation-harness): at conversion -> after 3" in table
+  import matplotlib.image
+
+  assert matplotlib.image.imread(out / "pareto.png").shape[0] > 1200  # 1 + 5 metric rows
+
+
 def flatten(d, prefix=""):
   out = {}
   for k, v in d.items():
@@ -141,6 +180,14 @@ def test_frontier_marks_the_dominated_points():
     (
       ["--pretrain_steps=0"],
       "pareto converts one MHA checkpoint: pass --config.model.init_from=DIR",
+    ),
+    (
+      ["--budgets=1/2", "--eval_tasks=wgqa_nosuch"],
+      "lm-evaluation-harness has no task ['wgqa_nosuch']",
+    ),
+    (
+      ["--budgets=1/2", "--eval_tasks=wgqa_mc", "--eval_include_path=/nonexistent/tasks"],
+      "task folder /nonexistent/tasks: no such directory",
     ),
   ],
 )
