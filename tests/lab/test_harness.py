@@ -193,6 +193,57 @@ def test_every_llama_variant_scores_as_alone(llama, name):
     )
 
 
+@pytest.mark.parametrize("task,total", [("wgqa_mc", 18), ("wgqa_gen", 5)])
+def test_a_run_that_stops_keeps_what_it_scored_in_the_cache(
+  llama, tmp_path, monkeypatch, task, total
+):
+  """--use_cache: a run stopped after its first batch has that batch's answers in the cache
+  (the harness's partial-result hook), and a second run asks the model for the rest only."""
+  import wgqa_jax.lab.harness as harness
+
+  wd, *_, include = llama
+  cache = str(tmp_path / "cache")
+  batches = {"n": 0}
+
+  def second_batch_fails(real):
+    def call(*args, **kwargs):
+      batches["n"] += 1
+      if batches["n"] == 2:
+        raise RuntimeError("stopped")
+      return real(*args, **kwargs)
+
+    return call
+
+  run = lambda lm: lm_eval.simple_evaluate(
+    model=lm, tasks=[task], task_manager=TaskManager(include_path=include), use_cache=cache,
+    batch_size=4,
+  )  # fmt: skip
+  with monkeypatch.context() as m:
+    m.setattr(harness, "token_scores", second_batch_fails(harness.token_scores))
+    m.setattr(harness, "generate", second_batch_fails(harness.generate))
+    with pytest.raises(RuntimeError, match="stopped"):
+      run(HarnessLM(checkpoint=str(wd), batch_size=4))
+  asked = []
+
+  class Counting(HarnessLM):
+    def loglikelihood(self, requests, disable_tqdm=False):
+      asked.extend(requests)
+      return super().loglikelihood(requests, disable_tqdm)
+
+    def loglikelihood_rolling(self, requests, disable_tqdm=False):
+      asked.extend(requests)
+      return super().loglikelihood_rolling(requests, disable_tqdm)
+
+    def generate_until(self, requests, disable_tqdm=False):
+      asked.extend(requests)
+      return super().generate_until(requests, disable_tqdm)
+
+  results = run(Counting(checkpoint=str(wd), batch_size=4))["results"][task]
+  assert results["sample_len"] > 0
+  assert 0 < len(asked) < total  # (rolling log-likelihoods are kept per document at its end,
+  # as the harness's HF model keeps them)
+
+
 # ---- the command line ----
 def harness(*args):
   return subprocess.run(
