@@ -152,6 +152,8 @@ def alone(params, cfg, tok, lm, request):
     "segment_ids": np.ones_like(whole),
     "positions": np.arange(whole.shape[1], dtype=np.int32)[None],
   }
+  if family_of(cfg).encoder_decoder:  # the encoder reads the context, the decoder the rest
+    batch = {"inputs": np.array([ctx], np.int32), "targets": np.array([cont], np.int32)}
   logits, labels, _ = family_of(cfg).forward(params, batch, cfg)
   logp = np.asarray(jax.nn.log_softmax(jnp.asarray(logits, jnp.float32)))[0]
   picked = logp[np.arange(len(labels[0])), np.asarray(labels[0])][-len(cont) :]
@@ -164,11 +166,15 @@ class Req:  # what the harness hands a model: .args
     self.args = args
 
 
+LLAMA_VARIANTS = ["random-gqa", "gqa", "mqa", "wgqa", "kdgqa", "dgqa", "asymgqa", "per-layer"]
+T5_VARIANTS = ["random-gqa", "gqa", "wgqa", "kdgqa"]  # grouped in the decoder (self, cross)
+
+
 @pytest.mark.parametrize(
-  "name", ["random-gqa", "gqa", "mqa", "wgqa", "kdgqa", "dgqa", "asymgqa", "per-layer"]
+  "family,name", [("llama", v) for v in LLAMA_VARIANTS] + [("t5", v) for v in T5_VARIANTS]
 )
-def test_every_llama_variant_scores_as_alone(llama, name):
-  _, mha, mha_cfg, tok, _, _ = llama
+def test_every_variant_scores_as_alone(request, family, name):
+  _, mha, mha_cfg, tok, _, _ = request.getfixturevalue(family)
   params, cfg = variant(name, mha, mha_cfg, tok)
   lm = HarnessLM(loaded=(params, cfg, tok), batch_size=4)
   docs = [d for d, _ in tasks.source("synthetic_summarize", "test", 6)]

@@ -27,6 +27,7 @@ from wgqa_jax.core.errors import UserError
 from wgqa_jax.grouping import calibrated_merge, kv_merge, variants
 from wgqa_jax.lab import pareto_report, sweep
 from wgqa_jax.lab.pareto_report import Point
+from wgqa_jax.models import family_of
 from wgqa_jax.store.resolve import RANDOM, resolve
 from wgqa_jax.training import calibration, preflight
 from wgqa_jax.training.validation import validate
@@ -168,6 +169,14 @@ def check(
   return cfg, heads
 
 
+def training_length(base, cfg) -> int:
+  """The context the runs train on: a decoder-only row (input + target), T5's inputs."""
+  d = base.data
+  if family_of(cfg).encoder_decoder:
+    return d.max_input_length
+  return d.max_input_length + d.max_target_length
+
+
 def converted(workdir: str):
   """The model config a point's run trained (as converted: per-module G included)."""
   return resolve(os.path.join(workdir, workdir_lib.FINAL)).cfg
@@ -184,17 +193,26 @@ def run(
   eval_tasks: list[str] = (),
   eval_include_path: str | None = None,
   eval_limit: int | None = None,
+  eval_max_length: int | None = None,
 ) -> str:
   """Every point (the MHA reference, then each budget x method), the report rewritten after
   each; returns results.md. eval_tasks: lm-evaluation-harness tasks (eval_include_path: a
   folder of local ones) scored at every point's evals beside the loss (at conversion and after
-  uptraining; a run that finished before they were asked for is not scored again)."""
+  uptraining; a run that finished before they were asked for is not scored again).
+  eval_max_length: the longest context they score (default: the runs' training length, a
+  decoder-only row or T5's inputs: a model scored past the positions it trained on measures
+  how it extrapolates, not what grouping did to it)."""
   cfg, heads = check(base, methods, budgets, steps, pretrain_steps)
   extra_eval = None
   if eval_tasks:
     from wgqa_jax.lab import harness  # lm-evaluation-harness: only when asked for
 
-    extra_eval = harness.scorer(list(eval_tasks), eval_include_path, eval_limit)
+    extra_eval = harness.scorer(
+      list(eval_tasks),
+      eval_include_path,
+      eval_limit,
+      max_length=eval_max_length or training_length(base, cfg),
+    )
   os.makedirs(out, exist_ok=True)
   t0 = time.time()
   init_from, pre = sweep.mha_checkpoint(base, out, pretrain_steps)

@@ -54,6 +54,12 @@ flags.DEFINE_string(
   "eval_include_path", None, "a folder of the harness's task YAMLs (local tasks)", flag_values=FLAGS
 )
 flags.DEFINE_integer("eval_limit", None, "examples per task (default: all)", flag_values=FLAGS)
+flags.DEFINE_integer(
+  "eval_max_length",
+  None,
+  "longest context the tasks score, cut from the left (default: the runs' training length)",
+  flag_values=FLAGS,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
       eval_tasks=[t.strip() for t in args.eval_tasks if t.strip()],
       eval_include_path=args.eval_include_path,
       eval_limit=args.eval_limit,
+      eval_max_length=args.eval_max_length,
     )
   )
   return 0
