@@ -109,13 +109,15 @@ def plot(points: list[Point], out_png: str, steps: int) -> None:
         )
         ax.plot([b for b, _ in frontier], [v for _, v in frontier], "k:", lw=1, label="frontier")
       ax.set_xscale("log", base=2)
+      if "perplexity" in metric:  # spans orders of magnitude
+        ax.set_yscale("log")
       ax.set_xlabel("KV-cache bytes per token")
       ax.set_ylabel("held-out loss" if metric == "loss" else metric)
       ax.set_title(title)
       ax.grid(alpha=0.3)
   axes[0][0].legend(fontsize=8)
   fig.suptitle("quality vs KV cache (filled: on the loss frontier; hollow: dominated)", fontsize=10)
-  fig.tight_layout()
+  fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))  # room for the title
   fig.savefig(out_png, dpi=120)
   plt.close(fig)
 
