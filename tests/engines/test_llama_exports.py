@@ -19,7 +19,7 @@ import os
 import jax
 import numpy as np
 import pytest
-from engine_runs import convert, ct2_convert, export, train_tiny
+from engine_runs import calibration_stats, convert, ct2_convert, export, train_tiny
 
 from wgqa_jax import decoding
 from wgqa_jax.data import tasks
@@ -29,7 +29,6 @@ from wgqa_jax.grouping import kv_budget, variants
 from wgqa_jax.models import family_of
 from wgqa_jax.models.llama import Llama
 from wgqa_jax.store import params_io
-from wgqa_jax.training import calibration
 
 NEW_TOKENS = 32
 KV_CTX = 8192  # a context whose K and V sizes llama.cpp's MiB figures show exactly
@@ -45,20 +44,6 @@ def trained(tmp_path_factory):
     "--config.model.arch=llama-tiny-long",
     "--config.data.train_examples=512",
   )
-
-
-def calibration_stats(params, cfg, tok):
-  texts = [doc for doc, _ in tasks.source("synthetic_summarize", "train", 8)]
-  ids = np.zeros((8, 64), np.int32)
-  for i, t in enumerate(texts):
-    row = tok.encode(t)[:64]
-    ids[i, : len(row)] = row
-  rows = {
-    "tokens": ids,
-    "segment_ids": (ids > 0).astype(np.int32),
-    "positions": np.tile(np.arange(64), (8, 1)).astype(np.int32),
-  }
-  return calibration.collect(params, cfg, iter([rows]), 1, desc=None)
 
 
 def variant(name, params, cfg, tok):

@@ -24,7 +24,7 @@ import lm_eval
 import numpy as np
 import pytest
 from conftest import REPO
-from engine_runs import convert, train_tiny
+from engine_runs import calibration_stats, trained_and_exported
 from harness_tasks import NEW_TOKENS, TASKS, write_tasks
 from lm_eval.tasks import TaskManager
 
@@ -34,7 +34,6 @@ from wgqa_jax.decoding import GenerationConfig
 from wgqa_jax.grouping import variants
 from wgqa_jax.lab.harness import HarnessLM
 from wgqa_jax.models import family_of
-from wgqa_jax.training import calibration
 
 
 def evaluate(model, include_path, **kwargs):
@@ -50,21 +49,20 @@ def evaluate(model, include_path, **kwargs):
   return {t: [s["resps"] for s in out["samples"][t]] for t in TASKS}, out["results"]
 
 
+def trained(tmp_path_factory, config: str):
+  """(workdir, params, cfg, tokenizer, HF export, task folder) of a tiny trained MHA model."""
+  made = trained_and_exported(tmp_path_factory, config, 80)
+  return *made, write_tasks(tmp_path_factory.mktemp("t"))
+
+
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory):
-  """(workdir, params, cfg, tokenizer, HF export, task folder) of a tiny trained MHA Llama."""
-  wd, params, cfg, tok = train_tiny(tmp_path_factory, "configs/llama_tiny.py", 80)
-  hf = tmp_path_factory.mktemp("hf") / "llama"
-  convert(f"--params={wd / 'final'}", "--export=hf", f"--export_to={hf}")
-  return wd, params, cfg, tok, str(hf), write_tasks(tmp_path_factory.mktemp("t"))
+  return trained(tmp_path_factory, "configs/llama_tiny.py")
 
 
 @pytest.fixture(scope="module")
 def t5(tmp_path_factory):
-  wd, params, cfg, tok = train_tiny(tmp_path_factory, "configs/tiny.py", 80)
-  hf = tmp_path_factory.mktemp("hf") / "t5"
-  convert(f"--params={wd / 'final'}", "--export=hf", f"--export_to={hf}")
-  return wd, params, cfg, tok, str(hf), write_tasks(tmp_path_factory.mktemp("t"))
+  return trained(tmp_path_factory, "configs/tiny.py")
 
 
 def assert_equal_responses(ours, theirs, seq2seq_tok=None):
@@ -107,20 +105,6 @@ def test_t5_equals_the_harness_hf_model(t5):
 
 
 # ---- every variant: the harness's batches equal the model on each request alone ----
-def stats(params, cfg, tok):
-  """The MHA model's calibration statistics (a calibrated merge's input)."""
-  ids = np.zeros((8, 64), np.int32)
-  for i, (doc, _) in enumerate(tasks.source("synthetic_summarize", "train", 8)):
-    row = tok.encode(doc)[:64]
-    ids[i, : len(row)] = row
-  rows = {
-    "tokens": ids,
-    "segment_ids": (ids > 0).astype(np.int32),
-    "positions": np.tile(np.arange(64), (8, 1)).astype(np.int32),
-  }
-  return calibration.collect(params, cfg, iter([rows]), 1, desc=None)
-
-
 def variant(name, params, cfg, tok):
   if name == "random-gqa":  # random weights: every output token hangs on every input token
     params = jax.device_get(family_of(cfg).init_params(cfg, jax.random.PRNGKey(7)))
@@ -128,7 +112,7 @@ def variant(name, params, cfg, tok):
   if name == "per-layer":  # each layer its own G (no HF form holds it)
     heads = {("layers_0", "attention"): 1, ("layers_1", "attention"): 2}
     return variants.from_mha(
-      params, cfg, "svd", 2, calibration=stats(params, cfg, tok), module_kv_heads=heads
+      params, cfg, "svd", 2, calibration=calibration_stats(params, cfg, tok), module_kv_heads=heads
     )
   if name == "asymgqa":  # unequal groups
     return variants.from_mha(params, cfg, "asymgqa", 2, group_sizes=(1, 3))

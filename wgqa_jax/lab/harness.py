@@ -29,13 +29,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from wgqa_jax.core.errors import MissingDependency, UserError
+from wgqa_jax.core.errors import MissingDependency, MissingInput, UserError
 from wgqa_jax.decoding.search import generate
 from wgqa_jax.decoding.settings import GenerationConfig
 from wgqa_jax.grouping import variants
@@ -332,15 +333,18 @@ class HarnessLM(TemplateLM):
 
 
 # ---- the lab: harness metrics beside held-out loss ----
-def task_manager(include_path: str | None = None):
-  """The harness's tasks, with the task YAMLs under include_path (a one-line refusal when that
-  folder is not there: the harness would ignore it)."""
-  import os
+def check_task_folder(path: str, name: str = "task folder") -> None:
+  """A one-line refusal of a task folder that is not there (the harness would ignore it)."""
+  if not os.path.isdir(path):
+    raise MissingInput(f"{name} {path}: no such directory")
 
+
+def task_manager(include_path: str | None = None):
+  """The harness's tasks, with the task YAMLs under include_path."""
   from lm_eval.tasks import TaskManager
 
-  if include_path is not None and not os.path.isdir(include_path):
-    raise UserError(f"task folder {include_path}: no such directory")
+  if include_path is not None:
+    check_task_folder(include_path)
   return TaskManager(include_path=include_path)
 
 

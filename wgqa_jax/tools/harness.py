@@ -15,11 +15,10 @@ argument, a checkpoint that is missing or damaged) prints one line and exits 2.
 
 from __future__ import annotations
 
-import os
 import sys
 
 from wgqa_jax.core import cli
-from wgqa_jax.core.errors import MissingInput, UserError
+from wgqa_jax.core.errors import UserError
 
 FLAGS = cli.flag_set()  # the shared convention's --debug; the rest are the harness's
 PROG = "python -m wgqa_jax.harness"
@@ -28,12 +27,12 @@ PROG = "python -m wgqa_jax.harness"
 def main(argv: list[str] | None = None) -> int:
   from lm_eval._cli import HarnessCLI
 
-  from wgqa_jax.lab import harness  # noqa: F401 - registers --model wgqa_jax
+  from wgqa_jax.lab import harness  # registers --model wgqa_jax
 
   argv = sys.argv[1:] if argv is None else list(argv)
-  for flag, value in zip(argv, argv[1:]):  # the harness ignores a task folder that is not there
-    if flag == "--include_path" and not os.path.isdir(value):
-      raise MissingInput(f"--include_path {value}: no such directory")
+  for flag, value in zip(argv, argv[1:]):
+    if flag == "--include_path":
+      harness.check_task_folder(value, flag)
   saved, sys.argv = sys.argv, [PROG, *argv]  # HarnessCLI reads sys.argv
   try:
     parser = HarnessCLI()
