@@ -58,6 +58,8 @@ LOGICAL_AXES = (
   "mlp",
   "vocab",
   "relpos_buckets",
+  "latent",  # MLA: the latent's rank (unsplit)
+  "rope_heads",  # MLA: the shared rotary key heads (unsplit)
 )
 
 

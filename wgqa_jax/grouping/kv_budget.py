@@ -10,14 +10,21 @@ is one of the allocations it weighs, so its error is never above uniform's.
     module_kv_heads = kv_budget.by_proxy(reader, cfg, stats, "svd", kv_heads=2)
     params, cfg = variants.from_mha(params, cfg, "svd", 2, calibration=stats,
                                     module_kv_heads=module_kv_heads)
+
+MLA (variant "mla") spends the same bytes on latent ranks instead (`by_proxy` gives {module:
+rank}): every module keeps its rotary key, and the ranks, in steps of d_kv / 2, minimise the summed
+calibration error of the latent conversion (latent_merge.proxy_errors) under the total the uniform
+rank would use.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from wgqa_jax.core.errors import UserError
-from wgqa_jax.grouping import calibrated_merge, kv_merge, variants
+from wgqa_jax.grouping import calibrated_merge, kv_merge, latent_merge, variants
 
 
 def divisors(n: int) -> list[int]:
@@ -80,6 +87,24 @@ def module_errors(read, cfg, stats, variant: str) -> dict:
 
 def by_proxy(read, cfg, stats, variant: str, kv_heads: int) -> dict:
   """{module: G}: kv_heads x (cached modules) KV heads allocated by the calibration error of
-  `variant`'s merge."""
+  `variant`'s merge. For mla, {module: latent rank}: the bytes of the uniform rank the same
+  kv_heads give (variants.LatentAttention), spread by latent_merge.proxy_errors."""
+  if isinstance(variants.get(variant), variants.LatentAttention):
+    return latent_ranks(read, cfg, stats, variants.grouped_config(cfg, variant, kv_heads))
   errors = module_errors(read, cfg, stats, variant)
   return allocate(errors, kv_heads * len(errors))
+
+
+def latent_ranks(read, cfg, stats, mla_cfg) -> dict:
+  """{module: rank}: mla_cfg's uniform latent rank x (cached modules), in steps of d_kv / 2,
+  spread over the modules by the calibration error of the latent conversion."""
+  grouping = mla_cfg.grouping
+  uniform, full = grouping.latent_rank, 2 * cfg.num_heads * cfg.head_dim
+  step = math.gcd(uniform, max(1, cfg.head_dim // 2))
+  errors = {}
+  for path in cfg.cached_modules():
+    module = {name: np.asarray(read(path + (name,)), np.float64) for name in "qkv"}
+    errs = latent_merge.proxy_errors(module, stats.gram(path), cfg.rotary_keys, grouping.rope_heads)
+    errors[path] = {u: float(errs[u * step]) for u in range(1, full // step + 1)}
+  units = allocate(errors, uniform // step * len(errors))
+  return {path: u * step for path, u in units.items()}

@@ -43,7 +43,7 @@ import numpy as np
 from flax import traverse_util
 
 from wgqa_jax.core.errors import UserError
-from wgqa_jax.grouping import calibrated_merge, kv_merge
+from wgqa_jax.grouping import calibrated_merge, kv_merge, latent_merge
 
 WEIGHT_MODES = ("none", "row", "col")
 WEIGHT_INITS = ("constant", "normal")
@@ -76,34 +76,63 @@ class Grouping:
   # A KV budget allocated across modules: (module path "decoder/layers_0/self_attention", G)
   # pairs, each module's own G; the modules not named have kv_heads. Static equal groups only.
   module_kv_heads: tuple[tuple[str, int], ...] | None = None
+  # MLA (multi-head latent attention): each grouped module caches one latent of this rank per
+  # token, plus `rope_heads` shared rotary key heads where keys are rotary (Llama), instead of
+  # K/V heads; its H heads read keys and values up-projected from the latent (models.attention).
+  # None: grouped K/V heads.
+  latent_rank: int | None = None
+  rope_heads: int = 1
+  # MLA with a KV budget allocated across modules: (module path, rank) pairs, each module's own.
+  module_latent_rank: tuple[tuple[str, int], ...] | None = None
 
   def __post_init__(self):
     if self.group_sizes is not None:  # lists from JSON become tuples (hashable: jit-static)
       object.__setattr__(self, "group_sizes", tuple(int(x) for x in self.group_sizes))
-    if self.module_kv_heads is not None:
-      pairs = (
-        self.module_kv_heads.items()
-        if isinstance(self.module_kv_heads, dict)
-        else self.module_kv_heads
-      )
+    for name in ("module_kv_heads", "module_latent_rank"):
+      pairs = getattr(self, name)
+      if pairs is None:
+        continue
+      pairs = pairs.items() if isinstance(pairs, dict) else pairs
       object.__setattr__(
         self,
-        "module_kv_heads",
+        name,
         tuple(("/".join(p) if isinstance(p, (tuple, list)) else str(p), int(g)) for p, g in pairs),
       )
 
   def at(self, path: tuple[str, ...]) -> Grouping:
-    """The grouping of the attention module at `path`: its own G when module_kv_heads names
-    it. What the module, its params and its decode cache are built from."""
-    if self.module_kv_heads is None:
+    """The grouping of the attention module at `path`: its own G (MLA: rank) when
+    module_kv_heads (module_latent_rank) names it. What the module, its params and its decode
+    cache are built from."""
+    if self.module_kv_heads is None and self.module_latent_rank is None:
       return self
-    g = dict(self.module_kv_heads).get("/".join(path), self.kv_heads)
-    return dataclasses.replace(self, kv_heads=g, module_kv_heads=None)
+    key = "/".join(path)
+    g = dict(self.module_kv_heads or ()).get(key, self.kv_heads)
+    r = dict(self.module_latent_rank or ()).get(key, self.latent_rank)
+    return dataclasses.replace(
+      self, kv_heads=g, module_kv_heads=None, latent_rank=r, module_latent_rank=None
+    )
 
   @property
   def per_module(self) -> bool:
-    """Some module has its own G (a KV budget allocated across modules)."""
-    return bool(self.module_kv_heads) and any(g != self.kv_heads for _, g in self.module_kv_heads)
+    """Some module has its own G or latent rank (a KV budget allocated across modules)."""
+    return (
+      bool(self.module_kv_heads) and any(g != self.kv_heads for _, g in self.module_kv_heads)
+    ) or (
+      bool(self.module_latent_rank)
+      and any(r != self.latent_rank for _, r in self.module_latent_rank)
+    )
+
+  @property
+  def latent(self) -> bool:
+    """The grouped modules are MLA: they cache a latent, not K/V heads."""
+    return self.latent_rank is not None or bool(self.module_latent_rank)
+
+  def cache_width(self, num_heads: int, head_dim: int, rotary: bool) -> int:
+    """Numbers one token puts in one (non-per-module) grouped module's decode cache: 2 G d_kv
+    for K/V heads; MLA: its rank, plus the rotary key heads' rope_heads x d_kv."""
+    if self.latent_rank is not None:
+      return self.latent_rank + (self.rope_heads * head_dim if rotary else 0)
+    return 2 * self.num_kv_heads(num_heads) * head_dim
 
   @classmethod
   def from_dict(cls, d: dict[str, Any]) -> Grouping:
@@ -154,6 +183,15 @@ class Grouping:
         bad(f"module {path} has {gm} KV heads, which do not divide num_heads={num_heads}")
     if self.per_module and self.unequal:
       bad("per-module KV heads take static, equal, contiguous groups")
+    if self.latent:
+      for path, r in ((None, self.latent_rank), *(self.module_latent_rank or ())):
+        if r is not None and (not isinstance(r, int) or r <= 0):
+          where = f"module {path}" if path else "latent_rank"
+          bad(f"{where}: a latent rank must be a positive int, got {r!r}")
+      if not 1 <= self.rope_heads <= num_heads:
+        bad(f"rope_heads must be 1..num_heads={num_heads}, got {self.rope_heads}")
+      if g != num_heads or self.weights != "none" or self.unequal or self.module_kv_heads:
+        bad("MLA (latent_rank) has one K/V head per query head: no KV groups, weights or sizes")
 
   def kv_index(self, num_heads: int) -> np.ndarray:
     """(H,) KV head of each query head under static allocation."""
@@ -177,6 +215,10 @@ class Grouping:
       parts.append(f"{self.allocation} allocation")
     if self.attention_noise:
       parts.append(f"logit noise {self.attention_noise}")
+    if self.latent:
+      ranks = [r for _, r in self.module_latent_rank or ()] or [self.latent_rank]
+      rank = ",".join(map(str, ranks)) if len(set(ranks)) > 1 else str(ranks[0])
+      parts[0] = f"{num_heads} heads, MLA latent rank {rank}"
     if self.group_encoder:
       parts.append("encoder grouped")
     return ", ".join(parts)
@@ -245,6 +287,11 @@ class Variant:
 
   def _grouping(self, g: int, group_encoder: bool, group_sizes, attention_noise) -> Grouping:
     return Grouping(kv_heads=g, group_encoder=group_encoder)
+
+  def configure(self, grouping: Grouping, cfg) -> Grouping:
+    """The grouping section as this variant sets it for a model config `cfg` (MLA sizes its
+    latent from the head size)."""
+    return grouping
 
   def convert_module(self, module: dict, grouping: Grouping, rng, calibration=None) -> dict:
     """One attention module's MHA params {q, k, v, o} -> this variant's. calibration: the
@@ -439,6 +486,34 @@ class CalibratedGQA(Variant):
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class LatentAttention(Variant):
+  """MLA (DeepSeek-V2): every grouped module caches one low-rank latent per token (plus a
+  shared rotary key head where keys are rotary) from which its H heads' keys and values are
+  up-projected. kv_heads=G asks for the KV bytes of G heads: rank 2 G d_kv, less the rotary
+  key's d_kv. Converted from the calibration statistics (wgqa_jax.grouping.latent_merge)."""
+
+  calibrated = True
+  proxy_merge = None  # its calibration error is latent_merge.proxy_errors, by rank
+  rope_heads: int = 1
+
+  def configure(self, grouping: Grouping, cfg) -> Grouping:
+    g = grouping.kv_heads
+    rope = self.rope_heads * cfg.head_dim if cfg.rotary_keys else 0
+    rank = 2 * g * cfg.head_dim - rope
+    if rank <= 0:
+      raise UserError(f"mla: the KV bytes of {g} heads leave no latent beside the rotary key")
+    rank = min(rank, 2 * cfg.num_heads * cfg.head_dim)
+    return grouping.replace(kv_heads=None, latent_rank=rank, rope_heads=self.rope_heads)
+
+  def convert_module(self, module, grouping, rng, calibration=None):
+    if calibration is None:
+      raise UserError(f"{self.name!r} needs calibration statistics of the MHA model")
+    return latent_merge.to_latent(
+      module, calibration.gram, grouping.latent_rank, calibration.rotary, grouping.rope_heads
+    )
+
+
 VARIANTS: dict[str, Variant] = {
   v.name: v
   for v in (
@@ -457,6 +532,7 @@ VARIANTS: dict[str, Variant] = {
     CalibratedGQA("aligned", method="aligned"),
     CalibratedGQA("svd", method="svd"),
     CalibratedGQA("search", method="search"),
+    LatentAttention("mla"),
   )
 }
 
@@ -498,6 +574,7 @@ def is_mha(cfg) -> bool:
     and cfg.grouping.weights == "none"
     and not cfg.grouping.unequal
     and not cfg.grouping.per_module
+    and not cfg.grouping.latent
   )
 
 
@@ -590,7 +667,8 @@ def grouped_config(
   attention_noise: float | None = None,
   module_kv_heads=None,
 ):
-  """The model config from_mha() gives, without any params (the planner sizes runs from it)."""
+  """The model config from_mha() gives, without any params (the planner sizes runs from it).
+  module_kv_heads: {module path: G}, or for mla {module path: latent rank}."""
   if not is_mha(cfg):
     raise UserError(
       f"from_mha() needs MHA params; these have "
@@ -603,6 +681,7 @@ def grouped_config(
     group_sizes=group_sizes,
     attention_noise=attention_noise,
   )
+  grouping = get(variant).configure(grouping, cfg)
   if module_kv_heads:
     if not get(variant).budgeted or get(variant).regroups:
       raise UserError(f"{variant!r} takes no per-module KV heads")
@@ -615,10 +694,9 @@ def grouped_config(
         f"module_kv_heads names {'/'.join(unknown[0])}, which is not a grouped "
         f"attention module of this model"
       )
+    pairs = tuple(("/".join(p), int(module_kv_heads[p])) for p in grouped if p in module_kv_heads)
     grouping = grouping.replace(
-      module_kv_heads=tuple(
-        ("/".join(p), int(module_kv_heads[p])) for p in grouped if p in module_kv_heads
-      )
+      **({"module_latent_rank": pairs} if grouping.latent else {"module_kv_heads": pairs})
     )
     grouping.validate(cfg.num_heads)
   return cfg.replace(grouping=grouping)
@@ -643,6 +721,8 @@ def fold(params, cfg):
 
 def expand_to_mha(params, cfg):
   """GQA / MQA / AsymGQA (WGQA folded first) -> MHA params with identical outputs."""
+  if cfg.grouping.latent:
+    raise UserError("an MLA model has a latent, not K/V heads: it has no MHA form to expand to")
   params, cfg = fold(params, cfg)
   grp = cfg.grouping
   if grp.allocation != "static":

@@ -33,7 +33,10 @@ from wgqa_jax.training import calibration, preflight
 from wgqa_jax.training.validation import validate
 
 # method name -> its grouping section (any other name: the variant of that name)
-METHODS = {"allocated": {"variant": "svd", "layer_budget": "proxy"}}
+METHODS = {
+  "allocated": {"variant": "svd", "layer_budget": "proxy"},
+  "mla-allocated": {"variant": "mla", "layer_budget": "proxy"},
+}
 
 
 def proxies(points: list[Point], init_from: str) -> None:

@@ -67,6 +67,11 @@ class Attention(nn.Module):
   def num_kv_heads(self) -> int:
     return self.grouping.num_kv_heads(self.num_heads)
 
+  @property
+  def latent(self) -> bool:
+    """MLA: the module caches a latent (and rotary key heads), not K/V heads."""
+    return self.grouping.latent_rank is not None
+
   def setup(self):
     h, g, dk, d = self.num_heads, self.num_kv_heads, self.head_dim, self.width
     pdt = jnp.dtype(self.param_dtype)
@@ -80,6 +85,24 @@ class Attention(nn.Module):
     self.o = self.param(
       "o", part(normal((h * dk) ** -0.5), ("heads", "kv", "embed")), (h, dk, d), pdt
     )
+    if self.latent:
+      r, n = self.grouping.latent_rank, self.grouping.rope_heads
+      self.kv_latent = self.param("latent", part(normal(d**-0.5), ("embed", "latent")), (d, r), pdt)
+      up = lambda name: self.param(
+        name, part(normal(r**-0.5), ("latent", "heads", "kv")), (r, h, dk), pdt
+      )
+      self.k_up, self.v_up = up("k_up"), up("v_up")
+      if self.rope_theta is not None:
+        self.q_rope = self.param(
+          "q_rope",
+          part(normal((d * dk) ** -0.5), ("embed", "heads", "rope_heads", "kv")),
+          (d, h, n, dk),
+          pdt,
+        )
+        self.k_rope = self.param(
+          "k_rope", part(normal(d**-0.5), ("embed", "rope_heads", "kv")), (d, n, dk), pdt
+        )
+      return
     weighted = self.grouping.weights != "none"
     # WGQA keeps the H original heads, still trainable.
     kv_axes = ("embed", "heads", "kv") if weighted else ("embed", "kv_heads", "kv")
@@ -119,6 +142,8 @@ class Attention(nn.Module):
     the module uses rotary embeddings; positions (b, s) or (s,))."""
     if self.is_mutable_collection(CALIBRATION):  # what K and V are made of (pre-rotary)
       self.put_variable(CALIBRATION, "inputs", inputs_kv)
+    if self.latent:
+      return self._project_latent(inputs_kv, positions)
     k_kernel, v_kernel = self.grouped_kv_kernels()
     k = self._dense(inputs_kv, k_kernel)
     if self.rope_theta is not None:
@@ -132,6 +157,8 @@ class Attention(nn.Module):
     h, g, dk = self.num_heads, self.num_kv_heads, self.head_dim
     if self.is_mutable_collection(CALIBRATION):
       self._calibrate(bias, k.shape[:2])
+    if self.latent:
+      return self._attend_latent(inputs_q, k, v, bias, deterministic, positions)
     q = self._dense(inputs_q, self.q)  # (b, t, H, d_kv)
     if self.rope_theta is not None:
       q = rotary(q, positions, self.rope_theta)
@@ -176,6 +203,51 @@ class Attention(nn.Module):
     weights = self._softmax(logits, deterministic).astype(v.dtype).reshape(b, g, r * t, s)
     out = jnp.einsum("bgqs,bsgd->bgqd", weights, v)
     return self._out(out.reshape(b, g, r, t, dk).transpose(0, 3, 1, 2, 4).reshape(b, t, h, dk))
+
+  # ---- MLA ----
+  def _project_latent(self, inputs_kv, positions):
+    """(b, s, d_model) -> the latent (b, s, r) and the rotary key heads (b, s, rope_heads,
+    d_kv), rotated (without rotary embeddings: (b, s, 0, d_kv)): what an MLA cache stores."""
+    c = self._dense(inputs_kv, self.kv_latent)
+    if self.rope_theta is None:
+      return c, jnp.zeros((*c.shape[:2], 0, self.head_dim), c.dtype)
+    return c, rotary(self._dense(inputs_kv, self.k_rope), positions, self.rope_theta)
+
+  def _attend_latent(self, inputs_q, c, k_rope, bias, deterministic, positions):
+    """MLA: c (b, s, r) the latent, k_rope (b, s, n, d_kv). Keys and values are c k_up and
+    c v_up; the queries read them either so ("expanded": K/V up-projected once per key), or
+    with k_up absorbed into the queries and v_up into the output ("absorbed", DeepSeek's:
+    logits and weighted sums on the latent itself). Equal up to rounding; each call takes the
+    one with fewer multiply-adds for its shapes: absorbed when few queries read many keys
+    (decoding), expanded when as many queries as keys (training)."""
+    b, t, _ = inputs_q.shape
+    s, r = c.shape[1], c.shape[2]
+    h, dk = self.num_heads, self.head_dim
+    dt = jnp.dtype(self.dtype)
+    scale = jnp.asarray(self.query_scale, dt)
+    q = self._dense(inputs_q, self.q) * scale  # (b, t, H, d_kv), no rotation
+    k_up, v_up = self.k_up.astype(dt), self.v_up.astype(dt)
+    absorbed = t * r * (dk + s) < s * dk * (r + t)
+    if absorbed:
+      ql = jnp.einsum("bthd,rhd->bthr", q, k_up)
+      logits = jnp.einsum("bthr,bsr->bhts", ql, c.astype(dt))
+    else:
+      k = jnp.einsum("bsr,rhd->bshd", c.astype(dt), k_up)
+      logits = jnp.einsum("bthd,bshd->bhts", q, k)
+    logits = logits.astype(jnp.float32)
+    if self.rope_theta is not None:
+      qr = self._dense(inputs_q, self.q_rope) * scale  # (b, t, H, n, d_kv)
+      n = qr.shape[3]
+      qr = rotary(qr.reshape(b, t, h * n, dk), positions, self.rope_theta).reshape(b, t, h, n, dk)
+      logits = logits + jnp.einsum("bthnd,bsnd->bhts", qr, k_rope.astype(dt)).astype(jnp.float32)
+    if bias is not None:
+      logits = logits + jnp.asarray(bias, jnp.float32)
+    weights = self._softmax(logits, deterministic).astype(dt)
+    if absorbed:
+      out = jnp.einsum("bthr,rhd->bthd", jnp.einsum("bhts,bsr->bthr", weights, c.astype(dt)), v_up)
+    else:
+      out = jnp.einsum("bhts,bshd->bthd", weights, jnp.einsum("bsr,rhd->bshd", c.astype(dt), v_up))
+    return self._out(out)
 
   def _calibrate(self, bias, key_shape):
     """Replace the K/V inputs project_kv kept by their gram sum x x^T over the keys some query
@@ -244,6 +316,16 @@ class Attention(nn.Module):
   def __call__(self, inputs_q, inputs_kv, bias, deterministic: bool = True, positions=None):
     k, v = self.project_kv(inputs_kv, positions)
     return self.attend(inputs_q, k, v, bias, deterministic, positions)
+
+
+def cache_slots(grouping: Grouping, num_heads: int, head_dim: int, rotary: bool):
+  """The shapes one token's entries take in a module's decode cache, past (batch, length): the
+  two arrays project_kv returns. K/V heads: (G, d_kv) each; MLA: the latent (r,) and the
+  rotary key heads (rope_heads, d_kv) ((0, d_kv) without rotary keys)."""
+  if grouping.latent_rank is not None:
+    return (grouping.latent_rank,), (grouping.rope_heads if rotary else 0, head_dim)
+  g = grouping.num_kv_heads(num_heads)
+  return (g, head_dim), (g, head_dim)
 
 
 KEY_BLOCK = 512  # keys per block of the blockwise form (shorter key sequences use einsum)

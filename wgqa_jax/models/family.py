@@ -114,6 +114,11 @@ class Family(abc.ABC):
   def hf_holds(self, cfg) -> bool:
     """Whether HF's architecture holds cfg's grouping as it is."""
 
+  def hf_state_dict(self, params, cfg, form: str, tensors: dict) -> dict:
+    """The HF state dict of form `form` from the key table's `tensors`: a form whose tensors
+    the table does not map one to one (Llama's deepseek) completes it here."""
+    return tensors
+
   @abc.abstractmethod
   def exportable(self, params, cfg, form: str = "hf"):
     """(params, cfg) in a grouping HF form `form` (one of hf_forms) holds; a one-line UserError

@@ -146,10 +146,11 @@ def params_to_hf(params, cfg, form: str = "hf") -> dict[str, np.ndarray]:
   """Our params (any variant) -> HF state dict (see `exportable`)."""
   params, cfg = exportable(params, cfg, form)
   flat = traverse_util.flatten_dict(params)
-  return {
+  tensors = {
     row.key: np.ascontiguousarray(_to_hf(row.layout, np.asarray(flat[row.path])), np.float32)
     for row in table(cfg)
   }
+  return family_of(cfg).hf_state_dict(params, cfg, form, tensors)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -11,8 +11,8 @@ checkpoint's config.json.
     python -m wgqa_jax.convert --params=WORKDIR/final --export=gguf --export_to=/tmp/m.gguf
         # llama.cpp: per-layer G included (through the DeciLM form); docs/serving.md
 
-Exports (--export=hf|decilm|gguf --export_to=PATH; --export_hf=DIR is --export=hf) carry the
-tokenizer the model was trained with: the run's, else the checkpoint's own files, or
+Exports (--export=hf|decilm|deepseek|gguf --export_to=PATH; --export_hf=DIR is --export=hf)
+carry the tokenizer the model was trained with: the run's, else the checkpoint's own files, or
 --tokenizer.
 
 Outputs: an existing, non-empty --out or export is refused unless --overwrite; the input
@@ -47,6 +47,8 @@ EXPORTS = {
   "num_key_value_heads=G)",
   "decilm": "Llama with per-layer G: the DeciLM / Nemotron-NAS directory (block_configs) that "
   "llama.cpp's converter and vLLM read",
+  "deepseek": "Llama converted to MLA (variant mla): a DeepSeek-V3 directory "
+  "(DeepseekV3ForCausalLM) that transformers loads",
   "gguf": "a GGUF file for llama.cpp, made by llama.cpp's own converter (pip install "
   "'wgqa_jax[engines]')",
 }
@@ -225,10 +227,12 @@ def main(argv: list[str] | None = None) -> int:
   if export:  # can the format hold it, and its tokenizer? refuse before writing anything
     fmt, path, _ = export
     family = family_of(cfg)
-    if fmt == "decilm" and fmt not in family.hf_forms:
+    if fmt in ("decilm", "deepseek") and fmt not in family.hf_forms:
+      what = "per-layer KV heads" if fmt == "decilm" else "MLA (latent attention)"
+      also = "; its MLA stays in our format (--out)" if cfg.grouping.latent else ""
       raise UserError(
-        f"--export=decilm is for a Llama with per-layer KV heads; a {family.title} model "
-        f"exports as hf or gguf"
+        f"--export={fmt} is for a Llama with {what}; a {family.title} model exports as hf or "
+        f"gguf{also}"
       )
     # folded / expanded once here; the writers take it as it is (exportable's fixed point)
     exported = hf.exportable(params, cfg, gguf.form_of(cfg) if fmt == "gguf" else fmt)
@@ -240,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote GGUF file {path} (llama.cpp: llama-cli -m {path} -fa on)")
   elif export:
     hf.save_hf(*exported, path, settings, form=fmt, tokenizer=tokenizer)
-    print(f"wrote {'HF' if fmt == 'hf' else 'DeciLM'} directory {path}")
+    print(f"wrote {dict(hf='HF', decilm='DeciLM', deepseek='DeepSeek-V3')[fmt]} directory {path}")
   if a.out:
     params_io.save(params, cfg, a.out, settings)
     print(f"wrote {a.out}")

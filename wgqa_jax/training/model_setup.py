@@ -79,9 +79,10 @@ def converted_config(
           "on the run's data: it needs the MHA model's calibration statistics"
         )
       module_kv_heads = kv_budget.by_proxy(read, cfg, stats, g.variant, g.kv_heads)
+      what = "latent rank" if g.variant == "mla" else "KV heads"
       say(
-        f"KV heads per module: {','.join(map(str, module_kv_heads.values()))} "
-        f"({sum(module_kv_heads.values())} in all, as {g.kv_heads} in each)"
+        f"{what} per module: {','.join(map(str, module_kv_heads.values()))} "
+        f"({sum(module_kv_heads.values())} in all, the bytes of {g.kv_heads} KV heads in each)"
       )
     cfg, convert = variants.converter(
       cfg,
@@ -134,7 +135,7 @@ def build_model(
   if c.grouping.layer_budget == "proxy" and kept is None and workdir and is_main_process():
     workdir_lib.write_json(
       os.path.join(workdir, workdir_lib.KV_ALLOCATION),
-      dict(cfg.grouping.module_kv_heads),
+      dict(cfg.grouping.module_latent_rank or cfg.grouping.module_kv_heads),
     )
   params = streaming.load_sharded(
     reader,
@@ -161,13 +162,16 @@ def kept_allocation(c: ml_collections.ConfigDict, cfg, workdir: str | None) -> d
   modules = [m for m, grouped in cfg.attention_modules() if grouped]
   try:
     allocation = {m: int(saved["/".join(m)]) for m in modules}
-    assert len(saved) == len(modules) and all(1 <= g <= cfg.num_heads for g in allocation.values())
+    # KV heads, or for mla latent ranks (up to the full K/V width)
+    most = 2 * cfg.num_heads * cfg.head_dim if c.grouping.variant == "mla" else cfg.num_heads
+    assert len(saved) == len(modules) and all(1 <= g <= most for g in allocation.values())
   except (KeyError, TypeError, ValueError, AssertionError):
     raise UserError(
       f"{path} does not hold a KV allocation of this model's {len(modules)} grouped attention "
       f"modules: the file is damaged (pass another --workdir to start afresh)"
     ) from None
-  say(f"KV heads per module: {','.join(map(str, allocation.values()))} (kept from {path})")
+  what = "latent rank" if c.grouping.variant == "mla" else "KV heads"
+  say(f"{what} per module: {','.join(map(str, allocation.values()))} (kept from {path})")
   return allocation
 
 

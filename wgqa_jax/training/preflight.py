@@ -44,7 +44,8 @@ def run_grouping(c: ml_collections.ConfigDict, src):
   g = c.grouping
   if not variants.is_mha(src):
     return src.grouping
-  return variants.get(g.variant).grouping(src.num_heads, g.kv_heads, **variants.options(g))
+  variant = variants.get(g.variant)
+  return variant.configure(variant.grouping(src.num_heads, g.kv_heads, **variants.options(g)), src)
 
 
 def attention_notes(c: ml_collections.ConfigDict, src, platform: str) -> list[str]:
@@ -65,6 +66,8 @@ def attention_notes(c: ml_collections.ConfigDict, src, platform: str) -> list[st
       f"XLA otherwise) or blockwise"
     )
   notes = []
+  if grouping.latent:
+    return [f"attention: {c.grouping.variant} attends over its latent in the einsum form"]
   if grouping.unequal:
     notes.append(f"attention: {c.grouping.variant} gathers unequal groups: the einsum form")
   elif reason:

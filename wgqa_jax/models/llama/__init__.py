@@ -14,7 +14,7 @@ from __future__ import annotations
 from wgqa_jax.core.errors import UserError
 from wgqa_jax.grouping import variants
 from wgqa_jax.models.family import Family
-from wgqa_jax.models.llama import decoding, hf_table, model, objective
+from wgqa_jax.models.llama import decoding, deepseek, hf_table, model, objective
 from wgqa_jax.models.llama.config import MODEL_TYPES, PRESETS, LlamaConfig
 from wgqa_jax.models.llama.model import Llama, init_params, param_axes, param_shapes
 
@@ -31,7 +31,8 @@ class LlamaFamily(Family):
   objectives = ("pairs", "causal_lm")
   loss_on = ("all", "answer")
   eval_loss_on = "answer"
-  hf_forms = ("hf", "decilm")  # decilm: per-layer KV heads (decilm.py)
+  # decilm: per-layer KV heads (decilm.py); deepseek: MLA (deepseek.py)
+  hf_forms = ("hf", "decilm", "deepseek")
 
   def init_params(self, cfg, rng):
     return model.init_params(cfg, rng)
@@ -58,7 +59,13 @@ class LlamaFamily(Family):
 
   def hf_holds(self, cfg):
     g = cfg.grouping  # num_key_value_heads: plain equal groups, one G for every layer
-    return g.weights == "none" and not g.unequal and g.allocation == "static" and not g.per_module
+    return (
+      g.weights == "none"
+      and not g.unequal
+      and g.allocation == "static"
+      and not g.per_module
+      and not g.latent
+    )
 
   def exportable(self, params, cfg, form="hf"):
     """WGQA weights folded, G heads kept: a native GQA checkpoint ("hf"), or per-layer G in the
@@ -73,7 +80,15 @@ class LlamaFamily(Family):
     cfg.to_hf(form)  # what the form cannot hold is refused here, before anything is written
     return params, cfg
 
+  def hf_state_dict(self, params, cfg, form, tensors):
+    return deepseek.state_dict(params, cfg, tensors) if form == "deepseek" else tensors
+
   def serving_form(self, cfg):
+    if cfg.grouping.latent:
+      raise UserError(
+        "an MLA model is exported for transformers only (--export=deepseek): its latent norm "
+        "needs a bias on kv_a_proj_with_mqa, which llama.cpp's deepseek2 graph does not read"
+      )
     return "decilm" if cfg.grouping.per_module else "hf"
 
   def begin_decoding(self, params, cfg, inputs, attention_mask, copies, max_new_tokens):

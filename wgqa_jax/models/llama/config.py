@@ -13,7 +13,7 @@ from typing import Any
 from wgqa_jax.core.errors import UserError
 from wgqa_jax.grouping.variants import MHA, Grouping
 from wgqa_jax.models.config_file import ATTENTIONS, DTYPES, REMATS, ConfigFile
-from wgqa_jax.models.llama import decilm
+from wgqa_jax.models.llama import decilm, deepseek
 
 MODEL_TYPES = ("llama", "mistral")
 
@@ -177,6 +177,12 @@ class LlamaConfig(ConfigFile):
         "fold WGQA weights (and keep equal groups) before exporting: HF Llama "
         "has plain equal groups"
       )
+    if self.grouping.latent != (form == "deepseek"):
+      deepseek.check(self)  # the one-line refusal either way
+      raise UserError(
+        f"an MLA model exports as --export=deepseek (DeepSeek-V3), not {form}: HF "
+        f"{'DeciLM' if form == 'decilm' else 'Llama'} has no latent attention"
+      )
     if form == "hf" and self.grouping.per_module:
       raise UserError(
         f"this model has per-layer KV heads "
@@ -208,6 +214,8 @@ class LlamaConfig(ConfigFile):
     }
     if self.model_type == "mistral":
       out["sliding_window"] = None
+    if form == "deepseek":
+      return deepseek.config(out, self)
     return decilm.config(out, self) if form == "decilm" else out
 
 

@@ -60,7 +60,10 @@ def begin(params, cfg: LlamaConfig, inputs, attention_mask, copies: int, max_new
 
 
 def cache_bytes(cfg: LlamaConfig, batch: int, prompt_len: int, max_len: int) -> int:
-  """Bytes of the decode cache: K/V of each layer's G heads for prompt_len + max_len slots."""
-  heads = sum(cfg.kv_heads_at((f"layers_{i}", "attention")) for i in range(cfg.num_layers))
-  per_token = 2 * heads * cfg.head_dim * jnp.dtype(cfg.dtype).itemsize
-  return int(batch * (prompt_len + max_len) * per_token)
+  """Bytes of the decode cache for prompt_len + max_len slots: K/V of each layer's G heads
+  (MLA: its latent and rotary key heads)."""
+  per_token = sum(
+    cfg.grouping_at(path).cache_width(cfg.num_heads, cfg.head_dim, True)
+    for path in cfg.cached_modules()
+  )
+  return int(batch * (prompt_len + max_len) * per_token * jnp.dtype(cfg.dtype).itemsize)

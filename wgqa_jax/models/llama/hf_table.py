@@ -17,9 +17,10 @@ def table(cfg: LlamaConfig) -> Iterator[Row]:
     yield Row(
       ours + ("post_attention_norm", "scale"), f"{pre}.post_attention_layernorm.weight", "same"
     )
-    for w in "qkv":
-      yield Row(ours + ("attention", w), f"{pre}.self_attn.{w}_proj.weight", "heads_in")
-    yield Row(ours + ("attention", "o"), f"{pre}.self_attn.o_proj.weight", "heads_out")
+    if not cfg.grouping.latent:  # MLA's attention: deepseek.py writes it
+      for w in "qkv":
+        yield Row(ours + ("attention", w), f"{pre}.self_attn.{w}_proj.weight", "heads_in")
+      yield Row(ours + ("attention", "o"), f"{pre}.self_attn.o_proj.weight", "heads_out")
     for ours_name, hf_name in (("gate", "gate_proj"), ("up", "up_proj"), ("down", "down_proj")):
       yield Row(ours + ("mlp", ours_name), f"{pre}.mlp.{hf_name}.weight", "T")
   yield Row(("final_norm", "scale"), "model.norm.weight", "same")

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from wgqa_jax.core.sharding import constrain
 from wgqa_jax.models import layers
-from wgqa_jax.models.attention import NEG_INF, Attention
+from wgqa_jax.models.attention import NEG_INF, Attention, cache_slots
 from wgqa_jax.models.llama.config import LlamaConfig
 from wgqa_jax.models.ops import dense
 
@@ -92,8 +92,9 @@ class DecoderLayer(nn.Module):
     self.mlp = MLP(cfg)
 
   def __call__(self, x, bias, positions, cache=None, index=None):
-    """cache: this layer's {"k", "v"} (b, max_len, G, dk); x's K/V are written at `index` and
-    the queries attend over the whole cache (bias masks what is not there yet)."""
+    """cache: this layer's {"k", "v"} (b, max_len, ...: Llama.init_cache); x's K/V (MLA: latent
+    and rotary key) are written at `index` and the queries attend over the whole cache (bias
+    masks what is not there yet)."""
     h = self.input_norm(x)
     k, v = self.attention.project_kv(h, positions)
     if cache is not None:
@@ -172,13 +173,18 @@ class Llama(nn.Module):
     return x
 
   def init_cache(self, batch: int, max_len: int):
-    """Per layer an empty K/V cache of its G heads: {"k", "v"} (batch, max_len, G, head_dim)."""
+    """Per layer an empty cache of what its attention's project_kv gives: {"k", "v"} (batch,
+    max_len, G, head_dim) for K/V heads; for MLA "k" holds the latent (batch, max_len, rank)
+    and "v" the rotary key heads (batch, max_len, rope_heads, head_dim)."""
     cfg = self.config
-    zeros = lambda i: jnp.zeros(
-      (batch, max_len, cfg.kv_heads_at((f"layers_{i}", "attention")), cfg.head_dim),
-      jnp.dtype(cfg.dtype),
-    )
-    return [{"k": zeros(i), "v": zeros(i)} for i in range(cfg.num_layers)]
+    cache = []
+    for i in range(cfg.num_layers):
+      k, v = cache_slots(
+        cfg.grouping_at((f"layers_{i}", "attention")), cfg.num_heads, cfg.head_dim, True
+      )
+      zeros = lambda tail: jnp.zeros((batch, max_len, *tail), jnp.dtype(cfg.dtype))
+      cache.append({"k": zeros(k), "v": zeros(v)})
+    return cache
 
   def extend(self, input_ids, positions, cache, index, key_mask):
     """Cached forward of input_ids (b, t) at cache slots index..index+t-1 (a prompt, or one new

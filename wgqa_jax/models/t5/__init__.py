@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from wgqa_jax.core.errors import UserError
 from wgqa_jax.grouping import variants
 from wgqa_jax.models.family import Family
 from wgqa_jax.models.t5 import decoding, hf_table, model, objective
@@ -78,6 +79,11 @@ class T5Family(Family):
     """KV heads expanded to MHA; in the "untied" form the head is an untied lm_head with the
     d_model**-0.5 output scaling folded in (a tied head written out): the same function, for
     engines that neither tie nor scale (llama.cpp's t5 graph scales no head's input)."""
+    if cfg.grouping.latent:
+      raise UserError(
+        "a T5 with MLA (latent attention) stays in our format: no Hugging Face or llama.cpp T5 "
+        "caches a latent (save it with --out; our decoding serves it)"
+      )
     params, cfg = variants.expand_to_mha(params, cfg)
     if form == "untied" and (cfg.tie_word_embeddings or cfg.scales_decoder_outputs):
       scale = np.float32(cfg.d_model**-0.5 if cfg.scales_decoder_outputs else 1.0)

@@ -43,11 +43,11 @@ def begin(params, cfg: T5Config, inputs, attention_mask, copies: int, max_new_to
 
 def cache_bytes(cfg: T5Config, batch: int, src_len: int, max_len: int) -> int:
   """Bytes of the decode cache: self K/V (max_len) + cross K/V (src_len), all decoder layers
-  (each module with its own G)."""
-  per_head = 2 * cfg.d_kv * jnp.dtype(cfg.dtype).itemsize
-  heads = sum(
-    max_len * cfg.kv_heads_at(("decoder", f"layers_{i}", "self_attention"))
-    + src_len * cfg.kv_heads_at(("decoder", f"layers_{i}", "cross_attention"))
+  (each module with its own G; MLA: its latent)."""
+  width = lambda path: cfg.grouping_at(path).cache_width(cfg.num_heads, cfg.d_kv, False)
+  numbers = sum(
+    max_len * width(("decoder", f"layers_{i}", "self_attention"))
+    + src_len * width(("decoder", f"layers_{i}", "cross_attention"))
     for i in range(cfg.num_decoder_layers)
   )
-  return int(batch * heads * per_head)
+  return int(batch * numbers * jnp.dtype(cfg.dtype).itemsize)

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 
 from wgqa_jax.core.sharding import constrain
 from wgqa_jax.models import layers
-from wgqa_jax.models.attention import NEG_INF, Attention
+from wgqa_jax.models.attention import NEG_INF, Attention, cache_slots
 from wgqa_jax.models.ops import dense
 from wgqa_jax.models.t5.config import T5Config
 
@@ -326,15 +326,24 @@ class Decoder(nn.Module):
 
   def init_cache(self, encoded, max_len: int, beams: int = 1):
     """Per layer: cross K/V of `encoded` (one per input) and an empty self-attention cache for
-    `beams` hypotheses per input, all with G heads."""
+    `beams` hypotheses per input, all with G heads (MLA: "k" the latent, "v" empty: no rotary
+    keys; models.attention.cache_slots)."""
     b = encoded.shape[0] * beams
-    dtype = jnp.dtype(self.config.dtype)
+    cfg = self.config
+    dtype = jnp.dtype(cfg.dtype)
     cache = []
     for i, layer in enumerate(self.layers):
       ck, cv = layer.cross_kv(encoded)
-      g = self.config.kv_heads_at(("decoder", f"layers_{i}", "self_attention"))
-      zeros = jnp.zeros((b, max_len, g, self.config.d_kv), dtype)
-      cache.append({"self_k": zeros, "self_v": zeros, "cross_k": ck, "cross_v": cv})
+      grouping = cfg.grouping_at(("decoder", f"layers_{i}", "self_attention"))
+      k, v = cache_slots(grouping, cfg.num_heads, cfg.d_kv, False)
+      cache.append(
+        {
+          "self_k": jnp.zeros((b, max_len, *k), dtype),
+          "self_v": jnp.zeros((b, max_len, *v), dtype),
+          "cross_k": ck,
+          "cross_v": cv,
+        }
+      )
     return cache
 
   def step(self, token_ids, index, cache, encoder_mask):
