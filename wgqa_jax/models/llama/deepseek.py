@@ -5,7 +5,8 @@ Our MLA attention (models.attention) maps onto DeepSeek's without q_lora (q_proj
 kv_a_proj_with_mqa, kv_a_layernorm, kv_b_proj, o_proj), every layer dense
 (first_k_dense_replace = layers: its MLP is Llama's SwiGLU), qk_nope_head_dim = qk_rope_head_dim
 = v_head_dim = head_dim, one rotary key head (rope_interleave False: HF's rotate-half, the same
-frequencies as ours since the rotary head has head_dim dims). Two things differ, and the export makes up for both exactly:
+frequencies as ours since the rotary head has head_dim dims). Two things differ, and the export
+makes up for both exactly:
 
 - DeepSeek scales logits by (nope + rope dims)^-0.5 = (2 head_dim)^-0.5, we by head_dim^-0.5: the
   query kernels are multiplied by sqrt(2).
