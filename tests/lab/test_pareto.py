@@ -27,7 +27,7 @@ def test_pareto_runs_every_method_and_budget_and_resumes(tmp_path):
   args = [
     "--config=configs/llama_uptrain.py:tiny",
     f"--out={out}",
-    "--methods=mean,svd,search,allocated",
+    "--methods=mean,svd,search,allocated,mla,mla-allocated",
     "--budgets=1/2,1/4",
     "--pretrain_steps=8",
     "--steps=3",
@@ -46,6 +46,10 @@ def test_pareto_runs_every_method_and_budget_and_resumes(tmp_path):
     ("svd", 1),
     ("search", 1),
     ("allocated", 1),
+    ("mla", 2),
+    ("mla-allocated", 2),
+    ("mla", 1),
+    ("mla-allocated", 1),
   }
   # allocated: the same heads in all (here 2 x 2 or 1 x 2), spread over the two layers
   for g in (2, 1):
@@ -53,6 +57,10 @@ def test_pareto_runs_every_method_and_budget_and_resumes(tmp_path):
   # llama-tiny: 2 layers x K and V x G heads x 16 dims x 4 bytes
   assert points["mha", 4]["bytes_per_token"] == 2 * 2 * 4 * 16 * 4
   assert points["svd", 1]["bytes_per_token"] == 2 * 2 * 1 * 16 * 4
+  # mla: a latent and a rotary key of the same bytes as G heads (spread over layers: no more)
+  for g in (2, 1):
+    assert points["mla", g]["bytes_per_token"] == points["svd", g]["bytes_per_token"]
+    assert points["mla-allocated", g]["bytes_per_token"] <= points["mla", g]["bytes_per_token"]
   for p in r["points"]:
     assert p["at_conversion"]["loss"] > 0 and p["after"]["loss"] > 0
   for key in ("at_conversion", "after"):  # the best point and the cheapest best are on it

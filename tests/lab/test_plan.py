@@ -121,10 +121,11 @@ def test_a_calibrated_variant_is_planned_with_its_calibration_step():
   assert not plan.plan(config(), calib * 0.99 / plan.GIB, 1.0)["fits"]
 
 
-def test_a_layer_budget_run_is_planned_with_the_kv_heads_it_trains(tmp_path):
-  """grouping.layer_budget=proxy gives each attention module its own G: the planner builds the
-  model through the trainer's own conversion, so it plans those G (params and KV cache), not a
-  uniform kv_heads."""
+@pytest.mark.parametrize("variant", ["svd", "mla"])
+def test_a_layer_budget_run_is_planned_with_the_kv_heads_it_trains(tmp_path, variant):
+  """grouping.layer_budget=proxy gives each attention module its own G (mla: latent rank): the
+  planner builds the model through the trainer's own conversion, so it plans those (params and
+  KV cache), not a uniform kv_heads."""
   import math
 
   import jax
@@ -134,10 +135,12 @@ def test_a_layer_budget_run_is_planned_with_the_kv_heads_it_trains(tmp_path):
   from wgqa_jax.store import params_io
   from wgqa_jax.training import trainer
 
-  c = proxy_budget(num_train_steps=2, log_every=1, **{"checkpoint.every": 2})
+  c = proxy_budget(
+    num_train_steps=2, log_every=1, **{"checkpoint.every": 2, "grouping.variant": variant}
+  )
   trainer.train(c, str(tmp_path))
   params, trained = params_io.load(str(tmp_path / "final"))
-  heads = dict(trained.grouping.module_kv_heads)
+  heads = dict(trained.grouping.module_latent_rank or trained.grouping.module_kv_heads)
   assert len(set(heads.values())) > 1  # the budget was spread unevenly
 
   calibration = str(tmp_path / "calibration.npz")
@@ -148,7 +151,8 @@ def test_a_layer_budget_run_is_planned_with_the_kv_heads_it_trains(tmp_path):
   assert r["kv_cache_bytes_per_token"] == decoding.cache_bytes_per_token(trained)
   # the planned program is the per-module one (the same budget in all as a uniform G)
   assert r["grouping"] == trained.grouping.describe(trained.num_heads)
-  assert "KV heads per module " + ",".join(map(str, heads.values())) in r["grouping"]
+  what = "MLA latent rank " if variant == "mla" else "KV heads per module "
+  assert what + ",".join(map(str, heads.values())) in r["grouping"]
 
 
 def test_the_planner_places_params_by_the_configs_sharding_rules():

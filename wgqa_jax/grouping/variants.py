@@ -202,7 +202,7 @@ class Grouping:
 
   def describe(self, num_heads: int) -> str:
     parts = [f"{num_heads} heads, {self.num_kv_heads(num_heads)} KV heads"]
-    if self.per_module:
+    if self.per_module and self.module_kv_heads:
       heads = [g for _, g in self.module_kv_heads]
       parts[0] = (
         f"{num_heads} heads, KV heads per module {','.join(map(str, heads))} ({sum(heads)} in all)"
