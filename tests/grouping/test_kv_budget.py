@@ -63,6 +63,30 @@ def test_proxy_allocation_never_does_worse_than_uniform():
   assert sum(allocated.values()) <= 8
   assert sum(errors[m][g] for m, g in allocated.items()) <= sum(errors[m][2] for m in errors)
 
+  # mla: the same bytes as latent ranks, in steps of d_kv / 2, by the latent conversion's error
+  from wgqa_jax.grouping import latent_merge
+
+  ranks = kv_budget.by_proxy(read, cfg, stats, "mla", 2)
+  uniform = 2 * 2 * cfg.head_dim - cfg.head_dim  # the rank of G = 2 beside one rotary key
+  assert sum(ranks.values()) <= 4 * uniform and all(r % 8 == 0 for r in ranks.values())
+  assert len(set(ranks.values())) > 1  # spread unevenly
+  latent_err = {
+    m: latent_merge.proxy_errors(
+      {n: np.asarray(read(m + (n,))) for n in "qkv"}, stats.gram(m), True
+    )
+    for m in ranks
+  }
+  got = sum(latent_err[m][r] for m, r in ranks.items())
+  assert got < sum(latent_err[m][uniform] for m in ranks)
+  # brute force over the steps of 8 for the first two modules, the others as allocated
+  a, b, *rest = ranks
+  others = sum(latent_err[m][ranks[m]] for m in rest)
+  room = 4 * uniform - sum(ranks[m] for m in rest)
+  best = min(
+    latent_err[a][ra] + latent_err[b][room - ra] for ra in range(8, room - 7, 8)
+  )
+  assert got == pytest.approx(best + others)
+
 
 # -------------------------------------------------------------- models with per-module G ----
 def per_module(arch, seed=0):
