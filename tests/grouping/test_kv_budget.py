@@ -82,9 +82,7 @@ def test_proxy_allocation_never_does_worse_than_uniform():
   a, b, *rest = ranks
   others = sum(latent_err[m][ranks[m]] for m in rest)
   room = 4 * uniform - sum(ranks[m] for m in rest)
-  best = min(
-    latent_err[a][ra] + latent_err[b][room - ra] for ra in range(8, room - 7, 8)
-  )
+  best = min(latent_err[a][ra] + latent_err[b][room - ra] for ra in range(8, room - 7, 8))
   assert got == pytest.approx(best + others)
 
 
