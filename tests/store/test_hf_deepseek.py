@@ -81,6 +81,19 @@ def test_a_converted_model_exports_too(tmp_path):
     theirs = model(torch.tensor(ids)).logits.numpy()
   ours = our_logits(new, new_cfg, ids)
   np.testing.assert_allclose(theirs, ours, atol=2e-5 * np.abs(ours).max(), rtol=1e-4)
+  # greedy decoding: transformers over its latent cache, ours over ours
+  from wgqa_jax.decoding import GenerationConfig, generate
+
+  with torch.no_grad():
+    hf_tokens = model.generate(torch.tensor(ids), max_new_tokens=8, do_sample=False)
+  got = generate(
+    new,
+    new_cfg,
+    ids.astype(np.int32),
+    GenerationConfig(max_new_tokens=8),
+    attention_mask=np.ones(ids.shape, np.int32),
+  )
+  np.testing.assert_array_equal(np.asarray(got), hf_tokens[:, ids.shape[1] :].numpy())
 
 
 def test_what_the_form_cannot_hold_is_refused_in_one_line(tmp_path):

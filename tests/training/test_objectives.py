@@ -219,6 +219,14 @@ def test_cudnn_fallback_rule_and_one_line_refusals():
     run(**{"model.dropout_rate": 0.1, "model.attention": "cudnn"}), src, "gpu"
   )
   assert "training steps use the einsum form (dropout" in note
+  # MLA attends over its latent with einsums: said for any other form, refused for cudnn
+  mla = lambda form: run(**{"model.attention": form, "grouping.variant": "mla"})
+  with pytest.raises(UserError, match="mla attends over a latent"):
+    preflight.attention_notes(mla("cudnn"), src, "gpu")
+  assert preflight.attention_notes(mla("blockwise"), src, "gpu") == [
+    "attention: mla attends over its latent in the einsum form"
+  ]
+  assert preflight.attention_notes(mla("einsum"), src, "gpu") == []
   # the run itself: refused before its workdir holds anything
   import tempfile
 

@@ -210,7 +210,8 @@ def _plan(c, device_memory_gib: float, usable_fraction: float, calibration_file)
     "batch": {k: list(v.shape) for k, v in batch.items()},
     "grad_accum_steps": c.optim.grad_accum_steps,
     "remat": cfg.remat,
-    "attention": c.model.attention,
+    # MLA attends over its latent in the einsum form, whatever model.attention asks
+    "attention": "einsum" if cfg.grouping.latent else c.model.attention,
     "scan_layers": cfg.scan_layers,
     "dtype": cfg.dtype,
     "param_dtype": cfg.param_dtype,

@@ -53,9 +53,16 @@ def attention_notes(c: ml_collections.ConfigDict, src, platform: str) -> list[st
   that is not simply the form asked for; a one-line refusal for attention=cudnn where cuDNN
   flash attention cannot run the model (src: the model config of model.init_from)."""
   form = c.model.attention
+  grouping = run_grouping(c, src)
+  if grouping.latent and form != "einsum":
+    if form == "cudnn":
+      raise UserError(
+        f"model.attention=cudnn: {c.grouping.variant} attends over a latent, which cuDNN "
+        f"flash attention does not take; use attention=einsum"
+      )
+    return [f"attention: {c.grouping.variant} attends over its latent in the einsum form"]
   if form not in ("dot_product", "cudnn"):
     return []
-  grouping = run_grouping(c, src)
   dropout = src.dropout_rate if c.model.dropout_rate is None else c.model.dropout_rate
   reason = cudnn_refusal(c.model.dtype, src.head_dim, platform)
   if grouping.unequal:
@@ -66,8 +73,6 @@ def attention_notes(c: ml_collections.ConfigDict, src, platform: str) -> list[st
       f"XLA otherwise) or blockwise"
     )
   notes = []
-  if grouping.latent:
-    return [f"attention: {c.grouping.variant} attends over its latent in the einsum form"]
   if grouping.unequal:
     notes.append(f"attention: {c.grouping.variant} gathers unequal groups: the einsum form")
   elif reason:
