@@ -169,3 +169,28 @@ def test_latent_cache_decodes_as_the_uncached_model_and_holds_only_the_latent(ar
     width = 24
   mha = family.cache_bytes(cfg, 1, 7, 8)
   assert family.cache_bytes(mla_cfg, 1, 7, 8) * 2 * cfg.num_heads * cfg.head_dim == mha * width
+
+
+def test_an_mqa_model_becomes_mla_at_its_own_kv_bytes_without_loss():
+  """From a grouped form (here MQA, expanded to its MHA equivalent first, as convert does):
+  with one shared key head the rotary step leaves nothing over and the values fit a latent of
+  rank d_kv, so MLA at MQA's KV bytes (rank d_kv + one rotary key) is the MQA model itself
+  (TransMLA's observation that MLA holds GQA at equal cache)."""
+  cfg = models.preset("llama-tiny")
+  params = jax.device_get(models.family_of(cfg).init_params(cfg, jax.random.PRNGKey(7)))
+  mqa, mqa_cfg = variants.from_mha(params, cfg, "mqa")
+  mha, mha_cfg = variants.expand_to_mha(mqa, mqa_cfg)
+  rng = np.random.default_rng(7)
+
+  class Stats:
+    def gram(self, path):
+      a = rng.standard_normal((cfg.width, cfg.width))
+      return a @ a.T
+
+  mla, mla_cfg = variants.from_mha(mha, mha_cfg, "mla", 1, calibration=Stats())
+  assert mla_cfg.grouping.latent_rank == cfg.head_dim
+  family = models.family_of(cfg)
+  assert family.cache_bytes(mla_cfg, 1, 5, 5) == family.cache_bytes(mqa_cfg, 1, 5, 5)
+  ids = jnp.asarray(rng.integers(2, cfg.vocab_size, (2, 9)), jnp.int32)
+  want = _logits(mqa_cfg, mqa, ids)
+  np.testing.assert_allclose(_logits(mla_cfg, mla, ids), want, atol=1e-5, rtol=1e-5)

@@ -47,20 +47,20 @@ def base_config() -> ml_collections.ConfigDict:
   # ---- grouping ----
   c.grouping = ml_collections.ConfigDict()
   # mha | mqa | gqa | wgqa | randwgqa | colwgqa | colrandwgqa | simgqa | asymgqa | kdgqa | dgqa
-  # | pgqa | aligned | svd | search (wgqa_jax/grouping/variants.py; docs/variants.md)
+  # | pgqa | aligned | svd | search | mla (wgqa_jax/grouping/variants.py; docs/variants.md)
   c.grouping.variant = "wgqa"
-  c.grouping.kv_heads = 2  # G (mha and mqa fix it themselves)
+  c.grouping.kv_heads = 2  # G (mha and mqa fix it themselves; mla: the KV bytes of G heads)
   c.grouping.group_encoder = False  # papers: decoder self- and cross-attention only
   c.grouping.group_sizes = placeholder(tuple)  # asymgqa: contiguous group sizes, e.g. (3, 1, 2, 2)
   # pgqa: logit noise std (unset: the variant's 0.1)
   c.grouping.attention_noise = placeholder(float)
   c.grouping.regroup_every = 0  # simgqa: regroup query heads by similarity every N steps (0: off)
-  # aligned / svd / search: training batches the MHA model runs on to calibrate the merge (the run's
-  # first batches; kept in WORKDIR/calibration.npz)
+  # aligned / svd / search / mla: training batches the MHA model runs on to calibrate the merge
+  # (the run's first batches; kept in WORKDIR/calibration.npz)
   c.grouping.calibration_batches = 16
-  # "uniform": kv_heads in every module; "proxy" (aligned / svd / search): the same KV heads in
-  # all, spread over the cached attention modules where the calibration error drops most
-  # (wgqa_jax/grouping/kv_budget.py)
+  # "uniform": kv_heads in every module; "proxy" (aligned / svd / search / mla): the same KV heads
+  # (mla: total latent rank) in all, spread over the cached attention modules where the
+  # calibration error drops most (wgqa_jax/grouping/kv_budget.py)
   c.grouping.layer_budget = "uniform"
   # ---- data ----
   c.data = ml_collections.ConfigDict()
