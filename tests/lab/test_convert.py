@@ -233,7 +233,8 @@ def test_a_flag_that_cannot_apply_is_refused_and_nothing_is_written(tmp_path):
     ([p, out, "--group_sizes=2,2"], "--group_sizes applies only with --variant"),
     (
       [p, out, "--variant=gqa", "--kv_heads=2", f"--calibration={tmp_path / 'stats.npz'}"],
-      "--calibration applies to the calibrated variants (aligned, mla, search, svd), not --variant=gqa",
+      "--calibration applies to the calibrated variants (aligned, mla, search, svd), "
+      "not --variant=gqa",
     ),
     ([p, out, "--variant=svd", "--kv_heads=2", "--calibration=/nope.npz"], "no such file"),
     ([p, out, "--variant=gqa", "--kv_heads=2", "--group_encoder"], "this model has no encoder"),

@@ -101,21 +101,11 @@ def test_what_the_form_cannot_hold_is_refused_in_one_line(tmp_path):
   with pytest.raises(UserError, match="--export=deepseek"):
     hf.save_hf(params, cfg, str(tmp_path / "a"), form="hf")
   two = cfg.replace(grouping=cfg.grouping.replace(rope_heads=2))
-  with pytest.raises(UserError, match="one rotary key head"):
-    hf.save_hf(
-      models.family_of(two).init_params(two, jax.random.PRNGKey(0)),
-      two,
-      str(tmp_path / "b"),
-      form="deepseek",
-    )
   mha = models.preset("llama-tiny")
-  with pytest.raises(UserError, match="writes MLA models"):
-    hf.save_hf(
-      models.family_of(mha).init_params(mha, jax.random.PRNGKey(0)),
-      mha,
-      str(tmp_path / "c"),
-      form="deepseek",
-    )
+  for name, c, message in (("b", two, "one rotary key head"), ("c", mha, "writes MLA models")):
+    p = models.family_of(c).init_params(c, jax.random.PRNGKey(0))
+    with pytest.raises(UserError, match=message):
+      hf.save_hf(p, c, str(tmp_path / name), form="deepseek")
   with pytest.raises(UserError, match="llama.cpp"):
     models.family_of(cfg).serving_form(cfg)
   assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

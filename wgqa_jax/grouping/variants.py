@@ -127,13 +127,6 @@ class Grouping:
     """The grouped modules are MLA: they cache a latent, not K/V heads."""
     return self.latent_rank is not None or bool(self.module_latent_rank)
 
-  def cache_width(self, num_heads: int, head_dim: int, rotary: bool) -> int:
-    """Numbers one token puts in one (non-per-module) grouped module's decode cache: 2 G d_kv
-    for K/V heads; MLA: its rank, plus the rotary key heads' rope_heads x d_kv."""
-    if self.latent_rank is not None:
-      return self.latent_rank + (self.rope_heads * head_dim if rotary else 0)
-    return 2 * self.num_kv_heads(num_heads) * head_dim
-
   @classmethod
   def from_dict(cls, d: dict[str, Any]) -> Grouping:
     """From a saved config's grouping section (files written before the rename say `noise`)."""

@@ -26,6 +26,8 @@ additive and comes from the caller); Llama sets `query_scale` = head_dim^-0.5 an
 
 from __future__ import annotations
 
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -326,6 +328,12 @@ def cache_slots(grouping: Grouping, num_heads: int, head_dim: int, rotary: bool)
     return (grouping.latent_rank,), (grouping.rope_heads if rotary else 0, head_dim)
   g = grouping.num_kv_heads(num_heads)
   return (g, head_dim), (g, head_dim)
+
+
+def cache_width(grouping: Grouping, num_heads: int, head_dim: int, rotary: bool) -> int:
+  """Numbers one token puts in a module's decode cache (cache_slots' entries, together): 2 G
+  d_kv for K/V heads; MLA: its rank plus the rotary key heads' rope_heads x d_kv."""
+  return sum(math.prod(shape) for shape in cache_slots(grouping, num_heads, head_dim, rotary))
 
 
 KEY_BLOCK = 512  # keys per block of the blockwise form (shorter key sequences use einsum)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from wgqa_jax.models.attention import cache_width
 from wgqa_jax.models.family import Decoder
 from wgqa_jax.models.llama import causal_view
 from wgqa_jax.models.llama.config import LlamaConfig
@@ -63,7 +64,7 @@ def cache_bytes(cfg: LlamaConfig, batch: int, prompt_len: int, max_len: int) -> 
   """Bytes of the decode cache for prompt_len + max_len slots: K/V of each layer's G heads
   (MLA: its latent and rotary key heads)."""
   per_token = sum(
-    cfg.grouping_at(path).cache_width(cfg.num_heads, cfg.head_dim, True)
+    cache_width(cfg.grouping_at(path), cfg.num_heads, cfg.head_dim, True)
     for path in cfg.cached_modules()
   )
   return int(batch * (prompt_len + max_len) * per_token * jnp.dtype(cfg.dtype).itemsize)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from wgqa_jax.models.attention import cache_width
 from wgqa_jax.models.family import Decoder
 from wgqa_jax.models.t5.config import T5Config
 from wgqa_jax.models.t5.model import T5
@@ -44,7 +45,7 @@ def begin(params, cfg: T5Config, inputs, attention_mask, copies: int, max_new_to
 def cache_bytes(cfg: T5Config, batch: int, src_len: int, max_len: int) -> int:
   """Bytes of the decode cache: self K/V (max_len) + cross K/V (src_len), all decoder layers
   (each module with its own G; MLA: its latent)."""
-  width = lambda path: cfg.grouping_at(path).cache_width(cfg.num_heads, cfg.d_kv, False)
+  width = lambda path: cache_width(cfg.grouping_at(path), cfg.num_heads, cfg.d_kv, False)
   numbers = sum(
     max_len * width(("decoder", f"layers_{i}", "self_attention"))
     + src_len * width(("decoder", f"layers_{i}", "cross_attention"))
