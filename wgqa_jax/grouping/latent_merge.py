@@ -66,8 +66,9 @@ def rotary_split(module: dict, gram, rope_heads: int):
 
 
 def _joint(keys, values, full_keys, gram):
-  """(eigenvalues, eigenvectors (largest first), key weight a) of the balanced joint
-  factorisation of keys and values (step 2)."""
+  """(eigenvalues, eigenvectors (largest first), key weight a, the weighted kernels [a K V],
+  the full keys' and the values' energies |XK|^2, |XV|^2) of the balanced joint factorisation
+  of keys and values (step 2)."""
   c = np.asarray(gram, np.float64)
   d = keys.shape[0]
   energy = lambda w: float(np.einsum("dx,de,ex->", w, c, w))
@@ -75,7 +76,7 @@ def _joint(keys, values, full_keys, gram):
   a = np.sqrt(v_energy / k_energy) if k_energy > 0 and v_energy > 0 else 1.0
   w = np.concatenate([a * keys.reshape(d, -1), values.reshape(d, -1)], axis=1)
   vals, vecs = np.linalg.eigh(w.T @ c @ w)
-  return vals[::-1], vecs[:, ::-1], a, w
+  return vals[::-1], vecs[:, ::-1], a, w, k_energy, v_energy
 
 
 def to_latent(module: dict, gram, rank: int, rotary: bool, rope_heads: int = 1) -> dict:
@@ -89,7 +90,7 @@ def to_latent(module: dict, gram, rank: int, rotary: bool, rope_heads: int = 1) 
   if rotary:
     q_rope, k_rope, keys = rotary_split(module, gram, rope_heads)
     out.update(q_rope=q_rope, k_rope=k_rope)
-  _, vecs, a, w = _joint(keys, v, k, gram)
+  _, vecs, a, w, _, _ = _joint(keys, v, k, gram)
   top = vecs[:, :rank]  # (2 H dk, r)
   out["latent"] = w @ top
   out["k_up"] = (top[: h * dk].T / a).reshape(rank, h, dk)
@@ -106,12 +107,9 @@ def proxy_errors(module: dict, gram, rotary: bool, rope_heads: int = 1) -> np.nd
   k, v = (np.asarray(module[n], np.float64) for n in ("k", "v"))
   h, dk = k.shape[1:]
   keys = rotary_split(module, gram, rope_heads)[2] if rotary else k
-  vals, vecs, a, w = _joint(keys, v, k, gram)
+  vals, vecs, a, _, k_total, v_total = _joint(keys, v, k, gram)
   vals = np.maximum(vals, 0.0)
   k_share = np.sum(vecs[: h * dk] ** 2, axis=0)  # how much of each component is keys
-  c = np.asarray(gram, np.float64)
-  k_total = float(np.einsum("dx,de,ex->", k.reshape(k.shape[0], -1), c, k.reshape(k.shape[0], -1)))
-  v_total = float(np.einsum("dx,de,ex->", w[:, h * dk :], c, w[:, h * dk :]))
   # the error left at rank r: the components from r on (their key part is weighted by a^2)
   tail = lambda x: np.concatenate([np.cumsum(x[::-1])[::-1], [0.0]])
   k_err = tail(vals * k_share) / (a * a) / max(k_total, 1e-30)
